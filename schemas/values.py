@@ -42,7 +42,8 @@ class SealedSecret(BaseModel):
     ciphertext: Base64Text
 
     def __repr__(self) -> str:
-        return f"SealedSecret(key_id={self.key_id!r}, ciphertext=<{len(self.ciphertext)} b64 chars>)"
+        size = len(self.ciphertext)
+        return f"SealedSecret(key_id={self.key_id!r}, ciphertext=<{size} b64 chars>)"
 
     __str__ = __repr__
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs before `intervene up` or the tests: system packages
+# (only those missing, so a warm run costs nothing) and the Python distribution.
+# Kafka's jars and the FerretDB binary are fetched on first `up` into .cache/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need_apt=()
+command -v /usr/sbin/sshd >/dev/null || need_apt+=(openssh-server)
+for tool in java mvn go; do
+  command -v "$tool" >/dev/null || { echo "bootstrap: \`$tool\` is required (see README: prerequisites)" >&2; exit 2; }
+done
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "bootstrap: missing system packages ${need_apt[*]}; install them as root" >&2; exit 2
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+stamp=.cache/pip-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+  mkdir -p .cache && touch "$stamp"
+fi
