@@ -118,3 +118,45 @@ async def mongo_db(
 def unique() -> str:
     """A short unique token for names inside one test (collections, groups, tickets)."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def read_topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+    """Read a topic from the beginning without a consumer group: ``[(key, value, headers)]``.
+
+    Waits until at least ``expect`` records arrived (or ``timeout`` passed), then returns all.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read(topic: str, *, expect: int = 1, timeout: float = 30.0
+                   ) -> list[tuple[bytes | None, bytes, dict[str, str]]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in
+                     sorted(consumer.partitions_for_topic(topic) or
+                            await _partitions(consumer, topic))]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            out: list[tuple[bytes | None, bytes, dict[str, str]]] = []
+            deadline = asyncio.get_running_loop().time() + timeout
+            while len(out) < expect and asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out.extend((r.key, r.value, {k: v.decode() for k, v in r.headers})
+                               for r in records)
+            # Drain anything else already there, so tests also see unexpected extras.
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend((r.key, r.value, {k: v.decode() for k, v in r.headers})
+                           for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return read
+
+
+async def _partitions(consumer: object, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+    return consumer.partitions_for_topic(topic) or set()  # type: ignore[attr-defined,no-any-return]

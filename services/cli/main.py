@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from services.runtime import localstack
+
+COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -32,6 +38,33 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if infra_ok else 1
 
 
+def _cmd_topics_create(args: argparse.Namespace) -> int:
+    from services.runtime.kafka_admin import ensure_topics
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", localstack.kafka_bootstrap())
+    created = asyncio.run(ensure_topics(bootstrap))
+    print(f"topics: {len(created)} created" if created else "topics: all present")
+    for name in created:
+        print(f"  {name}")
+    return 0
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from services.runtime.keys import KeyFileError, default_keys_dir, init_keys
+
+    directory = Path(args.dir) if args.dir else default_keys_dir()
+    try:
+        paths = init_keys(directory, force=args.force)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"dev key set written to {directory}:")
+    for path in sorted(directory.iterdir()):
+        print(f"  {path.name}")
+    del paths
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intervene", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=_cmd_down)
     sub.add_parser("status", help="health, pids and log files").set_defaults(func=_cmd_status)
+
+    topics = sub.add_parser("topics", help="Kafka topics of the catalogue").add_subparsers(
+        dest="topics_command", required=True)
+    topics.add_parser("create", help="create missing catalogue topics and their DLQs "
+                      "(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX)").set_defaults(
+        func=_cmd_topics_create)
+
+    keys = sub.add_parser("keys", help="key sets").add_subparsers(dest="keys_command",
+                                                                  required=True)
+    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing)")
+    init.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
+    init.add_argument("--force", action="store_true", help="replace an existing key set")
+    init.set_defaults(func=_cmd_keys_init)
+    # Each area's commands live in their own module (services/cli/commands_<area>.py) with a
+    # `register(sub)` function, so areas evolve without editing this file together.
+    for area in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"services.cli.commands_{area}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"services.cli.commands_{area}":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

@@ -1,0 +1,200 @@
+"""Durable consumption: decode, drop duplicates, retry with backoff, DLQ, then commit.
+
+Every subscriber of every service goes through :func:`subscribe`, so the guarantees of
+ARCHITECTURE §5 hold in one place:
+
+- the offset is committed (manual ack) only after the handler's effects are durable —
+  its published events acknowledged by the broker, its audit records written;
+- a redelivered message whose idempotency key was already processed has no second effect;
+- a message that cannot be decoded, or whose handler still fails after bounded retries
+  with exponential backoff, goes to ``<topic>.dlq`` with the reason in its headers, and
+  the consumer moves on to the next message (no tight retry loop, never a stuck partition).
+
+Handlers derive the ids of the events they publish from the id of the event they handle
+(:meth:`Delivery.derive_event_id`), so a re-run after a crash re-publishes the *same*
+event ids and downstream consumers drop the copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from pydantic import BaseModel
+
+from schemas.topics import DLQ_SUFFIX, physical
+from services.runtime.telemetry import current_ticket
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
+
+    from services.runtime.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+E = TypeVar("E", bound=BaseModel)
+
+# Namespace for ids derived from other ids: uuid5(ns, "<cause>:<what>").
+_DERIVED_ID_NS = uuid.UUID("6f1d8f8e-0b7a-4e52-9a49-3c1f6a1b2d40")
+
+DLQ_HEADERS = (
+    "x-dlq-reason",          # "decode" or "handler"
+    "x-dlq-error-class",
+    "x-dlq-error-message",
+    "x-dlq-original-topic",
+    "x-dlq-original-partition",
+    "x-dlq-original-offset",
+    "x-dlq-consumer-group",
+    "x-dlq-attempts",
+    "x-dlq-failed-at",
+)
+
+
+class DecodeError(Exception):
+    """The message is not a valid instance of what the topic carries.
+
+    ``message`` must be safe to publish: no input values (they may hold secrets), only
+    field paths and what is wrong with them.
+    """
+
+    def __init__(self, message: str, *, error_class: str | None = None) -> None:
+        super().__init__(message)
+        self.error_class = error_class or type(self).__name__
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoded(Generic[T]):
+    value: T
+    key: str  # idempotency key
+    ticket_id: str | None
+
+
+Decoder = Callable[[bytes], Decoded[T]]
+
+
+@dataclass(kw_only=True)
+class Delivery:
+    """What a handler gets besides the decoded value: where it came from, and how to answer."""
+
+    runtime: ServiceRuntime
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    ticket_id: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def derive_event_id(self, what: str) -> uuid.UUID:
+        """A stable id for the event this delivery causes: the same on every redelivery."""
+        return uuid.uuid5(_DERIVED_ID_NS, f"{self.key}:{what}")
+
+    async def publish(self, event: BaseModel) -> None:
+        await self.runtime.publish(event)
+
+
+Handler = Callable[[T, Delivery], Awaitable[None]]
+
+
+def _header_text(value: object, limit: int = 2000) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def subscribe(
+    runtime: ServiceRuntime,
+    topic: str,
+    handler: Handler[T],
+    *,
+    decoder: Decoder[T],
+    group: str | None = None,
+    dlq_body: Callable[[bytes], bytes] | None = None,
+    max_attempts: int | None = None,
+    backoff_s: float | None = None,
+) -> None:
+    """Register ``handler`` for the catalogue ``topic`` on the runtime's broker.
+
+    ``dlq_body`` lets a topic that may carry plaintext (the helpdesk's) scrub what it
+    copies to its DLQ; the default copies the original bytes unchanged.
+    """
+    settings = runtime.settings
+    group_id = group or runtime.service_name
+    attempts_max = max_attempts or settings.handler_max_attempts
+    backoff = settings.handler_retry_backoff_s if backoff_s is None else backoff_s
+    source = physical(topic, settings.kafka_topic_prefix)
+    dlq_topic = physical(topic + DLQ_SUFFIX, settings.kafka_topic_prefix)
+
+    async def to_dlq(record: ConsumerRecord[Any, Any], body: bytes, *, reason: str,
+                     exc: BaseException, attempts: int) -> None:
+        message = str(exc) if isinstance(exc, DecodeError) else runtime.redactor.redact_text(
+            f"{exc}")
+        error_class = exc.error_class if isinstance(exc, DecodeError) else type(exc).__name__
+        headers = dict(zip(DLQ_HEADERS, (
+            reason, error_class, _header_text(message), record.topic, str(record.partition),
+            str(record.offset), group_id, str(attempts), datetime.now(UTC).isoformat(),
+        ), strict=True))
+        payload = dlq_body(body) if dlq_body is not None else body
+        await runtime.broker.publish(payload, topic=dlq_topic, key=record.key, headers=headers)
+        runtime.metrics.dlq(topic, reason)
+        log.warning("message sent to DLQ", extra={"dlq_topic": dlq_topic, "reason": reason,
+                                                   "error_class": error_class})
+
+    async def consume(msg: KafkaMessage) -> None:
+        record: ConsumerRecord[Any, Any] = msg.raw_message
+        body: bytes = msg.body
+        try:
+            decoded = decoder(body)
+        except DecodeError as exc:
+            await to_dlq(record, body, reason="decode", exc=exc, attempts=0)
+            await msg.ack()
+            return
+        token = current_ticket.set(decoded.ticket_id)
+        try:
+            if await runtime.processed.seen(group_id, decoded.key):
+                runtime.metrics.duplicate(topic)
+                await msg.ack()
+                return
+            delivery = Delivery(
+                runtime=runtime, topic=topic, partition=record.partition, offset=record.offset,
+                key=decoded.key, ticket_id=decoded.ticket_id,
+                headers={k: v.decode(errors="replace") for k, v in (record.headers or ())},
+            )
+            for attempt in range(1, attempts_max + 1):
+                began = time.perf_counter()
+                try:
+                    await handler(decoded.value, delivery)
+                except Exception as exc:  # every failure is retried, then DLQ'd
+                    runtime.metrics.handled(topic, "error", time.perf_counter() - began)
+                    if attempt == attempts_max:
+                        log.exception("handler failed %d times; sending to DLQ", attempt)
+                        await to_dlq(record, body, reason="handler", exc=exc, attempts=attempt)
+                        break
+                    delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+                    log.warning("handler failed (attempt %d/%d), retrying in %.2fs: %s",
+                                attempt, attempts_max, delay, type(exc).__name__)
+                    await asyncio.sleep(delay)
+                else:
+                    runtime.metrics.handled(topic, "ok", time.perf_counter() - began)
+                    await runtime.processed.mark(group_id, decoded.key,
+                                                 ticket_id=decoded.ticket_id)
+                    break
+            await msg.ack()
+        finally:
+            current_ticket.reset(token)
+
+    runtime.broker.subscriber(
+        source,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        title=f"{runtime.service_name}:{topic}",
+    )(consume)

@@ -1,0 +1,128 @@
+"""Bootstrap of one service process: settings, telemetry, broker, store, audit, redaction.
+
+Each service's ``app.py`` builds a :class:`ServiceRuntime`, registers its handlers with
+:func:`services.runtime.consumer.subscribe`, and runs ``runtime.app()``. Everything that
+must be the same in all four services — idempotent producer, manual commits, explicit
+topics, the audit record of every published event — is decided here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from pydantic import BaseModel
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.envelope import EventEnvelope
+from schemas.registry import encode, parse_event, topic_for
+from schemas.topics import physical
+from services.runtime.audit import AuditLog
+from services.runtime.consumer import Decoded, DecodeError
+from services.runtime.idempotency import ProcessedEvents
+from services.runtime.kafka_admin import ensure_topics
+from services.runtime.metrics import RuntimeMetrics
+from services.runtime.redaction import Redactor, default_redactor
+from services.runtime.settings import RuntimeSettings
+from services.runtime.telemetry import Telemetry, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        service_name: str,
+        settings: RuntimeSettings,
+        *,
+        telemetry: Telemetry | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.service_name = service_name
+        self.settings = settings
+        self.telemetry = telemetry or setup_telemetry(service_name)
+        self.redactor = redactor or default_redactor()
+        self.metrics = RuntimeMetrics(self.telemetry.meter_provider, service_name)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            client_id=service_name,
+            # Idempotent producer: acks=all and no duplicates from the producer's own retries.
+            enable_idempotence=True,
+            allow_auto_create_topics=False,
+            graceful_timeout=settings.graceful_timeout_s,
+            middlewares=[KafkaTelemetryMiddleware(
+                tracer_provider=self.telemetry.tracer_provider,
+                meter_provider=self.telemetry.meter_provider,
+            )],
+            logger=logging.getLogger(f"intervention.{service_name}.broker"),
+        )
+        self.mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            settings.mongodb_uri, tz_aware=True
+        )
+        self.db: AsyncDatabase[dict[str, object]] = self.mongo[settings.mongodb_database]
+        self.audit = AuditLog(self.db, redactor=self.redactor)
+        self.processed = ProcessedEvents(self.db)
+        self._on_start: list[Callable[[], object]] = []
+
+    async def prepare(self) -> None:
+        """Indexes and topics exist before the first message is consumed."""
+        await self.audit.ensure_indexes()
+        await self.processed.ensure_indexes()
+        await ensure_topics(self.settings.kafka_bootstrap_servers,
+                            prefix=self.settings.kafka_topic_prefix)
+
+    async def start(self) -> None:
+        await self.prepare()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await self.mongo.close()
+        self.telemetry.shutdown()
+
+    def app(self) -> FastStream:
+        app = FastStream(self.broker, logger=logging.getLogger(f"intervention.{self.service_name}"))
+        app.on_startup(self.prepare)
+
+        @app.after_shutdown
+        async def _close() -> None:
+            await self.mongo.close()
+            self.telemetry.shutdown()
+
+        return app
+
+    async def publish(self, event: BaseModel) -> None:
+        """Audit, then publish: both are idempotent on the event id, so a retry is safe."""
+        topic = topic_for(event)  # type: ignore[arg-type]
+        if isinstance(event, EventEnvelope):
+            await self.audit.append(
+                event.ticket_id, record_id=f"event:{event.event_id}", kind="event",
+                actor=self.service_name,
+                data={"event_type": event.EVENT_TYPE, "topic": topic,
+                      "event": event.model_dump(mode="json")},
+            )
+            key: bytes | None = event.ticket_id.encode()
+        else:
+            key = None
+        await self.broker.publish(
+            encode(event), topic=physical(topic, self.settings.kafka_topic_prefix), key=key,  # type: ignore[arg-type]
+        )
+        self.metrics.published(topic)
+
+
+def event_decoder(model: type[EventEnvelope]) -> Callable[[bytes], Decoded[EventEnvelope]]:
+    """Decoder for an ``intervention.*`` topic: exactly ``model``, keyed by ``event_id``."""
+    from schemas.registry import EventDecodeError
+
+    def decode(raw: bytes) -> Decoded[EventEnvelope]:
+        try:
+            event = parse_event(raw, model)
+        except EventDecodeError as exc:
+            raise DecodeError(str(exc), error_class=f"EventDecodeError.{exc.reason}") from None
+        return Decoded(value=event, key=str(event.event_id), ticket_id=event.ticket_id)
+
+    return decode
