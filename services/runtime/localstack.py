@@ -30,9 +30,11 @@ from services.runtime.kafka_admin import cluster_metadata, ensure_topics
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 
-KAFKA_PORT = 9092
-CONTROLLER_PORT = 9093
-FERRETDB_PORT = 27017
+# Overridable so a second checkout (say, a clean-clone CI rehearsal) can run beside a
+# developer's stack without touching it.
+KAFKA_PORT = int(os.environ.get("INTERVENE_KAFKA_PORT", "9092"))
+CONTROLLER_PORT = int(os.environ.get("INTERVENE_CONTROLLER_PORT", "9093"))
+FERRETDB_PORT = int(os.environ.get("INTERVENE_FERRETDB_PORT", "27017"))
 # Two cores, 24 GiB: a 1 GiB heap is plenty for one broker with test traffic.
 KAFKA_HEAP = ("-Xms256m", "-Xmx1g")
 SERVICES = ("intake", "auth", "executor", "notifier")
