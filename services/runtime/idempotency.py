@@ -1,8 +1,12 @@
 """Redelivery has no second effect: each consumer remembers what it has processed.
 
-A record per (consumer group, idempotency key) under a unique index. The key is the
-event's ``event_id``; for the helpdesk's requests, which carry none, it is the ticket
-number and revision (a retried webhook or a duplicate publish is the same request).
+One document per (consumer group, idempotency key). The key is the event's ``event_id``;
+for the helpdesk's requests, which carry none, it is the ticket number and revision (a
+retried webhook or a duplicate publish is the same request).
+
+The pair is the document's ``_id``: uniqueness comes free, and FerretDB 1.24 (SQLite)
+pushes ``_id`` equality down to SQL while it scans the whole collection for any other
+filter, secondary index or not (measured: 15 ms vs 380 ms at 5,000 documents).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from pymongo.errors import DuplicateKeyError
 COLLECTION = "processed_events"
 
 
+def _doc_id(consumer: str, key: str) -> str:
+    return f"{consumer}|{key}"
+
+
 class ProcessedEvents:
     def __init__(
         self, db: AsyncDatabase[dict[str, object]], *, collection: str = COLLECTION
@@ -22,17 +30,18 @@ class ProcessedEvents:
         self._coll = db[collection]
 
     async def ensure_indexes(self) -> None:
-        await self._coll.create_index([("consumer", 1), ("key", 1)], unique=True)
+        """Nothing beyond ``_id`` is needed; kept so every store has the same bootstrap."""
 
     async def seen(self, consumer: str, key: str) -> bool:
-        return await self._coll.find_one({"consumer": consumer, "key": key}, {"_id": 1}) is not None
+        found = await self._coll.find_one({"_id": _doc_id(consumer, key)}, {"_id": 1})
+        return found is not None
 
     async def mark(self, consumer: str, key: str, *, ticket_id: str | None) -> bool:
         """Record ``key`` as processed; False when a concurrent delivery recorded it first."""
         try:
             await self._coll.insert_one({
-                "consumer": consumer, "key": key, "ticket_id": ticket_id,
-                "processed_at": datetime.now(UTC),
+                "_id": _doc_id(consumer, key), "consumer": consumer, "key": key,
+                "ticket_id": ticket_id, "processed_at": datetime.now(UTC),
             })
         except DuplicateKeyError:
             return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
@@ -19,7 +20,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.envelope import EventEnvelope
-from schemas.registry import encode, parse_event, topic_for
+from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import physical
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Decoded, DecodeError
@@ -31,6 +32,8 @@ from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import Telemetry, setup_telemetry
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EventEnvelope)
 
 
 class ServiceRuntime:
@@ -114,11 +117,10 @@ class ServiceRuntime:
         self.metrics.published(topic)
 
 
-def event_decoder(model: type[EventEnvelope]) -> Callable[[bytes], Decoded[EventEnvelope]]:
+def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:
     """Decoder for an ``intervention.*`` topic: exactly ``model``, keyed by ``event_id``."""
-    from schemas.registry import EventDecodeError
 
-    def decode(raw: bytes) -> Decoded[EventEnvelope]:
+    def decode(raw: bytes) -> Decoded[E]:
         try:
             event = parse_event(raw, model)
         except EventDecodeError as exc:

@@ -84,7 +84,7 @@ async def make_runtime(
             effects = runtime.db[f"effects_{unique}"]
             await effects.insert_one({"event_id": str(event.event_id), "message": event.message})
 
-        subscribe(runtime, topic, handler or record,  # type: ignore[arg-type]
+        subscribe(runtime, topic, handler or record,
                   decoder=event_decoder(TicketUpdated))
         await runtime.start()
         started.append(runtime)
