@@ -1,0 +1,333 @@
+"""Key files: the dev key set `intervene keys init` creates, and the loaders services use.
+
+A key set is four small JSON files in one directory::
+
+    executor-sealing.key  {"key_id", "algorithm": "x25519-sealedbox", "private_key"}  0600
+    executor-sealing.pub  {"key_id", "algorithm": "x25519-sealedbox", "public_key"}
+    auth-signing.key      {"key_id", "algorithm": "ed25519", "private_key"}  0600
+    auth-signing.pub      {"key_id", "algorithm": "ed25519", "public_key"}
+
+Keys are standard base64. An Ed25519 ``private_key`` is the 32-byte RFC 8032 seed. Who
+reads what: intake and ``intervene seal`` the sealing ``.pub``; the executor the sealing
+``.key`` (several, during a rotation) and the signing ``.pub``; auth the signing ``.key``.
+
+Key ids are derived from the public key at creation (``exec-``/``auth-`` + 12 hex digits
+of its SHA-256), so re-reading a key always gives the same id. Loaders accept any id that
+matches ``KEY_ID_PATTERN``, so an operator may name production keys differently.
+
+A private key file readable or writable by group or others is refused, as OpenSSH does:
+on a shared host that is how a sealing key leaks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.runtime.crypto import (
+    SEALING_ALGORITHM,
+    SIGNING_ALGORITHM,
+    PrivateSealingKey,
+    PublicSealingKey,
+    SigningKey,
+    VerifyKey,
+    build_keyring,
+)
+
+__all__ = [
+    "KEYS_DIR_ENV",
+    "SEALING_PRIVATE_FILE",
+    "SEALING_PUBLIC_FILE",
+    "SIGNING_PRIVATE_FILE",
+    "SIGNING_PUBLIC_FILE",
+    "KeyFileError",
+    "KeyFileExistsError",
+    "KeySetPaths",
+    "default_keys_dir",
+    "init_keys",
+    "key_set_paths",
+    "load_sealing_keyring",
+    "load_sealing_public",
+    "load_signing_key",
+    "load_verify_keys",
+]
+
+KEYS_DIR_ENV = "INTERVENTION_KEYS_DIR"
+
+SEALING_PRIVATE_FILE = "executor-sealing.key"
+SEALING_PUBLIC_FILE = "executor-sealing.pub"
+SIGNING_PRIVATE_FILE = "auth-signing.key"
+SIGNING_PUBLIC_FILE = "auth-signing.pub"
+
+_PRIVATE_MODE = 0o600
+_PUBLIC_MODE = 0o644
+_DIR_MODE = 0o700
+_T = TypeVar("_T")
+_K = TypeVar("_K", PrivateSealingKey, VerifyKey)
+
+_INIT_HINT = f"create a dev key set with `intervene keys init` or set {KEYS_DIR_ENV}"
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed, of the wrong kind, or insecurely readable.
+
+    Messages name the file and how to fix it, never the key material.
+    """
+
+
+class KeyFileExistsError(KeyFileError):
+    """``init_keys`` found an existing key set and was not told to replace it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeySetPaths:
+    directory: Path
+    sealing_private: Path
+    sealing_public: Path
+    signing_private: Path
+    signing_public: Path
+
+    def all(self) -> tuple[Path, Path, Path, Path]:
+        return (
+            self.sealing_private,
+            self.sealing_public,
+            self.signing_private,
+            self.signing_public,
+        )
+
+
+def default_keys_dir() -> Path:
+    """``$INTERVENTION_KEYS_DIR``, else ``var/keys`` in the source checkout, else in the cwd.
+
+    The checkout is found from this file, not the cwd, so every service and the CLI run
+    from a checkout agree on one key set wherever they are started; an installed package
+    (no ``pyproject.toml`` two levels up) falls back to the working directory.
+    """
+    configured = os.environ.get(KEYS_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    checkout = Path(__file__).resolve().parents[2]
+    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return base / "var" / "keys"
+
+
+def key_set_paths(directory: Path) -> KeySetPaths:
+    """Where the four files of the key set in ``directory`` live (nothing is touched)."""
+    return KeySetPaths(
+        directory=directory,
+        sealing_private=directory / SEALING_PRIVATE_FILE,
+        sealing_public=directory / SEALING_PUBLIC_FILE,
+        signing_private=directory / SIGNING_PRIVATE_FILE,
+        signing_public=directory / SIGNING_PUBLIC_FILE,
+    )
+
+
+# --- creating ----------------------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written key.
+
+    The temp file is created 0600 by ``mkstemp`` (so the private key is never briefly
+    world-readable) and then given its final mode explicitly, independent of the umask.
+    """
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, mode)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def init_keys(directory: Path, *, force: bool = False) -> KeySetPaths:
+    """Create a fresh key set (sealing + signing) in ``directory``.
+
+    Refuses to replace existing key files unless ``force``: replacing the sealing key
+    makes every secret sealed to the old one unreadable.
+    """
+    paths = key_set_paths(directory)
+    existing = [p for p in paths.all() if p.exists()]
+    if existing and not force:
+        names = ", ".join(str(p) for p in existing)
+        raise KeyFileExistsError(
+            f"key files already exist: {names}; secrets sealed to them would become "
+            "unreadable if replaced. Pass force (`intervene keys init --force`) to replace them"
+        )
+    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+
+    sealing = PrivateSealingKey.generate()
+    signing = SigningKey.generate()
+    sealing_doc = {"key_id": sealing.key_id, "algorithm": SEALING_ALGORITHM}
+    signing_doc = {"key_id": signing.key_id, "algorithm": SIGNING_ALGORITHM}
+    # Public halves last: a reader never sees a public key whose private half is missing.
+    _write_atomically(
+        paths.sealing_private,
+        {**sealing_doc, "private_key": _b64(sealing.private_key)},
+        _PRIVATE_MODE,
+    )
+    _write_atomically(
+        paths.signing_private, {**signing_doc, "private_key": _b64(signing.seed)}, _PRIVATE_MODE
+    )
+    _write_atomically(
+        paths.sealing_public,
+        {**sealing_doc, "public_key": _b64(sealing.public.public_key)},
+        _PUBLIC_MODE,
+    )
+    _write_atomically(
+        paths.signing_public,
+        {**signing_doc, "public_key": _b64(signing.verify_key.public_key)},
+        _PUBLIC_MODE,
+    )
+    return paths
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _check_private_permissions(path: Path) -> None:
+    if os.name != "posix":  # POSIX mode bits mean nothing on Windows ACLs
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"private key file {path} is accessible by group or others (mode {mode:04o}); "
+            f"restrict it to its owner: chmod 600 {path}"
+        )
+
+
+def _read_document(path: Path, *, private: bool) -> dict[str, Any]:
+    try:
+        if private:
+            _check_private_permissions(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist; {_INIT_HINT}") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise KeyFileError(f"key file {path} cannot be read: {reason}") from None
+    except UnicodeDecodeError:
+        # Not ``from exc``/``as exc``: the error object holds the raw file content.
+        raise KeyFileError(f"key file {path} is not UTF-8 JSON") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+    else:
+        if not isinstance(document, dict):
+            raise KeyFileError(f"key file {path} must hold a JSON object")
+        return document
+    # Raised outside the ``except`` block: a JSONDecodeError keeps the whole document
+    # (``exc.doc``, i.e. the private key) and must not travel on as ``__context__``.
+    raise KeyFileError(f"key file {path} is not valid JSON ({where})")
+
+
+def _field(document: dict[str, Any], name: str, path: Path) -> str:
+    value = document.get(name)
+    if not isinstance(value, str) or not value:
+        raise KeyFileError(f"key file {path} lacks the string field {name!r}")
+    return value
+
+
+def _load(
+    path: Path,
+    *,
+    algorithm: str,
+    material: str,
+    build: Callable[[str, bytes], _T],
+) -> _T:
+    private = material == "private_key"
+    document = _read_document(path, private=private)
+    found = document.get("algorithm")
+    if found != algorithm:
+        raise KeyFileError(
+            f"key file {path} holds a {found!r} key where a {algorithm!r} "
+            f"{'private' if private else 'public'} key is expected"
+        )
+    key_id = _field(document, "key_id", path)
+    encoded = _field(document, material, path)
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyFileError(f"key file {path}: {material!r} is not standard base64") from None
+    try:
+        return build(key_id, raw)
+    except ValueError as exc:  # bad id or key length; the message holds neither key bytes
+        raise KeyFileError(f"key file {path}: {exc}") from None
+
+
+def load_sealing_public(path: Path) -> PublicSealingKey:
+    """The executor's public sealing key, for whoever seals credentials."""
+    return _load(
+        path,
+        algorithm=SEALING_ALGORITHM,
+        material="public_key",
+        build=lambda key_id, raw: PublicSealingKey(key_id=key_id, public_key=raw),
+    )
+
+
+def load_sealing_keyring(*paths: Path) -> dict[str, PrivateSealingKey]:
+    """The executor's private sealing keys by id: the current one plus any still rotating out."""
+    if not paths:
+        raise KeyFileError(f"no private sealing key file given; {_INIT_HINT}")
+    keys = [
+        _load(
+            path,
+            algorithm=SEALING_ALGORITHM,
+            material="private_key",
+            build=lambda key_id, raw: PrivateSealingKey(key_id=key_id, private_key=raw),
+        )
+        for path in paths
+    ]
+    return _keyring(keys, paths)
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Auth's private signing key."""
+    return _load(
+        path,
+        algorithm=SIGNING_ALGORITHM,
+        material="private_key",
+        build=lambda key_id, raw: SigningKey(key_id=key_id, seed=raw),
+    )
+
+
+def load_verify_keys(*paths: Path) -> dict[str, VerifyKey]:
+    """Auth's public signing keys by id, for checking verdicts during and after rotation."""
+    if not paths:
+        raise KeyFileError(f"no public signing key file given; {_INIT_HINT}")
+    keys = [
+        _load(
+            path,
+            algorithm=SIGNING_ALGORITHM,
+            material="public_key",
+            build=lambda key_id, raw: VerifyKey(key_id=key_id, public_key=raw),
+        )
+        for path in paths
+    ]
+    return _keyring(keys, paths)
+
+
+def _keyring(keys: list[_K], paths: tuple[Path, ...]) -> dict[str, _K]:
+    try:
+        return build_keyring(keys)
+    except ValueError as exc:
+        names = ", ".join(str(p) for p in paths)
+        raise KeyFileError(f"{exc} (files: {names})") from None
