@@ -1,0 +1,40 @@
+"""`intervene audit verify` against the real store: exit status and the first broken record."""
+
+from __future__ import annotations
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.cli.main import main
+from services.runtime.audit import AuditLog
+from services.runtime.redaction import Redactor
+
+pytestmark = pytest.mark.integration
+
+
+async def test_audit_verify_names_the_first_edited_record_and_exits_nonzero(
+    mongo_db: AsyncDatabase[dict[str, object]], real_parts: object, database_name: str,
+    unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MONGODB_URI", real_parts.mongodb_uri)  # type: ignore[attr-defined]
+    monkeypatch.setenv("MONGODB_DATABASE", database_name)
+    ticket = f"HD-CLI-{unique}"
+    audit = AuditLog(mongo_db, redactor=Redactor())
+    for i in range(3):
+        await audit.append(ticket, record_id=f"r{i}", kind="action", actor="executor",
+                           data={"step": i})
+
+    # main() runs its own event loop; run it in a worker thread, outside the test's loop.
+    import asyncio
+
+    assert await asyncio.to_thread(main, ["audit", "verify", ticket]) == 0
+    assert "audit chain OK" in capsys.readouterr().out
+
+    await mongo_db["audit"].update_one({"ticket_id": ticket, "seq": 2},
+                                       {"$set": {"data.step": 99}})
+    assert await asyncio.to_thread(main, ["audit", "verify", ticket]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out
+    assert ticket in out
+    assert f"ticket {ticket}, record 2: hash mismatch" in out
+    assert "edited" in out
