@@ -44,8 +44,24 @@ def _docker_answers() -> bool:
         return False
 
 
+_USED: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which real parts the integration tests ran against, at the end of every run."""
+    for line in _USED:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def real_parts() -> Iterator[RealParts]:
+    for parts in _real_parts():
+        _USED.append(f"real parts: Kafka {parts.bootstrap}, MongoDB wire {parts.mongodb_uri} "
+                     f"(from {parts.origin})")
+        yield parts
+
+
+def _real_parts() -> Iterator[RealParts]:
     env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     env_mongo = os.environ.get("MONGODB_URI")
     if env_kafka and env_mongo:
@@ -63,7 +79,7 @@ def real_parts() -> Iterator[RealParts]:
     with ExitStack() as stack:
         started = [c for c in localstack.infrastructure() if c.record() is None]
         for comp in started:
-            print(comp.start())
+            _USED.append(comp.start())
             stack.callback(comp.stop)
         yield RealParts(bootstrap=localstack.kafka_bootstrap(),
                         mongodb_uri=localstack.mongodb_uri(), origin="local-stack")
