@@ -29,7 +29,7 @@ from services.runtime.kafka_admin import ensure_topics
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.redaction import Redactor, default_redactor
 from services.runtime.settings import RuntimeSettings
-from services.runtime.telemetry import Telemetry, setup_telemetry
+from services.runtime.telemetry import Telemetry, current_trace_id, setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class ServiceRuntime:
                 event.ticket_id, record_id=f"event:{event.event_id}", kind="event",
                 actor=self.service_name,
                 data={"event_type": event.EVENT_TYPE, "topic": topic,
+                      "trace_id": current_trace_id(),
                       "event": event.model_dump(mode="json")},
             )
             key: bytes | None = event.ticket_id.encode()

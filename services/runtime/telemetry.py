@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -23,10 +25,17 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
-from services.runtime.redaction import RedactingFilter
+from services.runtime.redaction import RedactingFilter, default_redactor
+
+SPAN_FILE_ENV = "INTERVENE_SPAN_FILE"
 
 current_ticket: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_ticket", default=None
@@ -48,6 +57,46 @@ class Telemetry:
             self.meter_provider.shutdown()
 
 
+class JsonLinesSpanExporter(SpanExporter):
+    """Finished spans appended as JSON lines to a file several processes share.
+
+    The trace store of the Docker-free stack: `intervene trace` reads it when no OTLP
+    backend runs. One ``write`` per batch with ``O_APPEND`` keeps lines from interleaving.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        redactor = default_redactor()  # span attributes are data too: mask known secrets
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            lines.append(json.dumps({
+                "trace_id": format(ctx.trace_id, "032x"),
+                "span_id": format(ctx.span_id, "016x"),
+                "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
+                "name": span.name,
+                "service": span.resource.attributes.get("service.name"),
+                "start_ns": span.start_time,
+                "end_ns": span.end_time,
+                "status": span.status.status_code.name,
+                "attributes": {
+                    k: v if isinstance(v, int | float | bool) else redactor.redact_text(str(v))
+                    for k, v in (span.attributes or {}).items()},
+            }, ensure_ascii=False))
+        if lines:
+            with self._path.open("a", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing is held open between batches."""
+
+
 def setup_telemetry(
     service_name: str,
     *,
@@ -63,6 +112,9 @@ def setup_telemetry(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if span_exporter is None and os.environ.get(SPAN_FILE_ENV):
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(JsonLinesSpanExporter(Path(os.environ[SPAN_FILE_ENV]))))
     meter_provider = SdkMeterProvider(resource=resource, metric_readers=metric_readers or [])
     return Telemetry(
         service_name=service_name, tracer_provider=tracer_provider, meter_provider=meter_provider
@@ -96,6 +148,11 @@ class JsonLogFormatter(logging.Formatter):
         elif record.exc_text:
             entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
 def configure_logging(service_name: str, *, level: int = logging.INFO) -> logging.Handler:
