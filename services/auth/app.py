@@ -1,0 +1,93 @@
+"""Auth's wiring: one subscriber, on ``intervention.ticket-submitted``.
+
+Each TicketSubmitted gets exactly one verdict event (AuthorizationVerified, signed;
+AuthorizationRejected; or ClarificationRequested) whose id derives from the ticket event's
+id, so a redelivery after a crash republishes the same id and a duplicate is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from faststream import FastStream
+
+from schemas.events import TicketSubmitted
+from schemas.registry import topic_for
+from services.auth.handlers import Dependencies, authorize_ticket, remember_verdict, utc_now
+from services.auth.history import VerdictHistory
+from services.auth.inventory import MongoServerInventory
+from services.auth.settings import AuthSettings
+from services.auth.signing import VerdictSigner
+from services.runtime.consumer import Decoder, Delivery, subscribe
+from services.runtime.service import ServiceRuntime, event_decoder
+from services.runtime.telemetry import Telemetry
+
+SERVICE_NAME = "auth"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthService:
+    runtime: ServiceRuntime
+    inventory: MongoServerInventory
+    history: VerdictHistory
+    deps: Dependencies
+
+    async def ensure_indexes(self) -> None:
+        await self.inventory.ensure_indexes()
+        await self.history.ensure_indexes()
+
+    async def start(self) -> None:
+        await self.ensure_indexes()
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+
+    def app(self) -> FastStream:
+        app = self.runtime.app()
+        app.on_startup(self.ensure_indexes)
+        return app
+
+
+def build(
+    settings: AuthSettings | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    service_name: str = SERVICE_NAME,
+    group: str | None = None,
+) -> AuthService:
+    """Wire auth. The signing key is loaded first, so a missing or unsafe key file stops
+    the service at start instead of at its first ticket. ``group`` (default: the service
+    name) is the Kafka consumer group, and the key its processed events are remembered by.
+    """
+    settings = settings or AuthSettings()
+    signer = VerdictSigner.from_file(settings.signing_key_path)
+    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry)
+    inventory = MongoServerInventory(runtime.db)
+    history = VerdictHistory(runtime.db)
+    deps = Dependencies(
+        inventory=inventory, history=history, signer=signer, policy=settings.policy(), clock=clock
+    )
+
+    async def on_ticket_submitted(ticket: TicketSubmitted, delivery: Delivery) -> None:
+        verdict = await authorize_ticket(ticket, deps, event_id=delivery.derive_event_id("verdict"))
+        await delivery.publish(verdict)
+        await remember_verdict(ticket, verdict, deps)
+
+    subscribe(
+        runtime,
+        topic_for(TicketSubmitted),
+        on_ticket_submitted,
+        group=group,
+        # event_decoder(model) yields exactly that model (parse_event refuses any other).
+        decoder=cast("Decoder[TicketSubmitted]", event_decoder(TicketSubmitted)),
+    )
+    return AuthService(runtime=runtime, inventory=inventory, history=history, deps=deps)
+
+
+def create_app() -> FastStream:
+    return build().app()

@@ -1,0 +1,61 @@
+"""Auth's settings: the shared runtime's plus the verdict policy and auth's one key.
+
+Environment variables (besides those of :class:`~services.runtime.settings.RuntimeSettings`):
+
+- ``AUTH_SIGNING_KEY``: path of auth's private Ed25519 key file; default
+  ``<INTERVENTION_KEYS_DIR or var/keys>/auth-signing.key``. Auth reads no other key: it
+  never holds the executor's sealing key, so it cannot open the credentials it passes on.
+- ``AUTH_ALLOWED_DEPARTMENTS`` = ``technical_issues``: comma-separated helpdesk
+  departments that may request an OS intervention (compared case- and separator-blind).
+- ``AUTH_REVIEW_THRESHOLD`` = 3: this many earlier interventions on the same server within
+  the window mark a new verdict for review.
+- ``AUTH_REVIEW_WINDOW_DAYS`` = 30: the sliding window for that count.
+- ``AUTH_AUTHORIZATION_MAX_AGE_DAYS`` = 30: a written authorization signed longer than this
+  before the ticket revision was submitted is not bound to it.
+- ``AUTH_CLOCK_SKEW_S`` = 300: tolerance for the customer's and the helpdesk's clocks when
+  checking that an authorization was not signed in the future.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+
+from services.auth.verdict import Policy, department_key
+from services.runtime.keys import SIGNING_PRIVATE_FILE, default_keys_dir
+from services.runtime.settings import RuntimeSettings
+
+
+class AuthSettings(RuntimeSettings):
+    auth_signing_key: Path | None = None
+    auth_allowed_departments: str = "technical_issues"
+    auth_review_threshold: int = Field(default=3, ge=1, le=1000)
+    auth_review_window_days: float = Field(default=30.0, gt=0, le=3650)
+    auth_authorization_max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    auth_clock_skew_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The only key file auth opens."""
+        if self.auth_signing_key is not None:
+            return self.auth_signing_key
+        base = (
+            Path(self.intervention_keys_dir).expanduser()
+            if self.intervention_keys_dir
+            else default_keys_dir()
+        )
+        return base / SIGNING_PRIVATE_FILE
+
+    def policy(self) -> Policy:
+        departments = frozenset(
+            department_key(d) for d in self.auth_allowed_departments.split(",") if d.strip()
+        )
+        return Policy(
+            allowed_departments=departments,
+            review_threshold=self.auth_review_threshold,
+            review_window=timedelta(days=self.auth_review_window_days),
+            authorization_max_age=timedelta(days=self.auth_authorization_max_age_days),
+            clock_skew=timedelta(seconds=self.auth_clock_skew_s),
+        )
