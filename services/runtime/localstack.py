@@ -388,9 +388,15 @@ def service_components() -> list[Component]:
             found.append(Component(
                 name=name, ready_timeout=30.0,
                 command=lambda name=name: [sys.executable, "-m", f"services.{name}"],  # type: ignore[misc]
-                env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap(), "MONGODB_URI": mongodb_uri()},
+                env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap(), "MONGODB_URI": mongodb_uri(),
+                     "INTERVENE_SPAN_FILE": str(span_file())},
             ))
     return found
+
+
+def span_file() -> Path:
+    """Where the local stack's services append their spans (`intervene trace` reads it)."""
+    return Path(os.environ.get("INTERVENE_SPAN_FILE", var_dir() / "traces" / "spans.jsonl"))
 
 
 def up(*, with_services: bool = True) -> Iterator[str]:
