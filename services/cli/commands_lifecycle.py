@@ -106,7 +106,8 @@ def render_audit_timing(records: list[AuditRecord]) -> list[str]:
         delta = ""
         if previous is not None:
             delta = f"+{(at - previous).total_seconds():.3f}s"
-        out.append(f"{at.isoformat(timespec='milliseconds')} {delta:>10}  {rec.actor:<9} {label or rec.kind}")
+        stamp = at.isoformat(timespec="milliseconds")
+        out.append(f"{stamp} {delta:>10}  {rec.actor:<9} {label or rec.kind}")
         previous = at
     return out
 
