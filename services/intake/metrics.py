@@ -1,0 +1,67 @@
+"""``GET /metrics``: intake's own counters plus the shared runtime's OpenTelemetry metrics.
+
+One private Prometheus registry per service instance (not the process-global one), so
+several instances in one process - tests, the benchmark - never clash. Every label has a
+small fixed set of values: sources, outcomes, categories, route templates and status
+codes; never ticket or account ids, never anything a request contains.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+Source = Literal["http", "topic", "whmcs", "zammad"]
+Outcome = Literal[
+    "submitted",
+    "duplicate",
+    "rejected",
+    "conflict",
+    "stale",
+    "too_large",
+    "rate_limited",
+    "bad_signature",
+    "unnamed",
+]
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class IntakeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        # The runtime's OpenTelemetry instruments (handled, duplicates, DLQ, publish and
+        # FastStream's process/publish durations) exported into the same registry.
+        self.otel_reader = PrometheusMetricReader(registry=self.registry)
+        self._requests = Counter(
+            "intake_requests", "Helpdesk requests by entry point and outcome.",
+            ["source", "outcome"], registry=self.registry,
+        )
+        self._classified = Counter(
+            "intake_classifications", "Accepted tickets by category and how it was decided.",
+            ["category", "category_source", "confidence"], registry=self.registry,
+        )
+        self._http = Counter(
+            "intake_http_responses", "HTTP responses by route template, method and status.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self._latency = Histogram(
+            "intake_http_request_duration_seconds", "HTTP request handling time.",
+            ["route"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def request(self, source: Source, outcome: Outcome) -> None:
+        self._requests.labels(source, outcome).inc()
+
+    def classified(self, category: str, category_source: str, confidence: str) -> None:
+        self._classified.labels(category, category_source, confidence).inc()
+
+    def http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self._http.labels(route, method, str(status)).inc()
+        self._latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,58 @@
+"""Intake's settings: the shared runtime's plus the HTTP edge and its limits.
+
+Environment variables (besides those of :class:`~services.runtime.settings.RuntimeSettings`):
+
+- ``INTAKE_HTTP_HOST`` = ``127.0.0.1``, ``INTAKE_HTTP_PORT`` = ``8080``: where the HTTP API
+  (``POST /v1/tickets`` and friends) listens (ARCHITECTURE §6).
+- ``INTAKE_SEALING_KEY``: path of the executor's *public* sealing key; default
+  ``<INTERVENTION_KEYS_DIR or var/keys>/executor-sealing.pub``. Intake never reads a
+  private key: it can seal credentials but not open them.
+- ``INTAKE_MAX_BODY_BYTES`` = 262144: larger request bodies get 413. A maximal legitimate
+  request (20 000-character description, 16 KiB private key, error messages) fits well
+  below it, and the TicketSubmitted it becomes stays far below Kafka's 1 MB message limit.
+- ``INTAKE_RATE_LIMIT_PER_MINUTE`` = 30 and ``INTAKE_RATE_LIMIT_BURST`` = 10: a token
+  bucket per customer account (per process); beyond it the API answers 429 with
+  ``Retry-After``. A helpdesk retrying one ticket a few times stays well inside it.
+- ``INTAKE_RATE_LIMIT_ACCOUNTS`` = 10000: how many accounts' buckets are kept (least
+  recently used are dropped), so hostile account ids cannot grow memory without bound.
+- ``INTAKE_CLAIM_LEASE_S`` = 30: a submission still "pending" after this long is taken to
+  have crashed half-way, and a retry of the same request finishes it.
+- ``INTAKE_ZAMMAD_SECRET``: the HMAC-SHA1 secret of the Zammad webhook; unset disables
+  ``POST /v1/webhooks/zammad``.
+- ``INTAKE_WHMCS_SECRET``: the HMAC-SHA256 secret the WHMCS hook signs its body with
+  (``X-Intake-Signature: sha256=<hex>``); unset disables ``POST /v1/webhooks/whmcs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from services.runtime.keys import SEALING_PUBLIC_FILE, default_keys_dir
+from services.runtime.settings import RuntimeSettings
+
+
+class IntakeSettings(RuntimeSettings):
+    intake_http_host: str = "127.0.0.1"
+    intake_http_port: int = Field(default=8080, ge=0, le=65535)
+    intake_sealing_key: Path | None = None
+    intake_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    intake_rate_limit_per_minute: float = Field(default=30.0, gt=0)
+    intake_rate_limit_burst: int = Field(default=10, ge=1)
+    intake_rate_limit_accounts: int = Field(default=10_000, ge=1)
+    intake_claim_lease_s: float = Field(default=30.0, gt=0)
+    intake_zammad_secret: SecretStr | None = None
+    intake_whmcs_secret: SecretStr | None = None
+
+    @property
+    def sealing_key_path(self) -> Path:
+        """The one key file intake opens: the executor's public sealing key."""
+        if self.intake_sealing_key is not None:
+            return self.intake_sealing_key
+        base = (
+            Path(self.intervention_keys_dir).expanduser()
+            if self.intervention_keys_dir
+            else default_keys_dir()
+        )
+        return base / SEALING_PUBLIC_FILE
