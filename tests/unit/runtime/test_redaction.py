@@ -485,3 +485,39 @@ def test_empty_redactor_passed_explicitly_is_used_not_the_default() -> None:
     RedactingFilter(Redactor()).filter(record)
 
     assert record.getMessage() == "only-in-the-default-1"
+
+
+def test_learning_one_more_secret_among_many_recompiles_only_its_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.runtime import redaction
+
+    redactor = redaction.Redactor(max_secrets=1024)
+    learnt = [f"Secret-{i:04d}-{'x' * 12}" for i in range(512)]
+    redactor.add_all(learnt)
+    assert redactor.redact_text(" ".join(learnt[:3])) == " ".join(["[REDACTED]"] * 3)
+
+    compiled: list[int] = []
+    real = redaction._forms_pattern
+
+    def counting(forms: object) -> object:
+        compiled.append(len(forms))  # type: ignore[arg-type]
+        return real(forms)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redaction, "_forms_pattern", counting)
+    redactor.add("Another-secret-value")
+    masked = redactor.redact_text(f"{learnt[0]} and Another-secret-value and {learnt[-1]}")
+    assert masked == "[REDACTED] and [REDACTED] and [REDACTED]"
+    # One small group recompiled, not the 513 secrets' thousands of forms.
+    assert len(compiled) == 1
+    assert compiled[0] < 40
+
+
+def test_overlapping_secrets_in_different_groups_leave_no_fragment() -> None:
+    from services.runtime.redaction import Redactor
+
+    redactor = Redactor()
+    redactor.add("abcdef-first")
+    redactor.add_all(f"filler-secret-{i}" for i in range(20))  # push the next into a new group
+    redactor.add("first-and-more")
+    assert redactor.redact_text("abcdef-first-and-more!") == "[REDACTED]!"
