@@ -120,14 +120,19 @@ def subscribe(
     dlq_body: Callable[[bytes], bytes] | None = None,
     max_attempts: int | None = None,
     backoff_s: float | None = None,
+    on_duplicate: Handler[T] | None = None,
 ) -> None:
     """Register ``handler`` for the catalogue ``topic`` on the runtime's broker.
 
     ``dlq_body`` lets a topic that may carry plaintext (the helpdesk's) scrub what it
-    copies to its DLQ; the default copies the original bytes unchanged.
+    copies to its DLQ; the default copies the original bytes unchanged. ``on_duplicate``
+    is called (once, errors logged) for a message dropped as already processed, for
+    consumers that must record replays (the executor audits replayed verdicts).
     """
     settings = runtime.settings
-    group_id = group or runtime.service_name
+    # The topic prefix isolates groups too: test runs and demos sharing a broker must not
+    # join (and keep rebalancing) one another's consumer groups.
+    group_id = f"{settings.kafka_topic_prefix}{group or runtime.service_name}"
     attempts_max = max_attempts or settings.handler_max_attempts
     backoff = settings.handler_retry_backoff_s if backoff_s is None else backoff_s
     source = physical(topic, settings.kafka_topic_prefix)
@@ -159,15 +164,20 @@ def subscribe(
             return
         token = current_ticket.set(decoded.ticket_id)
         try:
-            if await runtime.processed.seen(group_id, decoded.key):
-                runtime.metrics.duplicate(topic)
-                await msg.ack()
-                return
             delivery = Delivery(
                 runtime=runtime, topic=topic, partition=record.partition, offset=record.offset,
                 key=decoded.key, ticket_id=decoded.ticket_id,
                 headers={k: v.decode(errors="replace") for k, v in (record.headers or ())},
             )
+            if await runtime.processed.seen(group_id, decoded.key):
+                runtime.metrics.duplicate(topic)
+                if on_duplicate is not None:
+                    try:
+                        await on_duplicate(decoded.value, delivery)
+                    except Exception:  # recording a duplicate must not block the partition
+                        log.exception("on_duplicate hook failed")
+                await msg.ack()
+                return
             for attempt in range(1, attempts_max + 1):
                 began = time.perf_counter()
                 try:
