@@ -304,10 +304,16 @@ class _ReplyContext(BaseModel):
     language: Language | None = None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _reply_context(raw: bytes | str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        # Hostile input: refuse NaN/Infinity like the model does, and survive nesting deep
+        # enough to exhaust the parser's recursion.
+        doc = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(doc, dict):
         return {}

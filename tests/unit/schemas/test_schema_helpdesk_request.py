@@ -425,3 +425,14 @@ def test_an_invalid_request_gives_no_reply_context_it_cannot_trust(doc: object):
     with pytest.raises(RequestValidationError) as info:
         parse_helpdesk_request(json.dumps(doc))
     assert (info.value.ticket_id, info.value.revision, info.value.language) == (None, None, None)
+
+
+def test_deeply_nested_or_nan_body_gives_a_validation_error_not_a_crash() -> None:
+    from schemas.request import RequestValidationError, parse_helpdesk_request
+
+    deep = b'{"ticket_id": "HD-1", "revision": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(RequestValidationError):
+        parse_helpdesk_request(deep)
+    with pytest.raises(RequestValidationError) as caught:
+        parse_helpdesk_request(b'{"ticket_id": "HD-1", "revision": NaN}')
+    assert caught.value.revision is None
