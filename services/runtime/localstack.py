@@ -380,17 +380,37 @@ def infrastructure() -> list[Component]:
     ]
 
 
+# Where each service answers /healthz (intake on its public API port, the others on an
+# operations port of their own).
+SERVICE_HEALTH_PORTS = {"intake": 8080, "auth": 9101, "executor": 9102, "notifier": 9103}
+
+
+def _http_ok(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def service_components() -> list[Component]:
     """The services that exist as runnable packages (``services/<name>/__main__.py``)."""
     found = []
     for name in SERVICES:
-        if (REPO_ROOT / "services" / name / "__main__.py").exists():
-            found.append(Component(
-                name=name, ready_timeout=30.0,
-                command=lambda name=name: [sys.executable, "-m", f"services.{name}"],  # type: ignore[misc]
-                env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap(), "MONGODB_URI": mongodb_uri(),
-                     "INTERVENE_SPAN_FILE": str(span_file())},
-            ))
+        if not (REPO_ROOT / "services" / name / "__main__.py").exists():
+            continue
+        port = SERVICE_HEALTH_PORTS[name]
+        env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap(), "MONGODB_URI": mongodb_uri(),
+               "INTERVENE_SPAN_FILE": str(span_file())}
+        env["INTAKE_HTTP_PORT" if name == "intake" else "OPS_HTTP_PORT"] = str(port)
+        found.append(Component(
+            name=name, ports=(port,), ready_timeout=60.0,
+            command=lambda name=name: [sys.executable, "-m", f"services.{name}"],  # type: ignore[misc]
+            ready=lambda port=port: _http_ok(port),  # type: ignore[misc]
+            env=env,
+        ))
     return found
 
 

@@ -27,6 +27,7 @@ from services.runtime.consumer import Decoded, DecodeError
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.metrics import RuntimeMetrics
+from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import Telemetry, current_trace_id, setup_telemetry
@@ -90,6 +91,19 @@ class ServiceRuntime:
     def app(self) -> FastStream:
         app = FastStream(self.broker, logger=logging.getLogger(f"intervention.{self.service_name}"))
         app.on_startup(self.prepare)
+        ops: list[OpsServer] = []
+
+        @app.after_startup
+        async def _start_ops() -> None:
+            if self.settings.ops_http_port is not None:
+                server = OpsServer(self, self.settings.ops_http_host, self.settings.ops_http_port)
+                await server.start()
+                ops.append(server)
+
+        @app.on_shutdown
+        async def _stop_ops() -> None:
+            for server in ops:
+                await server.stop()
 
         @app.after_shutdown
         async def _close() -> None:

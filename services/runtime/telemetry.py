@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from prometheus_client import CollectorRegistry
 
 from services.runtime.redaction import RedactingFilter, default_redactor
 
@@ -47,6 +48,9 @@ class Telemetry:
     service_name: str
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
+    # The Prometheus registry the service's OTel metrics are exported into (None when the
+    # caller brought its own metric readers, as intake does for its /metrics).
+    registry: CollectorRegistry | None = None
 
     def tracer(self) -> trace.Tracer:
         return self.tracer_provider.get_tracer(f"intervention.{self.service_name}")
@@ -115,9 +119,18 @@ def setup_telemetry(
     if span_exporter is None and os.environ.get(SPAN_FILE_ENV):
         tracer_provider.add_span_processor(
             BatchSpanProcessor(JsonLinesSpanExporter(Path(os.environ[SPAN_FILE_ENV]))))
-    meter_provider = SdkMeterProvider(resource=resource, metric_readers=metric_readers or [])
+    registry = None
+    if metric_readers is None:
+        # A private registry per runtime, not the process-global one: several runtimes in
+        # one process (tests, benchmarks) must not clash over metric names.
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        registry = CollectorRegistry(auto_describe=True)
+        metric_readers = [PrometheusMetricReader(registry=registry)]
+    meter_provider = SdkMeterProvider(resource=resource, metric_readers=metric_readers)
     return Telemetry(
-        service_name=service_name, tracer_provider=tracer_provider, meter_provider=meter_provider
+        service_name=service_name, tracer_provider=tracer_provider,
+        meter_provider=meter_provider, registry=registry,
     )
 
 

@@ -1,0 +1,85 @@
+"""Each service's operations endpoint: ``GET /healthz`` and ``GET /metrics``.
+
+Health means the real dependencies answer — the broker a metadata request, the store a
+``ping`` — not merely that the process is up; ``intervene status`` and the compose health
+checks read it. Metrics are the service's OpenTelemetry instruments in Prometheus format.
+Served by uvicorn inside the service's own event loop, on ``OPS_HTTP_HOST:OPS_HTTP_PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import generate_latest
+
+if TYPE_CHECKING:
+    from services.runtime.service import ServiceRuntime
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, bool]:
+    async def broker_ok() -> bool:
+        try:
+            return bool(await asyncio.wait_for(runtime.broker.ping(timeout=timeout), timeout))
+        except (TimeoutError, OSError, RuntimeError):
+            return False
+
+    async def store_ok() -> bool:
+        try:
+            await asyncio.wait_for(runtime.db.command("ping"), timeout)
+        except Exception:  # noqa: BLE001 - any failure of the store is "not healthy"
+            return False
+        return True
+
+    kafka, mongodb = await asyncio.gather(broker_ok(), store_ok())
+    return {"kafka": kafka, "mongodb": mongodb}
+
+
+def ops_app(runtime: ServiceRuntime) -> FastAPI:
+    app = FastAPI(title=f"{runtime.service_name} operations", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        checks = await health(runtime)
+        ok = all(checks.values())
+        return JSONResponse({"service": runtime.service_name, "ok": ok, "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        registry = runtime.telemetry.registry
+        body = generate_latest(registry) if registry is not None else b""
+        return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return app
+
+
+class OpsServer:
+    """uvicorn serving :func:`ops_app` as a task of the running event loop."""
+
+    def __init__(self, runtime: ServiceRuntime, host: str, port: int) -> None:
+        config = uvicorn.Config(ops_app(runtime), host=host, port=port, log_level="warning",
+                                lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error, naming the port
+                raise RuntimeError("ops server stopped before it started")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
