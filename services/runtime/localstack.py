@@ -419,12 +419,30 @@ def span_file() -> Path:
     return Path(os.environ.get("INTERVENE_SPAN_FILE", var_dir() / "traces" / "spans.jsonl"))
 
 
+def ensure_dev_keys() -> str:
+    """The local stack's services need a key set; a fresh machine gets a dev one."""
+    from services.runtime.keys import KEYS_DIR_ENV, default_keys_dir, init_keys, key_set_paths
+
+    directory = default_keys_dir()
+    paths = key_set_paths(directory)
+    files = (paths.sealing_private, paths.sealing_public, paths.signing_private,
+             paths.signing_public)
+    if all(f.exists() for f in files):
+        return f"keys: using {directory}"
+    if os.environ.get(KEYS_DIR_ENV):
+        raise StackError(f"keys: {directory} (from {KEYS_DIR_ENV}) is incomplete; "
+                         "run `intervene keys init --dir` there or fix the variable")
+    init_keys(directory)
+    return f"keys: dev key set created in {directory}"
+
+
 def up(*, with_services: bool = True) -> Iterator[str]:
     for comp in infrastructure():
         yield comp.start()
     created = asyncio.run(ensure_topics(kafka_bootstrap()))
     yield f"topics: {len(created)} created" if created else "topics: all present"
     if with_services:
+        yield ensure_dev_keys()
         for comp in service_components():
             yield comp.start()
 
