@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HELPDESK_REQUESTS = "helpdesk.ticket-requests"
 DLQ_SUFFIX = ".dlq"
+# Three partitions: three consumers per service group can share the load. Test runs set
+# KAFKA_TOPIC_PARTITIONS=1: each run creates its own ~60 topics, and a broker's open files
+# grow with every partition (the local broker died of "Too many open files" at ~20,000).
 DEFAULT_PARTITIONS = 3
+
+
+def default_partitions() -> int:
+    """Read when topics are created, so a test session can set it after imports."""
+    return int(os.environ.get("KAFKA_TOPIC_PARTITIONS", DEFAULT_PARTITIONS))
 
 
 def event_topic(event_type: str) -> str:
@@ -42,7 +50,7 @@ EVENT_TYPES: tuple[str, ...] = (
 @dataclass(frozen=True, kw_only=True)
 class TopicSpec:
     name: str
-    partitions: int = DEFAULT_PARTITIONS
+    partitions: int = field(default_factory=default_partitions)
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
@@ -64,8 +72,7 @@ def all_topics(prefix: str | None = None) -> list[TopicSpec]:
     """Catalogue topics plus their dead-letter topics, with the prefix applied."""
     specs: list[TopicSpec] = []
     for spec in CATALOGUE:
-        specs.append(TopicSpec(name=physical(spec.name, prefix), partitions=spec.partitions))
-        specs.append(
-            TopicSpec(name=physical(spec.name + DLQ_SUFFIX, prefix), partitions=spec.partitions)
-        )
+        # Partition counts are resolved now, not at import (see default_partitions).
+        specs.append(TopicSpec(name=physical(spec.name, prefix)))
+        specs.append(TopicSpec(name=physical(spec.name + DLQ_SUFFIX, prefix)))
     return specs

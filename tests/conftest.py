@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.runtime import localstack
-from services.runtime.kafka_admin import ensure_topics
+from services.runtime.kafka_admin import delete_topics_with_prefix, ensure_topics
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ def _real_parts() -> Iterator[RealParts]:
                         mongodb_uri=localstack.mongodb_uri(), origin="local-stack")
 
 
+# One partition per test topic (see schemas.topics.DEFAULT_PARTITIONS); read at creation.
+os.environ.setdefault("KAFKA_TOPIC_PARTITIONS", "1")
+
+
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
@@ -98,6 +102,8 @@ def topic_prefix(real_parts: RealParts, run_id: str) -> Iterator[str]:
     os.environ["KAFKA_TOPIC_PREFIX"] = prefix
     asyncio.run(ensure_topics(real_parts.bootstrap, prefix=prefix))
     yield prefix
+    # Every topic this run made (rigs nest their prefixes under this one) goes with it.
+    asyncio.run(delete_topics_with_prefix(real_parts.bootstrap, prefix))
     if old is None:
         os.environ.pop("KAFKA_TOPIC_PREFIX", None)
     else:

@@ -91,6 +91,19 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _raise_open_file_limit() -> None:
+    """Runs in the child before exec: a broker holds ~3 files per partition segment, and
+    the soft limit of 1024 was exhausted by a few hundred topics (Kafka then died with
+    "Too many open files")."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # root may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (262144, max(hard, 262144)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _require(tool: str, why: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -173,6 +186,7 @@ class Component:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: `down` kills the whole tree
+                preexec_fn=_raise_open_file_limit,
                 env={**os.environ, **self.env},
                 cwd=REPO_ROOT,
             )
