@@ -1,0 +1,126 @@
+"""``intervene executor ...``: the executor's operator commands.
+
+- ``executor claims``: open and handed-over claims (ticket revision, status, owner, lease,
+  steps journalled) — what a restart would resume, and what waits for rescue or an engineer.
+- ``executor vault-key init DIR``: a customer credential-vault key pair for demos and tests
+  (the account area keeps the private half; new passwords are sealed to the public half).
+- ``executor vault-key register ACCOUNT FILE``: store an account's vault public key, so a
+  password reset for that account can deliver the new password.
+
+Uses ``MONGODB_URI`` and ``MONGODB_DATABASE``. Exit status 0 done, 2 bad input or store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from services.executor.claims import ClaimStore
+from services.executor.settings import ExecutorSettings
+from services.executor.vault import MongoCredentialVault
+from services.runtime.crypto import SEALING_ALGORITHM, PrivateSealingKey, PublicSealingKey
+from services.runtime.keys import KeyFileError, load_sealing_public
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    executor = sub.add_parser("executor", help="executor claims and customer vault keys",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter
+                              ).add_subparsers(dest="executor_command", required=True)
+    claims = executor.add_parser("claims", help="list open and handed-over claims")
+    claims.add_argument("--all", action="store_true", help="finished claims too")
+    claims.set_defaults(func=_cmd_claims)
+    vault = executor.add_parser("vault-key", help="customer credential-vault keys"
+                                ).add_subparsers(dest="vault_command", required=True)
+    init = vault.add_parser("init", help="create a customer vault key pair (demo/tests)")
+    init.add_argument("dir", type=Path)
+    init.set_defaults(func=_cmd_vault_init)
+    reg = vault.add_parser("register", help="store an account's vault public key")
+    reg.add_argument("account_id")
+    reg.add_argument("file", type=Path, help="customer-vault.pub written by `vault-key init`")
+    reg.set_defaults(func=_cmd_vault_register)
+
+
+def _cmd_claims(args: argparse.Namespace) -> int:
+    try:
+        rows = asyncio.run(_claims(ExecutorSettings(), include_finished=args.all))
+    except PyMongoError as exc:
+        print(f"error: the claim store did not answer ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(row)
+    if not rows:
+        print("no claims")
+    return 0
+
+
+async def _claims(settings: ExecutorSettings, *, include_finished: bool) -> list[str]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
+                                                                   tz_aware=True)
+    try:
+        db = client[settings.mongodb_database]
+        query: dict[str, object] = {} if include_finished else {
+            "status": {"$in": ["open", "handed_over"]}}
+        rows = []
+        async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
+            owner = doc.get("owner") or {}
+            steps = doc.get("steps") or {}
+            rows.append(
+                f"{doc['_id']}  {doc.get('status')}  attempt {doc.get('attempt')}  "
+                f"owner {owner.get('id', '-') if isinstance(owner, dict) else '-'}  "
+                f"lease until {doc.get('lease_until')}  "
+                f"steps journalled {len(steps) if isinstance(steps, dict) else 0}")
+        return rows
+    finally:
+        await client.close()
+
+
+def _cmd_vault_init(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    private, public = directory / "customer-vault.key", directory / "customer-vault.pub"
+    if private.exists() or public.exists():
+        print(f"error: {directory} already holds a vault key pair", file=sys.stderr)
+        return 2
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = PrivateSealingKey.generate(key_id_prefix="cust")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"key_id": key.key_id, "algorithm": SEALING_ALGORITHM,
+                   "private_key": base64.b64encode(key.private_key).decode()}, out)
+    public.write_text(json.dumps({"key_id": key.key_id, "algorithm": SEALING_ALGORITHM,
+                                  "public_key": base64.b64encode(
+                                      key.public.public_key).decode()}))
+    print(f"customer vault key {key.key_id} written to {directory}")
+    return 0
+
+
+def _cmd_vault_register(args: argparse.Namespace) -> int:
+    try:
+        key = load_sealing_public(args.file)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_register(ExecutorSettings(), args.account_id, key))
+    except PyMongoError as exc:
+        print(f"error: the vault store did not answer ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    print(f"account {args.account_id}: vault key {key.key_id} registered")
+    return 0
+
+
+async def _register(settings: ExecutorSettings, account_id: str, key: PublicSealingKey) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
+                                                                   tz_aware=True)
+    try:
+        await MongoCredentialVault(client[settings.mongodb_database]).register_key(account_id, key)
+    finally:
+        await client.close()

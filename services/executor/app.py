@@ -1,0 +1,115 @@
+"""The executor's wiring: one subscriber (verify → claim → enqueue) and the worker pool.
+
+Keys are loaded first, so a missing or unsafe key file stops the service at start instead
+of at its first ticket. On start the worker offers every open claim: interventions
+interrupted by a crash or restart are resumed from their journal (or handed to an
+engineer), never started over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from faststream import FastStream
+
+from schemas.events import AuthorizationVerified
+from schemas.registry import topic_for
+from services.executor.claims import ClaimStore, Owner
+from services.executor.handlers import Acceptance, utc_now
+from services.executor.intervention import Dependencies, Interventions
+from services.executor.settings import ExecutorSettings
+from services.executor.ssh import HostKeyPins, SshConnector
+from services.executor.vault import MongoCredentialVault
+from services.executor.worker import Worker
+from services.runtime.consumer import Decoder, subscribe
+from services.runtime.keys import load_sealing_keyring, load_verify_keys
+from services.runtime.service import ServiceRuntime, event_decoder
+from services.runtime.telemetry import Telemetry
+
+SERVICE_NAME = "executor"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorService:
+    runtime: ServiceRuntime
+    settings: ExecutorSettings
+    claims: ClaimStore
+    worker: Worker
+    interventions: Interventions
+    acceptance: Acceptance
+    vault: MongoCredentialVault
+    owner: Owner
+
+    async def start_worker(self) -> None:
+        await self.worker.start()
+        resumed = await self.worker.scan_now()
+        if resumed:
+            log.info("offered %d open claims for resumption", resumed)
+
+    async def stop_worker(self) -> None:
+        # Running interventions get the graceful period to finish; whatever is still
+        # running after it is cancelled and resumed from its journal on the next start.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.worker.idle(), self.settings.graceful_timeout_s)
+        await self.worker.stop()
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        await self.start_worker()
+
+    async def stop(self) -> None:
+        await self.stop_worker()
+        await self.runtime.stop()
+
+    def app(self) -> FastStream:
+        app = self.runtime.app()
+        app.after_startup(self.start_worker)
+        app.on_shutdown(self.stop_worker)
+        return app
+
+
+def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | None = None,
+          clock: Callable[[], datetime] = utc_now,
+          service_name: str = SERVICE_NAME) -> ExecutorService:
+    settings = settings or ExecutorSettings()
+    sealing_keys = load_sealing_keyring(*settings.sealing_key_paths)
+    verify_keys = load_verify_keys(*settings.verify_key_paths)
+    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry)
+    owner = Owner.this_process()
+    claims = ClaimStore(runtime.db)
+    vault = MongoCredentialVault(runtime.db)
+    connector = SshConnector(
+        pins=HostKeyPins(runtime.db), connect_timeout_s=settings.executor_connect_timeout_s,
+        command_timeout_s=settings.executor_command_timeout_s,
+        per_host_connects=settings.executor_host_connects,
+        global_connects=settings.executor_global_connects)
+    interventions = Interventions(Dependencies(
+        runtime=runtime, claims=claims, connector=connector, vault=vault,
+        sealing_keys=sealing_keys, verify_keys=verify_keys, settings=settings, owner=owner))
+    worker = Worker(interventions.run, concurrency=settings.executor_concurrency,
+                    queue_size=settings.executor_queue_size, scan=claims.open_claim_ids,
+                    rescan_s=settings.executor_rescan_s)
+    acceptance = Acceptance(
+        claims=claims, audit=runtime.audit, verify_keys=verify_keys, owner=owner,
+        offer=worker.offer, lease_s=settings.executor_lease_s,
+        max_age=timedelta(seconds=settings.executor_verdict_max_age_s),
+        clock_skew=timedelta(seconds=settings.executor_clock_skew_s), clock=clock)
+    subscribe(
+        runtime, topic_for(AuthorizationVerified), acceptance.accept,
+        decoder=cast("Decoder[AuthorizationVerified]", event_decoder(AuthorizationVerified)),
+        on_duplicate=acceptance.replayed,
+    )
+    return ExecutorService(runtime=runtime, settings=settings, claims=claims, worker=worker,
+                           interventions=interventions, acceptance=acceptance, vault=vault,
+                           owner=owner)
+
+
+def create_app() -> FastStream:
+    return build().app()

@@ -1,0 +1,75 @@
+"""The outcome of a ticket revision and the procedure's after-care advice: pure functions.
+
+Outcomes are best effort and say what happened, not what was hoped for: ``resolved`` when
+every step did what it was meant to (or found nothing to do), ``partially_resolved`` when
+something changed but not everything succeeded (or a hardware fault was found),
+``unresolved`` when nothing useful changed, ``refused`` when the executor would not act.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from schemas.events import Outcome
+from services.executor.hardware import Escalation
+from services.executor.runbooks.engine import RunResult
+
+VERIFY_ACCESS = "Check that you can log in and that your services work as expected."
+REVIEW = ("Review the action summary on this ticket, and your system logs and configuration, "
+          "for anything unexpected.")
+CHANGE_SHARED = ("Change the password of the account you shared with us for this ticket now "
+                 "that the work is done.")
+NEW_CREDENTIALS = ("Your new password is waiting in your account area (never on the ticket): "
+                   "log in with it and then change it to one only you know.")
+HARDWARE = ("A hardware fault was found and handed to our data-centre team under the "
+            "hardware-failure procedure. Back up your data now.")
+DRY_RUN = "This was a dry run: nothing was changed. The planned changes are listed above."
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    outcome: Outcome
+    reason: str | None
+
+
+def decide_outcome(run: RunResult, escalations: Sequence[Escalation], *,
+                   dry_run: bool) -> Verdict:
+    results = [s.result for s in run.steps]
+    changed = results.count("changed")
+    failures = [s for s in run.steps if s.result in ("failed", "rolled_back")]
+    planned = results.count("planned")
+    critical = [e for e in escalations if e.severity == "critical"]
+    if dry_run and planned:
+        return Verdict(outcome="unresolved",
+                       reason=f"Dry run: {planned} change(s) planned, none made.")
+    if failures:
+        first = failures[0]
+        why = f"step '{first.action.step}' {first.result.replace('_', ' ')}: {first.reason}"
+        if changed:
+            return Verdict(outcome="partially_resolved", reason=why)
+        return Verdict(outcome="unresolved", reason=why)
+    if critical:
+        parts = ", ".join(f"{e.component} {e.device}" if e.device else e.component
+                          for e in critical)
+        return Verdict(outcome="partially_resolved",
+                       reason=f"Hardware fault found and escalated: {parts}.")
+    return Verdict(outcome="resolved", reason=None)
+
+
+def recommendations(*, credentials_shared: bool, new_credentials: bool, hardware: bool,
+                    dry_run: bool, findings: Iterable[str] = ()) -> tuple[str, ...]:
+    """The procedure's after-care list: verify access, change passwords, review logs and
+    configuration — plus what this run found."""
+    advice = [VERIFY_ACCESS]
+    if dry_run:
+        advice.append(DRY_RUN)
+    if new_credentials:
+        advice.append(NEW_CREDENTIALS)
+    if credentials_shared:
+        advice.append(CHANGE_SHARED)
+    if hardware:
+        advice.append(HARDWARE)
+    advice.extend(findings)
+    advice.append(REVIEW)
+    return tuple(dict.fromkeys(a[:2000] for a in advice))[:50]

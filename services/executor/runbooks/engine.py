@@ -1,0 +1,483 @@
+"""The one engine that runs every runbook: step by step, journalled, audited, resumable.
+
+For each step the engine journals *before* it changes anything (``changing``) and after
+(``changed``, then ``done``), so a run interrupted by a crash resumes exactly where it was:
+
+- ``done``: the step is not run again; its facts and action are taken from the journal;
+- ``changed``: the change went through; only the verification runs again;
+- ``changing``: the change may or may not have happened. A step declared re-runnable runs
+  its pre-check again, which decides (not needed any more → it had applied; still needed →
+  the change runs again). Any other step is handed to an engineer: the engine never
+  repeats a change it cannot prove safe to repeat.
+
+Every command is passed to the :class:`CommandLog` (the audit trail) as soon as it returns,
+each step runs in its own span, and a dry run executes pre-checks and simulations only.
+The journal write before a change doubles as the lease check: an executor that lost its
+claim gets :class:`LeaseLost` there and stops before touching the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from opentelemetry import trace
+
+from services.executor.runbooks.model import (
+    Command,
+    CommandResult,
+    Context,
+    FreshLogin,
+    Operation,
+    Phase,
+    Platform,
+    Results,
+    Runbook,
+    RunOptions,
+    Step,
+    StepResult,
+)
+
+JournalState = Literal["changing", "changed", "done"]
+
+
+class LeaseLost(Exception):
+    """This executor no longer owns the claim; another one may be running it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionRecord:
+    """The customer-facing line for one step (becomes a schemas ``Action``)."""
+
+    step: str
+    command: str
+    exit_status: int | None
+    duration_ms: int
+    result: StepResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "command": self.command, "exit_status": self.exit_status,
+                "duration_ms": self.duration_ms, "result": self.result}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ActionRecord:
+        return cls(step=str(data["step"]), command=str(data["command"]),
+                   exit_status=data.get("exit_status"),
+                   duration_ms=int(data.get("duration_ms") or 0), result=data["result"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournalEntry:
+    name: str
+    state: JournalState
+    result: StepResult | None = None
+    reason: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    action: ActionRecord | None = None
+    credential: str | None = None  # deposit id of a credential this step issued
+    credential_active: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "result": self.result,
+                "reason": self.reason, "facts": self.facts,
+                "action": self.action.to_json() if self.action else None,
+                "credential": self.credential, "credential_active": self.credential_active,
+                "at": datetime.now(UTC).isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JournalEntry:
+        action = data.get("action")
+        return cls(name=str(data["name"]), state=data["state"], result=data.get("result"),
+                   reason=data.get("reason"), facts=dict(data.get("facts") or {}),
+                   action=ActionRecord.from_json(action) if action else None,
+                   credential=data.get("credential"),
+                   credential_active=bool(data.get("credential_active")))
+
+
+class StepJournal(Protocol):
+    def entry(self, index: int) -> JournalEntry | None: ...
+
+    async def record(self, index: int, entry: JournalEntry) -> None:
+        """Durably store ``entry``; raise :class:`LeaseLost` if the claim is not ours."""
+
+
+class CommandLog(Protocol):
+    async def command(self, *, index: int, step: str, phase: Phase, n: int, display: str,
+                      root: bool, result: CommandResult) -> None:
+        """Audit one command as it happened (display and output get redacted there)."""
+
+
+class Host(Protocol):
+    @property
+    def platform(self) -> Platform: ...
+
+    @property
+    def privileged(self) -> bool: ...
+
+    async def run(self, command: Command) -> CommandResult: ...
+
+    async def fresh_login(self, username: str, password: str) -> CommandResult: ...
+
+
+class CredentialIssuer(Protocol):
+    async def unavailable(self) -> str | None:
+        """Why a new credential cannot be deposited for the customer (None: it can)."""
+
+    async def deposit(self, *, step_key: str, account: str, secret: str) -> str:
+        """Store ``secret`` sealed to the customer, pending; return the deposit id."""
+
+    async def activate(self, deposit_id: str) -> None: ...
+
+    async def discard(self, deposit_id: str) -> None: ...
+
+
+class SecretSink(Protocol):
+    def add(self, secret: str) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Handover:
+    """A step the automation stops at; an engineer takes it from here (ManualStepRequested)."""
+
+    index: int
+    step: str
+    title: str
+    reason: str
+    instructions: tuple[str, ...]
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOutcome:
+    index: int
+    name: str
+    result: StepResult
+    reason: str | None
+    action: ActionRecord
+    facts: dict[str, Any]
+    credential_issued: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    steps: tuple[StepOutcome, ...]
+    facts: dict[str, Any]
+    handover: Handover | None = None
+
+    @property
+    def new_credentials_issued(self) -> bool:
+        return any(s.credential_issued for s in self.steps)
+
+    @property
+    def actions(self) -> tuple[ActionRecord, ...]:
+        return tuple(s.action for s in self.steps)
+
+
+PASSWORD_LENGTH = 24
+# No characters that shells, chpasswd (":") or people (l/1/I/O/0) trip over.
+_PASSWORD_ALPHABET = "".join(
+    c for c in string.ascii_letters + string.digits + "%+-_=.,@" if c not in "lI1O0"
+)
+
+
+def generate_password(length: int = PASSWORD_LENGTH) -> str:
+    """A random password with at least one lower, upper, digit and symbol (CSPRNG)."""
+    while True:
+        password = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+        if (any(c.islower() for c in password) and any(c.isupper() for c in password)
+                and any(c.isdigit() for c in password)
+                and any(not c.isalnum() for c in password)):
+            return password
+
+
+_DRY_RUN_SECRET = "<generated at run time>"  # noqa: S105 - a placeholder shown in plans
+
+
+class Engine:
+    def __init__(self, *, host: Host, journal: StepJournal, log: CommandLog,
+                 issuer: CredentialIssuer | None, secrets_sink: SecretSink,
+                 tracer: trace.Tracer, options: RunOptions) -> None:
+        self._host = host
+        self._journal = journal
+        self._log = log
+        self._issuer = issuer
+        self._sink = secrets_sink
+        self._tracer = tracer
+        self._options = options
+
+    async def run(self, runbook: Runbook[Any], params: Any) -> RunResult:
+        steps = runbook.steps(params, self._host.platform)
+        ctx: Context[Any] = Context(params=params, platform=self._host.platform,
+                                    options=self._options,
+                                    facts={"privileged": self._host.privileged})
+        outcomes: list[StepOutcome] = []
+        stop = False
+        for index, step in enumerate(steps):
+            if stop:
+                break
+            prior = self._journal.entry(index)
+            if prior is not None and prior.name != step.name:
+                return RunResult(steps=tuple(outcomes), facts=ctx.facts, handover=Handover(
+                    index=index, step=step.name, title=step.title,
+                    reason=(f"the journal has step {prior.name!r} at position {index} but the "
+                            f"runbook now has {step.name!r}: the runbook changed since the run "
+                            "was interrupted"),
+                    instructions=(f"Review the audit trail of this ticket and finish runbook "
+                                  f"{runbook.name} by hand from step {index + 1}.",),
+                ))
+            with self._tracer.start_as_current_span(
+                f"runbook step {runbook.name}.{step.name}",
+                attributes={"runbook": runbook.name, "step": step.name, "step.index": index,
+                            "dry_run": self._options.dry_run},
+            ) as span:
+                result = await self._step(index, step, ctx, prior)
+                if isinstance(result, Handover):
+                    span.set_attribute("step.result", "handed_over")
+                    return RunResult(steps=tuple(outcomes), facts=ctx.facts, handover=result)
+                span.set_attribute("step.result", result.result)
+            outcomes.append(result)
+            if result.result in ("failed", "rolled_back") and step.blocking:
+                stop = True
+        return RunResult(steps=tuple(outcomes), facts=ctx.facts)
+
+    # --- one step ----------------------------------------------------------------------
+
+    async def _step(self, index: int, step: Step[Any], ctx: Context[Any],
+                    prior: JournalEntry | None) -> StepOutcome | Handover:
+        if prior is not None and prior.state == "done":
+            ctx.facts.update(prior.facts)
+            assert prior.result is not None
+            assert prior.action is not None
+            return StepOutcome(index=index, name=step.name, result=prior.result,
+                               reason=prior.reason, action=prior.action, facts=prior.facts,
+                               credential_issued=prior.credential_active)
+        resume: JournalState | None = prior.state if prior is not None else None
+        ctx.resuming = resume is not None
+        if prior is not None:
+            ctx.facts.update(prior.facts)
+        if resume == "changing" and not step.is_rerunnable(ctx):
+            return self._handover(index, step, "the executor stopped while this step was "
+                                  "changing the server, and the step cannot be proven safe to "
+                                  "repeat")
+        missing = [r for r in step.requires if not ctx.satisfies(r)]
+        if missing:
+            return await self._done(index, step, ctx, "skipped",
+                                    reason=f"not available on this server: {', '.join(missing)}",
+                                    ops=(), results=())
+        learnt: dict[str, Any] = dict(prior.facts) if prior is not None else {}
+
+        # Pre-check: always, also when resuming, because it decides.
+        pre_ops = tuple(step.precheck(ctx)) if step.precheck else ()
+        pre = await self._run_all(index, step, "precheck", pre_ops)
+        if step.learn is not None:
+            new = dict(step.learn(pre, ctx))
+            learnt.update(new)
+            ctx.facts.update(new)
+        broken = _first_failure(pre_ops, pre)
+        if broken is not None:
+            return await self._done(index, step, ctx, "failed", reason=f"pre-check: {broken}",
+                                    ops=pre_ops, results=pre, facts=learnt)
+        if step.refuse is not None and (reason := step.refuse(pre, ctx)) is not None:
+            return await self._done(index, step, ctx, "failed", reason=reason, ops=pre_ops,
+                                    results=pre, facts=learnt)
+        if step.change is None:
+            return await self._done(index, step, ctx, "ok", ops=pre_ops, results=pre,
+                                    facts=learnt)
+
+        redo_credential = step.issues_credential is not None and resume is not None
+        deposit: str | None = None
+        change_ops: tuple[Operation, ...] = ()
+        change_results: Results = ()
+        if resume == "changed" and not redo_credential:
+            pass  # the change went through before the interruption: verify it only
+        elif not step.needed(pre, ctx) and not redo_credential:
+            if resume == "changing":
+                pass  # the interrupted change had applied: verify it
+            else:
+                return await self._done(index, step, ctx, "no_change_needed", ops=pre_ops,
+                                        results=pre, facts=learnt)
+        else:
+            sim_ops = tuple(step.simulate(ctx)) if step.simulate else ()
+            sim = await self._run_all(index, step, "simulate", sim_ops)
+            broken = _first_failure(sim_ops, sim)
+            if broken is not None:
+                return await self._done(index, step, ctx, "failed",
+                                        reason=f"simulation: {broken}", ops=sim_ops,
+                                        results=sim, facts=learnt)
+            if self._options.dry_run:
+                if step.issues_credential is not None:
+                    ctx.secrets["new_password"] = _DRY_RUN_SECRET
+                planned = tuple(step.change(ctx))
+                return await self._done(index, step, ctx, "planned",
+                                        reason="dry run: not changed", ops=planned, results=(),
+                                        facts=learnt)
+            if step.issues_credential is not None:
+                if (prior is not None and prior.credential and not prior.credential_active
+                        and self._issuer is not None):
+                    # The interrupted attempt's deposit never reached the server for sure.
+                    await self._issuer.discard(prior.credential)
+                outcome = await self._prepare_credential(index, step, ctx, learnt)
+                if isinstance(outcome, StepOutcome):
+                    return outcome
+                deposit = outcome
+            # The intent is durable (and our lease checked) before the server is touched.
+            await self._journal.record(index, JournalEntry(
+                name=step.name, state="changing", facts=learnt, credential=deposit))
+            change_ops = tuple(step.change(ctx))
+            change_results = await self._run_all(index, step, "change", change_ops)
+            broken = _first_failure(change_ops, change_results)
+            if broken is not None:
+                if deposit is not None and self._issuer is not None:
+                    await self._issuer.discard(deposit)
+                return await self._roll_back(index, step, ctx, learnt, change_ops,
+                                             change_results, f"change: {broken}")
+            if deposit is not None and self._issuer is not None:
+                await self._issuer.activate(deposit)
+            await self._journal.record(index, JournalEntry(
+                name=step.name, state="changed", facts=learnt, credential=deposit,
+                credential_active=deposit is not None,
+                action=_action(step, change_ops, change_results, "changed")))
+
+        if step.settle is not None and (delay := step.settle(ctx)) > 0:
+            await asyncio.sleep(delay)
+        ver_ops = tuple(step.verify(ctx)) if step.verify else ()
+        ver = await self._run_all(index, step, "verify", ver_ops)
+        issued = deposit is not None or (prior is not None and prior.credential_active
+                                          and not redo_credential)
+        shown_ops = change_ops or ver_ops
+        shown_results = change_results or ver
+        if not ver_ops or (_first_failure(ver_ops, ver) is None and step.verified(ver, ctx)):
+            return await self._done(index, step, ctx, "changed", ops=shown_ops,
+                                    results=shown_results, facts=learnt,
+                                    credential=deposit, credential_active=issued)
+        if step.issues_credential is not None:
+            # A password cannot be rolled back (the old one is unknown); the deposit stays
+            # active because the server has the new one.
+            return await self._done(index, step, ctx, "failed",
+                                    reason="the change went through but verification failed",
+                                    ops=shown_ops, results=shown_results, facts=learnt,
+                                    credential=deposit, credential_active=issued)
+        return await self._roll_back(index, step, ctx, learnt, shown_ops, shown_results,
+                                     "verification failed")
+
+    async def _prepare_credential(self, index: int, step: Step[Any], ctx: Context[Any],
+                                  learnt: dict[str, Any]) -> str | StepOutcome:
+        assert step.issues_credential is not None
+        if self._issuer is None:
+            return await self._done(index, step, ctx, "failed", ops=(), results=(),
+                                    reason="no credential vault is configured", facts=learnt)
+        unavailable = await self._issuer.unavailable()
+        if unavailable is not None:
+            return await self._done(index, step, ctx, "failed", ops=(), results=(),
+                                    reason=unavailable, facts=learnt)
+        password = generate_password()
+        # Taught to the redactor before it exists anywhere else, so no output, log line or
+        # audit record written from here on can carry it in the clear.
+        self._sink.add(password)
+        ctx.secrets["new_password"] = password
+        return await self._issuer.deposit(step_key=f"{index:03d}-{step.name}",
+                                          account=step.issues_credential(ctx), secret=password)
+
+    async def _roll_back(self, index: int, step: Step[Any], ctx: Context[Any],
+                         learnt: dict[str, Any], ops: Sequence[Operation], results: Results,
+                         reason: str) -> StepOutcome:
+        if step.rollback is None:
+            return await self._done(index, step, ctx, "failed", reason=reason, ops=ops,
+                                    results=results, facts=learnt)
+        back_ops = tuple(step.rollback(ctx))
+        back = await self._run_all(index, step, "rollback", back_ops)
+        broken = _first_failure(back_ops, back)
+        if broken is not None:
+            return await self._done(index, step, ctx, "failed",
+                                    reason=f"{reason}; rollback failed: {broken}", ops=back_ops,
+                                    results=back, facts=learnt)
+        return await self._done(index, step, ctx, "rolled_back", reason=reason, ops=back_ops,
+                                results=back, facts=learnt)
+
+    def _handover(self, index: int, step: Step[Any], reason: str) -> Handover:
+        instructions = step.manual_instructions or (
+            f"Check on the server whether step '{step.title}' took effect (see the audit trail "
+            "of this ticket for the commands already run).",
+            "Complete or undo it by hand, then report the result.",
+        )
+        return Handover(index=index, step=step.name, title=step.title, reason=reason,
+                        instructions=instructions,
+                        verification=(f"'{step.title}' is in the state the customer asked for.",))
+
+    async def _done(self, index: int, step: Step[Any], ctx: Context[Any], result: StepResult, *,
+                    ops: Sequence[Operation], results: Results, reason: str | None = None,
+                    facts: dict[str, Any] | None = None, credential: str | None = None,
+                    credential_active: bool = False) -> StepOutcome:
+        action = _action(step, ops, results, result)
+        outcome = StepOutcome(index=index, name=step.name, result=result, reason=reason,
+                              action=action, facts=dict(facts or {}),
+                              credential_issued=credential_active)
+        await self._journal.record(index, JournalEntry(
+            name=step.name, state="done", result=result, reason=reason,
+            facts=outcome.facts, action=action, credential=credential,
+            credential_active=credential_active))
+        return outcome
+
+    # --- commands ----------------------------------------------------------------------
+
+    async def _run_all(self, index: int, step: Step[Any], phase: Phase,
+                       ops: Sequence[Operation]) -> Results:
+        results = []
+        for n, op in enumerate(ops):
+            began = time.perf_counter()
+            if isinstance(op, FreshLogin):
+                result = await self._host.fresh_login(op.username, op.secret)
+                root = False
+            else:
+                if op.root and not self._host.privileged:
+                    result = CommandResult(exit_status=None, error="needs administrator rights, "
+                                           "which the given account does not have")
+                else:
+                    result = await self._host.run(op)
+                root = op.root
+            if result.duration_ms == 0:
+                result = CommandResult(
+                    exit_status=result.exit_status, stdout=result.stdout, stderr=result.stderr,
+                    error=result.error, duration_ms=int((time.perf_counter() - began) * 1000))
+            await self._log.command(index=index, step=step.name, phase=phase, n=n,
+                                    display=op.display(), root=root, result=result)
+            results.append(result)
+            if not _accepted(op, result):
+                break  # later commands of the phase assume the earlier ones worked
+        return tuple(results)
+
+
+def _accepted(op: Operation, result: CommandResult) -> bool:
+    if result.error is not None:
+        return False
+    if isinstance(op, FreshLogin):
+        return result.exit_status == 0
+    return op.accepts(result.exit_status)
+
+
+def _first_failure(ops: Sequence[Operation], results: Results) -> str | None:
+    for op, result in zip(ops, results, strict=False):
+        if not _accepted(op, result):
+            if result.error is not None:
+                return f"{op.display()}: {result.error}"
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            return f"{op.display()} exited with {result.exit_status}: {tail[0][:300]}".rstrip(": ")
+    if len(results) < len(ops):
+        return f"{ops[len(results)].display()} did not run"
+    return None
+
+
+def _action(step: Step[Any], ops: Sequence[Operation], results: Results,
+            result: StepResult) -> ActionRecord:
+    command = "; ".join(op.display() for op in ops) or "(no command)"
+    exits = [r.exit_status for r in results]
+    return ActionRecord(
+        step=step.title, command=command[:2000],
+        exit_status=exits[-1] if exits and exits[-1] is not None else None,
+        duration_ms=sum(r.duration_ms for r in results), result=result)

@@ -1,0 +1,74 @@
+"""The executor's settings: the shared runtime's plus its keys, limits and clocks.
+
+Environment variables (besides those of :class:`~services.runtime.settings.RuntimeSettings`):
+
+- ``EXECUTOR_SEALING_KEYS``: comma-separated paths of the executor's private sealing key
+  files (the current one first, then any still rotating out); default
+  ``<INTERVENTION_KEYS_DIR or var/keys>/executor-sealing.key``.
+- ``EXECUTOR_VERIFY_KEYS``: comma-separated paths of auth's public signing key files;
+  default ``<keys dir>/auth-signing.pub``.
+- ``EXECUTOR_CONCURRENCY`` = 8: interventions running at once in this process.
+- ``EXECUTOR_QUEUE_SIZE`` = 256: claims waiting for a worker; beyond that the periodic scan
+  of open claims picks them up (the Kafka handler never waits for a free worker).
+- ``EXECUTOR_HOST_CONNECTS`` = 4: SSH handshakes in flight per host. OpenSSH's
+  ``MaxStartups 10:30:100`` starts dropping unauthenticated connections beyond 10.
+- ``EXECUTOR_GLOBAL_CONNECTS`` = 32: SSH handshakes in flight in this process.
+- ``EXECUTOR_LEASE_S`` = 60: how long a claim stays owned without a heartbeat; a claim whose
+  owner stopped renewing is resumed by another executor after this.
+- ``EXECUTOR_RESCAN_S`` = 30: how often open claims are scanned for abandoned ones.
+- ``EXECUTOR_MAX_ATTEMPTS`` = 3: runs of one claim before it is handed to an engineer.
+- ``EXECUTOR_CONNECT_TIMEOUT_S`` = 15, ``EXECUTOR_COMMAND_TIMEOUT_S`` = 600.
+- ``EXECUTOR_VERDICT_MAX_AGE_S`` = 86400: a signed verdict older than this is refused as
+  stale (a replay after the claim store was purged, or a verdict stuck in a backlog).
+- ``EXECUTOR_CLOCK_SKEW_S`` = 300: tolerance for a verdict dated in the future.
+- ``EXECUTOR_DRY_RUN`` = false: plan only — run read-only checks, record the changes that
+  would be made, change nothing.
+- ``EXECUTOR_SERVICE_SETTLE_S`` = 3: wait after a service restart before checking that it
+  stayed up (a crash-looping daemon looks "active" for its first second).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.runtime.keys import SEALING_PRIVATE_FILE, SIGNING_PUBLIC_FILE, default_keys_dir
+from services.runtime.settings import RuntimeSettings
+
+
+def _paths(value: str | None, default: Path) -> tuple[Path, ...]:
+    if not value:
+        return (default,)
+    return tuple(Path(p.strip()).expanduser() for p in value.split(",") if p.strip())
+
+
+class ExecutorSettings(RuntimeSettings):
+    executor_sealing_keys: str | None = None
+    executor_verify_keys: str | None = None
+    executor_concurrency: int = Field(default=8, ge=1, le=1024)
+    executor_queue_size: int = Field(default=256, ge=1, le=100_000)
+    executor_host_connects: int = Field(default=4, ge=1, le=10)
+    executor_global_connects: int = Field(default=32, ge=1, le=4096)
+    executor_lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    executor_rescan_s: float = Field(default=30.0, ge=0.1, le=3600.0)
+    executor_max_attempts: int = Field(default=3, ge=1, le=20)
+    executor_connect_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    executor_command_timeout_s: float = Field(default=600.0, gt=0, le=7200)
+    executor_verdict_max_age_s: float = Field(default=86400.0, gt=0)
+    executor_clock_skew_s: float = Field(default=300.0, ge=0, le=86400)
+    executor_dry_run: bool = False
+    executor_service_settle_s: float = Field(default=3.0, ge=0, le=300)
+
+    def _keys_dir(self) -> Path:
+        if self.intervention_keys_dir:
+            return Path(self.intervention_keys_dir).expanduser()
+        return default_keys_dir()
+
+    @property
+    def sealing_key_paths(self) -> tuple[Path, ...]:
+        return _paths(self.executor_sealing_keys, self._keys_dir() / SEALING_PRIVATE_FILE)
+
+    @property
+    def verify_key_paths(self) -> tuple[Path, ...]:
+        return _paths(self.executor_verify_keys, self._keys_dir() / SIGNING_PUBLIC_FILE)

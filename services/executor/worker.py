@@ -1,0 +1,114 @@
+"""Bounded-concurrency work queue between the Kafka handler and the interventions.
+
+The handler only verifies, claims and :meth:`Worker.offer`\\ s a claim id, then returns, so
+its offset is committed within milliseconds whatever the SSH work takes (aiokafka evicts a
+consumer that does not poll within ``max.poll.interval.ms``). The claim is durable before
+it is offered, so the queue itself may lose nothing that matters: a full queue drops the
+offer, a crash drops the whole queue, and the periodic scan of open claims finds them again.
+
+At most ``concurrency`` interventions run at once; one ticket's revisions run one after
+another in this process (a customer's follow-up must not race the run it follows up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+RunClaim = Callable[[str], Awaitable[None]]
+ScanClaims = Callable[[], Awaitable[list[str]]]
+
+
+class Worker:
+    def __init__(self, run: RunClaim, *, concurrency: int, queue_size: int,
+                 scan: ScanClaims | None = None, rescan_s: float = 30.0) -> None:
+        self._run = run
+        self._scan = scan
+        self._rescan_s = rescan_s
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self._pending: set[str] = set()  # queued or running: offered once at a time
+        self._ticket_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.running = 0
+        self.peak = 0  # most interventions seen running at once (tests, metrics)
+
+    def offer(self, claim_id: str) -> bool:
+        """Queue a claim unless it is already queued or running; never waits."""
+        if claim_id in self._pending:
+            return True
+        try:
+            self._queue.put_nowait(claim_id)
+        except asyncio.QueueFull:
+            log.warning("work queue full; claim %s waits for the next scan", claim_id)
+            return False
+        self._pending.add(claim_id)
+        return True
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [asyncio.create_task(self._serve(), name=f"executor-worker-{n}")
+                       for n in range(self._concurrency)]
+        if self._scan is not None:
+            self._tasks.append(asyncio.create_task(self._rescan(), name="executor-rescan"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def idle(self, timeout: float = 60.0) -> None:
+        """Wait until nothing is queued or running (tests, graceful shutdown)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._pending:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(self._pending)} claims still pending")
+            await asyncio.sleep(0.05)
+
+    async def scan_now(self) -> int:
+        """Offer every open claim (at start-up, and periodically)."""
+        if self._scan is None:
+            return 0
+        offered = 0
+        for claim_id in await self._scan():
+            offered += self.offer(claim_id)
+        return offered
+
+    async def _rescan(self) -> None:
+        while True:
+            try:
+                await self.scan_now()
+            except Exception:  # the scan retries next round; the store may be restarting
+                log.exception("scan of open claims failed")
+            await asyncio.sleep(self._rescan_s)
+
+    async def _serve(self) -> None:
+        while True:
+            claim_id = await self._queue.get()
+            ticket = claim_id.rsplit(":", 1)[0]
+            lock = self._ticket_locks.setdefault(ticket, asyncio.Lock())
+            try:
+                async with lock:
+                    self.running += 1
+                    self.peak = max(self.peak, self.running)
+                    try:
+                        await self._run(claim_id)
+                    finally:
+                        self.running -= 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one claim's failure must not stop the worker
+                log.exception("intervention for claim %s failed", claim_id)
+            finally:
+                self._pending.discard(claim_id)
+                if not lock.locked():
+                    self._ticket_locks.pop(ticket, None)
+                self._queue.task_done()
