@@ -1,0 +1,300 @@
+"""The notifier's use cases: what each event and each due alert leads to.
+
+For every consumed event, in this order:
+
+1. the customer's TicketUpdated(s) (:mod:`.updates`), ids derived from the event, so a
+   redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
+   it is the initial response the customer waits for;
+2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
+   computed;
+3. pages for engineers (a new ticket, a manual step, a hardware escalation) into the chat
+   outbox, and pages the automation no longer needs resolved (compare-and-set against an
+   engineer's ack, :mod:`.acks`);
+4. the ticket's deadline hint refreshed (:mod:`.deadlines`).
+
+Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
+delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
+SlaWarning / SlaBreached published, the on-call room told, the customer told when the
+intervention passed its expected timeline; or an escalation posted to the next tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from schemas.envelope import EventEnvelope
+from schemas.events import (
+    AuthorizationRejected,
+    ClarificationRequested,
+    Event,
+    HardwareEscalated,
+    InterventionCompleted,
+    InterventionStarted,
+    ManualStepCompleted,
+    ManualStepRequested,
+    SlaBreached,
+    SlaWarning,
+    TicketRejected,
+    TicketSubmitted,
+)
+from schemas.request import Language
+from services.notifier.acks import Closure, EngineerDesk, EngineerDirectory, PageIndex, PageRecord
+from services.notifier.bots.base import ChatAction, ChatPost, Mention
+from services.notifier.deadlines import Deadlines, FireResult
+from services.notifier.delivery import Outbox
+from services.notifier.ids import derived_id
+from services.notifier.ledger import TicketLedger
+from services.notifier.sla import (
+    Alert,
+    Fact,
+    FactKind,
+    Page,
+    PageKind,
+    SlaPolicy,
+    TicketState,
+    fact_of,
+    timeline_extension,
+)
+from services.notifier.templates import chat
+from services.notifier.updates import (
+    CustomerUpdate,
+    customer_updates,
+    overdue_update,
+    ticket_updated,
+    ticket_updated_for,
+)
+from services.runtime.consumer import Delivery
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[EventEnvelope], Awaitable[None]]
+Redact = Callable[[str], str]
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Collaborators:
+    publish: Publish
+    ledger: TicketLedger
+    deadlines: Deadlines
+    pages: PageIndex
+    directory: EngineerDirectory
+    outbox: Outbox
+    policy: SlaPolicy
+    clock: Clock
+    redact: Redact = lambda text: text
+    language_wait: timedelta = timedelta(seconds=5)
+
+
+class Notifier:
+    def __init__(self, parts: Collaborators) -> None:
+        self.parts = parts
+        self.desk: EngineerDesk | None = None  # set by the bootstrap (the desk needs us too)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def acknowledge(self, event: TicketSubmitted | TicketRejected, delivery: Delivery
+                          ) -> None:
+        """Tell the customer their request arrived (or why it was refused): the initial
+        response. Consumed in a group of its own, so this never waits behind the SLA and
+        paging work of earlier tickets (see :func:`services.notifier.app.build`)."""
+        minutes = int(self.parts.policy.initial_response.total_seconds() // 60)
+        await self._publish_updates(event, delivery, customer_updates(
+            event, initial_response_minutes=minutes))
+
+    async def handle(self, event: Event, delivery: Delivery) -> None:
+        """Record an event's fact, page engineers, refresh its deadline, and tell the
+        customer what this step means for them (idempotent: every effect is keyed by the
+        event). A new ticket's and a refused request's updates are :meth:`acknowledge`'s."""
+        p = self.parts
+        fact = fact_of(event)
+        if fact is None:
+            return
+        # A new revision cannot extend a timeline: skip the read on the hot path.
+        before = None if isinstance(event, TicketSubmitted) else \
+            await p.deadlines.state(event.ticket_id)
+        await p.ledger.append(event.ticket_id, fact)
+        after = await p.deadlines.state(event.ticket_id)
+        if before is not None:
+            language = after.language or await self._language(event.ticket_id)
+            await self._publish_updates(event, delivery, customer_updates(
+                event, language=language, extended_to=timeline_extension(before, after)))
+        match event:
+            case TicketSubmitted():
+                await self._open_page(event, "new_ticket", chat.new_ticket(event))
+            case ManualStepRequested():
+                await self._open_page(event, "manual_step", chat.manual_step(event))
+            case HardwareEscalated():
+                await self._open_page(event, "hardware", chat.hardware(event))
+            case ManualStepCompleted():
+                await self._step_reported(event)
+        await self._resolve_closed(after, fact, event)
+        await p.deadlines.refresh(event.ticket_id)
+
+    async def _publish_updates(self, cause: Event, delivery: Delivery,
+                               updates: Sequence[CustomerUpdate]) -> None:
+        for update in updates:
+            await self.parts.publish(ticket_updated_for(
+                update, cause, event_id=delivery.derive_event_id(f"ticket-updated:{update.key}"),
+                occurred_at=self.parts.clock()))
+
+    async def _language(self, ticket_id: str) -> Language | None:
+        """The ticket's language from its TicketSubmitted, waiting briefly for it: events
+        arrive on different topics, so a verdict can overtake its ticket."""
+        deadline = asyncio.get_running_loop().time() + self.parts.language_wait.total_seconds()
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            state = await self.parts.deadlines.state(ticket_id)
+            if state.language is not None:
+                return state.language
+        log.warning("ticket %s: no TicketSubmitted seen; answering in the default language",
+                    ticket_id)
+        return None
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    async def _open_page(self, event: EventEnvelope, kind: PageKind, text: str) -> None:
+        p = self.parts
+        page_id = str(event.event_id)
+        post_id = f"page:{page_id}"
+        step_id = event.step_id if isinstance(event, ManualStepRequested) else None
+        record = PageRecord(page_id=page_id, ticket_id=event.ticket_id, revision=event.revision,
+                            kind=kind, step_id=step_id, post_id=post_id, text=p.redact(text))
+        await p.pages.add(record)
+        await p.outbox.enqueue(ChatPost(
+            post_id=post_id, ticket_id=event.ticket_id, text=record.text, page_id=page_id,
+            actions=_actions(record, acknowledged=False),
+            mentions=await self._mentions(p.policy.tier_for(0))))
+
+    async def page_closed(self, page: PageRecord, closure: Closure) -> None:
+        """The desk closed a page (ack or resolve): edit its message to say who and how."""
+        await self.parts.outbox.enqueue(ChatPost(
+            post_id=f"{page.post_id}:closed", ticket_id=page.ticket_id, page_id=page.page_id,
+            text=chat.closed(page.text, closure.describe()), edit_of=page.post_id,
+            actions=_actions(page, acknowledged=True)))
+
+    async def _step_reported(self, event: ManualStepCompleted) -> None:
+        page = await self.parts.pages.get(str(event.causation_id)) if event.causation_id else None
+        if page is None:
+            return
+        closure = await self._desk().closure(page.page_id)
+        if closure is None or closure.how != "acknowledged":
+            return  # the page is resolved by the report itself: that edit says it all
+        text = chat.closed(chat.closed(page.text, closure.describe()),
+                           f"reported {event.status} by {event.display_name} via {event.channel}")
+        await self.parts.outbox.enqueue(ChatPost(
+            post_id=f"{page.post_id}:reported", ticket_id=page.ticket_id, page_id=page.page_id,
+            text=self.parts.redact(text), edit_of=page.post_id))
+
+    async def _resolve_closed(self, after: TicketState, fact: Fact, event: Event) -> None:
+        """Pages the automation no longer needs: close them unless an engineer acknowledged
+        first. Events race across topics, so the fact that resolves a page may be recorded
+        before the page's own; whichever of the two is handled second does the closing."""
+        for page in after.pages:
+            if page.closed_by != "resolved" or page.closed_cause is None:
+                continue
+            closed_here = page.closed_cause == fact.kind and page.closed_at == fact.at
+            if not closed_here and page.page_id != fact.fact_id:
+                continue
+            record = await self.parts.pages.get(page.page_id)
+            if record is not None:
+                reason = _reason(event) if closed_here else RESOLVED[page.closed_cause]
+                await self._desk().resolve(record, reason)
+
+    async def _mentions(self, tier: int) -> tuple[Mention, ...]:
+        engineers = await self.parts.directory.up_to_tier(tier)
+        return tuple(Mention(channel=channel, identity=identity, display_name=e.display_name)
+                     for e in engineers for channel, identity in e.identities.items())
+
+    def _desk(self) -> EngineerDesk:
+        if self.desk is None:
+            raise RuntimeError("the notifier's desk is not wired")
+        return self.desk
+
+    # -- alerts --------------------------------------------------------------------------------
+
+    async def fire(self, alert: Alert, state: TicketState, now: datetime) -> FireResult:
+        if alert.kind == "escalation":
+            return await self._escalate(alert, now)
+        p = self.parts
+        clock = alert.clock
+        assert clock is not None
+        model = SlaWarning if alert.kind == "sla_warning" else SlaBreached
+        await p.publish(model.new(
+            ticket_id=alert.ticket_id, revision=alert.revision,
+            causation_id=UUID(alert.cause_id), event_id=derived_id(alert.alert_id),
+            occurred_at=now, clock=clock.name, deadline=clock.deadline,
+            elapsed_seconds=int(clock.elapsed(now).total_seconds()),
+        ))
+        if alert.kind == "sla_breach" and clock.name == "intervention":
+            await p.publish(ticket_updated(
+                overdue_update(alert.ticket_id, state.language), ticket_id=alert.ticket_id,
+                revision=alert.revision, causation_id=derived_id(alert.alert_id),
+                event_id=derived_id(f"{alert.alert_id}:customer"), occurred_at=now))
+        tier = 1 if alert.kind == "sla_warning" else p.policy.tier_for(1)
+        await p.outbox.enqueue(ChatPost(
+            post_id=f"alert:{alert.alert_id}", ticket_id=alert.ticket_id,
+            text=p.redact(chat.sla_alert(alert, clock, now)),
+            mentions=await self._mentions(tier)))
+        return "fired"
+
+    async def _escalate(self, alert: Alert, now: datetime) -> FireResult:
+        page = alert.page
+        assert page is not None
+        desk = self._desk()
+        if await desk.closure(page.page_id) is not None:
+            # Closed by an ack whose EngineerAcknowledged is not in the ledger yet: it will
+            # be in a moment (or, if its winner died before publishing it, once the claim's
+            # lease runs out and this finishes it), and then no escalation is due at all.
+            await desk.finish(page.page_id)
+            return "deferred"
+        p = self.parts
+        tier = p.policy.tier_for(alert.level)
+        engineers = await p.directory.up_to_tier(tier)
+        record = await p.pages.get(page.page_id)
+        await p.outbox.enqueue(ChatPost(
+            post_id=f"alert:{alert.alert_id}", ticket_id=alert.ticket_id, page_id=page.page_id,
+            text=chat.escalation(alert, tier=tier, names=[e.display_name for e in engineers],
+                                 now=now),
+            actions=_actions(record, acknowledged=False) if record else (),
+            mentions=await self._mentions(tier)))
+        return "fired"
+
+
+def _actions(page: PageRecord | Page, *, acknowledged: bool) -> tuple[ChatAction, ...]:
+    actions: list[ChatAction] = []
+    if not acknowledged:
+        actions.append(ChatAction(kind="ack", label="Acknowledge", page_id=page.page_id))
+    if page.kind == "manual_step":
+        actions += [ChatAction(kind="step_done", label="Done", page_id=page.page_id),
+                    ChatAction(kind="step_failed", label="Failed", page_id=page.page_id)]
+    return tuple(actions)
+
+
+RESOLVED: dict[FactKind, str] = {
+    "auth_rejected": "authorization refused; the customer was told why",
+    "clarification": "waiting for the customer's answer to a question",
+    "intervention_started": "the automation took the ticket",
+    "step_completed": "the step was reported",
+    "completed": "the intervention completed",
+}
+
+
+def _reason(event: Event) -> str:
+    match event:
+        case AuthorizationRejected():
+            return "authorization refused; the customer was told why"
+        case ClarificationRequested():
+            return "waiting for the customer's answer to a question"
+        case InterventionStarted():
+            return f"the automation took the ticket ({event.access_method})"
+        case ManualStepCompleted():
+            return f"step reported {event.status} by {event.display_name}"
+        case InterventionCompleted():
+            return f"intervention completed ({event.outcome})"
+    return event.EVENT_TYPE

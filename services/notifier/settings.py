@@ -1,0 +1,133 @@
+"""The notifier's settings: the shared runtime's plus SLA policy, delivery and chat adapters.
+
+Environment variables (besides those of :class:`~services.runtime.settings.RuntimeSettings`).
+A chat adapter is enabled when its required variables are set; with none set the notifier
+still publishes every customer update and runs the SLA clocks.
+
+SLA and escalation:
+
+- ``NOTIFIER_SLA_INITIAL_RESPONSE_MIN`` = 10: someone (an engineer's ack, or the automation
+  starting the work) must take a ticket revision up within this many minutes.
+- ``NOTIFIER_SLA_STANDARD_MIN`` = 60, ``NOTIFIER_SLA_COMPLEX_MIN`` = 240,
+  ``NOTIFIER_SLA_DATACENTER_MIN`` = 1440: the intervention clock per timeline.
+- ``NOTIFIER_SLA_WARNING_FRACTION`` = 0.8: SlaWarning at this share of a clock's budget.
+- ``NOTIFIER_ESCALATE_AFTER_MIN`` = 10: an unacknowledged page escalates to the next on-call
+  tier after this many minutes, and again after each further interval until acknowledged.
+- ``NOTIFIER_ESCALATION_TIERS`` = 3: the highest tier; later escalations repeat it.
+- ``NOTIFIER_SWEEP_INTERVAL_S`` = 1.0: how often due deadlines are swept.
+- ``NOTIFIER_CLAIM_LEASE_S`` = 60: a claim (a deadline firing, an ack being published, a chat
+  post being sent) older than this whose owner never finished is taken over.
+
+Delivery to chat:
+
+- ``NOTIFIER_DELIVERY_ATTEMPTS`` = 5 tries per round (429 ``retry_after`` honoured),
+  ``NOTIFIER_DELIVERY_BACKOFF_S`` = 0.5 doubling; ``NOTIFIER_DELIVERY_ROUNDS`` = 20 rounds,
+  spaced by ``NOTIFIER_DELIVERY_ROUND_DELAY_S`` = 5 doubling (capped at 10 min), before a
+  post is given up.
+
+Consumption: ``NOTIFIER_TICKET_CONSUMERS`` = 3 consumers of ``intervention.ticket-submitted``
+in this process, taking its partitions in parallel (more than the topic's partitions idle).
+
+HTTP (Slack interactivity, Telegram webhook): ``NOTIFIER_HTTP_HOST`` = 127.0.0.1,
+``NOTIFIER_HTTP_PORT`` = 8082; served only when Slack or Telegram is enabled.
+
+Matrix (the reference adapter): ``MATRIX_HOMESERVER_URL``, ``MATRIX_USER_ID``,
+``MATRIX_PASSWORD`` or ``MATRIX_ACCESS_TOKEN``, ``MATRIX_ROOM_ID`` (the on-call room),
+``MATRIX_DEVICE_ID`` = ``intervention-notifier`` (a fixed device keeps Synapse's
+transaction-id deduplication across restarts).
+
+Slack: ``SLACK_WEBHOOK_URL`` (incoming webhook), ``SLACK_SIGNING_SECRET``.
+
+Telegram: ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``TELEGRAM_WEBHOOK_SECRET``,
+``TELEGRAM_API_URL`` = ``https://api.telegram.org``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field, SecretStr
+
+from services.notifier.sla import SlaPolicy
+from services.runtime.settings import RuntimeSettings
+
+
+class NotifierSettings(RuntimeSettings):
+    notifier_sla_initial_response_min: float = Field(default=10.0, gt=0, le=10_080)
+    notifier_sla_standard_min: float = Field(default=60.0, gt=0, le=10_080)
+    notifier_sla_complex_min: float = Field(default=240.0, gt=0, le=10_080)
+    notifier_sla_datacenter_min: float = Field(default=1440.0, gt=0, le=43_200)
+    notifier_sla_warning_fraction: float = Field(default=0.8, gt=0, lt=1)
+    notifier_escalate_after_min: float = Field(default=10.0, gt=0, le=1440)
+    notifier_escalation_tiers: int = Field(default=3, ge=1, le=10)
+    notifier_sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
+    notifier_claim_lease_s: float = Field(default=60.0, gt=0, le=3600)
+
+    notifier_delivery_attempts: int = Field(default=5, ge=1, le=20)
+    notifier_delivery_backoff_s: float = Field(default=0.5, ge=0, le=60)
+    notifier_delivery_rounds: int = Field(default=20, ge=1, le=1000)
+    notifier_delivery_round_delay_s: float = Field(default=5.0, ge=0, le=600)
+
+    notifier_ticket_consumers: int = Field(default=3, ge=1, le=64)
+
+    notifier_http_host: str = "127.0.0.1"
+    notifier_http_port: int = Field(default=8082, ge=0, le=65535)
+
+    matrix_homeserver_url: str | None = None
+    matrix_user_id: str | None = None
+    matrix_password: SecretStr | None = None
+    matrix_access_token: SecretStr | None = None
+    matrix_room_id: str | None = None
+    matrix_device_id: str = "intervention-notifier"
+
+    slack_webhook_url: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+
+    def sla_policy(self) -> SlaPolicy:
+        return SlaPolicy(
+            initial_response=timedelta(minutes=self.notifier_sla_initial_response_min),
+            standard=timedelta(minutes=self.notifier_sla_standard_min),
+            complex=timedelta(minutes=self.notifier_sla_complex_min),
+            datacenter=timedelta(minutes=self.notifier_sla_datacenter_min),
+            warning_fraction=self.notifier_sla_warning_fraction,
+            escalate_after=timedelta(minutes=self.notifier_escalate_after_min),
+            tiers=self.notifier_escalation_tiers,
+        )
+
+    @property
+    def matrix_enabled(self) -> bool:
+        return bool(
+            self.matrix_homeserver_url
+            and self.matrix_user_id
+            and self.matrix_room_id
+            and (self.matrix_password or self.matrix_access_token)
+        )
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_webhook_url is not None and self.slack_signing_secret is not None
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return (
+            self.telegram_bot_token is not None
+            and self.telegram_chat_id is not None
+            and self.telegram_webhook_secret is not None
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret value configured, for the redactor: none may reach a log line."""
+        values = (
+            self.matrix_password,
+            self.matrix_access_token,
+            self.slack_webhook_url,
+            self.slack_signing_secret,
+            self.telegram_bot_token,
+            self.telegram_webhook_secret,
+        )
+        return [v.get_secret_value() for v in values if v is not None]
