@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -457,9 +458,13 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
 
     service = rig.ssh.service
     event = rig.verdict(category="service_restart", parameters={"unit": service.name})
-    dead = replace(rig.service.owner, id="dead-executor", pid=2**22 - 1)
+    # Created under a live-looking owner with a long lease, so the executor's periodic scan
+    # cannot take the claim before the journal below is in place (it did on a slow CI run);
+    # only then does the owner "die".
+    alive = replace(rig.service.owner, id="other-executor", pid=os.getpid())
     claim, _ = await rig.service.claims.create(
-        event, verdict_json=encode(event).decode(), trace_carrier={}, owner=dead, lease_s=600)
+        event, verdict_json=encode(event).decode(), trace_carrier={}, owner=alive, lease_s=600)
+    dead = replace(rig.service.owner, id="dead-executor", pid=2**22 - 1)
 
     def done(name: str, **facts: Any) -> dict[str, Any]:
         return JournalEntry(name=name, state="done", result="ok", facts=facts,
@@ -475,7 +480,8 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
         "steps.000": done("detect", manager="sysv", unit_found=True),
         "steps.001": done("config_check"),
         "steps.002": JournalEntry(name="restart", state="changing",
-                                  facts={"running_before": True}).to_json()}})
+                                  facts={"running_before": True}).to_json(),
+        "owner": dead.to_doc()}})
     pid, starts = service.pid(), service.starts()
     await rig.service.interventions.run(claim.id)  # owner gone on this machine: taken at once
     [manual] = await rig.bus.wait(event.ticket_id, "ManualStepRequested")
