@@ -42,6 +42,7 @@ from services.notifier.acks import (
     EngineerDirectory,
     PageIndex,
 )
+from services.notifier.board import TicketBoard
 from services.notifier.bots.base import ChatBot
 from services.notifier.bots.matrix import MatrixBot
 from services.notifier.bots.slack import SlackBot
@@ -52,6 +53,7 @@ from services.notifier.delivery import DeliveryWorker, Outbox
 from services.notifier.handlers import Collaborators, Notifier
 from services.notifier.http import create_http_app
 from services.notifier.ledger import TicketLedger
+from services.notifier.metrics import NotifierMetrics, TicketProjection
 from services.notifier.settings import NotifierSettings
 from services.runtime.consumer import Decoder, Delivery, Handler, subscribe
 from services.runtime.service import ServiceRuntime, event_decoder
@@ -91,6 +93,7 @@ class NotifierService:
     bots: list[ChatBot]
     workers: list[DeliveryWorker]
     http_app: FastAPI | None
+    projection: TicketProjection | None = None
     run_sweeper: bool = True
     serve_http: bool = True
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -104,6 +107,10 @@ class NotifierService:
             self._tasks.append(asyncio.create_task(worker.run(), name=f"deliver-{worker.channel}"))
         if self.run_sweeper:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sla-sweeper"))
+        if self.projection is not None:
+            interval = timedelta(seconds=self.settings.notifier_metrics_refresh_s)
+            self._tasks.append(asyncio.create_task(self.projection.run(interval),
+                                                   name="metrics-gauges"))
         if self.serve_http and self.http_app is not None:
             config = uvicorn.Config(self.http_app, host=self.settings.notifier_http_host,
                                     port=self.settings.notifier_http_port, log_level="warning",
@@ -170,9 +177,13 @@ def build(
     extra = list(bots or ())
     channels = [*enabled, *(b.channel for b in extra if b.channel not in enabled)]
     outbox = Outbox(db, channels, clock=clock, lease=lease)
+    projection = TicketProjection(
+        db=db, board=TicketBoard(db, ledger, policy),
+        metrics=NotifierMetrics(runtime.telemetry.meter_provider, policy), clock=clock)
     notifier = Notifier(Collaborators(
         publish=runtime.publish, ledger=ledger, deadlines=deadlines, pages=pages,
-        directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact))
+        directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
+        projection=projection))
     desk = EngineerDesk(
         directory=directory, pages=pages, closures=Claims(db, CLOSURES, lease=lease),
         step_reports=Claims(db, STEP_REPORTS, lease=lease), state_of=deadlines.state,
@@ -228,7 +239,8 @@ def build(
     return NotifierService(
         runtime=runtime, settings=settings, notifier=notifier, desk=desk, directory=directory,
         ledger=ledger, deadlines=deadlines, sweeper=sweeper, outbox=outbox, bots=all_bots,
-        workers=workers, http_app=http_app, run_sweeper=run_sweeper, serve_http=serve_http)
+        workers=workers, http_app=http_app, projection=projection, run_sweeper=run_sweeper,
+        serve_http=serve_http)
 
 
 def _configured_bots(settings: NotifierSettings, desk: EngineerDesk, outbox: Outbox,

@@ -10,7 +10,9 @@ For every consumed event, in this order:
 3. pages for engineers (a new ticket, a manual step, a hardware escalation) into the chat
    outbox, and pages the automation no longer needs resolved (compare-and-set against an
    engineer's ack, :mod:`.acks`);
-4. the ticket's deadline hint refreshed (:mod:`.deadlines`).
+4. the ticket's deadline hint refreshed (:mod:`.deadlines`);
+5. the open-ticket board and the domain metrics (:mod:`.metrics`), last: a failure there is
+   logged, never allowed to fail the event.
 
 Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
 delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
@@ -49,6 +51,7 @@ from services.notifier.deadlines import Deadlines, FireResult
 from services.notifier.delivery import Outbox
 from services.notifier.ids import derived_id
 from services.notifier.ledger import TicketLedger
+from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
     Fact,
@@ -89,6 +92,7 @@ class Collaborators:
     clock: Clock
     redact: Redact = lambda text: text
     language_wait: timedelta = timedelta(seconds=5)
+    projection: TicketProjection | None = None  # metrics and the open-ticket board
 
 
 class Notifier:
@@ -118,7 +122,7 @@ class Notifier:
         # A new revision cannot extend a timeline: skip the read on the hot path.
         before = None if isinstance(event, TicketSubmitted) else \
             await p.deadlines.state(event.ticket_id)
-        await p.ledger.append(event.ticket_id, fact)
+        recorded = await p.ledger.append(event.ticket_id, fact)
         after = await p.deadlines.state(event.ticket_id)
         if before is not None:
             language = after.language or await self._language(event.ticket_id)
@@ -135,6 +139,7 @@ class Notifier:
                 await self._step_reported(event)
         await self._resolve_closed(after, fact, event)
         await p.deadlines.refresh(event.ticket_id)
+        await self._project(event, recorded)
 
     async def _publish_updates(self, cause: Event, delivery: Delivery,
                                updates: Sequence[CustomerUpdate]) -> None:
@@ -220,7 +225,10 @@ class Notifier:
 
     async def fire(self, alert: Alert, state: TicketState, now: datetime) -> FireResult:
         if alert.kind == "escalation":
-            return await self._escalate(alert, now)
+            result = await self._escalate(alert, now)
+            if result == "fired":
+                await self._project_alert(alert)
+            return result
         p = self.parts
         clock = alert.clock
         assert clock is not None
@@ -241,7 +249,26 @@ class Notifier:
             post_id=f"alert:{alert.alert_id}", ticket_id=alert.ticket_id,
             text=p.redact(chat.sla_alert(alert, clock, now)),
             mentions=await self._mentions(tier)))
+        await self._project_alert(alert)
         return "fired"
+
+    # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
+
+    async def _project(self, event: Event, recorded: bool) -> None:
+        if self.parts.projection is None:
+            return
+        try:
+            await self.parts.projection.observe(event, recorded=recorded)
+        except Exception:  # the next event of the ticket refreshes it
+            log.exception("metrics projection failed for ticket %s", event.ticket_id)
+
+    async def _project_alert(self, alert: Alert) -> None:
+        if self.parts.projection is None:
+            return
+        try:
+            await self.parts.projection.alert_fired(alert)
+        except Exception:  # a lost count, never a lost alert
+            log.exception("counting alert %s failed", alert.alert_id)
 
     async def _escalate(self, alert: Alert, now: datetime) -> FireResult:
         page = alert.page

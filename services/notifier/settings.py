@@ -25,6 +25,9 @@ Delivery to chat:
   spaced by ``NOTIFIER_DELIVERY_ROUND_DELAY_S`` = 5 doubling (capped at 10 min), before a
   post is given up.
 
+Metrics: ``NOTIFIER_METRICS_REFRESH_S`` = 15: how often the open-ticket gauges (tickets by
+state and age, pages waiting, overdue clocks) are re-read from the store.
+
 Consumption: ``NOTIFIER_TICKET_CONSUMERS`` = 3 consumers of ``intervention.ticket-submitted``
 in this process, taking its partitions in parallel (more than the topic's partitions idle).
 
@@ -69,6 +72,7 @@ class NotifierSettings(RuntimeSettings):
     notifier_delivery_round_delay_s: float = Field(default=5.0, ge=0, le=600)
 
     notifier_ticket_consumers: int = Field(default=3, ge=1, le=64)
+    notifier_metrics_refresh_s: float = Field(default=15.0, gt=0, le=3600)
 
     notifier_http_host: str = "127.0.0.1"
     notifier_http_port: int = Field(default=8082, ge=0, le=65535)

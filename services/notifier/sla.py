@@ -113,6 +113,11 @@ class Fact:
     page_id: str | None = None
     alert_id: str | None = None
     level: int | None = None
+    # For the metrics projection (services/notifier/metrics.py): the ticket's category on
+    # ``submitted`` (InterventionCompleted does not carry it), the chat channel on
+    # ``acknowledged``. Both small enums, never free text.
+    category: str | None = None
+    channel: str | None = None
 
 
 def _fact(event: Event, kind: FactKind, **details: Any) -> Fact:
@@ -124,7 +129,7 @@ def fact_of(event: Event) -> Fact | None:
     """The fact an event contributes to its ticket's history, or None if it changes nothing."""
     match event:
         case TicketSubmitted():
-            return _fact(event, "submitted", language=event.language)
+            return _fact(event, "submitted", language=event.language, category=event.category)
         case AuthorizationRejected():
             return _fact(event, "auth_rejected")
         case ClarificationRequested():
@@ -141,7 +146,8 @@ def fact_of(event: Event) -> Fact | None:
         case HardwareEscalated():
             return _fact(event, "hardware")
         case EngineerAcknowledged():
-            return _fact(event, "acknowledged", page_id=str(event.acknowledged_event_id))
+            return _fact(event, "acknowledged", page_id=str(event.acknowledged_event_id),
+                         channel=event.channel)
     return None
 
 

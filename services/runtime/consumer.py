@@ -132,11 +132,13 @@ def subscribe(
     settings = runtime.settings
     # The topic prefix isolates groups too: test runs and demos sharing a broker must not
     # join (and keep rebalancing) one another's consumer groups.
-    group_id = f"{settings.kafka_topic_prefix}{group or runtime.service_name}"
+    group_name = group or runtime.service_name
+    group_id = f"{settings.kafka_topic_prefix}{group_name}"
     attempts_max = max_attempts or settings.handler_max_attempts
     backoff = settings.handler_retry_backoff_s if backoff_s is None else backoff_s
     source = physical(topic, settings.kafka_topic_prefix)
     dlq_topic = physical(topic + DLQ_SUFFIX, settings.kafka_topic_prefix)
+    runtime.metrics.subscribed(topic)
 
     async def to_dlq(record: ConsumerRecord[Any, Any], body: bytes, *, reason: str,
                      exc: BaseException, attempts: int) -> None:
@@ -155,6 +157,9 @@ def subscribe(
 
     async def consume(msg: KafkaMessage) -> None:
         record: ConsumerRecord[Any, Any] = msg.raw_message
+        runtime.metrics.consuming(topic=topic, group=group_name, physical_topic=record.topic,
+                                  partition=record.partition, offset=record.offset,
+                                  consumer=msg.consumer)
         body: bytes = msg.body
         try:
             decoded = decoder(body)

@@ -51,6 +51,9 @@ class ServiceRuntime:
         self.telemetry = telemetry or setup_telemetry(service_name)
         self.redactor = redactor or default_redactor()
         self.metrics = RuntimeMetrics(self.telemetry.meter_provider, service_name)
+        # The executor's runbook step spans become step-duration metrics (other services
+        # open no step spans, so for them this does nothing).
+        self.telemetry.tracer_provider.add_span_processor(self.metrics.runbook_steps)
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             client_id=service_name,

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from prometheus_client import CollectorRegistry
 
+from services.runtime.metrics import metric_views
 from services.runtime.redaction import RedactingFilter, default_redactor
 
 SPAN_FILE_ENV = "INTERVENE_SPAN_FILE"
@@ -127,7 +128,8 @@ def setup_telemetry(
 
         registry = CollectorRegistry(auto_describe=True)
         metric_readers = [PrometheusMetricReader(registry=registry)]
-    meter_provider = SdkMeterProvider(resource=resource, metric_readers=metric_readers)
+    meter_provider = SdkMeterProvider(resource=resource, metric_readers=metric_readers,
+                                      views=metric_views())
     return Telemetry(
         service_name=service_name, tracer_provider=tracer_provider,
         meter_provider=meter_provider, registry=registry,

@@ -1,0 +1,172 @@
+"""The open-ticket board: where each open ticket stands, what it waits for, its deadlines.
+
+A read model of the ticket ledger (:mod:`.ledger`), one document per ticket that is open or
+still has a page waiting for an engineer (``_id = ticket_id``); a ticket that closes with
+nothing waiting is removed, so the collection holds only open work and reading it whole
+stays cheap (FerretDB scans for any filter but ``_id``). It feeds the open-ticket gauges
+(:mod:`.metrics`) and ``intervene status --stuck`` (:mod:`services.cli.stuck`).
+
+The lifecycle phase is the latest lifecycle fact in time order, the same order the SLA fold
+uses; pages and clocks come from the fold itself, so the board can never disagree with the
+clocks the sweeper enforces. Written after the facts it was computed from, then checked
+against the ledger for a fact appended meanwhile, exactly like :class:`.deadlines.Deadlines`:
+the last write always reflects every fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.events import SlaClock as ClockName
+from services.notifier.ledger import TicketLedger
+from services.notifier.sla import Fact, FactKind, PageKind, SlaPolicy, TicketState, fold
+
+COLLECTION = "notifier_ticket_board"
+
+Phase = Literal["submitted", "waiting_customer", "in_progress", "waiting_engineer"]
+PHASES: Final[tuple[Phase, ...]] = (
+    "submitted", "waiting_customer", "in_progress", "waiting_engineer")
+
+WAITING_FOR: Final[dict[Phase, str]] = {
+    "submitted": "authorization and pickup (auth, then the executor or an engineer)",
+    "waiting_customer": "the customer's answer to a clarification",
+    "in_progress": "the intervention to finish",
+    "waiting_engineer": "an engineer to carry out a manual step",
+}
+
+# Lifecycle facts and the phase each leaves the ticket in (None: closed). Facts not listed
+# (hardware escalations, acknowledgements, fired alerts) do not move the lifecycle.
+LIFECYCLE: Final[dict[FactKind, Phase | None]] = {
+    "submitted": "submitted",
+    "auth_rejected": None,
+    "clarification": "waiting_customer",
+    "intervention_started": "in_progress",
+    "manual_step": "waiting_engineer",
+    "step_completed": "in_progress",
+    "completed": None,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClockEntry:
+    name: ClockName
+    revision: int
+    deadline: datetime
+    running: bool  # False while paused for the customer: its deadline is not counting down
+
+
+@dataclass(frozen=True, kw_only=True)
+class PageEntry:
+    kind: PageKind
+    opened_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoardEntry:
+    ticket_id: str
+    phase: Phase | None
+    opened_at: datetime | None  # when the current open stretch began (a reopen restarts it)
+    progress_at: datetime | None  # the latest lifecycle fact
+    clocks: tuple[ClockEntry, ...] = ()  # running or paused clocks
+    pages: tuple[PageEntry, ...] = ()  # pages nobody acknowledged or resolved yet
+
+    @property
+    def listed(self) -> bool:
+        return self.phase is not None or bool(self.pages)
+
+    def overdue(self, now: datetime) -> tuple[ClockEntry, ...]:
+        return tuple(c for c in self.clocks if c.running and c.deadline < now)
+
+
+def board_entry(ticket_id: str, facts: Iterable[Fact], state: TicketState) -> BoardEntry:
+    """Pure: the ticket's board entry from its facts and their fold."""
+    seen: set[str] = set()
+    ordered: list[Fact] = []
+    for fact in facts:
+        if fact.fact_id not in seen:
+            seen.add(fact.fact_id)
+            ordered.append(fact)
+    ordered.sort(key=lambda f: f.at)  # stable, as in sla.fold
+    phase: Phase | None = None
+    opened_at: datetime | None = None
+    progress_at: datetime | None = None
+    for fact in ordered:
+        if fact.kind not in LIFECYCLE:
+            continue
+        new = LIFECYCLE[fact.kind]
+        if phase is None and new is not None:
+            opened_at = fact.at
+        elif new is None:
+            opened_at = None
+        phase, progress_at = new, fact.at
+    return BoardEntry(
+        ticket_id=ticket_id, phase=phase, opened_at=opened_at, progress_at=progress_at,
+        clocks=tuple(ClockEntry(name=c.name, revision=c.revision, deadline=c.deadline,
+                                running=c.running) for c in state.clocks if not c.stopped),
+        pages=tuple(PageEntry(kind=p.kind, opened_at=p.opened_at) for p in state.open_pages()),
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def to_document(entry: BoardEntry, facts: int) -> dict[str, Any]:
+    return {
+        "phase": entry.phase, "opened_at": entry.opened_at, "progress_at": entry.progress_at,
+        "clocks": [{"name": c.name, "revision": c.revision, "deadline": c.deadline,
+                    "running": c.running} for c in entry.clocks],
+        "pages": [{"kind": p.kind, "opened_at": p.opened_at} for p in entry.pages],
+        "facts": facts,
+    }
+
+
+def from_document(doc: dict[str, Any]) -> BoardEntry:
+    def when(value: Any) -> datetime | None:
+        return _aware(value) if isinstance(value, datetime) else None
+
+    return BoardEntry(
+        ticket_id=str(doc["_id"]), phase=doc.get("phase"), opened_at=when(doc.get("opened_at")),
+        progress_at=when(doc.get("progress_at")),
+        clocks=tuple(ClockEntry(name=c["name"], revision=int(c["revision"]),
+                                deadline=_aware(c["deadline"]), running=bool(c["running"]))
+                     for c in doc.get("clocks") or ()),
+        pages=tuple(PageEntry(kind=p["kind"], opened_at=_aware(p["opened_at"]))
+                    for p in doc.get("pages") or ()),
+    )
+
+
+class TicketBoard:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], ledger: TicketLedger,
+                 policy: SlaPolicy, *, collection: str = COLLECTION) -> None:
+        self._coll = db[collection]
+        self._ledger = ledger
+        self._policy = policy
+
+    async def refresh(self, ticket_id: str) -> tuple[Sequence[Fact], TicketState]:
+        """Rewrite the ticket's entry from its ledger; returns the facts and their fold."""
+        while True:
+            facts = await self._ledger.facts(ticket_id)
+            state = fold(ticket_id, facts, self._policy)
+            entry = board_entry(ticket_id, facts, state)
+            if entry.listed:
+                await self._coll.replace_one({"_id": ticket_id},
+                                             to_document(entry, len(facts)), upsert=True)
+            else:
+                await self._coll.delete_one({"_id": ticket_id})
+            if await self._ledger.count(ticket_id) == len(facts):
+                return facts, state
+
+    async def entries(self) -> list[BoardEntry]:
+        return [from_document(doc) async for doc in self._coll.find({})]
+
+
+async def read_board(db: AsyncDatabase[dict[str, Any]], *, collection: str = COLLECTION
+                     ) -> list[BoardEntry]:
+    """Every entry on the board, for readers that do not write it (the CLI)."""
+    return [from_document(doc) async for doc in db[collection].find({})]
