@@ -234,3 +234,24 @@ async def test_known_secret_never_reaches_dlq_headers_logs_or_spans(
     spans = harness.spans.get_finished_spans()
     assert spans, "the consumer produced spans"
     assert canary not in "".join(repr((s.name, s.attributes, s.events, s.status)) for s in spans)
+
+
+async def test_a_decoder_that_crashes_dead_letters_the_message_and_the_next_flows(
+    make_runtime: Callable[..., Awaitable[Harness]], read_topic: ReadTopic, unique: str,
+    mongo_db: AsyncDatabase[dict[str, object]],
+) -> None:
+    harness = await make_runtime()
+    # Nesting deep enough to exhaust a recursive parser: the decoder raises RecursionError,
+    # not a DecodeError.
+    hostile = b"[" * 200_000 + b"]" * 200_000
+    await _publish_raw(harness, hostile)
+    good = _update(f"HD-{unique}")
+    await _publish_raw(harness, encode(good))
+    effects = mongo_db[f"effects_{unique}"]
+    await _eventually(lambda: _count(effects, {}, 1))
+    dlq = await read_topic(f"{harness.runtime.settings.kafka_topic_prefix}{harness.topic}.dlq",
+                           expect=1)
+    assert len(dlq) == 1
+    assert dlq[0][2]["x-dlq-reason"] == "decode"
+    assert dlq[0][2]["x-dlq-original-offset"] == "0"
+    assert harness.seen == [str(good.event_id)]
