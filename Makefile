@@ -6,9 +6,9 @@ PY ?= python3
 bootstrap:
 	@bash deploy/local/bootstrap.sh
 
+# The whole lifecycle on this machine: stack, services, Synapse, demo servers, tickets.
 run: bootstrap
-	intervene up
-	intervene status
+	intervene demo
 
 down:
 	intervene down

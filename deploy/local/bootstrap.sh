@@ -9,6 +9,8 @@ need_apt=()
 command -v /usr/sbin/sshd >/dev/null || need_apt+=(openssh-server)
 command -v sudo >/dev/null || need_apt+=(sudo)
 command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool tests the alert rules
+command -v nft >/dev/null || need_apt+=(nftables)  # demo servers behind a firewall
+command -v ip >/dev/null || need_apt+=(iproute2)
 for tool in java mvn go; do
   command -v "$tool" >/dev/null || { echo "bootstrap: \`$tool\` is required (see README: prerequisites)" >&2; exit 2; }
 done

@@ -1,7 +1,9 @@
 """``intervene executor ...``: the executor's operator commands.
 
 - ``executor claims``: open and handed-over claims (ticket revision, status, owner, lease,
-  steps journalled) — what a restart would resume, and what waits for rescue or an engineer.
+  steps journalled) — what a restart would resume, and what waits for an engineer.
+- ``executor manual [--all]``: manual steps waiting for an engineer's report (ticket,
+  step, method, deadline), with ``--all`` also the reported and timed-out ones.
 - ``executor vault-key init DIR``: a customer credential-vault key pair for demos and tests
   (the account area keeps the private half; new passwords are sealed to the public half).
 - ``executor vault-key register ACCOUNT FILE``: store an account's vault public key, so a
@@ -24,6 +26,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from services.executor.claims import ClaimStore
+from services.executor.manual import ManualSteps
 from services.executor.settings import ExecutorSettings
 from services.executor.vault import MongoCredentialVault
 from services.runtime.crypto import SEALING_ALGORITHM, PrivateSealingKey, PublicSealingKey
@@ -38,6 +41,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     claims = executor.add_parser("claims", help="list open and handed-over claims")
     claims.add_argument("--all", action="store_true", help="finished claims too")
     claims.set_defaults(func=_cmd_claims)
+    manual = executor.add_parser("manual", help="manual steps waiting for an engineer")
+    manual.add_argument("--all", action="store_true", help="reported and timed-out steps too")
+    manual.set_defaults(func=_cmd_manual)
     vault = executor.add_parser("vault-key", help="customer credential-vault keys"
                                 ).add_subparsers(dest="vault_command", required=True)
     init = vault.add_parser("init", help="create a customer vault key pair (demo/tests)")
@@ -78,6 +84,38 @@ async def _claims(settings: ExecutorSettings, *, include_finished: bool) -> list
                 f"owner {owner.get('id', '-') if isinstance(owner, dict) else '-'}  "
                 f"lease until {doc.get('lease_until')}  "
                 f"steps journalled {len(steps) if isinstance(steps, dict) else 0}")
+        return rows
+    finally:
+        await client.close()
+
+
+def _cmd_manual(args: argparse.Namespace) -> int:
+    try:
+        rows = asyncio.run(_manual(ExecutorSettings(), include_done=args.all))
+    except PyMongoError as exc:
+        print(f"error: the store did not answer ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(row)
+    if not rows:
+        print("no manual steps")
+    return 0
+
+
+async def _manual(settings: ExecutorSettings, *, include_done: bool) -> list[str]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
+                                                                   tz_aware=True)
+    try:
+        db = client[settings.mongodb_database]
+        query: dict[str, object] = {} if include_done else {"status": "waiting"}
+        rows = []
+        async for doc in db[ManualSteps.STEPS].find(query).sort("deadline", 1):
+            report = doc.get("report") or {}
+            who = f"  by {report.get('display_name')}" if isinstance(report, dict) and \
+                report.get("display_name") else ""
+            rows.append(f"{doc.get('ticket_id')} r{doc.get('revision')}  {doc.get('step_id')}  "
+                        f"{doc.get('method')}  {doc.get('status')}{who}  "
+                        f"deadline {doc.get('deadline')}  {doc.get('title')}")
         return rows
     finally:
         await client.close()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from services.runtime import localstack
 
-COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle")
+COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle", "demo",
+                   "docs")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -30,7 +31,43 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stuck() -> int:
+    from datetime import UTC, datetime
+
+    from pymongo import AsyncMongoClient
+
+    from services.cli.stuck import StuckTicket, find_stuck_tickets
+    from services.runtime.settings import RuntimeSettings
+
+    async def find() -> list[StuckTicket]:
+        settings = RuntimeSettings()
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            settings.mongodb_uri, serverSelectionTimeoutMS=5000)
+        try:
+            return await find_stuck_tickets(client[settings.mongodb_database],
+                                            datetime.now(UTC))
+        finally:
+            await client.close()
+
+    stuck = asyncio.run(find())
+    if not stuck:
+        print("no stuck tickets: every running SLA clock is within its deadline or progressing")
+        return 0
+    print(f"{len(stuck)} stuck ticket(s), most overdue first:")
+    for t in stuck:
+        minutes = int(t.overdue.total_seconds() // 60)
+        print(f"  {t.ticket_id} r{t.revision}  {t.state:<16} {t.clock} clock {minutes} min past "
+              f"{t.deadline:%Y-%m-%d %H:%M}Z — waiting for {t.waiting_for}")
+    return 1
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.stuck:
+        return _cmd_stuck()
+    if args.ticket:
+        from services.cli.ticket_status import print_ticket_status
+
+        return print_ticket_status(args.ticket)
     rows = localstack.status()
     for row in rows:
         print(row.line())
@@ -72,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="start only Kafka and FerretDB")
     up.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=_cmd_down)
-    sub.add_parser("status", help="health, pids and log files").set_defaults(func=_cmd_status)
+    status = sub.add_parser("status", help="health, pids and log files; with TICKET, the "
+                                           "ticket's status and timeline from the audit log")
+    status.add_argument("ticket", nargs="?", help="ticket id (MONGODB_URI, MONGODB_DATABASE)")
+    status.add_argument("--stuck", action="store_true",
+                        help="list tickets past an SLA deadline with no progress since (exit 1 "
+                             "if any)")
+    status.set_defaults(func=_cmd_status)
 
     topics = sub.add_parser("topics", help="Kafka topics of the catalogue").add_subparsers(
         dest="topics_command", required=True)

@@ -5,8 +5,10 @@ The procedure's order of preference: SSH (Windows OpenSSH + PowerShell for Windo
 whenever it works and the work can be done on a running system; rescue mode (automated
 through the provider's API) when the system must be repaired offline or cannot be reached;
 the console when there is no rescue: IP-KVM for dedicated servers with that option, the
-VNC console for VPS, data-centre staff otherwise. Rescue and console work is delivered by
-the rescue/manual-steps issue; here it becomes a hand-over.
+VNC console for VPS, data-centre staff otherwise. Rescue mode is automated for the repairs
+that have a rescue runbook (:data:`RESCUE_AUTOMATED`) when this executor has a provider API
+configured; work that needs the running system (a service restart, diagnostics, software)
+on a server SSH cannot reach goes to the console, where an engineer sees that system.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ SSH_RUNBOOKS: dict[Category, str] = {
 WINDOWS_SSH_RUNBOOKS = frozenset({"diagnostics", "service_restart", "root_password_reset"})
 # Diagnostics still say something useful without administrator rights; the others do not.
 UNPRIVILEGED_OK = frozenset({"diagnostics"})
+# Repaired from the provider's rescue system by a rescue runbook (Linux only).
+RESCUE_AUTOMATED: frozenset[Category] = frozenset({
+    "root_password_reset", "filesystem_repair", "boot_repair", "remote_access_restoration",
+    "network_recovery"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +57,7 @@ class ServerFacts:
     os_family: Literal["linux", "windows"]
     ipkvm: bool
     rescue: bool
+    rescue_automated: bool = True  # this executor has the provider's rescue API configured
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,16 +95,24 @@ def _console_name(method: AccessMethod) -> str:
 
 
 def _offline(server: ServerFacts, category: Category, why: str) -> AccessDecision:
-    """Rescue when the server has it (Linux), else the console, else the data centre."""
-    if server.os_family == "linux" and server.rescue:
+    """Rescue when the server has it (Linux) and a rescue runbook exists, else the console,
+    else the data centre."""
+    if server.os_family == "linux" and server.rescue and category in RESCUE_AUTOMATED \
+            and server.rescue_automated:
         return AccessDecision(
-            method="rescue", mode="automated", disposition="hand_over",
+            method="rescue", mode="automated", disposition="run",
             runbook=f"rescue.{category}", timeline="complex",
             reason=f"{why}; the server supports rescue mode, so it is booted into the rescue "
-                   "system and repaired there.")
+                   "system, repaired there and booted back from its disk.")
     method = console_for(server)
-    no_rescue = ("Windows repairs of this kind are console work" if server.os_family == "windows"
-                 else "the server has no rescue mode")
+    if server.os_family == "windows":
+        no_rescue = "Windows repairs of this kind are console work"
+    elif not server.rescue:
+        no_rescue = "the server has no rescue mode"
+    elif category not in RESCUE_AUTOMATED:
+        no_rescue = "this work needs the running system, which only the console shows"
+    else:
+        no_rescue = "rescue mode is not automated by this executor (no provider API)"
     return AccessDecision(
         method=method, mode="engineer", disposition="hand_over",
         runbook=f"console.{category}", timeline="datacenter" if method == "datacenter"

@@ -4,6 +4,10 @@ Keys are loaded first, so a missing or unsafe key file stops the service at star
 of at its first ticket. On start the worker offers every open claim: interventions
 interrupted by a crash or restart are resumed from their journal (or handed to an
 engineer), never started over.
+
+A second subscriber takes the engineers' reports on manual steps (ManualStepCompleted, from
+the notifier); the worker's periodic scan first sweeps manual steps (deadlines, reports
+that arrived while their claim was being parked), so a wait survives any restart.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import cast
 
 from faststream import FastStream
 
-from schemas.events import AuthorizationVerified
+from schemas.events import AuthorizationVerified, ManualStepCompleted
 from schemas.registry import topic_for
 from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
+from services.executor.manual import ManualReports, ManualSteps
+from services.executor.rescue.provider import HttpRescueProvider, RescueProvider
 from services.executor.settings import ExecutorSettings
 from services.executor.ssh import HostKeyPins, SshConnector
 from services.executor.vault import MongoCredentialVault
@@ -46,6 +52,8 @@ class ExecutorService:
     acceptance: Acceptance
     vault: MongoCredentialVault
     owner: Owner
+    manual: ManualSteps
+    reports: ManualReports
 
     async def start_worker(self) -> None:
         await self.worker.start()
@@ -85,17 +93,28 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     owner = Owner.this_process()
     claims = ClaimStore(runtime.db)
     vault = MongoCredentialVault(runtime.db)
+    manual = ManualSteps(runtime.db)
+    pins = HostKeyPins(runtime.db)
     connector = SshConnector(
-        pins=HostKeyPins(runtime.db), connect_timeout_s=settings.executor_connect_timeout_s,
+        pins=pins, connect_timeout_s=settings.executor_connect_timeout_s,
         command_timeout_s=settings.executor_command_timeout_s,
         per_host_connects=settings.executor_host_connects,
         global_connects=settings.executor_global_connects)
     interventions = Interventions(Dependencies(
         runtime=runtime, claims=claims, connector=connector, vault=vault,
-        sealing_keys=sealing_keys, verify_keys=verify_keys, settings=settings, owner=owner))
+        sealing_keys=sealing_keys, verify_keys=verify_keys, settings=settings, owner=owner,
+        manual=manual, pins=pins, rescue=_rescue_provider(settings, runtime)))
+
+    async def scan() -> list[str]:
+        await reports.sweep()
+        return await claims.open_claim_ids()
+
     worker = Worker(interventions.run, concurrency=settings.executor_concurrency,
-                    queue_size=settings.executor_queue_size, scan=claims.open_claim_ids,
+                    queue_size=settings.executor_queue_size, scan=scan,
                     rescan_s=settings.executor_rescan_s)
+    interventions.offer = worker.offer
+    reports = ManualReports(steps=manual, claims=claims, audit=runtime.audit, owner=owner,
+                            offer=worker.offer)
     acceptance = Acceptance(
         claims=claims, audit=runtime.audit, verify_keys=verify_keys, owner=owner,
         offer=worker.offer, lease_s=settings.executor_lease_s,
@@ -106,9 +125,23 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
         decoder=cast("Decoder[AuthorizationVerified]", event_decoder(AuthorizationVerified)),
         on_duplicate=acceptance.replayed,
     )
+    subscribe(
+        runtime, topic_for(ManualStepCompleted), reports.accept,
+        decoder=cast("Decoder[ManualStepCompleted]", event_decoder(ManualStepCompleted)),
+    )
     return ExecutorService(runtime=runtime, settings=settings, claims=claims, worker=worker,
                            interventions=interventions, acceptance=acceptance, vault=vault,
-                           owner=owner)
+                           owner=owner, manual=manual, reports=reports)
+
+
+def _rescue_provider(settings: ExecutorSettings, runtime: ServiceRuntime) -> RescueProvider | None:
+    if not settings.executor_rescue_api_url:
+        return None
+    token = settings.executor_rescue_api_token or ""
+    if token:
+        runtime.redactor.add(token)  # never in a log line, an audit record or a span
+    return HttpRescueProvider(settings.executor_rescue_api_url, token=token,
+                              timeout_s=settings.executor_rescue_http_timeout_s)
 
 
 def create_app() -> FastStream:

@@ -13,7 +13,13 @@ everything that must change together lives in this one document:
 - ``outbox``: every event the claim publishes, stored *before* it is published and
   re-published verbatim after a crash, so a revision never gets two different
   InterventionCompleted events — the second publish is byte-identical and carries the same
-  ``event_id``.
+  ``event_id``;
+- ``rescue``: the provider-side phases of a rescue-mode run (rescue boot, one-time access
+  sealed to the executor's own key, boot back to disk, verification), so a resumed run
+  never power-cycles the server twice;
+- ``handover``: while an engineer works a manual step the claim is parked
+  (``handed_over``, out of the open set, lease released); the engineer's report or the
+  step's deadline re-opens it (:meth:`ClaimStore.reopen`) and any executor resumes it.
 
 A small ``executor_open_claims`` collection lists the claims not yet finished or handed
 over, so start-up finds work to resume without scanning every claim ever made (FerretDB
@@ -127,6 +133,15 @@ class Claim:
     decision: dict[str, Any] | None = None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rescue: dict[str, Any] = field(default_factory=dict)
+    handover: dict[str, Any] | None = None
+    resumptions: int = 0  # re-openings after a manual step: not failed attempts
+    review_passed: bool = False
+
+    @property
+    def failed_attempts(self) -> int:
+        """Runs that did not end by parking for an engineer (crashes, lost leases)."""
+        return self.attempt - self.resumptions
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Claim:
@@ -140,6 +155,9 @@ class Claim:
             owner=Owner.from_doc(doc.get("owner")), lease_until=lease,
             attempt=int(doc.get("attempt", 0)), decision=doc.get("decision"),
             steps=dict(doc.get("steps") or {}), outbox=dict(doc.get("outbox") or {}),
+            rescue=dict(doc.get("rescue") or {}), handover=doc.get("handover"),
+            resumptions=int(doc.get("resumptions", 0)),
+            review_passed=bool(doc.get("review_passed")),
         )
 
     def expired(self, now: datetime) -> bool:
@@ -273,6 +291,15 @@ class ClaimStore:
             raise LeaseLost(f"claim {claim_id} is no longer owned by {owner.id}")
         return str(claim.outbox[key]["event"])
 
+    async def record_rescue(self, claim_id: str, owner: Owner, key: str,
+                            value: Mapping[str, Any]) -> None:
+        await self._owned_update(claim_id, owner, {"$set": {f"rescue.{key}": dict(value)}})
+
+    async def pass_review(self, claim_id: str, owner: Owner) -> None:
+        """The engineer approved automation: decide the access anew, without the review."""
+        await self._owned_update(claim_id, owner, {"$set": {
+            "review_passed": True, "decision": None, "handover": None}})
+
     async def mark_published(self, claim_id: str, key: str) -> None:
         await self._claims.update_one({"_id": claim_id},
                                       {"$set": {f"outbox.{key}.published": True}})
@@ -290,6 +317,22 @@ class ClaimStore:
                 {"_id": claim_id}, {"_id": claim_id, **dict(handover), "created_at": now},
                 upsert=True)
         await self._open.delete_one({"_id": claim_id})
+
+    async def reopen(self, claim_id: str) -> bool:
+        """A parked claim becomes runnable again (an engineer reported, or a deadline passed).
+
+        The open-set marker goes first, like in :meth:`create`: a crash in between leaves a
+        marker the scan drops, never a runnable claim nobody scans. The lease is expired at
+        once so whichever executor takes the claim next need not wait for it.
+        """
+        now = datetime.now(UTC)
+        await self._open.update_one({"_id": claim_id}, {"$setOnInsert": {"created_at": now}},
+                                    upsert=True)
+        result = await self._claims.update_one(
+            {"_id": claim_id, "status": "handed_over"},
+            {"$set": {"status": "open", "lease_until": now, "reopened_at": now},
+             "$inc": {"resumptions": 1}})
+        return bool(result.matched_count)
 
     async def open_claim_ids(self) -> list[str]:
         return [str(doc["_id"]) async for doc in self._open.find({}, {"_id": 1})]

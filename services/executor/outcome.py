@@ -8,12 +8,13 @@ something changed but not everything succeeded (or a hardware fault was found),
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from schemas.events import Outcome
 from services.executor.hardware import Escalation
 from services.executor.runbooks.engine import RunResult
+from services.executor.runbooks.model import BackupNote
 
 VERIFY_ACCESS = "Check that you can log in and that your services work as expected."
 REVIEW = ("Review the action summary on this ticket, and your system logs and configuration, "
@@ -34,9 +35,11 @@ class Verdict:
 
 
 def decide_outcome(run: RunResult, escalations: Sequence[Escalation], *,
-                   dry_run: bool) -> Verdict:
+                   dry_run: bool, incidental: Collection[str] = ()) -> Verdict:
+    """``incidental`` names steps whose changes fix nothing by themselves (a reboot into the
+    rescue system, a mount, a backup): they do not make a failed run "partially resolved"."""
     results = [s.result for s in run.steps]
-    changed = results.count("changed")
+    changed = sum(1 for s in run.steps if s.result == "changed" and s.name not in incidental)
     failures = [s for s in run.steps if s.result in ("failed", "rolled_back")]
     planned = results.count("planned")
     critical = [e for e in escalations if e.severity == "critical"]
@@ -73,3 +76,13 @@ def recommendations(*, credentials_shared: bool, new_credentials: bool, hardware
     advice.extend(findings)
     advice.append(REVIEW)
     return tuple(dict.fromkeys(a[:2000] for a in advice))[:50]
+
+
+def backups_advice(backups: Sequence[BackupNote]) -> list[str]:
+    """Where the copies of what changed are, so the customer can review or restore them."""
+    if not backups:
+        return []
+    places = sorted({b.location.split(" (", 1)[0].rsplit("/", 1)[0] for b in backups})
+    return [f"Copies of everything changed were kept on your server ({', '.join(places)}); "
+            "the action summary lists each. Review them, and delete them once you are "
+            "satisfied."]

@@ -25,6 +25,17 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   would be made, change nothing.
 - ``EXECUTOR_SERVICE_SETTLE_S`` = 3: wait after a service restart before checking that it
   stayed up (a crash-looping daemon looks "active" for its first second).
+- ``EXECUTOR_RESCUE_API_URL``, ``EXECUTOR_RESCUE_API_TOKEN``: the provider's rescue API
+  (:mod:`services.executor.rescue.provider`); unset, rescue repairs go to the console.
+- ``EXECUTOR_RESCUE_HTTP_TIMEOUT_S`` = 15: one call to the provider API.
+- ``EXECUTOR_RESCUE_BOOT_TIMEOUT_S`` = 900: a boot into rescue or back to disk, from the
+  request to "succeeded"; past it the run ends with a clear outcome.
+- ``EXECUTOR_RESCUE_POLL_S`` = 5: how often the provider's progress is read.
+- ``EXECUTOR_RESCUE_SSH_WAIT_S`` = 120: how long SSH may take to answer after a boot (the
+  rescue system's, and the server's own after boot-back).
+- ``EXECUTOR_MANUAL_STEP_TIMEOUT_S`` = 14400: an engineer's console or rescue step (the
+  procedure's complex-intervention bound, 4 h); past it the ticket completes as unresolved.
+- ``EXECUTOR_DATACENTER_STEP_TIMEOUT_S`` = 86400: the same for on-site data-centre work.
 """
 
 from __future__ import annotations
@@ -59,6 +70,14 @@ class ExecutorSettings(RuntimeSettings):
     executor_clock_skew_s: float = Field(default=300.0, ge=0, le=86400)
     executor_dry_run: bool = False
     executor_service_settle_s: float = Field(default=3.0, ge=0, le=300)
+    executor_rescue_api_url: str | None = None
+    executor_rescue_api_token: str | None = Field(default=None, repr=False)
+    executor_rescue_http_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    executor_rescue_boot_timeout_s: float = Field(default=900.0, gt=0, le=86400)
+    executor_rescue_poll_s: float = Field(default=5.0, gt=0, le=600)
+    executor_rescue_ssh_wait_s: float = Field(default=120.0, ge=0, le=3600)
+    executor_manual_step_timeout_s: float = Field(default=14400.0, gt=0, le=30 * 86400)
+    executor_datacenter_step_timeout_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
 
     def _keys_dir(self) -> Path:
         if self.intervention_keys_dir:

@@ -121,6 +121,17 @@ class HostKeyPins:
             return existing if existing is not None else line
         return line
 
+    async def replace(self, service_id: str, line: str, *, host: str, port: int,
+                      ticket_id: str | None) -> None:
+        """Pin ``line`` whatever was pinned: only for a key read from the server's own disk
+        through an authenticated channel (the provider's rescue system), never for a key a
+        network peer offered. The caller audits the change."""
+        key = asyncssh.import_public_key(line)
+        await self._coll.replace_one({"_id": service_id}, {
+            "_id": service_id, "key": line, "fingerprint": key.get_fingerprint(), "host": host,
+            "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
+            "source": "server disk (rescue)"}, upsert=True)
+
 
 class _HostKeyCheck(asyncssh.SSHClient):
     """Sees the key the server offers; trusts it only for first use."""
@@ -287,6 +298,10 @@ class SshSession:
     @property
     def privileged(self) -> bool:
         return self.privilege != "none"
+
+    @property
+    def username(self) -> str:
+        return self._credential.username
 
     async def detect_privilege(self) -> None:
         if self.platform == "windows":

@@ -328,34 +328,38 @@ async def test_wrong_host_key_refuses_the_intervention(rig: Rig) -> None:
     assert mismatch[0].data["pinned_by"] == "inventory"
 
 
-async def test_unreachable_servers_are_handed_to_rescue_or_an_engineer(rig: Rig) -> None:
+async def test_unreachable_servers_are_handed_to_a_console_engineer(rig: Rig) -> None:
+    # A service restart needs the running system: rescue mode cannot do it, the console can
+    # (rescue repairs themselves: tests/integration/test_rescue_repairs.py).
     closed = targets.free_port()
-    rescue = rig.verdict(category="service_restart", parameters={"unit": "nginx"},
-                         server={"ssh_port": closed, "service_id": "SRV-E3", "rescue": True})
+    kvm = rig.verdict(category="service_restart", parameters={"unit": "nginx"},
+                      server={"ssh_port": closed, "service_id": "SRV-E3", "rescue": True})
     console = rig.verdict(category="diagnostics",
                           server={"ssh_port": closed, "service_id": "SRV-E4", "type": "vps",
                                   "rescue": False, "ipkvm": False})
-    await rig.publish(rescue)
+    await rig.publish(kvm)
     await rig.publish(console)
-    [started] = await rig.bus.wait(rescue.ticket_id, "InterventionStarted")
+    [started] = await rig.bus.wait(kvm.ticket_id, "InterventionStarted")
     assert isinstance(started, InterventionStarted)
     assert (started.access_method, started.mode, started.runbook, started.timeline) == (
-        "rescue", "automated", "rescue.service_restart", "complex")
+        "ipkvm", "engineer", "console.service_restart", "complex")
     [manual] = await rig.bus.wait(console.ticket_id, "ManualStepRequested")
     assert isinstance(manual, ManualStepRequested)
     assert manual.method == "vnc"
     assert any("VNC console" in line for line in manual.instructions)
+    assert manual.deadline is not None
     [vnc_started] = rig.bus.of(console.ticket_id, "InterventionStarted")
     assert vnc_started.mode == "engineer"  # type: ignore[attr-defined]
     await asyncio.sleep(0.5)
-    for event in (rescue, console):
-        assert rig.bus.of(event.ticket_id, "InterventionCompleted") == []  # issue 7 finishes
+    for event in (kvm, console):
+        # Parked until an engineer reports or the deadline passes (test_rescue_manual_steps).
+        assert rig.bus.of(event.ticket_id, "InterventionCompleted") == []
         claim = await rig.service.claims.get(f"{event.ticket_id}:1")
         assert claim is not None
         assert claim.status == "handed_over"
-    handover = await rig.db["executor_handovers"].find_one({"_id": f"{rescue.ticket_id}:1"})
+    handover = await rig.db["executor_handovers"].find_one({"_id": f"{kvm.ticket_id}:1"})
     assert handover is not None
-    assert handover["method"] == "rescue"
+    assert handover["method"] == "ipkvm"
 
 
 async def test_a_finished_claim_is_never_run_again_and_a_republish_is_identical(

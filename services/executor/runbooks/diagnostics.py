@@ -118,6 +118,8 @@ def _evidence(key: str, parse: Any) -> Any:
 def _smart_devices(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     # smartctl --scan: "/dev/sda -d sat # /dev/sda [SAT], ATA device". Device names come
     # from the host, so they are validated like ticket input before they go into a command.
+    # One object per device, not a [device, type] pair: facts are journalled in the claim
+    # document, and FerretDB 1.24 refuses nested arrays.
     devices = []
     for line in _out(results).splitlines():
         parts = line.split("#")[0].split()
@@ -125,22 +127,25 @@ def _smart_devices(results: Results, ctx: Ctx) -> Mapping[str, Any]:
             continue
         kind = parts[2] if len(parts) >= 3 and parts[1] == "-d" else "auto"
         if _DEVICE_TYPE.match(kind):
-            devices.append([parts[0], kind])
+            devices.append({"device": parts[0], "type": kind})
     return {"smart_devices": devices[:MAX_SMART_DEVICES]}
 
 
+def _smart_device_list(ctx: Ctx) -> list[tuple[str, str]]:
+    return [(str(d["device"]), str(d["type"])) for d in ctx.facts.get("smart_devices") or []
+            if isinstance(d, dict) and _DEVICE.match(str(d.get("device", "")))
+            and _DEVICE_TYPE.match(str(d.get("type", "")))]
+
+
 def _smart_commands(ctx: Ctx) -> list[Command]:
-    devices = ctx.facts.get("smart_devices") or []
     return [Command(argv=("smartctl", "-H", "-A", "-l", "error", "-d", kind, device), root=True,
                     ok_exit=None)  # smartctl's exit status is a bit mask the parser reads
-            for device, kind in devices
-            if _DEVICE.match(device) and _DEVICE_TYPE.match(kind)]
+            for device, kind in _smart_device_list(ctx)]
 
 
 def _smart_evidence(results: Results, ctx: Ctx) -> Mapping[str, Any]:
-    devices = ctx.facts.get("smart_devices") or []
     found: list[hardware.Evidence] = []
-    for (device, _kind), result in zip(devices, results, strict=False):
+    for (device, _kind), result in zip(_smart_device_list(ctx), results, strict=False):
         found.extend(hardware.parse_smartctl(result.stdout, device=device.removeprefix("/dev/")))
     return {"evidence_smart": [hardware.evidence_to_dict(e) for e in found]} if found else {}
 

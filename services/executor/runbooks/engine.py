@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 from opentelemetry import trace
 
 from services.executor.runbooks.model import (
+    BackupNote,
     Command,
     CommandResult,
     Context,
@@ -82,12 +83,14 @@ class JournalEntry:
     action: ActionRecord | None = None
     credential: str | None = None  # deposit id of a credential this step issued
     credential_active: bool = False
+    backups: tuple[BackupNote, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "result": self.result,
                 "reason": self.reason, "facts": self.facts,
                 "action": self.action.to_json() if self.action else None,
                 "credential": self.credential, "credential_active": self.credential_active,
+                "backups": [b.to_json() for b in self.backups],
                 "at": datetime.now(UTC).isoformat()}
 
     @classmethod
@@ -97,7 +100,10 @@ class JournalEntry:
                    reason=data.get("reason"), facts=dict(data.get("facts") or {}),
                    action=ActionRecord.from_json(action) if action else None,
                    credential=data.get("credential"),
-                   credential_active=bool(data.get("credential_active")))
+                   credential_active=bool(data.get("credential_active")),
+                   backups=tuple(BackupNote(location=str(b["location"]),
+                                            description=str(b["description"]))
+                                 for b in data.get("backups") or ()))
 
 
 class StepJournal(Protocol):
@@ -141,6 +147,11 @@ class SecretSink(Protocol):
     def add(self, secret: str) -> None: ...
 
 
+class BackupLog(Protocol):
+    async def backup(self, *, index: int, step: str, notes: Sequence[BackupNote]) -> None:
+        """Audit the copies a step made, with their locations (idempotent per step)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Handover:
     """A step the automation stops at; an engineer takes it from here (ManualStepRequested)."""
@@ -162,6 +173,7 @@ class StepOutcome:
     action: ActionRecord
     facts: dict[str, Any]
     credential_issued: bool = False
+    backups: tuple[BackupNote, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +189,10 @@ class RunResult:
     @property
     def actions(self) -> tuple[ActionRecord, ...]:
         return tuple(s.action for s in self.steps)
+
+    @property
+    def backups(self) -> tuple[BackupNote, ...]:
+        return tuple(b for s in self.steps for b in s.backups)
 
 
 PASSWORD_LENGTH = 24
@@ -202,8 +218,10 @@ _DRY_RUN_SECRET = "<generated at run time>"  # noqa: S105 - a placeholder shown 
 class Engine:
     def __init__(self, *, host: Host, journal: StepJournal, log: CommandLog,
                  issuer: CredentialIssuer | None, secrets_sink: SecretSink,
-                 tracer: trace.Tracer, options: RunOptions) -> None:
+                 tracer: trace.Tracer, options: RunOptions,
+                 backups: BackupLog | None = None) -> None:
         self._host = host
+        self._backups = backups
         self._journal = journal
         self._log = log
         self._issuer = issuer
@@ -256,7 +274,8 @@ class Engine:
             assert prior.action is not None
             return StepOutcome(index=index, name=step.name, result=prior.result,
                                reason=prior.reason, action=prior.action, facts=prior.facts,
-                               credential_issued=prior.credential_active)
+                               credential_issued=prior.credential_active,
+                               backups=prior.backups)
         resume: JournalState | None = prior.state if prior is not None else None
         ctx.resuming = resume is not None
         if prior is not None:
@@ -353,9 +372,13 @@ class Engine:
         shown_ops = change_ops or ver_ops
         shown_results = change_results or ver
         if not ver_ops or (_first_failure(ver_ops, ver) is None and step.verified(ver, ctx)):
+            notes = tuple(step.backups(ctx)) if step.backups is not None else ()
+            if notes and self._backups is not None:
+                await self._backups.backup(index=index, step=step.name, notes=notes)
             return await self._done(index, step, ctx, "changed", ops=shown_ops,
                                     results=shown_results, facts=learnt,
-                                    credential=deposit, credential_active=issued)
+                                    credential=deposit, credential_active=issued,
+                                    backups=notes)
         if step.issues_credential is not None:
             # A password cannot be rolled back (the old one is unknown); the deposit stays
             # active because the server has the new one.
@@ -413,15 +436,16 @@ class Engine:
     async def _done(self, index: int, step: Step[Any], ctx: Context[Any], result: StepResult, *,
                     ops: Sequence[Operation], results: Results, reason: str | None = None,
                     facts: dict[str, Any] | None = None, credential: str | None = None,
-                    credential_active: bool = False) -> StepOutcome:
+                    credential_active: bool = False,
+                    backups: tuple[BackupNote, ...] = ()) -> StepOutcome:
         action = _action(step, ops, results, result)
         outcome = StepOutcome(index=index, name=step.name, result=result, reason=reason,
                               action=action, facts=dict(facts or {}),
-                              credential_issued=credential_active)
+                              credential_issued=credential_active, backups=backups)
         await self._journal.record(index, JournalEntry(
             name=step.name, state="done", result=result, reason=reason,
             facts=outcome.facts, action=action, credential=credential,
-            credential_active=credential_active))
+            credential_active=credential_active, backups=backups))
         return outcome
 
     # --- commands ----------------------------------------------------------------------

@@ -118,6 +118,17 @@ Operation = Command | FreshLogin
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackupNote:
+    """A copy a step made of what it changes: where it is, and what it is of."""
+
+    location: str
+    description: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"location": self.location, "description": self.description}
+
+
+@dataclass(frozen=True, kw_only=True)
 class CommandResult:
     exit_status: int | None  # None: the command did not run to completion
     stdout: str = ""
@@ -182,7 +193,9 @@ class Step(Generic[P]):
     otherwise the engine hands the step to an engineer. ``issues_credential`` names the
     account whose new password the step sets: the engine generates it, deposits it
     (sealed) with the customer's credential vault before the change and activates the
-    deposit once the change succeeded.
+    deposit once the change succeeded. ``backups`` lists the copies the step's change made
+    (a backup step's declaration): the engine records each in the audit trail, with its
+    location, once the change succeeded, and the completion lists them for the customer.
     """
 
     name: str
@@ -202,6 +215,7 @@ class Step(Generic[P]):
     issues_credential: Callable[[Context[P]], str] | None = None
     blocking: bool = True
     manual_instructions: tuple[str, ...] = ()
+    backups: Callable[[Context[P]], Sequence[BackupNote]] | None = None
 
     def is_rerunnable(self, ctx: Context[P]) -> bool:
         return self.rerunnable if isinstance(self.rerunnable, bool) else self.rerunnable(ctx)

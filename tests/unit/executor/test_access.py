@@ -46,24 +46,25 @@ TABLE = [
     (VPS, "service_restart", OK_UNPRIVILEGED, "ssh", "automated", "clarify", "service_restart"),
     # Credentials refused: ask the customer, except a lost password, which goes offline.
     (VPS, "diagnostics", AUTH, "ssh", "automated", "clarify", "diagnostics"),
-    (DED_KVM_RESCUE, "root_password_reset", AUTH, "rescue", "automated", "hand_over",
+    (DED_KVM_RESCUE, "root_password_reset", AUTH, "rescue", "automated", "run",
      "rescue.root_password_reset"),
     (DED_KVM, "root_password_reset", AUTH, "ipkvm", "engineer", "hand_over",
      "console.root_password_reset"),
     (VPS, "root_password_reset", AUTH, "vnc", "engineer", "hand_over",
      "console.root_password_reset"),
-    # Unreachable: rescue when the server has it, else its console, else the data centre.
-    (DED_KVM_RESCUE, "service_restart", DOWN, "rescue", "automated", "hand_over",
-     "rescue.service_restart"),
+    # Unreachable: work on the running system goes to its console (rescue cannot restart
+    # the customer's service), else the data centre.
+    (DED_KVM_RESCUE, "service_restart", DOWN, "ipkvm", "engineer", "hand_over",
+     "console.service_restart"),
     (DED_KVM, "diagnostics", DOWN, "ipkvm", "engineer", "hand_over", "console.diagnostics"),
     (VPS, "diagnostics", DOWN, "vnc", "engineer", "hand_over", "console.diagnostics"),
     (DED_BARE, "diagnostics", DOWN, "datacenter", "engineer", "hand_over",
      "console.diagnostics"),
     (WIN_DED, "diagnostics", DOWN, "ipkvm", "engineer", "hand_over", "console.diagnostics"),
     # Offline repairs never run on the live system.
-    (DED_KVM_RESCUE, "boot_repair", NONE, "rescue", "automated", "hand_over",
+    (DED_KVM_RESCUE, "boot_repair", NONE, "rescue", "automated", "run",
      "rescue.boot_repair"),
-    (VPS_RESCUE, "filesystem_repair", NONE, "rescue", "automated", "hand_over",
+    (VPS_RESCUE, "filesystem_repair", NONE, "rescue", "automated", "run",
      "rescue.filesystem_repair"),
     (VPS, "filesystem_repair", NONE, "vnc", "engineer", "hand_over",
      "console.filesystem_repair"),
@@ -72,8 +73,14 @@ TABLE = [
     # Lock-outs: reachable from the provider's network -> an engineer looks; else offline.
     (DED_KVM_RESCUE, "network_recovery", OK, "ssh", "engineer", "hand_over",
      "engineer.network_recovery"),
-    (DED_KVM_RESCUE, "network_recovery", DOWN, "rescue", "automated", "hand_over",
+    (DED_KVM_RESCUE, "network_recovery", DOWN, "rescue", "automated", "run",
      "rescue.network_recovery"),
+    (DED_KVM_RESCUE, "remote_access_restoration", DOWN, "rescue", "automated", "run",
+     "rescue.remote_access_restoration"),
+    # Without the provider's API the same repairs are console work.
+    (ServerFacts(type="dedicated", os_family="linux", ipkvm=True, rescue=True,
+                 rescue_automated=False), "boot_repair", NONE, "ipkvm", "engineer",
+     "hand_over", "console.boot_repair"),
     (VPS, "remote_access_restoration", DOWN, "vnc", "engineer", "hand_over",
      "console.remote_access_restoration"),
     (WIN_VPS, "remote_access_restoration", DOWN, "vnc", "engineer", "hand_over",
@@ -106,9 +113,13 @@ def test_every_combination_has_a_reasoned_answer(server: ServerFacts, category: 
                                                  probe: Probe) -> None:
     decision = select_access(server, category, probe)  # type: ignore[arg-type]
     assert decision.reason
-    if decision.disposition == "run":
+    if decision.disposition == "run" and decision.method != "rescue":
         assert decision.method in ("ssh", "windows_openssh")
         assert decision.timeline == "standard"
+    if decision.method == "rescue":
+        assert (decision.mode, decision.disposition, decision.timeline) == (
+            "automated", "run", "complex")
+        assert decision.runbook == f"rescue.{category}"
     if decision.mode == "engineer" and decision.disposition == "hand_over":
         assert decision.method != "rescue"
     if decision.method == "datacenter":

@@ -1,0 +1,417 @@
+"""N tickets through the whole pipeline, against the raw floor of four plain Kafka hops.
+
+Run as root from the repository root, with Kafka and FerretDB up (``intervene up
+--no-services``; started here and stopped again when nothing answers)::
+
+    python bench/bench_pipeline.py [--tickets 200] [--hosts 4] [--ssh-hosts 8]
+
+**Pipeline.** The four services run as real processes (``python -m services.<name>``) on
+their own topic prefix and database. Tickets are sealed and published on
+``helpdesk.ticket-requests`` (as a helpdesk integration does), so a ticket's completion
+crosses four consumer hops: intake -> auth -> executor -> notifier. The executor runs a
+no-op diagnostics runbook (``bench/noop_executor.py``): everything real — verdict
+signature check, claim, SSH probe and access decision against one of ``--hosts`` real sshd
+targets, engine, journal, outbox, audit chain — except the runbook's commands.
+Timestamps are the Kafka create times of the events, against the time each request was
+published: *initial response* is the customer's acknowledgement (TicketUpdated), *completed*
+the InterventionCompleted, *told* the customer's completion TicketUpdated.
+
+**Raw floor.** The same number of messages of the same size, published the same way and
+relayed through four plain aiokafka consumer/producer hops on the same broker (idempotent
+producers, one message at a time per relay, like a service's handler): the cost of Kafka
+alone, to which the pipeline's *told* latency and throughput compare.
+
+**SSH.** Diagnostics throughput of the real runbook against ``--ssh-hosts`` sshd targets,
+measured by ``bench_executor.py``.
+
+The table ends with the machine's core count. Everything started is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+
+from schemas.registry import parse_event  # noqa: E402
+from schemas.topics import TopicSpec  # noqa: E402
+from services.demo import targets  # noqa: E402
+from services.demo.launch import (  # noqa: E402
+    service_ports,
+    start_services,
+    stop_services,
+    wait_healthy,
+)
+from services.demo.operator import intervene  # noqa: E402
+from services.demo.progress import BusRecorder  # noqa: E402
+from services.intake.sealing import seal_request  # noqa: E402
+from services.runtime import localstack  # noqa: E402
+from services.runtime.kafka_admin import (  # noqa: E402
+    delete_topics_with_prefix,
+    ensure_topics,
+)
+from services.runtime.keys import init_keys, load_sealing_public  # noqa: E402
+
+HOPS = 4
+
+
+@dataclass
+class Percentiles:
+    values: list[float] = field(default_factory=list)
+
+    def at(self, q: float) -> float:
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    def text(self) -> str:
+        return (f"{self.at(0.5) * 1000:7.0f} {self.at(0.95) * 1000:7.0f} "
+                f"{self.at(0.99) * 1000:7.0f}")
+
+
+@dataclass
+class Result:
+    throughput: float
+    initial: Percentiles
+    completed: Percentiles
+    told: Percentiles
+    # submit -> each event of the pipeline, in order: where the time goes.
+    stages: dict[str, Percentiles] = field(default_factory=dict)
+
+
+STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
+          "InterventionCompleted:", "TicketUpdated:completion")
+
+
+# --- real parts -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def real_parts() -> Iterator[tuple[str, str]]:
+    """Kafka and FerretDB: from the environment, or the local stack (started if needed)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URI"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"]
+        return
+    started = []
+    try:
+        for comp in localstack.infrastructure():
+            if comp.record() is None and not comp.ready():
+                print(comp.start())
+                started.append(comp)
+        yield localstack.kafka_bootstrap(), localstack.mongodb_uri()
+    finally:
+        for comp in reversed(started):
+            print(comp.stop())
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+def request(ticket: str, server: str, account: str, user: targets.ThrowawayUser
+            ) -> dict[str, Any]:
+    signed = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    return {
+        "ticket_id": ticket, "revision": 1, "account_id": account,
+        "department": "technical_issues", "channel": "api", "language": "en",
+        "server": {"service_id": server}, "category": "diagnostics",
+        "description": "Benchmark ticket: please run a health check on this server.",
+        "credentials": {"username": user.name, "password": user.password},
+        "authorization": {
+            "statement": "I authorize the provider's support to perform OS-level "
+                         "intervention on this server.",
+            "accepts_backup_responsibility": True, "accepts_service_interruption": True,
+            "accepts_data_loss_disclaimer": True, "signed_by": "Bench Mark",
+            "signed_at": signed},
+    }
+
+
+async def publish_all(bootstrap: str, topic: str, messages: Sequence[tuple[str, bytes]],
+                      rate: float | None = None) -> dict[str, float]:
+    """Publish keyed messages — all at once, or ``rate`` per second — and return the send
+    time of each."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                linger_ms=0)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        futures = []
+        began = time.monotonic()
+        for n, (key, value) in enumerate(messages):
+            if rate:
+                await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
+            sent[key] = time.time()
+            futures.append(await producer.send(topic, value, key=key.encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def run_pipeline(bootstrap: str, prefix: str, sealed: list[dict[str, Any]],
+                       timeout: float, rate: float | None = None) -> Result:
+    recorder = BusRecorder(bootstrap, prefix, from_beginning=False)
+    await recorder.start()
+    try:
+        tickets = [str(r["ticket_id"]) for r in sealed]
+        sent = await publish_all(bootstrap, f"{prefix}helpdesk.ticket-requests",
+                                 [(str(r["ticket_id"]), json.dumps(r).encode())
+                                  for r in sealed], rate)
+        stalled = await recorder.wait_for(tickets, timeout=timeout)
+        if stalled:
+            raise RuntimeError(f"{len(stalled)} tickets did not settle, e.g. {stalled[0]}: "
+                               f"{recorder.ticket(stalled[0]).label()}")
+        for ticket in tickets:
+            progress = recorder.ticket(ticket)
+            if progress.outcome != "resolved":
+                raise RuntimeError(f"{ticket}: {progress.label()}")
+    finally:
+        await recorder.stop()
+    first: dict[tuple[str, str], float] = {}
+    for record in recorder.records:
+        if record.key is None or record.topic.endswith(".dlq"):
+            continue
+        ticket = record.key.decode()
+        if ticket not in sent or not record.topic.startswith("intervention."):
+            continue
+        event = parse_event(record.value)
+        what = f"{event.event_type}:{getattr(event, 'kind', '')}"
+        first.setdefault((ticket, what), record.timestamp_ms / 1000)
+    result = Result(throughput=0.0, initial=Percentiles(), completed=Percentiles(),
+                    told=Percentiles())
+    done_at = []
+    for ticket, at in sent.items():
+        result.initial.values.append(first[(ticket, "TicketUpdated:acknowledgement")] - at)
+        result.completed.values.append(first[(ticket, "InterventionCompleted:")] - at)
+        told = first[(ticket, "TicketUpdated:completion")]
+        result.told.values.append(told - at)
+        done_at.append(told)
+        for stage in STAGES:
+            result.stages.setdefault(stage, Percentiles()).values.append(
+                first[(ticket, stage)] - at)
+    result.throughput = len(sent) / (max(done_at) - min(sent.values()))
+    return result
+
+
+# --- the raw floor ------------------------------------------------------------------------------
+
+
+async def relay(bootstrap: str, source: str, target: str, group: str, count: int) -> None:
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group,
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    try:
+        relayed = 0
+        while relayed < count:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    await producer.send_and_wait(target, record.value, key=record.key)
+                    relayed += 1
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def run_floor(bootstrap: str, prefix: str, messages: list[tuple[str, bytes]],
+                    timeout: float, rate: float | None = None) -> Result:
+    topics = [f"{prefix}raw.hop{i}" for i in range(HOPS + 1)]
+    await ensure_topics(bootstrap, specs=[TopicSpec(name=t) for t in topics])
+    count = len(messages)
+    sink = AIOKafkaConsumer(topics[-1], bootstrap_servers=bootstrap,
+                            group_id=f"{prefix}raw.sink", auto_offset_reset="earliest")
+    await sink.start()
+    relays = [asyncio.create_task(relay(bootstrap, topics[i], topics[i + 1],
+                                        f"{prefix}raw.relay{i}", count)) for i in range(HOPS)]
+    try:
+        await asyncio.sleep(3)  # let the relays join their groups, as the services had
+        sent = await publish_all(bootstrap, topics[0], messages, rate)
+        arrived: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(arrived) < count and time.monotonic() < deadline:
+            batch = await sink.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    arrived.setdefault(record.key.decode(), record.timestamp / 1000)
+        if len(arrived) < count:
+            raise RuntimeError(f"raw floor: {len(arrived)} of {count} arrived")
+    finally:
+        # Each relay stops by itself once it has relayed every message; cancelling one
+        # while it leaves its group would leave its producer open.
+        _done, late = await asyncio.wait(relays, timeout=15)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+        await sink.stop()
+    latency = Percentiles([arrived[k] - sent[k] for k in sent])
+    return Result(throughput=count / (max(arrived.values()) - min(sent.values())),
+                  initial=Percentiles(), completed=Percentiles(), told=latency)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    # Relays and the recorder outlive their topics by a moment at the end: not news.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickets", type=int, default=200)
+    parser.add_argument("--hosts", type=int, default=4, help="sshd targets for the pipeline")
+    parser.add_argument("--ssh-hosts", type=int, default=8,
+                        help="sshd targets for the SSH diagnostics throughput (0: skip)")
+    parser.add_argument("--rate", type=float, default=None, metavar="PER_S",
+                        help="publish this many tickets per second (default: all at once, "
+                             "which measures throughput; a sustainable rate measures latency "
+                             "without queueing)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    reason = targets.available()
+    if reason is not None:
+        sys.exit(f"cannot start sshd targets: {reason}")
+    with real_parts() as (bootstrap, mongodb_uri):
+        asyncio.run(bench(args, bootstrap, mongodb_uri))
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> None:
+    run = uuid.uuid4().hex[:6]
+    prefix, database = f"bench{run}.", f"bench_{run}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run}-"))
+    user = targets.ThrowawayUser.create(sudo=True, prefix="ivb")
+    hosts: list[targets.Sshd] = []
+    services: list[Any] = []
+    try:
+        for _ in range(args.hosts):
+            hosts.append(targets.Sshd.start([user.name], listen=targets.loopback_address(),
+                                            prefix="ivb"))
+        await ensure_topics(bootstrap, prefix=prefix)
+        keys = init_keys(workdir / "keys")
+        account = f"ACC-BENCH-{run}"
+        inventory = workdir / "inventory.json"
+        inventory.write_text(json.dumps([{
+            "service_id": f"SRV-BENCH-{run}-{n}", "service_name": f"bench-{n}",
+            "ips": [h.host], "account_id": account, "type": "dedicated", "os_family": "linux",
+            "ipkvm": False, "rescue": False, "ssh_port": h.port,
+            "ssh_host_key": h.host_key_line, "datacenter": "bench"} for n, h in
+            enumerate(hosts)]))
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
+            "MONGODB_URI": mongodb_uri, "MONGODB_DATABASE": database,
+            "INTERVENTION_KEYS_DIR": str(keys.directory),
+            # The benchmark sends from one account to a few servers: no rate limit, and no
+            # "repeated interventions" review (both are measured elsewhere).
+            "INTAKE_RATE_LIMIT_PER_MINUTE": "1000000", "INTAKE_RATE_LIMIT_BURST": "1000000",
+            "AUTH_REVIEW_THRESHOLD": "1000", "EXECUTOR_CONCURRENCY": "16",
+        }
+        done = intervene(["servers", "import", str(inventory)], env)
+        if done.returncode != 0:
+            raise RuntimeError(done.stdout + done.stderr)
+        services = start_services(
+            env, log_dir=workdir / "logs", ports=service_ports(),
+            commands={"executor": [sys.executable, str(ROOT / "bench" / "noop_executor.py")]})
+        await asyncio.to_thread(wait_healthy, services)
+        recipient = load_sealing_public(keys.directory / "executor-sealing.pub")
+
+        def sealed(count: int, label: str) -> list[dict[str, Any]]:
+            return [seal_request(request(f"BENCH-{run}-{label}{n:05d}",
+                                         f"SRV-BENCH-{run}-{n % len(hosts)}", account, user),
+                                 recipient=recipient) for n in range(count)]
+
+        print(f"warming up ({len(hosts)} tickets) ...", flush=True)
+        await run_pipeline(bootstrap, prefix, sealed(len(hosts), "w"), args.timeout)
+        tickets = sealed(args.tickets, "t")
+        size = statistics.mean(len(json.dumps(t)) for t in tickets)
+        print(f"pipeline: {args.tickets} tickets ...", flush=True)
+        pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout, args.rate)
+        print(f"raw floor: {args.tickets} messages through {HOPS} aiokafka hops ...",
+              flush=True)
+        floor = await run_floor(bootstrap, prefix, [(str(t["ticket_id"]),
+                                                     json.dumps(t).encode()) for t in tickets],
+                                args.timeout, args.rate)
+    finally:
+        stop_services(services)
+        for sshd in hosts:
+            sshd.stop()
+        user.remove()
+        await delete_topics_with_prefix(bootstrap, prefix)
+        from pymongo import AsyncMongoClient
+
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+        await client.drop_database(database)
+        await client.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    ssh = await ssh_throughput(args.ssh_hosts) if args.ssh_hosts else None
+    table(args, pipeline, floor, size, ssh)
+
+
+async def ssh_throughput(count: int) -> tuple[float, float, float]:
+    """(hosts/s sequential, hosts/s at concurrency 8, p50 s per host) from bench_executor."""
+    import bench_executor
+
+    user = targets.ThrowawayUser.create(sudo=True, prefix="ivb")
+    hosts: list[targets.Sshd] = []
+    try:
+        for _ in range(count):
+            hosts.append(targets.Sshd.start([user.name]))
+        await bench_executor.measure(hosts[:1], user, 1, 1)  # warm-up
+        seq_elapsed, seq_lat, _ = await bench_executor.measure(hosts, user, 1, 1)
+        par_elapsed, par_lat, _ = await bench_executor.measure(hosts, user, 8, 2)
+        return (len(seq_lat) / seq_elapsed, len(par_lat) / par_elapsed,
+                statistics.median(par_lat))
+    finally:
+        for sshd in hosts:
+            sshd.stop()
+        user.remove()
+
+
+def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float,
+          ssh: tuple[float, float, float] | None) -> None:
+    cores = os.cpu_count()
+    print()
+    arrival = f"{args.rate:g}/s" if args.rate else "all at once"
+    print(f"{args.tickets} tickets (~{size / 1024:.1f} KiB each, published {arrival}) on one "
+          f"local Kafka broker and FerretDB; executor: no-op runbook, SSH probe against "
+          f"{args.hosts} sshd targets")
+    print(f"{'':34}{'pipeline':>24}{'raw floor':>24}{'ratio':>9}")
+    print(f"{'':34}{'p50     p95     p99 ms':>24}{'p50     p95     p99 ms':>24}")
+    print(f"{'throughput (tickets/s)':34}{pipeline.throughput:>24.1f}"
+          f"{floor.throughput:>24.1f}{floor.throughput / pipeline.throughput:>8.1f}x")
+    print(f"{'submit -> initial response':34}{pipeline.initial.text():>24}{'(2 hops)':>24}")
+    print(f"{'submit -> InterventionCompleted':34}{pipeline.completed.text():>24}"
+          f"{'(3 hops)':>24}")
+    print(f"{'submit -> customer told (4 hops)':34}{pipeline.told.text():>24}"
+          f"{floor.told.text():>24}"
+          f"{pipeline.told.at(0.5) / floor.told.at(0.5):>8.1f}x")
+    print("where the pipeline's time goes (submit -> event created, p50 / p95 ms): " + ", ".join(
+        f"{stage.rstrip(':').split(':')[0]} {pipeline.stages[stage].at(0.5) * 1000:.0f}/"
+        f"{pipeline.stages[stage].at(0.95) * 1000:.0f}" for stage in STAGES))
+    if ssh is not None:
+        seq, par, p50 = ssh
+        print(f"SSH diagnostics, real runbook ({args.ssh_hosts} sshd targets): "
+              f"{seq:.2f} hosts/s sequential, {par:.2f} hosts/s at concurrency 8 "
+              f"(p50 {p50:.2f} s per host)")
+    print(f"machine: {cores} cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The provider adapter: what it accepts from the API, and how failures are classified."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from services.executor.rescue.provider import (
+    HttpRescueProvider,
+    ProviderError,
+    parse_access,
+    parse_action,
+)
+
+ACTION = {"id": "act-1", "server_id": "SRV-1", "kind": "boot_rescue", "status": "running",
+          "progress": 40, "message": "network boot"}
+ACCESS = {"address": "203.0.113.10", "port": 22, "username": "root",
+          "password": "one-time-pw-123",
+          "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHDc+tKFJafhnOd3hvVVw+0NBP2eDGDUq "
+                      "rescue"}
+
+
+def test_actions_are_validated() -> None:
+    action = parse_action(ACTION)
+    assert (action.id, action.kind, action.status, action.progress) == (
+        "act-1", "boot_rescue", "running", 40)
+    assert not action.finished
+    assert parse_action({**ACTION, "progress": 250, "status": "succeeded"}).progress == 100
+    for bad in ({**ACTION, "id": "../x"}, {**ACTION, "kind": "reinstall"},
+                {**ACTION, "status": "maybe"}, "nope"):
+        with pytest.raises(ProviderError) as caught:
+            parse_action(bad)
+        assert caught.value.kind == "invalid"
+
+
+def test_rescue_access_needs_an_address_a_password_and_the_host_key() -> None:
+    access = parse_access(ACCESS)
+    assert access.host_key.count(" ") == 1  # comment dropped
+    assert "one-time" not in repr(access)  # the password is not in reprs or logs
+    for field, value in (("host_key", None), ("host_key", "not a key"), ("address", "host"),
+                         ("port", 70000), ("username", "root;id"), ("password", "short")):
+        with pytest.raises(ProviderError, match=r"rescue system|host key"):
+            parse_access({**ACCESS, field: value})
+
+
+class Api:
+    """A scripted provider: ``routes[(method, path)] = (status, body)``."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.seen: list[tuple[str, str, str | None, Any]] = []
+        self.delay = 0.0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                api.seen.append((method, self.path, self.headers.get("Authorization"), body))
+                time.sleep(api.delay)
+                status, answer = api.routes.get((method, self.path), (404, {"error": "x"}))
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                with contextlib.suppress(OSError):  # the client may have given up
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    scripted = Api()
+    yield scripted
+    scripted.server.shutdown()
+    scripted.server.server_close()
+
+
+async def test_the_http_adapter_speaks_the_api(api: Api) -> None:
+    api.routes[("POST", "/v1/servers/SRV-1/actions/boot-rescue")] = (202, {"action": ACTION})
+    api.routes[("GET", "/v1/actions/act-1")] = (200, {"action": {**ACTION,
+                                                                 "status": "succeeded"}})
+    api.routes[("POST", "/v1/actions/act-1/rescue-credentials")] = (200, ACCESS)
+    provider = HttpRescueProvider(api.url, token="tok-123", timeout_s=2)
+    started = await provider.boot_rescue("SRV-1", request_id="HD-1:1:rescue")
+    assert started.status == "running"
+    assert (await provider.action("act-1")).finished
+    assert (await provider.rescue_credentials("act-1")).password == "one-time-pw-123"
+    method, path, auth, body = api.seen[0]
+    assert (method, path, auth, body) == ("POST", "/v1/servers/SRV-1/actions/boot-rescue",
+                                          "Bearer tok-123", {"request_id": "HD-1:1:rescue"})
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (503, {"error": "unavailable", "message": "maintenance"}, "unavailable"),
+    (429, {"error": "rate_limited"}, "unavailable"),
+    (404, {"error": "unknown_server", "message": "SRV-1"}, "rejected"),
+    (409, {"error": "already_issued"}, "rejected"),
+    (200, b"<html>gateway</html>", "invalid"),
+    (200, [1, 2], "invalid"),
+])
+async def test_failures_are_classified(api: Api, status: int, body: Any, kind: str) -> None:
+    api.routes[("POST", "/v1/servers/SRV-1/actions/boot-disk")] = (status, body)
+    provider = HttpRescueProvider(api.url, token="t", timeout_s=2)
+    with pytest.raises(ProviderError) as caught:
+        await provider.boot_disk("SRV-1", request_id="r")
+    assert caught.value.kind == kind
+    assert "boot-disk" in str(caught.value)
+
+
+async def test_a_slow_or_absent_api_is_unavailable_not_a_hang(api: Api) -> None:
+    api.delay = 1.0
+    provider = HttpRescueProvider(api.url, token="t", timeout_s=0.2)
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        await provider.action("act-1")
+    assert caught.value.kind == "unavailable"
+    assert time.monotonic() - began < 1.0
+    closed = HttpRescueProvider("http://127.0.0.1:9", token="t", timeout_s=1)
+    with pytest.raises(ProviderError) as caught:
+        await closed.action("act-1")
+    assert caught.value.kind == "unavailable"
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="http"):
+        HttpRescueProvider("file:///etc/passwd", token="t")
