@@ -11,6 +11,10 @@ command -v sudo >/dev/null || need_apt+=(sudo)
 command -v promtool >/dev/null || need_apt+=(prometheus)  # promtool tests the alert rules
 command -v nft >/dev/null || need_apt+=(nftables)  # demo servers behind a firewall
 command -v ip >/dev/null || need_apt+=(iproute2)
+# Rescue-mode tests build and repair real disk images.
+command -v grub-install >/dev/null || need_apt+=(grub-pc-bin grub2-common)
+command -v sfdisk >/dev/null || need_apt+=(fdisk)
+command -v udevadm >/dev/null || need_apt+=(udev)
 for tool in java mvn go; do
   command -v "$tool" >/dev/null || { echo "bootstrap: \`$tool\` is required (see README: prerequisites)" >&2; exit 2; }
 done

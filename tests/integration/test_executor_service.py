@@ -495,7 +495,11 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
     assert any(service.name in line for line in manual.instructions)
     assert "cannot be proven safe to repeat" in manual.reason
     assert (service.pid(), service.starts()) == (pid, starts)  # not restarted again
-    stored = await rig.service.claims.get(claim.id)
+    for _ in range(50):  # the request is published first, the claim parked just after
+        stored = await rig.service.claims.get(claim.id)
+        if stored is not None and stored.status == "handed_over":
+            break
+        await asyncio.sleep(0.1)
     assert stored is not None
     assert stored.status == "handed_over"
     await asyncio.sleep(0.5)
