@@ -28,7 +28,12 @@ if ((${#need_apt[@]})); then
 fi
 
 stamp=.cache/pip-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when pyproject changed, or when the installed `services` package is another
+# checkout's (an editable install points at one directory).
+installed_here() {
+  [ "$(cd /tmp && python3 -c 'import services, os; print(os.path.dirname(os.path.dirname(os.path.realpath(services.__file__))))' 2>/dev/null)" = "$(pwd -P)" ]
+}
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! installed_here; then
   python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
   mkdir -p .cache && touch "$stamp"
 fi

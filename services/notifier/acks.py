@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from opentelemetry import propagate, trace
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -137,6 +138,9 @@ class PageRecord:
     step_id: str | None
     post_id: str
     text: str
+    # The trace context of the event that opened the page: what an engineer does about the
+    # page (an acknowledgement, a manual-step report) continues the ticket's trace.
+    trace_carrier: Mapping[str, str] = field(default_factory=dict)
 
 
 class PageIndex:
@@ -148,7 +152,8 @@ class PageIndex:
             await self._coll.insert_one({"_id": record.page_id, "ticket_id": record.ticket_id,
                                          "revision": record.revision, "kind": record.kind,
                                          "step_id": record.step_id, "post_id": record.post_id,
-                                         "text": record.text})
+                                         "text": record.text,
+                                         "trace_carrier": dict(record.trace_carrier)})
 
     async def get(self, page_id: str) -> PageRecord | None:
         doc = await self._coll.find_one({"_id": page_id})
@@ -157,7 +162,8 @@ class PageIndex:
         return PageRecord(page_id=page_id, ticket_id=str(doc["ticket_id"]),
                           revision=int(doc["revision"]), kind=doc["kind"],
                           step_id=doc.get("step_id"), post_id=str(doc["post_id"]),
-                          text=str(doc["text"]))
+                          text=str(doc["text"]),
+                          trace_carrier=dict(doc.get("trace_carrier") or {}))
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -218,6 +224,7 @@ class EngineerDesk:
         publish: Publish,
         on_closed: OnClosed = _nothing,
         clock: Clock = utc_now,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.directory = directory
         self.pages = pages
@@ -227,6 +234,17 @@ class EngineerDesk:
         self._publish = publish
         self.on_closed = on_closed
         self._clock = clock
+        self._tracer = tracer or trace.get_tracer(__name__)
+
+    async def _publish_for(self, page: PageRecord, span_name: str, event: EventEnvelope,
+                           engineer_id: str) -> None:
+        """Publish what an engineer did about ``page`` inside the ticket's trace: a span
+        whose parent is the event that opened the page (chat callbacks carry no context)."""
+        parent = propagate.extract(dict(page.trace_carrier))
+        with self._tracer.start_as_current_span(span_name, context=parent, attributes={
+                "intervention.ticket_id": page.ticket_id, "intervention.page_kind": page.kind,
+                "intervention.engineer_id": engineer_id}):
+            await self._publish(event)
 
     # -- acknowledgements --------------------------------------------------------------------
 
@@ -298,7 +316,7 @@ class EngineerDesk:
             display_name=closure.display_name, channel=closure.channel,
             acknowledged_event_id=_uuid(page.page_id),
         )
-        await self._publish(event)
+        await self._publish_for(page, "engineer acknowledgement", event, closure.engineer_id)
         await self._closures.complete(claim.key)
         await self.on_closed(page, closure)
 
@@ -386,7 +404,7 @@ class EngineerDesk:
                 engineer_id=data["engineer_id"], display_name=data["display_name"],
                 channel=data["channel"],
             )
-            await self._publish(event)
+            await self._publish_for(page, "manual step report", event, data["engineer_id"])
             await self._steps.complete(claim.key)
             if claim.outcome == "won":
                 return Answer(changed=True, text=(

@@ -187,7 +187,8 @@ def build(
     desk = EngineerDesk(
         directory=directory, pages=pages, closures=Claims(db, CLOSURES, lease=lease),
         step_reports=Claims(db, STEP_REPORTS, lease=lease), state_of=deadlines.state,
-        publish=runtime.publish, on_closed=notifier.page_closed, clock=clock)
+        publish=runtime.publish, on_closed=notifier.page_closed, clock=clock,
+        tracer=runtime.telemetry.tracer())
     notifier.desk = desk
     sweeper = Sweeper(ledger=ledger, deadlines=deadlines,
                       claims=Claims(db, ALERT_CLAIMS, lease=lease), policy=policy,

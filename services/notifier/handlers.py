@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from opentelemetry import propagate
+
 from schemas.envelope import EventEnvelope
 from schemas.events import (
     AuthorizationRejected,
@@ -168,8 +170,11 @@ class Notifier:
         page_id = str(event.event_id)
         post_id = f"page:{page_id}"
         step_id = event.step_id if isinstance(event, ManualStepRequested) else None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # the handler's span: acks and reports continue this trace
         record = PageRecord(page_id=page_id, ticket_id=event.ticket_id, revision=event.revision,
-                            kind=kind, step_id=step_id, post_id=post_id, text=p.redact(text))
+                            kind=kind, step_id=step_id, post_id=post_id, text=p.redact(text),
+                            trace_carrier=carrier)
         await p.pages.add(record)
         await p.outbox.enqueue(ChatPost(
             post_id=post_id, ticket_id=event.ticket_id, text=record.text, page_id=page_id,

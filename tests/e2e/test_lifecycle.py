@@ -319,9 +319,6 @@ async def test_one_trace_per_ticket_across_all_four_services(
         assert len(roots) == 1, (ticket, [r["name"] for r in roots])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the notifier publishes an acknowledgement from chat outside any span, so it is audited "
-    "without the ticket's trace id; it should continue the trace of the page it acknowledges"))
 async def test_chat_acknowledgement_continues_the_ticket_trace(
         submitted: Submitted, e2e_db: AsyncDatabase[dict[str, Any]]) -> None:
     records = await AuditLog(e2e_db, redactor=Redactor()).records(submitted.ticket("disk"))
