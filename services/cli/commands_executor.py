@@ -20,9 +20,12 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from services.executor.claims import ClaimStore
@@ -55,70 +58,66 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reg.set_defaults(func=_cmd_vault_register)
 
 
-def _cmd_claims(args: argparse.Namespace) -> int:
+Db = AsyncDatabase[dict[str, Any]]
+T = TypeVar("T")
+
+
+async def _with_db(settings: ExecutorSettings, use: Callable[[Db], Awaitable[T]]) -> T:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri,
+                                                                tz_aware=True)
     try:
-        rows = asyncio.run(_claims(ExecutorSettings(), include_finished=args.all))
+        return await use(client[settings.mongodb_database])
+    finally:
+        await client.close()
+
+
+def _print_rows(rows_of: Callable[[Db], Awaitable[list[str]]], *, store: str,
+                none: str) -> int:
+    try:
+        rows = asyncio.run(_with_db(ExecutorSettings(), rows_of))
     except PyMongoError as exc:
-        print(f"error: the claim store did not answer ({type(exc).__name__})", file=sys.stderr)
+        print(f"error: the {store} did not answer ({type(exc).__name__})", file=sys.stderr)
         return 2
-    for row in rows:
-        print(row)
-    if not rows:
-        print("no claims")
+    print("\n".join(rows) if rows else none)
     return 0
 
 
-async def _claims(settings: ExecutorSettings, *, include_finished: bool) -> list[str]:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
-                                                                   tz_aware=True)
-    try:
-        db = client[settings.mongodb_database]
-        query: dict[str, object] = {} if include_finished else {
-            "status": {"$in": ["open", "handed_over"]}}
-        rows = []
-        async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
-            owner = doc.get("owner") or {}
-            steps = doc.get("steps") or {}
-            rows.append(
-                f"{doc['_id']}  {doc.get('status')}  attempt {doc.get('attempt')}  "
-                f"owner {owner.get('id', '-') if isinstance(owner, dict) else '-'}  "
-                f"lease until {doc.get('lease_until')}  "
-                f"steps journalled {len(steps) if isinstance(steps, dict) else 0}")
-        return rows
-    finally:
-        await client.close()
+def _cmd_claims(args: argparse.Namespace) -> int:
+    return _print_rows(lambda db: _claims(db, include_finished=args.all),
+                       store="claim store", none="no claims")
+
+
+async def _claims(db: Db, *, include_finished: bool) -> list[str]:
+    query: dict[str, object] = {} if include_finished else {
+        "status": {"$in": ["open", "handed_over"]}}
+    rows = []
+    async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
+        owner = doc.get("owner") or {}
+        steps = doc.get("steps") or {}
+        rows.append(
+            f"{doc['_id']}  {doc.get('status')}  attempt {doc.get('attempt')}  "
+            f"owner {owner.get('id', '-') if isinstance(owner, dict) else '-'}  "
+            f"lease until {doc.get('lease_until')}  "
+            f"steps journalled {len(steps) if isinstance(steps, dict) else 0}")
+    return rows
 
 
 def _cmd_manual(args: argparse.Namespace) -> int:
-    try:
-        rows = asyncio.run(_manual(ExecutorSettings(), include_done=args.all))
-    except PyMongoError as exc:
-        print(f"error: the store did not answer ({type(exc).__name__})", file=sys.stderr)
-        return 2
-    for row in rows:
-        print(row)
-    if not rows:
-        print("no manual steps")
-    return 0
+    return _print_rows(lambda db: _manual(db, include_done=args.all),
+                       store="store", none="no manual steps")
 
 
-async def _manual(settings: ExecutorSettings, *, include_done: bool) -> list[str]:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
-                                                                   tz_aware=True)
-    try:
-        db = client[settings.mongodb_database]
-        query: dict[str, object] = {} if include_done else {"status": "waiting"}
-        rows = []
-        async for doc in db[ManualSteps.STEPS].find(query).sort("deadline", 1):
-            report = doc.get("report") or {}
-            who = f"  by {report.get('display_name')}" if isinstance(report, dict) and \
-                report.get("display_name") else ""
-            rows.append(f"{doc.get('ticket_id')} r{doc.get('revision')}  {doc.get('step_id')}  "
-                        f"{doc.get('method')}  {doc.get('status')}{who}  "
-                        f"deadline {doc.get('deadline')}  {doc.get('title')}")
-        return rows
-    finally:
-        await client.close()
+async def _manual(db: Db, *, include_done: bool) -> list[str]:
+    query: dict[str, object] = {} if include_done else {"status": "waiting"}
+    rows = []
+    async for doc in db[ManualSteps.STEPS].find(query).sort("deadline", 1):
+        report = doc.get("report") or {}
+        who = f"  by {report.get('display_name')}" if isinstance(report, dict) and \
+            report.get("display_name") else ""
+        rows.append(f"{doc.get('ticket_id')} r{doc.get('revision')}  {doc.get('step_id')}  "
+                    f"{doc.get('method')}  {doc.get('status')}{who}  "
+                    f"deadline {doc.get('deadline')}  {doc.get('title')}")
+    return rows
 
 
 def _cmd_vault_init(args: argparse.Namespace) -> int:
@@ -147,7 +146,8 @@ def _cmd_vault_register(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_register(ExecutorSettings(), args.account_id, key))
+        asyncio.run(_with_db(ExecutorSettings(),
+                             lambda db: _register(db, args.account_id, key)))
     except PyMongoError as exc:
         print(f"error: the vault store did not answer ({type(exc).__name__})", file=sys.stderr)
         return 2
@@ -155,10 +155,5 @@ def _cmd_vault_register(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _register(settings: ExecutorSettings, account_id: str, key: PublicSealingKey) -> None:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(settings.mongodb_uri,
-                                                                   tz_aware=True)
-    try:
-        await MongoCredentialVault(client[settings.mongodb_database]).register_key(account_id, key)
-    finally:
-        await client.close()
+async def _register(db: Db, account_id: str, key: PublicSealingKey) -> None:
+    await MongoCredentialVault(db).register_key(account_id, key)

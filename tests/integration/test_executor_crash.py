@@ -10,95 +10,41 @@ verified — and a second process resumes the claim from the journal.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from pymongo.asynchronous.database import AsyncDatabase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import executor_targets as targets
+from executor_process import Executor, Stack, executor_stack, start_executor, until
 from executor_verdicts import resolved_server, verdict
 
-from schemas.events import AuthorizationVerified, InterventionCompleted
-from schemas.registry import encode, topic_for
-from schemas.topics import physical
+from schemas.events import InterventionCompleted
 from services.runtime.audit import verify_chain
-from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import (
-    KeySetPaths,
-    init_keys,
     load_sealing_public,
     load_signing_key,
 )
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Stack:
-    prefix: str
-    database: str
-    keys: KeySetPaths
-    env: dict[str, str]
-    logs: Path
-    bus: targets.EventBus
-    db: AsyncDatabase[dict[str, Any]]
 
 
 @pytest.fixture
 async def stack(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_parts: Any,
                 mongo_client: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    run = uuid.uuid4().hex[:6]
-    prefix = f"{topic_prefix}crash{run}."
-    database = f"{database_name}_crash{run}"
-    await ensure_topics(kafka_bootstrap, prefix=prefix)
-    keys = init_keys(tmp_path / "keys")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
-        "MONGODB_URI": real_parts.mongodb_uri, "MONGODB_DATABASE": database,
-        "INTERVENTION_KEYS_DIR": str(keys.directory),
-        # A wide window between the restart and its verification, to kill the process in.
-        "EXECUTOR_SERVICE_SETTLE_S": "8", "EXECUTOR_LEASE_S": "30", "EXECUTOR_RESCAN_S": "1",
-        "PYTHONPATH": str(REPO),
-    })
-    bus = targets.EventBus(kafka_bootstrap, prefix)
-    await bus.start()
-    try:
-        yield Stack(prefix=prefix, database=database, keys=keys, env=env, logs=tmp_path,
-                    bus=bus, db=mongo_client[database])
-    finally:
-        await bus.stop()
-        await mongo_client.drop_database(database)
-
-
-@dataclass
-class Executor:
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    # A wide window between the restart and its verification, to kill the process in.
+    async with executor_stack(
+            "crash", kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix,
+            database_name=database_name, mongodb_uri=real_parts.mongodb_uri,
+            mongo_client=mongo_client, tmp_path=tmp_path,
+            env={"EXECUTOR_SERVICE_SETTLE_S": "8", "EXECUTOR_LEASE_S": "30",
+                 "EXECUTOR_RESCAN_S": "1"}) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -107,28 +53,6 @@ def executors(stack: Stack) -> Iterator[list[Executor]]:
     yield started
     for executor in started:
         executor.stop()
-
-
-def start_executor(stack: Stack, started: list[Executor]) -> Executor:
-    log = stack.logs / f"executor-{len(started)}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.executor"], cwd=REPO,
-                                   env=stack.env, stdout=out, stderr=out,
-                                   start_new_session=True)
-    executor = Executor(process=process, log=log)
-    started.append(executor)
-    return executor
-
-
-async def until(check: Any, what: str, timeout: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_killed_mid_runbook_resumes_without_repeating_a_step(
@@ -147,13 +71,7 @@ async def test_killed_mid_runbook_resumes_without_repeating_a_step(
     claims = stack.db["executor_claims"]
 
     first = start_executor(stack, executors)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(physical(topic_for(AuthorizationVerified), stack.prefix),
-                                     encode(event), key=event.ticket_id.encode())
-    finally:
-        await producer.stop()
+    await stack.publish(event)
 
     async def restart_journalled() -> bool:
         doc = await claims.find_one({"_id": claim_id})
@@ -229,13 +147,7 @@ async def test_killed_during_a_change_the_precheck_decides_and_nothing_is_applie
     claim_id = f"{event.ticket_id}:1"
     claims = stack.db["executor_claims"]
     first = start_executor(stack, executors)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(physical(topic_for(AuthorizationVerified), stack.prefix),
-                                     encode(event), key=event.ticket_id.encode())
-    finally:
-        await producer.stop()
+    await stack.publish(event)
 
     async def installing() -> bool:
         doc = await claims.find_one({"_id": claim_id})

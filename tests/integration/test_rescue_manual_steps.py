@@ -11,27 +11,22 @@ asked for by auth, once approved, lets the automation run.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from pymongo.asynchronous.database import AsyncDatabase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import executor_targets as targets
+from executor_process import Executor, Stack, executor_stack, start_executor
 from executor_verdicts import resolved_server, verdict
 
-from schemas.envelope import EventEnvelope
 from schemas.events import (
     AuthorizationVerified,
     InterventionCompleted,
@@ -39,80 +34,25 @@ from schemas.events import (
     ManualStepCompleted,
     ManualStepRequested,
 )
-from schemas.registry import encode, topic_for
-from schemas.topics import physical
 from services.runtime.audit import verify_chain
-from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import KeySetPaths, init_keys, load_sealing_public, load_signing_key
+from services.runtime.keys import load_sealing_public, load_signing_key
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 VNC_TIMEOUT_S = 10  # EXECUTOR_MANUAL_STEP_TIMEOUT_S: the console step that times out
-
-
-@dataclass
-class Stack:
-    prefix: str
-    keys: KeySetPaths
-    env: dict[str, str]
-    logs: Path
-    bus: targets.EventBus
-    db: AsyncDatabase[dict[str, Any]]
-    bootstrap: str
-
-    async def publish(self, event: EventEnvelope) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await producer.start()
-        try:
-            await producer.send_and_wait(physical(topic_for(event), self.prefix),  # type: ignore[arg-type]
-                                         encode(event), key=event.ticket_id.encode())
-        finally:
-            await producer.stop()
 
 
 @pytest.fixture
 async def stack(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_parts: Any,
                 mongo_client: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    run = uuid.uuid4().hex[:6]
-    prefix = f"{topic_prefix}manual{run}."
-    database = f"{database_name}_manual{run}"
-    await ensure_topics(kafka_bootstrap, prefix=prefix)
-    keys = init_keys(tmp_path / "keys")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
-        "MONGODB_URI": real_parts.mongodb_uri, "MONGODB_DATABASE": database,
-        "INTERVENTION_KEYS_DIR": str(keys.directory), "EXECUTOR_RESCAN_S": "0.5",
-        "EXECUTOR_LEASE_S": "30", "EXECUTOR_CONNECT_TIMEOUT_S": "3",
-        "EXECUTOR_MANUAL_STEP_TIMEOUT_S": str(VNC_TIMEOUT_S),
-        "EXECUTOR_DATACENTER_STEP_TIMEOUT_S": "600", "PYTHONPATH": str(REPO),
-    })
-    bus = targets.EventBus(kafka_bootstrap, prefix)
-    await bus.start()
-    try:
-        yield Stack(prefix=prefix, keys=keys, env=env, logs=tmp_path, bus=bus,
-                    db=mongo_client[database], bootstrap=kafka_bootstrap)
-    finally:
-        await bus.stop()
-        await mongo_client.drop_database(database)
-
-
-@dataclass
-class Executor:
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    async with executor_stack(
+            "manual", kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix,
+            database_name=database_name, mongodb_uri=real_parts.mongodb_uri,
+            mongo_client=mongo_client, tmp_path=tmp_path,
+            env={"EXECUTOR_RESCAN_S": "0.5", "EXECUTOR_LEASE_S": "30",
+                 "EXECUTOR_CONNECT_TIMEOUT_S": "3",
+                 "EXECUTOR_MANUAL_STEP_TIMEOUT_S": str(VNC_TIMEOUT_S),
+                 "EXECUTOR_DATACENTER_STEP_TIMEOUT_S": "600"}) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -121,17 +61,6 @@ def executors() -> Iterator[list[Executor]]:
     yield started
     for executor in started:
         executor.stop()
-
-
-def start_executor(stack: Stack, started: list[Executor]) -> Executor:
-    log = stack.logs / f"executor-{len(started)}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.executor"], cwd=REPO,
-                                   env=stack.env, stdout=out, stderr=out,
-                                   start_new_session=True)
-    executor = Executor(process=process, log=log)
-    started.append(executor)
-    return executor
 
 
 def report(request: ManualStepRequested, status: str, notes: str,
@@ -203,6 +132,18 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
         assert asyncio.get_running_loop().time() < deadline, "claims not parked"
         await asyncio.sleep(0.1)
     first.kill()  # both claims parked, no process left
+    # What the operator sees: both claims handed over, both steps waiting for an engineer.
+    listed = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "services.cli.main", "executor", "claims"], env=stack.env,
+        capture_output=True, text=True, timeout=60, check=True)
+    for event in (windows, vnc):
+        assert f"{event.ticket_id}:1  handed_over  attempt 1" in listed.stdout
+    waiting = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "services.cli.main", "executor", "manual"], env=stack.env,
+        capture_output=True, text=True, timeout=60, check=True)
+    assert f"{windows.ticket_id} r1" in waiting.stdout
+    assert "ipkvm  waiting" in waiting.stdout
+    assert "vnc  waiting" in waiting.stdout
     # The VNC step's deadline passes while no executor runs at all.
     vnc_deadline = requests[vnc.ticket_id].deadline
     assert vnc_deadline is not None
