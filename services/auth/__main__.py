@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 from services.auth.app import SERVICE_NAME, create_app
 from services.runtime.keys import KeyFileError
-from services.runtime.telemetry import configure_logging
+from services.runtime.service import run_service
 
 
 def main() -> None:
-    configure_logging(SERVICE_NAME)
-    try:
-        app = create_app()
-    except KeyFileError as exc:
-        # A missing or unsafe signing key is an operator's fix, not a crash to debug.
-        print(f"auth: {exc}", file=sys.stderr)
-        sys.exit(2)
-    asyncio.run(app.run())
+    # A missing or unsafe signing key is an operator's fix too.
+    run_service(SERVICE_NAME, create_app, operator_errors=(KeyFileError,))
 
 
 if __name__ == "__main__":

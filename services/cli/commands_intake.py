@@ -21,7 +21,10 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from services.runtime.settings import RuntimeSettings
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
@@ -164,33 +167,57 @@ def _submit_http(document: dict[str, Any], url: str) -> int:
 
 def _submit_kafka(document: dict[str, Any], public_key: Path | None) -> int:
     from services.intake.sealing import load_recipient, seal_request
+    from services.runtime.kafka_security import KafkaConnectError
     from services.runtime.keys import KeyFileError
+    from services.runtime.settings import RuntimeSettings, SettingsError
 
+    try:
+        # KAFKA_BOOTSTRAP_SERVERS and the TLS/SASL variables, validated like a service's.
+        settings = RuntimeSettings()
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         sealed = seal_request(document, recipient=load_recipient(public_key))
     except (KeyFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    topic = asyncio.run(publish_request(sealed))
+    try:
+        topic = asyncio.run(publish_request(sealed, settings=settings))
+    except KafkaConnectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"published ticket {sealed.get('ticket_id')} revision {sealed.get('revision')} "
           f"to {topic}; intake answers on intervention.ticket-submitted / -rejected")
     return EXIT_OK
 
 
 async def publish_request(document: dict[str, Any], *, bootstrap: str | None = None,
-                          prefix: str | None = None) -> str:
-    """Publish a (sealed) request document on the helpdesk topic, keyed by its ticket id."""
+                          prefix: str | None = None,
+                          settings: RuntimeSettings | None = None) -> str:
+    """Publish a (sealed) request document on the helpdesk topic, keyed by its ticket id.
+
+    ``settings`` (default: from the environment) give the bootstrap servers and the Kafka
+    TLS/SASL options; ``bootstrap`` overrides the servers only.
+    """
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
 
     from schemas.topics import HELPDESK_REQUESTS, physical
+    from services.runtime.kafka_security import connect_failure, kafka_client_options
+    from services.runtime.settings import RuntimeSettings
 
+    settings = settings if settings is not None else RuntimeSettings()
+    options = kafka_client_options(settings)
+    if bootstrap:
+        options["bootstrap_servers"] = bootstrap
     topic = physical(HELPDESK_REQUESTS, prefix)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
-                                                      "127.0.0.1:9092"),
-        enable_idempotence=True,
-    )
-    await producer.start()
+    producer = AIOKafkaProducer(**options, enable_idempotence=True)
+    try:
+        await producer.start()
+    except KafkaConnectionError:
+        await producer.stop()
+        raise await connect_failure(options["bootstrap_servers"], settings) from None
     try:
         key = str(document.get("ticket_id", "")).encode("utf-8", "surrogatepass")
         await producer.send_and_wait(topic, json.dumps(document).encode(), key=key)

@@ -77,9 +77,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from services.runtime.kafka_admin import ensure_topics
+    from services.runtime.kafka_security import KafkaConnectError
+    from services.runtime.settings import RuntimeSettings, SettingsError
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", localstack.kafka_bootstrap())
-    created = asyncio.run(ensure_topics(bootstrap))
+    try:
+        settings = RuntimeSettings()  # the Kafka TLS/SASL variables
+        created = asyncio.run(ensure_topics(bootstrap, settings=settings))
+    except (SettingsError, KafkaConnectError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"topics: {len(created)} created" if created else "topics: all present")
     for name in created:
         print(f"  {name}")

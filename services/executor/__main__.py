@@ -1,16 +1,13 @@
-"""``python -m services.executor``: run the executor until interrupted."""
+"""``python -m services.executor``: run the executor service until interrupted."""
 
 from __future__ import annotations
 
-import asyncio
-
 from services.executor.app import SERVICE_NAME, create_app
-from services.runtime.telemetry import configure_logging
+from services.runtime.service import run_service
 
 
 def main() -> None:
-    configure_logging(SERVICE_NAME)
-    asyncio.run(create_app().run())
+    run_service(SERVICE_NAME, create_app)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from services.intake.http import create_app
 from services.intake.openapi import write_openapi
 from services.intake.settings import IntakeSettings
 from services.runtime.redaction import RedactingFilter, install_log_redaction
+from services.runtime.settings import SettingsError
 from services.runtime.telemetry import configure_logging
 
 
@@ -32,7 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    settings = IntakeSettings()
+    try:
+        settings = IntakeSettings()
+    except SettingsError as exc:  # impossible settings: an operator's fix, not a traceback
+        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        return 2
     service = IntakeService(settings)
     # Logs are redacted with intake's own (small, cheap to recompile) redactor, which learns
     # every secret intake handles; see bootstrap.REDACTOR_SECRETS for why not the default.

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.notifier.app import SERVICE_NAME, create_app
-from services.runtime.telemetry import configure_logging
+from services.runtime.service import run_service
 
 
 def main() -> None:
-    configure_logging(SERVICE_NAME)
-    asyncio.run(create_app().run())
+    run_service(SERVICE_NAME, create_app)
 
 
 if __name__ == "__main__":

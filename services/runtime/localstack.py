@@ -254,12 +254,13 @@ def _kafka_dir() -> Path:
     return var_dir() / "kafka"
 
 
-def _kafka_java(main: str, *args: str, heap: tuple[str, ...] = ("-Xmx256m",)) -> list[str]:
+def _kafka_java(main: str, *args: str, heap: tuple[str, ...] = ("-Xmx256m",),
+                logs_dir: Path | None = None) -> list[str]:
     java = _require("java", "run the Kafka broker")
     return [
         java, *heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={DEPLOY_LOCAL / 'log4j2.properties'}",
-        f"-Dkafka.logs.dir={var_dir() / 'log'}",
+        f"-Dkafka.logs.dir={logs_dir or var_dir() / 'log'}",
         "-cp", f"{kafka_libs()}/*", main, *args,
     ]
 
@@ -303,6 +304,82 @@ def kafka_ready() -> bool:
         return asyncio.run(cluster_metadata(kafka_bootstrap(), timeout=3.0)) is not None
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"
         return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaBrokerProcess:
+    """A broker of its own started by :func:`start_kafka_broker` (not part of the stack)."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "log" / "kafka-server.log"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the broker's process group: SIGTERM, then SIGKILL after ``timeout``."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def start_kafka_broker(
+    properties: str,
+    directory: Path,
+    *,
+    format_args: tuple[str, ...] = (),
+    ready: Callable[[], bool],
+    ready_timeout: float = 90.0,
+    heap: tuple[str, ...] = ("-Xms128m", "-Xmx512m"),
+) -> KafkaBrokerProcess:
+    """Format and start a single-node KRaft broker from the stack's jars, all in ``directory``.
+
+    For tests that need a broker configured unlike the stack's (TLS and SASL listeners, say):
+    ``properties`` is the whole ``server.properties`` text, with ``${LOG_DIR}`` standing for
+    ``directory/data``; ``format_args`` go to ``kafka-storage format`` (``--add-scram ...``).
+    The configuration, data and logs stay under ``directory`` (nothing in ``var/``, no pid
+    file: the caller owns the process and calls :meth:`KafkaBrokerProcess.stop`). Returns once
+    ``ready()`` is true; raises :class:`StackError` with the log's tail otherwise.
+    """
+    install_kafka()
+    directory.mkdir(parents=True, exist_ok=True)
+    logs = directory / "log"
+    logs.mkdir(exist_ok=True)
+    props = directory / "server.properties"
+    props.write_text(properties.replace("${LOG_DIR}", str(directory / "data")))
+    with (logs / "format.log").open("wb") as out:
+        code = subprocess.call(
+            _kafka_java("kafka.tools.StorageTool", "format", "--standalone",
+                        "-t", _kafka_uuid(), "-c", str(props), *format_args, logs_dir=logs),
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    if code != 0:
+        raise StackError(f"kafka: formatting {directory} failed (exit {code}):\n"
+                         f"{_tail(logs / 'format.log')}")
+    with (logs / "stdout.log").open("ab") as out:
+        proc = subprocess.Popen(
+            _kafka_java("kafka.Kafka", str(props), heap=heap, logs_dir=logs),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_raise_open_file_limit, cwd=directory,
+        )
+    broker = KafkaBrokerProcess(process=proc, directory=directory)
+    if not _wait(ready, timeout=ready_timeout, alive=lambda: proc.poll() is None):
+        status = proc.poll()
+        broker.stop()
+        cause = f"exited with status {status}" if status is not None else "did not become ready"
+        raise StackError(f"kafka ({directory}): {cause} within {ready_timeout:.0f}s\n"
+                         f"--- last lines ---\n{_tail(broker.log_path)}\n"
+                         f"{_tail(logs / 'stdout.log')}")
+    return broker
 
 
 # --- FerretDB -------------------------------------------------------------------------

@@ -8,7 +8,9 @@ topics, the audit record of every published event — is decided here once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,11 +28,17 @@ from services.runtime.audit import AuditLog
 from services.runtime.consumer import Decoded, DecodeError
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import ensure_topics
+from services.runtime.kafka_security import KafkaConnectError, faststream_security
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
-from services.runtime.settings import RuntimeSettings
-from services.runtime.telemetry import Telemetry, current_trace_id, setup_telemetry
+from services.runtime.settings import RuntimeSettings, SettingsError
+from services.runtime.telemetry import (
+    Telemetry,
+    configure_logging,
+    current_trace_id,
+    setup_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,9 @@ class ServiceRuntime:
         self.settings = settings
         self.telemetry = telemetry or setup_telemetry(service_name)
         self.redactor = redactor or default_redactor()
+        secret = settings.kafka_sasl_secret()
+        if secret is not None:  # never in a log line, an audit record or a span
+            self.redactor.add(secret.get_secret_value())
         self.metrics = RuntimeMetrics(self.telemetry.meter_provider, service_name)
         # The executor's runbook step spans become step-duration metrics (other services
         # open no step spans, so for them this does nothing).
@@ -57,6 +68,8 @@ class ServiceRuntime:
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             client_id=service_name,
+            # TLS and SASL (KAFKA_SECURITY_PROTOCOL and friends); None for PLAINTEXT.
+            security=faststream_security(settings),
             # Idempotent producer: acks=all and no duplicates from the producer's own retries.
             enable_idempotence=True,
             allow_auto_create_topics=False,
@@ -80,7 +93,7 @@ class ServiceRuntime:
         await self.audit.ensure_indexes()
         await self.processed.ensure_indexes()
         await ensure_topics(self.settings.kafka_bootstrap_servers,
-                            prefix=self.settings.kafka_topic_prefix)
+                            prefix=self.settings.kafka_topic_prefix, settings=self.settings)
 
     async def start(self) -> None:
         await self.prepare()
@@ -146,3 +159,20 @@ def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:
         return Decoded(value=event, key=str(event.event_id), ticket_id=event.ticket_id)
 
     return decode
+
+
+def run_service(service_name: str, create_app: Callable[[], FastStream], *,
+                operator_errors: tuple[type[Exception], ...] = ()) -> None:
+    """``python -m services.<name>``: run a FastStream service until interrupted.
+
+    Impossible settings, an unreachable or refusing Kafka (credentials, TLS trust) and the
+    service's own ``operator_errors`` (a missing or unsafe key file) are an operator's fix:
+    one line on stderr saying which, exit status 2, not a traceback.
+    """
+    configure_logging(service_name)
+    refusals: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, *operator_errors)
+    try:
+        asyncio.run(create_app().run())
+    except refusals as exc:
+        print(f"{service_name}: {exc}", file=sys.stderr)
+        sys.exit(2)
