@@ -5,6 +5,8 @@ benchmark share it, so what the demo shows is exactly what the tests prove:
 
 - :mod:`.targets` — sshd processes (on loopback, in a network namespace, or with simulated
   diagnostic tools), throwaway users, a SysV service and an apt repository;
+- :mod:`.rescue_lab` — servers that boot from real disk images, their rescue system and a
+  stand-in for the provider's rescue API (the locked-out server, and the rescue tests);
 - :mod:`.manifest` — a durable list of everything created, so Ctrl-C, a crash or a later
   ``intervene demo --stop`` undoes exactly that;
 - :mod:`.estate` — the three demo servers and their inventory (:mod:`.signatures`: the

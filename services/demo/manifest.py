@@ -14,11 +14,13 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from services.demo import targets
+from services.demo.rescue_lab import LabServer
 
 Entry = dict[str, Any]
 
@@ -36,8 +38,11 @@ def _undo_user(entry: Entry) -> str:
 
 
 def _undo_netns(entry: Entry) -> str:
-    targets.Netns(name=entry["name"], host_ip=entry["host_ip"], ns_ip=entry["ns_ip"]).remove()
-    return f"network namespace {entry['name']}: removed"
+    # Recorded by demos before edge-01 became a rescue lab server (a `--keep` run's leftovers).
+    name = str(entry["name"])
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", f"{name}h"[:15]], capture_output=True, check=False)
+    return f"network namespace {name}: removed"
 
 
 def _undo_sysv(entry: Entry) -> str:
@@ -61,6 +66,13 @@ def _undo_path(entry: Entry) -> str:
     return f"{path}: removed"
 
 
+def _undo_lab_server(entry: Entry) -> str:
+    server = LabServer.from_record(entry["server"])
+    server.close()
+    return (f"{entry['label']}: powered off; network namespace {server.netns}, its loop "
+            f"device and disk image copy ({server.workdir}): removed")
+
+
 def _undo_component(entry: Entry) -> str:
     # Imported here: the local stack pulls in Kafka's admin client, which the estate alone
     # (tests, benchmarks) does not need.
@@ -79,6 +91,7 @@ UNDO: dict[str, Callable[[Entry], str]] = {
     "sysv": _undo_sysv,
     "apt_repo": _undo_apt_repo,
     "path": _undo_path,
+    "lab_server": _undo_lab_server,
     "component": _undo_component,
 }
 
@@ -108,13 +121,15 @@ class Manifest:
     def user(self, user: targets.ThrowawayUser) -> None:
         self.add("user", name=user.name)
 
-    def netns(self, netns: targets.Netns) -> None:
-        self.add("netns", name=netns.name, host_ip=netns.host_ip, ns_ip=netns.ns_ip)
-
     def sshd(self, label: str, sshd: targets.Sshd) -> None:
         if sshd.pid is not None:
             self.add("process", label=label, pid=sshd.pid, started=sshd.started,
                      workdir=str(sshd.workdir))
+
+    def lab_server(self, label: str, server: LabServer) -> None:
+        """A rescue lab server, recorded before its disk, loop device and namespace exist:
+        its undo finds them by name (and the loop device by its backing file)."""
+        self.add("lab_server", label=label, server=server.record())
 
     def sysv(self, service: targets.SysvService) -> None:
         self.add("sysv", name=service.name, state=str(service.state))

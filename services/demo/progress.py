@@ -6,8 +6,9 @@ consumer group, keeps every record, and folds the ``intervention.*`` events into
 assert on the same records; the pipeline benchmark takes its timestamps from it.
 
 A ticket's *phase* is what its latest meaningful event says; a phase is *settled* when
-nothing more happens without someone outside the system (the customer, an engineer, the
-rescue automation that is not built yet) acting.
+nothing more happens without someone outside the system (the customer, an engineer)
+acting. A hand-over to rescue is not: the rescue automation ends it with an
+InterventionCompleted, or with a manual step where an engineer has to take over.
 """
 
 from __future__ import annotations
@@ -42,10 +43,6 @@ from schemas.topics import DLQ_SUFFIX, all_topics
 
 Phase = Literal["waiting", "submitted", "rejected", "authorized", "refused", "clarification",
                 "started", "rescue", "manual_step", "completed"]
-
-# How long a rescue hand-over must stay unanswered before it counts as where the ticket
-# rests (no rescue automation in this build, or none configured for the server).
-RESCUE_QUIET_S = 15.0
 
 # Phases where the system itself has nothing more to do for the revision.
 SETTLED: frozenset[Phase] = frozenset(
@@ -133,23 +130,14 @@ class TicketProgress:
         done = self.of(InterventionCompleted)
         return done[-1].outcome if done else None
 
-    def settled(self, *, rescue_quiet_s: float = RESCUE_QUIET_S,
-                now: float | None = None) -> bool:
-        """Nothing more happens by itself, and the customer has been told everything.
-
-        A rescue hand-over rests only if nothing follows it for ``rescue_quiet_s``: the
-        rescue automation (where the build has it) answers with its own events at once,
-        and the ticket then settles where that leads.
-        """
+    def settled(self) -> bool:
+        """Nothing more happens by itself, and the customer has been told everything."""
         phase = self.phase
         # A clarification from the executor is followed by its InterventionCompleted; one
         # from auth is the last word until the customer answers.
         if phase == "clarification" and self.of(AuthorizationVerified):
             return False
-        resting = phase in SETTLED
-        if phase == "rescue" and self.changed is not None:
-            resting = (now or time.monotonic()) - self.changed >= rescue_quiet_s
-        return resting and not self.untold()
+        return phase in SETTLED and not self.untold()
 
     def untold(self) -> list[Event]:
         """Events the customer should hear about that no TicketUpdated answers yet.
@@ -277,14 +265,12 @@ class BusRecorder:
         return [r for r in self.records
                 if r.topic == topic and (key is None or r.key == key)]
 
-    async def wait_for(self, ticket_ids: Iterable[str], *, timeout: float,
-                       rescue_quiet_s: float = RESCUE_QUIET_S) -> list[str]:
+    async def wait_for(self, ticket_ids: Iterable[str], *, timeout: float) -> list[str]:
         """Wait until every ticket is settled; return those that are not at the timeout."""
         wanted = list(ticket_ids)
         deadline = time.monotonic() + timeout
         while True:
-            pending = [t for t in wanted
-                       if not self.ticket(t).settled(rescue_quiet_s=rescue_quiet_s)]
+            pending = [t for t in wanted if not self.ticket(t).settled()]
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 return pending

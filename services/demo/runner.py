@@ -33,13 +33,13 @@ from types import FrameType
 from typing import Any, TextIO
 
 from schemas.events import EngineerAcknowledged, HardwareEscalated
-from services.demo import DEFAULT_TIMEOUT_S, targets
+from services.demo import DEFAULT_TIMEOUT_S, rescue_lab, targets
 from services.demo.chat import OnCallRoom, open_on_call_room
 from services.demo.estate import Estate, build_estate
 from services.demo.helpdesk import post_ticket, publish_sealed
 from services.demo.manifest import Manifest
 from services.demo.operator import set_up_customer
-from services.demo.progress import RESCUE_QUIET_S, BusRecorder
+from services.demo.progress import BusRecorder
 from services.demo.scenarios import SCENARIOS, Scenario
 from services.demo.synapse import start_homeserver, synapse_installed
 from services.demo.table import Display, Row
@@ -174,6 +174,7 @@ def _run(demo: Demo) -> int:
     demo.say("\n== chat: Synapse with an on-call room")
     on_call = _start_chat(demo)
     demo.say("\n== the customer's servers")
+    _ensure_lab_image(demo)
     estate = build_estate(demo.manifest, run=demo.run, account_id=f"ACC-DEMO-{demo.run}")
     for server in estate.servers.values():
         demo.say(f"  {server.service_name:<8} {server.service_id:<18} "
@@ -185,7 +186,7 @@ def _run(demo: Demo) -> int:
     for line in set_up_customer(estate, {}, workdir=workdir, on_call=on_call):
         demo.say(f"  {line}")
     demo.say("\n== services")
-    os.environ.update({**SERVICE_ENV, **on_call.notifier_env()})
+    os.environ.update({**SERVICE_ENV, **on_call.notifier_env(), **estate.executor_env()})
     _start_services(demo)
     demo.say("\n== tickets")
     return asyncio.run(_tickets(demo, estate, on_call, bootstrap))
@@ -205,10 +206,21 @@ def _ensure_prerequisites(demo: Demo) -> None:
                               check=False)
         if done.returncode != 0:
             raise DemoError(f"pip install matrix-synapse failed: {done.stderr.strip()[-500:]}")
-    reason = targets.available(netns=True)
+    reason = targets.available(netns=True) or rescue_lab.available()
     if reason is not None:
         raise DemoError(f"the demo servers cannot run here: {reason}")
     demo.say("  system packages and Synapse present")
+
+
+def _ensure_lab_image(demo: Demo) -> None:
+    """edge-01's disk: built once from this machine's packages, then copied per run."""
+    if rescue_lab.image_path().exists():
+        return
+    demo.say(f"  building the rescue lab's disk image (first run only; kept in "
+             f"{rescue_lab.cache_dir()})")
+    began = time.monotonic()
+    rescue_lab.base_image()
+    demo.say(f"  disk image built in {time.monotonic() - began:.0f}s")
 
 
 def _start_infrastructure(demo: Demo) -> str:
@@ -246,12 +258,19 @@ def _start_services(demo: Demo) -> None:
             # Not ours to restart: it keeps the settings it was started with (it may have no
             # chat, for one), and the demo never stops it.
             demo.say(f"{comp.name}: already running (pid {rec.pid}), used with its own "
-                     "settings" + ("; it does not page this demo's on-call room (`intervene "
-                                   "down` first for the full demo)" if comp.name == "notifier"
-                                   else ""))
+                     "settings" + _NOT_THIS_DEMOS.get(comp.name, ""))
             continue
         demo.say(comp.start())
         demo.manifest.add("component", name=comp.name)
+
+
+# What a service started before the demo misses (`intervene down` first for the full demo).
+_NOT_THIS_DEMOS = {
+    "notifier": "; it does not page this demo's on-call room (`intervene down` first for the "
+                "full demo)",
+    "executor": "; it does not know this demo's rescue provider, so edge-01 goes to the "
+                "console (`intervene down` first for the full demo)",
+}
 
 
 # --- the tickets -------------------------------------------------------------------------------
@@ -284,7 +303,7 @@ async def _tickets(demo: Demo, estate: Estate, on_call: OnCallRoom, bootstrap: s
         demo.say("")
         engineer = Engineer(on_call)
         stalled = await _follow(demo, recorder, rows, scenarios, engineer)
-        return await _summary(demo, recorder, rows, scenarios, stalled, engineer)
+        return await _summary(demo, recorder, rows, scenarios, stalled, engineer, estate)
     finally:
         await recorder.stop()
 
@@ -353,13 +372,15 @@ _STALL_HINTS = {
                   "`intervene executor claims`",
     "started": "the runbook is still running or stuck: see var/log/executor.log and "
                "`intervene executor claims`",
-    "rescue": f"handed to rescue and still changing less than {RESCUE_QUIET_S:.0f}s ago",
+    "rescue": "the rescue boot, repair or boot back is still running or stuck: see "
+              "var/log/executor.log, `intervene executor claims` and the provider stand-in's "
+              "log",
 }
 
 
 async def _summary(demo: Demo, recorder: BusRecorder, rows: list[Row],
                    scenarios: dict[str, Scenario], stalled: list[str],
-                   engineer: Engineer) -> int:
+                   engineer: Engineer, estate: Estate) -> int:
     unexpected = []
     for row in rows:
         progress = recorder.ticket(row.ticket_id)
@@ -397,7 +418,7 @@ async def _summary(demo: Demo, recorder: BusRecorder, rows: list[Row],
                      "(see var/log/notifier.log)")
     audit = await _verify_audit([r.ticket_id for r in rows])
     demo.say(f"\naudit: {audit}")
-    _where_to_look(demo, rows, engineer.on_call)
+    _where_to_look(demo, rows, engineer.on_call, estate)
     demo.say(f"\ndemo finished in {time.monotonic() - demo.began:.0f}s: {len(rows)} tickets, "
              f"{len(rows) - len(stalled) - len(unexpected)} as expected")
     return 0 if not stalled and not unexpected else 1
@@ -424,20 +445,25 @@ async def _verify_audit(tickets: list[str]) -> str:
     return f"hash chains intact for {len(tickets)} tickets ({records} records)"
 
 
-def _where_to_look(demo: Demo, rows: list[Row], on_call: OnCallRoom) -> None:
+def _where_to_look(demo: Demo, rows: list[Row], on_call: OnCallRoom, estate: Estate) -> None:
     env = " ".join(f"{k}={os.environ[k]}" for k in ("MONGODB_DATABASE", "KAFKA_TOPIC_PREFIX")
                    if os.environ.get(k))
     run = f"{env} intervene" if env else "intervene"
     first = rows[0].ticket_id
     disk = next((r.ticket_id for r in rows if r.ticket_id.endswith("-disk")), first)
+    lockout = next((r.ticket_id for r in rows if r.ticket_id.endswith("-lockout")), first)
     logs = localstack.var_dir() / "log"
     demo.say("\nwhere to look")
     demo.say(f"  {run} status {first:<26} the ticket's timeline (from the audit log)")
     demo.say(f"  {run} trace {disk:<27} one trace: four services, every SSH step")
+    demo.say(f"  {run} status {lockout:<26} edge-01 in rescue: the firewall repaired on its "
+             "disk, the host key read from it and pinned")
     demo.say(f"  {run} audit verify {'':<20} every ticket's hash chain")
     demo.say(f"  {run} executor claims {'':<17} claims handed over to rescue or an engineer")
     demo.say(f"  logs: {logs}/{{intake,auth,executor,notifier}}.log; "
              f"Synapse: {on_call.homeserver.log_path}")
+    demo.say(f"  edge-01: {estate.lab.workdir}/{{console,rescue,provider}}.log (its boots, the "
+             "rescue system, the provider API stand-in)")
     demo.say(f"  chat: {on_call.homeserver.url} room {on_call.room_id}, log in as "
              f"{on_call.engineer.user_id} / {on_call.engineer.password} (demo-only account)")
 
@@ -459,5 +485,6 @@ def _tear_down(demo: Demo) -> None:
 
 
 def _kept(demo: Demo) -> None:
-    demo.say("\n--keep: the stack, Synapse and the demo servers stay up; "
+    demo.say("\n--keep: the stack, Synapse, the demo servers and edge-01's rescue provider "
+             "stand-in stay up; "
              "`intervene demo --stop` removes what the demo started")

@@ -1,12 +1,10 @@
 """Real "customer servers" on this machine: OpenSSH sshd processes with private configs,
 throwaway users, a throwaway SysV service and a local apt repository of throwaway packages.
 
-Three kinds of server, all the machine's own ``/usr/sbin/sshd`` started with ``-f <private
+Two kinds of server, both the machine's own ``/usr/sbin/sshd`` started with ``-f <private
 config>`` (the machine's sshd configuration is never touched):
 
 - on loopback (``127.0.0.1:<free port>``);
-- in a network namespace behind a veth pair (its own address, reachable from the host),
-  where an nftables ruleset can lock SSH out the way a customer's own firewall does;
 - with *simulated* diagnostic tools: sshd runs in a private mount namespace with a tmpfs
   over ``/usr/local/sbin`` (first on sudo's ``secure_path`` and on the executor's command
   PATH) holding scripts that print a failing disk's ``smartctl`` and ``dmesg`` output. Only
@@ -14,9 +12,10 @@ config>`` (the machine's sshd configuration is never touched):
 
 Everything gets a random ``<prefix><hex>`` name and is removed by its ``remove``/``stop``
 method (users with ``userdel -r``, their sudoers drop-ins, init scripts, apt sources and
-packages, namespaces). Needs root, like the CI runners. The executor's integration tests
+packages). Needs root, like the CI runners. The executor's integration tests
 use these classes through ``tests/executor_targets.py``; the demo and the end-to-end tests
-through :mod:`services.demo.estate`.
+through :mod:`services.demo.estate`. A server with a disk of its own, locked out by its
+firewall and repaired in rescue mode, is :mod:`services.demo.rescue_lab`'s.
 """
 
 from __future__ import annotations
@@ -63,16 +62,19 @@ def available(*, netns: bool = False) -> str | None:
     return None
 
 
-# What the demo servers need from the system, by the Debian package that brings it.
+# What the demo servers need from the system, by the Debian package that brings it (the
+# rescue lab's disk image is built from GRUB, fdisk, udev and e2fsprogs as well).
 SYSTEM_PACKAGES = {SSHD: "openssh-server", "sudo": "sudo", "ip": "iproute2", "nft": "nftables",
-                   "start-stop-daemon": "dpkg", "dpkg-deb": "dpkg"}
+                   "start-stop-daemon": "dpkg", "dpkg-deb": "dpkg",
+                   "grub-install": "grub2-common", "/usr/lib/grub/i386-pc": "grub-pc-bin",
+                   "sfdisk": "fdisk", "udevadm": "udev", "mkfs.ext4": "e2fsprogs"}
 
 
 def install_missing_packages() -> list[str]:
     """Install (apt-get, as root) the packages whose tools are missing; return their names.
 
-    The demo servers need nftables and iproute2 beyond what the project's bootstrap
-    installs; a fresh machine (CI) gets them here rather than failing on the first use.
+    The demo servers need nftables, iproute2 and the rescue lab's image tools beyond a
+    minimal machine; a fresh machine gets them here rather than failing on the first use.
     """
     missing = sorted({package for tool, package in SYSTEM_PACKAGES.items()
                       if shutil.which(tool) is None and not Path(tool).exists()})
@@ -194,61 +196,9 @@ class ThrowawayUser:
 # --- network namespaces ------------------------------------------------------------------
 
 
-@dataclass
-class Netns:
-    """A network namespace joined to the host by a veth pair: ``host_ip`` <-> ``ns_ip``."""
-
-    name: str
-    host_ip: str
-    ns_ip: str
-
-    @property
-    def host_if(self) -> str:
-        return f"{self.name}h"[:15]  # interface names have at most 15 characters
-
-    @classmethod
-    def create(cls, *, prefix: str = "ivt") -> Netns:
-        name = f"{prefix}{token()}"[:12]
-        subnet = _free_subnet()
-        host_ip, ns_ip = (str(a) for a in list(subnet.hosts())[:2])
-        netns = cls(name=name, host_ip=host_ip, ns_ip=ns_ip)
-        run("ip", "netns", "add", name)
-        try:
-            peer = f"{name}n"[:15]
-            run("ip", "link", "add", netns.host_if, "type", "veth", "peer", "name", peer)
-            run("ip", "link", "set", peer, "netns", name)
-            run("ip", "addr", "add", f"{host_ip}/30", "dev", netns.host_if)
-            run("ip", "link", "set", netns.host_if, "up")
-            run("ip", "-n", name, "addr", "add", f"{ns_ip}/30", "dev", peer)
-            run("ip", "-n", name, "link", "set", peer, "up")
-            run("ip", "-n", name, "link", "set", "lo", "up")
-        except BaseException:
-            netns.remove()
-            raise
-        return netns
-
-    def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
-
-    def firewall_drop_tcp(self, port: int) -> None:
-        """The customer's own mistake: an input rule that silently drops ``port``."""
-        ruleset = textwrap.dedent(f"""\
-            table inet customer_firewall {{
-              chain input {{
-                type filter hook input priority 0; policy accept;
-                tcp dport {int(port)} drop
-              }}
-            }}
-            """)
-        run(*self.exec_prefix(), "nft", "-f", "-", stdin=ruleset)
-
-    def remove(self) -> None:
-        # Deleting the namespace destroys its end of the veth pair, and with it the host end.
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /30 no interface of this machine uses, for a server in a network namespace (the
+    rescue lab's): the host end takes the first address, the server the second."""
     used = []
     for line in run("ip", "-4", "-o", "addr", "show").splitlines():
         parts = line.split()
@@ -288,13 +238,13 @@ class Sshd:
 
     @classmethod
     def start(cls, users: Sequence[str], *, max_startups: str | None = None,
-              listen: str = "127.0.0.1", netns: Netns | None = None,
-              tools: Path | None = None, prefix: str = "ivt") -> Sshd:
+              listen: str = "127.0.0.1", tools: Path | None = None,
+              prefix: str = "ivt") -> Sshd:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
         workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-sshd-"))
         key = workdir / "host_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key))
-        host, port = (netns.ns_ip, 22) if netns is not None else (listen, free_port(listen))
+        host, port = listen, free_port(listen)
         config = workdir / "sshd_config"
         config.write_text(textwrap.dedent(f"""\
             Port {port}
@@ -323,8 +273,6 @@ class Sshd:
                     'mount -t tmpfs -o size=4m,mode=0755 simulated "$1" && '
                     'cp -pR "$2"/. "$1"/ && shift 2 && exec "$@"',
                     "sh", str(TOOLS_DIR), str(tools), *argv]
-        if netns is not None:
-            argv = [*netns.exec_prefix(), *argv]
         log = (workdir / "sshd.log").open("ab")
         process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

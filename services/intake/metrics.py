@@ -8,7 +8,7 @@ codes; never ticket or account ids, never anything a request contains.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,6 +39,12 @@ class IntakeMetrics:
             "intake_requests", "Helpdesk requests by entry point and outcome.",
             ["source", "outcome"], registry=self.registry,
         )
+        # Every entry point and outcome from zero: a series that appears with its first
+        # increment is invisible to Prometheus's increase()/rate() (no earlier sample), so
+        # the first request of each kind after a start would not show on the dashboard.
+        for source in get_args(Source):
+            for outcome in get_args(Outcome):
+                self._requests.labels(source, outcome)
         self._classified = Counter(
             "intake_classifications", "Accepted tickets by category and how it was decided.",
             ["category", "category_source", "confidence"], registry=self.registry,

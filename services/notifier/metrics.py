@@ -32,13 +32,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import (
+    ChatChannel,
     Event,
     HardwareEscalated,
     InterventionCompleted,
@@ -97,6 +98,17 @@ SLA_SERIES: Final[tuple[Attrs, ...]] = (
     {"clock": "initial_response"},
     *({"clock": "intervention", "timeline": t} for t in TIMELINES),
 )
+# The same for the rare, bounded per-event counters the dashboard sums with increase(): a
+# series that appears with its first increment is invisible to increase() (it has no earlier
+# sample), so without these the first hardware escalation or acknowledgement after a start
+# would never show. (Interventions started/completed carry too many label combinations to
+# start them all; they are counted from their second occurrence per combination.)
+HARDWARE_SERIES: Final[tuple[Attrs, ...]] = tuple(
+    {"component": c, "severity": s}
+    for c in get_args(HardwareEscalated.model_fields["component"].annotation)
+    for s in get_args(HardwareEscalated.model_fields["severity"].annotation))
+ACKNOWLEDGEMENT_SERIES: Final[tuple[Attrs, ...]] = tuple(
+    {"page_kind": k, "channel": c} for k in PAGE_KINDS for c in get_args(ChatChannel))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +243,10 @@ class NotifierMetrics:
         for attrs in SLA_SERIES:
             for counter in (self._met, self._warnings, self._breaches):
                 counter.add(0, attrs)
+        for attrs in HARDWARE_SERIES:
+            self._hardware.add(0, attrs)
+        for attrs in ACKNOWLEDGEMENT_SERIES:
+            self._acks.add(0, attrs)
         self._board: BoardSnapshot | None = None
         for name, unit, description, callback in (
             ("intervention.tickets.open", "{ticket}",

@@ -1,5 +1,6 @@
 """The whole system, once per session: four service processes, real Kafka and FerretDB, a
-Synapse with an on-call room, and the demo customer's real sshd servers.
+Synapse with an on-call room, and the demo customer's real servers (sshd processes, and a
+rescue lab server with the provider's rescue API stand-in for the lock-out).
 
 Set-up goes through the operator's commands (``intervene servers import``, ``executor
 vault-key``, ``engineers add``); the tickets go through the public doors only — intake's
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_system import Submitted, System
 from synapse_fixture import Homeserver, synapse_homeserver_fixture  # noqa: F401
 
-from services.demo import targets
+from services.demo import rescue_lab, targets
 from services.demo.chat import OnCallRoom, open_on_call_room
 from services.demo.estate import Estate, build_estate
 from services.demo.helpdesk import HttpAnswer, post_ticket, publish_sealed
@@ -58,7 +59,7 @@ def e2e_run(run_id: str) -> str:
 @pytest.fixture(scope="session")
 def estate(e2e_run: str) -> Iterator[Estate]:
     targets.install_missing_packages()  # nftables, iproute2: beyond the project bootstrap
-    reason = targets.available(netns=True)
+    reason = targets.available(netns=True) or rescue_lab.available()
     if reason is not None:
         # A missing real part is a failure, never a skip: the suite proves nothing without it.
         pytest.fail(f"the demo servers cannot run here: {reason}")
@@ -93,7 +94,16 @@ def system(real_parts: Any, topic_prefix: str, database_name: str, estate: Estat
         # A locked-out server is given up on after this long (production: 15 s).
         "EXECUTOR_CONNECT_TIMEOUT_S": "3", "EXECUTOR_SERVICE_SETTLE_S": "0.5",
         "NOTIFIER_TICKET_CONSUMERS": "1", "NOTIFIER_DELIVERY_ROUND_DELAY_S": "0.5",
+        # The open-ticket gauges re-read every second (production: 15 s), so that a page
+        # waiting a few seconds shows (test_dashboard_metrics.py).
+        "NOTIFIER_METRICS_REFRESH_S": "1",
+        # On-site data-centre work is due in 15 s (production: 24 h), so that an SLA warning,
+        # a breach and an overdue ticket happen for real. No demo scenario has that timeline:
+        # only test_dashboard_metrics.py's data-centre ticket does.
+        "NOTIFIER_SLA_DATACENTER_MIN": "0.25",
         **on_call.notifier_env(),
+        # edge-01's provider: the rescue API stand-in the estate runs, with lab timings.
+        **estate.executor_env(),
     }
     set_up_customer(estate, env, workdir=workdir, on_call=on_call)
     ports = service_ports()

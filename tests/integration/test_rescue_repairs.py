@@ -153,9 +153,26 @@ def lab(provider: rt.ProviderStandIn) -> Iterator[rt.LabServer]:
         server.close()
 
 
-async def ssh_login(server: rt.LabServer, username: str, password: str) -> str:
+async def pinned_host_key(rig: Rig, server: rt.LabServer, ticket_id: str) -> str:
+    """The host key the executor pinned for ``server`` after the repair — read from the
+    server's own disk in the rescue system — as its audit record and its pin store say."""
+    pins = [r.data for r in await rig.audit(ticket_id) if r.kind == "host_key_pinned"]
+    assert [p["service_id"] for p in pins] == [server.service_id], pins
+    stored = await rig.db["executor_host_keys"].find_one({"_id": server.service_id})
+    assert stored is not None
+    assert stored["key"] == pins[0]["key"]
+    return str(pins[0]["key"])
+
+
+async def ssh_login(rig: Rig, server: rt.LabServer, ticket_id: str, username: str,
+                    password: str) -> str:
+    """Log in from outside trusting only the key the executor pinned: the server proves it
+    holds that key's private half, so the pin is the server's own key."""
+    key = await pinned_host_key(rig, server, ticket_id)
+    known = asyncssh.import_known_hosts(f"{server.address} {key}\n")
     async with asyncssh.connect(server.address, username=username, password=password,
-                                known_hosts=None, connect_timeout=5) as conn:
+                                known_hosts=known, client_keys=None,
+                                connect_timeout=5) as conn:
         return (await conn.run("id -un", check=True)).stdout.strip()  # type: ignore[union-attr]
 
 
@@ -206,9 +223,9 @@ async def test_root_password_reset_in_rescue_against_local_provider_api_stand_in
     # The namespace's sshd, running from the repaired disk, accepts the new password.
     [deposit] = await rig.service.vault.active(rig.account, lab.service_id, "root")
     new = open_deposit(deposit, rig.customer)
-    assert await ssh_login(lab, "root", new) == "root"
+    assert await ssh_login(rig, lab, event.ticket_id, "root", new) == "root"
     with pytest.raises(asyncssh.PermissionDenied):
-        await ssh_login(lab, "root", forgotten)
+        await ssh_login(rig, lab, event.ticket_id, "root", forgotten)
     await assert_backup_before_change(rig, event.ticket_id, "etc/shadow", "chpasswd -R")
     # The server's host key was read from its own disk and pinned; no TOFU after boot-back.
     pin = await rig.db["executor_host_keys"].find_one({"_id": lab.service_id})
@@ -266,7 +283,8 @@ async def test_filesystem_repair_in_rescue_against_local_provider_api_stand_in(
 
     assert lab.console().rsplit("--- boot", 1)[1].count("fsck: ") == 1
     assert "clean (exit 0)" in lab.console().rsplit("--- boot", 1)[1]
-    assert await ssh_login(lab, rt.OPERATOR, OPERATOR_PASSWORD) == rt.OPERATOR
+    assert await ssh_login(rig, lab, event.ticket_id, rt.OPERATOR,
+                           OPERATOR_PASSWORD) == rt.OPERATOR
     lab.power_off()
     after = lab.fsck()
     assert after.returncode == 0, after.stdout  # the truth, read-only, from outside
@@ -294,7 +312,8 @@ async def test_grub_repair_in_rescue_against_local_provider_api_stand_in(
                                       "grub-install")
     last_boot = lab.console().rsplit("--- boot", 1)[1]
     assert "GRUB: booting /boot/vmlinuz-" in last_boot
-    assert await ssh_login(lab, rt.OPERATOR, OPERATOR_PASSWORD) == rt.OPERATOR
+    assert await ssh_login(rig, lab, event.ticket_id, rt.OPERATOR,
+                           OPERATOR_PASSWORD) == rt.OPERATOR
     lab.power_off()
     assert b"GRUB" in lab.boot_code()
     with lab.mounted() as root:
@@ -328,7 +347,8 @@ async def test_ssh_restoration_in_rescue_against_local_provider_api_stand_in(
     assert done["Enable the SSH service at boot"] == "changed"
     await assert_backup_before_change(rig, event.ticket_id, "etc/ssh/sshd_config",
                                       "OS intervention")
-    assert await ssh_login(lab, rt.OPERATOR, OPERATOR_PASSWORD) == rt.OPERATOR
+    assert await ssh_login(rig, lab, event.ticket_id, rt.OPERATOR,
+                           OPERATOR_PASSWORD) == rt.OPERATOR
     lab.power_off()
     tag = f"{event.ticket_id}-r1"
     with lab.mounted() as root:
@@ -369,7 +389,8 @@ async def test_firewall_and_network_recovery_in_rescue_against_local_provider_ap
         assert saved in locations
     await assert_backup_before_change(rig, event.ticket_id, "nftables-ruleset-before.nft",
                                       "rewrite")
-    assert await ssh_login(lab, rt.OPERATOR, OPERATOR_PASSWORD) == rt.OPERATOR
+    assert await ssh_login(rig, lab, event.ticket_id, rt.OPERATOR,
+                           OPERATOR_PASSWORD) == rt.OPERATOR
     ruleset = rt.run("ip", "netns", "exec", lab.netns, "nft", "list", "ruleset").stdout
     lines = [line.strip() for line in ruleset.splitlines()]
     first = lines.index("type filter hook input priority filter; policy drop;") + 1

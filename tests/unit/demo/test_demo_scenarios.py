@@ -13,6 +13,7 @@ from schemas.scope import scope_of
 from services.demo import targets
 from services.demo.estate import DemoServer, Estate
 from services.demo.manifest import Manifest
+from services.demo.rescue_lab import LabServer, ProviderApi
 from services.demo.scenarios import SCENARIOS
 
 
@@ -30,7 +31,11 @@ def estate() -> Estate:
                   repo=targets.AptRepo(name="ivdrepo", directory=Path("/nonexistent"),
                                        packages=["ivdrepo-probe0", "ivdrepo-probe1"],
                                        marker_dir=Path("/nonexistent")),
-                  netns=targets.Netns(name="ivdns", host_ip="10.213.0.1", ns_ip="10.213.0.2"),
+                  lab=LabServer(service_id="SRV-abc123-locked_out", netns="ivdns",
+                                host_if="ivdnsh", address="10.213.0.2", gateway="10.213.0.1",
+                                prefix=30, workdir=Path("/nonexistent"),
+                                image=Path("/nonexistent/disk.img")),
+                  rescue_api=ProviderApi(url="http://127.0.0.1:9", token="t"),
                   servers=servers, sshds={})  # type: ignore[arg-type]
 
 
