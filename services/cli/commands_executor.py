@@ -91,13 +91,17 @@ async def _claims(db: Db, *, include_finished: bool) -> list[str]:
     query: dict[str, object] = {} if include_finished else {
         "status": {"$in": ["open", "handed_over"]}}
     rows = []
+    store = ClaimStore(db)
     async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
-        owner = doc.get("owner") or {}
+        # The live attempt, owner and lease are in the newest lease document, not the claim.
+        claim = await store.get(str(doc["_id"]))
+        if claim is None:
+            continue
         steps = doc.get("steps") or {}
         rows.append(
-            f"{doc['_id']}  {doc.get('status')}  attempt {doc.get('attempt')}  "
-            f"owner {owner.get('id', '-') if isinstance(owner, dict) else '-'}  "
-            f"lease until {doc.get('lease_until')}  "
+            f"{claim.id}  {claim.status}  attempt {claim.attempt}  "
+            f"owner {claim.owner.id if claim.owner else '-'}  "
+            f"lease until {claim.lease_until}  "
             f"steps journalled {len(steps) if isinstance(steps, dict) else 0}")
     return rows
 

@@ -5,11 +5,8 @@ claim (MongoDB's unique ``_id`` makes a second claim of the same revision fail),
 inserted before anything touches the server. FerretDB 1.24 has no transactions, so
 everything that must change together lives in this one document:
 
-- ``owner`` / ``lease_until``: who runs the claim, until when without a heartbeat. Another
-  executor takes an open claim over when the lease has expired, or at once when the owner
-  is a process on this same machine (same boot id) that no longer exists;
 - ``steps``: the runbook journal (see :mod:`services.executor.runbooks.engine`); every write
-  is conditional on ``owner``, which fences an executor that lost its lease;
+  is fenced by the writer's lease epoch (below), which stops an executor that lost its lease;
 - ``outbox``: every event the claim publishes, stored *before* it is published and
   re-published verbatim after a crash, so a revision never gets two different
   InterventionCompleted events — the second publish is byte-identical and carries the same
@@ -21,6 +18,34 @@ everything that must change together lives in this one document:
   (``handed_over``, out of the open set, lease released); the engineer's report or the
   step's deadline re-opens it (:meth:`ClaimStore.reopen`) and any executor resumes it.
 
+Leases. On FerretDB 1.24 a conditional update is a read, then a whole-document write, with
+nothing in between: several executors racing with ``find_one_and_update({_id, owner: dead})``
+all "won" (measured: up to 8 of 20), and two concurrent ``$set`` of *different* fields of
+one document lose one of them (the later write replaces the document it read earlier). Only
+the insert of a duplicate ``_id`` is refused atomically. So:
+
+- every run of a claim (*attempt* ``n``, its lease epoch) starts by inserting
+  ``executor_claim_leases`` ``_id = "<claim_id>:a<n>"`` (owner, ``lease_until``), ``n`` one
+  above the current attempt: of any number of executors taking over an expired lease,
+  exactly one inserts it; the others get a duplicate key and back off;
+- the lease lives in that document, renewed only by its owner. The claim document keeps
+  ``owner`` / ``lease_until`` / ``attempt`` as written when the attempt began (for humans and
+  the CLI; ``attempt`` is only a hint), so a renewal never races a journal write into a lost
+  update. An attempt without a lease document (attempt 0, the creator's, until its first
+  acquire; claims from before this scheme) has the claim document's ``owner`` and
+  ``lease_until`` as its lease;
+- an owner holds the claim while no ``a<n+1>`` exists. Every journal, decision, outbox or
+  close write first checks locally that the owner's own lease is still comfortably valid
+  (renewals are every third of the lease; a write needs a sixth of it left), then writes,
+  then confirms no ``a<n+1>`` was inserted; if one was, the writer gets :class:`LeaseLost`
+  and stops before touching the server again. Nothing trusts the claim document's
+  ``owner``, which a stale whole-document write could put back;
+- ``released`` (an attempt number) is set when its owner closed or parked the claim, so a
+  re-opened claim is taken at once instead of after the lease;
+- :meth:`ClaimStore.reopen` is decided the same way: an insert of ``<claim_id>:r<k>``
+  (``k`` = resumptions + 1), so a report and a deadline re-opening a parked claim together
+  count one resumption and offer it once.
+
 A small ``executor_open_claims`` collection lists the claims not yet finished or handed
 over, so start-up finds work to resume without scanning every claim ever made (FerretDB
 scans a collection for any filter other than ``_id`` equality).
@@ -28,16 +53,16 @@ scans a collection for any filter other than ``_id`` equality).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -45,6 +70,7 @@ from schemas.events import AuthorizationVerified
 from services.executor.runbooks.engine import JournalEntry, LeaseLost
 
 ClaimStatus = Literal["open", "handed_over", "finished", "refused"]
+T = TypeVar("T")
 
 
 def claim_id_for(ticket_id: str, revision: int) -> str:
@@ -137,6 +163,7 @@ class Claim:
     handover: dict[str, Any] | None = None
     resumptions: int = 0  # re-openings after a manual step: not failed attempts
     review_passed: bool = False
+    released: int | None = None  # the attempt whose owner closed or parked the claim
 
     @property
     def failed_attempts(self) -> int:
@@ -158,10 +185,48 @@ class Claim:
             rescue=dict(doc.get("rescue") or {}), handover=doc.get("handover"),
             resumptions=int(doc.get("resumptions", 0)),
             review_passed=bool(doc.get("review_passed")),
+            released=int(doc["released"]) if doc.get("released") is not None else None,
         )
 
     def expired(self, now: datetime) -> bool:
         return self.lease_until is None or self.lease_until < now
+
+    @property
+    def lease_released(self) -> bool:
+        """The current attempt's owner closed or parked the claim: no lease to wait for."""
+        return self.released is not None and self.released >= self.attempt
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def lease_id(claim_id: str, attempt: int) -> str:
+    return f"{claim_id}:a{attempt}"
+
+
+def reopen_id(claim_id: str, resumption: int) -> str:
+    return f"{claim_id}:r{resumption}"
+
+
+@dataclass(kw_only=True)
+class _Held:
+    """A lease this process holds: which attempt, and until when it may still write."""
+
+    owner_id: str
+    attempt: int
+    lease_until: datetime | None
+    lease_s: float
+    closed: bool = False
+
+    def writable(self, now: datetime) -> bool:
+        # A write needs a sixth of the lease left: a write issued this close to the end
+        # could land after another executor, trusting the expiry, took over.
+        if self.lease_until is None:
+            return False
+        return now < self.lease_until - timedelta(seconds=self.lease_s / 6)
 
 
 class ClaimStore:
@@ -170,11 +235,15 @@ class ClaimStore:
     TICKETS = "executor_tickets"
     HANDOVERS = "executor_handovers"
 
+    LEASES = "executor_claim_leases"
+
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self._claims = db[self.CLAIMS]
         self._open = db[self.OPEN]
         self._tickets = db[self.TICKETS]
         self._handovers = db[self.HANDOVERS]
+        self._leases = db[self.LEASES]
+        self._held: dict[tuple[str, str], _Held] = {}
 
     # --- claiming ----------------------------------------------------------------------
 
@@ -187,9 +256,7 @@ class ClaimStore:
         # The open-claims marker first: a crash after it but before the claim leaves a
         # marker without a claim, which the scan drops; the other order could leave a claim
         # nobody ever resumes.
-        await self._open.update_one({"_id": claim_id},
-                                    {"$setOnInsert": {"ticket_id": event.ticket_id,
-                                                      "created_at": now}}, upsert=True)
+        await self._mark_open(claim_id, {"ticket_id": event.ticket_id, "created_at": now})
         doc = {
             "_id": claim_id, "ticket_id": event.ticket_id, "revision": event.revision,
             "verdict_event_id": str(event.event_id), "verdict": verdict_json,
@@ -211,19 +278,42 @@ class ClaimStore:
                                        upsert=True)
         return Claim.from_doc(doc), True
 
+    async def _mark_open(self, claim_id: str, fields: Mapping[str, Any]) -> None:
+        # An insert, not an upsert: two concurrent upserts of one new _id both insert on
+        # FerretDB 1.24, and the second fails with a duplicate key.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._open.insert_one({"_id": claim_id, **fields})
+
     async def get(self, claim_id: str) -> Claim | None:
         doc = await self._claims.find_one({"_id": claim_id})
-        return Claim.from_doc(doc) if doc is not None else None
+        return await self._resolve(doc) if doc is not None else None
 
     async def latest_revision(self, ticket_id: str) -> int | None:
         doc = await self._tickets.find_one({"_id": ticket_id})
         return int(doc["latest_revision"]) if doc is not None else None
 
-    async def acquire(self, claim_id: str, owner: Owner, *, lease_s: float) -> Claim | None:
-        """Take the open claim to run it: ours already, lease expired, or owner gone.
+    async def _resolve(self, doc: Mapping[str, Any]) -> Claim:
+        """The claim with its current lease: the newest ``a<n>`` lease document (the claim
+        document's ``attempt`` is where the search starts), else the claim document's own."""
+        claim = Claim.from_doc(doc)
+        attempt = claim.attempt
+        lease = await self._leases.find_one({"_id": lease_id(claim.id, attempt)})
+        while (newer := await self._leases.find_one(
+                {"_id": lease_id(claim.id, attempt + 1)})) is not None:
+            attempt, lease = attempt + 1, newer
+        if lease is not None:
+            claim.attempt = attempt
+            claim.owner = Owner.from_doc(lease.get("owner"))
+            claim.lease_until = _aware(lease.get("lease_until"))
+        return claim
 
-        Compare-and-set on the current owner, so of two executors racing for an abandoned
-        claim exactly one wins. Every successful acquire counts an attempt.
+    async def acquire(self, claim_id: str, owner: Owner, *, lease_s: float) -> Claim | None:
+        """Take the open claim to run it: ours already, lease expired or released, or owner
+        gone. Returns the claim with ``attempt`` set to this run's attempt, or None.
+
+        Insert-wins (module doc): of any number of executors racing for an abandoned claim,
+        exactly one inserts the next attempt's lease document. Every successful acquire
+        counts an attempt.
         """
         current = await self.get(claim_id)
         if current is None:
@@ -235,29 +325,100 @@ class ClaimStore:
         now = datetime.now(UTC)
         previous = current.owner
         mine = previous is not None and previous.id == owner.id
-        if not (mine or current.expired(now) or (previous is not None
-                                                  and previous.is_gone_locally())):
+        if not (mine or current.expired(now) or current.lease_released
+                or (previous is not None and previous.is_gone_locally())):
             return None
-        condition: dict[str, Any] = {"_id": claim_id, "status": "open"}
-        condition["owner.id"] = previous.id if previous is not None else None
-        doc = await self._claims.find_one_and_update(
-            condition,
-            {"$set": {"owner": owner.to_doc(), "lease_until": now + timedelta(seconds=lease_s)},
-             "$inc": {"attempt": 1}},
-            return_document=ReturnDocument.AFTER)
-        return Claim.from_doc(doc) if doc is not None else None
+        attempt = current.attempt + 1
+        lease_until = now + timedelta(seconds=lease_s)
+        try:
+            await self._leases.insert_one({
+                "_id": lease_id(claim_id, attempt), "claim_id": claim_id, "attempt": attempt,
+                "owner": owner.to_doc(), "lease_until": lease_until, "lease_s": lease_s,
+                "acquired_at": now})
+        except DuplicateKeyError:
+            return None  # another executor took this attempt first
+        held = _Held(owner_id=owner.id, attempt=attempt, lease_until=lease_until,
+                     lease_s=lease_s)
+        self._held[(claim_id, owner.id)] = held
+        # For humans and the CLI; the lease document is what counts.
+        await self._claims.update_one({"_id": claim_id}, {
+            "$set": {"owner": owner.to_doc(), "lease_until": lease_until},
+            "$max": {"attempt": attempt}})
+        doc = await self._claims.find_one({"_id": claim_id})
+        if doc is None or doc.get("status", "open") != "open":
+            # Closed by its previous owner between our read and our insert.
+            held.closed = True
+            self._held.pop((claim_id, owner.id), None)
+            return None
+        claim = Claim.from_doc(doc)
+        claim.attempt, claim.owner, claim.lease_until = attempt, owner, lease_until
+        return claim
 
     async def renew(self, claim_id: str, owner: Owner, *, lease_s: float) -> None:
-        result = await self._claims.update_one(
-            {"_id": claim_id, "owner.id": owner.id, "status": "open"},
-            {"$set": {"lease_until": datetime.now(UTC) + timedelta(seconds=lease_s)}})
-        if result.matched_count == 0:
+        held = await self._held_by(claim_id, owner)
+        if held.closed:
+            return  # closed or parked: the lease no longer matters
+        sent = datetime.now(UTC)
+        until = sent + timedelta(seconds=lease_s)
+        # Only the owner of attempt n writes a<n> (takers insert a<n+1>), so this update
+        # races nothing. Upsert: attempt 0's lease has no document yet.
+        await self._leases.update_one(
+            {"_id": lease_id(claim_id, held.attempt)},
+            {"$set": {"claim_id": claim_id, "attempt": held.attempt, "owner": owner.to_doc(),
+                      "lease_until": until, "lease_s": lease_s}}, upsert=True)
+        await self._still_latest(claim_id, owner, held)
+        held.lease_until, held.lease_s = until, lease_s
+
+    async def _held_by(self, claim_id: str, owner: Owner) -> _Held:
+        """This process's lease on ``claim_id``; one taken by another instance of the store
+        (or left from :meth:`create`) is looked up. LeaseLost when ``owner`` holds none."""
+        held = self._held.get((claim_id, owner.id))
+        if held is not None:
+            return held
+        doc = await self._claims.find_one({"_id": claim_id})
+        claim = await self._resolve(doc) if doc is not None else None
+        if claim is None or claim.owner is None or claim.owner.id != owner.id:
             raise LeaseLost(f"claim {claim_id} is no longer owned by {owner.id}")
+        lease_s = 0.0
+        if claim.lease_until is not None:
+            lease_s = max(0.0, (claim.lease_until - datetime.now(UTC)).total_seconds())
+        held = _Held(owner_id=owner.id, attempt=claim.attempt, lease_until=claim.lease_until,
+                     lease_s=min(lease_s, 60.0), closed=claim.status != "open")
+        if not held.closed:
+            self._held[(claim_id, owner.id)] = held
+        return held
+
+    async def _still_latest(self, claim_id: str, owner: Owner, held: _Held) -> None:
+        if await self._leases.find_one({"_id": lease_id(claim_id, held.attempt + 1)},
+                                       {"_id": 1}) is not None:
+            held.closed = True
+            self._held.pop((claim_id, owner.id), None)
+            raise LeaseLost(f"claim {claim_id} was taken over from {owner.id} "
+                            f"(attempt {held.attempt + 1})")
+
+    async def _fenced(self, claim_id: str, owner: Owner, write: Callable[[], Awaitable[T]],
+                      ) -> T:
+        """Run one write to the claim document as the holder of its latest attempt.
+
+        Before: the lease must still be comfortably ours by our own clock. After: no newer
+        attempt may have been inserted meanwhile. A write that fails the second check may
+        have landed (harmlessly: the taker re-reads the journal after its insert, and this
+        writer stops here); it is never followed by anything done on the server.
+        """
+        held = await self._held_by(claim_id, owner)
+        if held.closed or not held.writable(datetime.now(UTC)):
+            raise LeaseLost(f"claim {claim_id}: the lease of {owner.id} ran out")
+        result = await write()
+        await self._still_latest(claim_id, owner, held)
+        return result
 
     async def _owned_update(self, claim_id: str, owner: Owner, update: dict[str, Any]) -> None:
-        result = await self._claims.update_one({"_id": claim_id, "owner.id": owner.id}, update)
-        if result.matched_count == 0:
-            raise LeaseLost(f"claim {claim_id} is no longer owned by {owner.id}")
+        async def write() -> None:
+            result = await self._claims.update_one({"_id": claim_id}, update)
+            if result.matched_count == 0:
+                raise LeaseLost(f"claim {claim_id} no longer exists")
+
+        await self._fenced(claim_id, owner, write)
 
     # --- journal, decision, outbox -----------------------------------------------------
 
@@ -269,26 +430,32 @@ class ClaimStore:
     async def set_decision(self, claim_id: str, owner: Owner,
                            decision: dict[str, Any]) -> dict[str, Any]:
         """Store the access decision once; a resumed run keeps the first one."""
-        result = await self._claims.update_one(
-            {"_id": claim_id, "owner.id": owner.id, "decision": None},
-            {"$set": {"decision": decision}})
-        if result.matched_count:
+        async def write() -> int:
+            # Conditional, but only the fenced owner writes: nothing races it.
+            result = await self._claims.update_one({"_id": claim_id, "decision": None},
+                                                   {"$set": {"decision": decision}})
+            return result.matched_count
+
+        if await self._fenced(claim_id, owner, write):
             return decision
         claim = await self.get(claim_id)
-        if claim is None or claim.owner is None or claim.owner.id != owner.id:
-            raise LeaseLost(f"claim {claim_id} is no longer owned by {owner.id}")
+        if claim is None:
+            raise LeaseLost(f"claim {claim_id} no longer exists")
         return claim.decision or decision
 
     async def stage(self, claim_id: str, owner: Owner, key: str, event_json: str) -> str:
         """Put an event in the outbox unless one is there under ``key``; return the one kept."""
-        result = await self._claims.update_one(
-            {"_id": claim_id, "owner.id": owner.id, f"outbox.{key}": {"$exists": False}},
-            {"$set": {f"outbox.{key}": {"event": event_json, "published": False}}})
-        if result.matched_count:
+        async def write() -> int:
+            result = await self._claims.update_one(
+                {"_id": claim_id, f"outbox.{key}": {"$exists": False}},
+                {"$set": {f"outbox.{key}": {"event": event_json, "published": False}}})
+            return result.matched_count
+
+        if await self._fenced(claim_id, owner, write):
             return event_json
         claim = await self.get(claim_id)
-        if claim is None or claim.owner is None or claim.owner.id != owner.id:
-            raise LeaseLost(f"claim {claim_id} is no longer owned by {owner.id}")
+        if claim is None or key not in claim.outbox:
+            raise LeaseLost(f"claim {claim_id} no longer exists")
         return str(claim.outbox[key]["event"])
 
     async def record_rescue(self, claim_id: str, owner: Owner, key: str,
@@ -300,18 +467,21 @@ class ClaimStore:
         await self._owned_update(claim_id, owner, {"$set": {
             "review_passed": True, "decision": None, "handover": None}})
 
-    async def mark_published(self, claim_id: str, key: str) -> None:
-        await self._claims.update_one({"_id": claim_id},
-                                      {"$set": {f"outbox.{key}.published": True}})
+    async def mark_published(self, claim_id: str, owner: Owner, key: str) -> None:
+        await self._owned_update(claim_id, owner, {"$set": {f"outbox.{key}.published": True}})
 
     async def close(self, claim_id: str, owner: Owner, status: ClaimStatus, *,
                     outcome: str | None = None, handover: Mapping[str, Any] | None = None,
                     ) -> None:
-        """Finish, refuse or hand over the claim; it leaves the open set."""
+        """Finish, refuse or hand over the claim; it leaves the open set and the lease is
+        released (a re-opened claim is taken at once)."""
         now = datetime.now(UTC)
+        held = await self._held_by(claim_id, owner)
         await self._owned_update(claim_id, owner, {"$set": {
-            "status": status, "closed_at": now, "outcome": outcome,
+            "status": status, "closed_at": now, "outcome": outcome, "released": held.attempt,
             "handover": dict(handover) if handover else None}})
+        held.closed = True
+        self._held.pop((claim_id, owner.id), None)
         if status == "handed_over" and handover is not None:
             await self._handovers.replace_one(
                 {"_id": claim_id}, {"_id": claim_id, **dict(handover), "created_at": now},
@@ -322,16 +492,26 @@ class ClaimStore:
         """A parked claim becomes runnable again (an engineer reported, or a deadline passed).
 
         The open-set marker goes first, like in :meth:`create`: a crash in between leaves a
-        marker the scan drops, never a runnable claim nobody scans. The lease is expired at
-        once so whichever executor takes the claim next need not wait for it.
+        marker the scan drops, never a runnable claim nobody scans. Of several callers
+        re-opening the same parking (a report and the deadline sweep, say), the one that
+        inserts ``<claim_id>:r<k>`` does it; the others get False. The lease was released
+        when the claim was parked, so whichever executor takes it next need not wait.
         """
         now = datetime.now(UTC)
-        await self._open.update_one({"_id": claim_id}, {"$setOnInsert": {"created_at": now}},
-                                    upsert=True)
+        doc = await self._claims.find_one({"_id": claim_id})
+        if doc is None or doc.get("status") != "handed_over":
+            return False
+        await self._mark_open(claim_id, {"created_at": now})
+        resumption = int(doc.get("resumptions", 0)) + 1
+        try:
+            await self._leases.insert_one({"_id": reopen_id(claim_id, resumption),
+                                           "claim_id": claim_id, "reopened_at": now})
+        except DuplicateKeyError:
+            return False
         result = await self._claims.update_one(
-            {"_id": claim_id, "status": "handed_over"},
+            {"_id": claim_id},
             {"$set": {"status": "open", "lease_until": now, "reopened_at": now},
-             "$inc": {"resumptions": 1}})
+             "$max": {"resumptions": resumption}})
         return bool(result.matched_count)
 
     async def open_claim_ids(self) -> list[str]:

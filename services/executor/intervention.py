@@ -689,7 +689,7 @@ class Interventions:
             if entry.get("published"):
                 continue
             await self._deps.runtime.publish(parse_event(str(entry["event"])))
-            await self._deps.claims.mark_published(claim.id, key)
+            await self._deps.claims.mark_published(claim.id, self._deps.owner, key)
             entry["published"] = True
 
     def _staged_outcome(self, claim: Claim) -> str | None:

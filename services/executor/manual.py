@@ -7,8 +7,11 @@ equality down, see :mod:`services.executor.claims`):
 
 - ``executor_manual_steps`` (``_id = "<ticket>:<revision>:<step_id>"``): what was asked,
   its deadline, and its state — ``waiting``, then ``done``/``failed`` (the engineer's
-  report) or ``timed_out``. The first report wins (compare-and-set); later ones are audited
-  and change nothing;
+  report) or ``timed_out``. The first report wins; later ones are audited and change
+  nothing. "First" is decided by an insert into ``executor_manual_decisions`` (same
+  ``_id``), not by a conditional update, which several concurrent writers all "win" on
+  FerretDB 1.24: the inserter's decision is then copied onto the step by whoever gets
+  there, the same values every time;
 - ``executor_manual_waiting``: one small marker per step whose result the claim has not
   consumed yet. :meth:`ManualReports.sweep` scans only these markers — every
   ``EXECUTOR_RESCAN_S`` in every executor — to time out steps past their deadline and to
@@ -29,6 +32,7 @@ from typing import Any, Literal
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from schemas.events import ManualStepCompleted
 from services.executor.claims import ClaimStore, Owner
@@ -82,9 +86,12 @@ class ManualSteps:
     STEPS = "executor_manual_steps"
     WAITING = "executor_manual_waiting"
 
+    DECISIONS = "executor_manual_decisions"
+
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self._steps = db[self.STEPS]
         self._waiting = db[self.WAITING]
+        self._decisions = db[self.DECISIONS]
 
     async def open(self, *, claim_id: str, ticket_id: str, revision: int, step_id: str,
                    kind: str, method: str, title: str, deadline: datetime) -> ManualWait:
@@ -115,21 +122,43 @@ class ManualSteps:
         report = {"status": event.status, "notes": event.notes, "engineer_id": event.engineer_id,
                   "display_name": event.display_name, "channel": event.channel,
                   "event_id": str(event.event_id), "at": event.occurred_at}
-        doc = await self._steps.find_one_and_update(
-            {"_id": key, "status": "waiting"},
-            {"$set": {"status": event.status, "report": report,
-                      "reported_at": datetime.now(UTC)}},
-            return_document=ReturnDocument.AFTER)
-        if doc is not None:
-            return ManualWait.from_doc(doc), True
-        return await self.get(key), False
+        decision = await self._decide(key, {"status": event.status, "report": report,
+                                            "reported_at": datetime.now(UTC)})
+        if decision is None:
+            return await self.get(key), False
+        # A redelivery of the report that decided (its handler crashed after the insert)
+        # still counts as the deciding one.
+        mine = (decision.get("report") or {}).get("event_id") == str(event.event_id)
+        return await self.get(key), mine
 
     async def expire(self, key: str) -> ManualWait | None:
-        """Time a waiting step out (compare-and-set: a report just in wins)."""
-        await self._steps.update_one({"_id": key, "status": "waiting"},
-                                     {"$set": {"status": "timed_out",
-                                               "timed_out_at": datetime.now(UTC)}})
+        """Time a waiting step out, unless a report (or another sweep) decided it first."""
+        await self._decide(key, {"status": "timed_out", "timed_out_at": datetime.now(UTC)})
         return await self.get(key)
+
+    async def _decide(self, key: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Decide a waiting step once: insert ``fields`` as its decision (the first insert
+        wins), then copy the winning decision onto the step. Returns the winning decision,
+        None when there is no such step or it was decided before decisions were inserted."""
+        step = await self._steps.find_one({"_id": key}, {"status": 1})
+        if step is None:
+            return None
+        decision = await self._decisions.find_one({"_id": key})
+        if decision is None:
+            if step.get("status") != "waiting":
+                return None
+            try:
+                await self._decisions.insert_one({"_id": key, **fields})
+                decision = {"_id": key, **fields}
+            except DuplicateKeyError:
+                decision = await self._decisions.find_one({"_id": key})
+        if decision is None:  # pragma: no cover - decisions are never deleted
+            return None
+        # Racing writers all copy the same decision, so the last write agrees with the
+        # first whatever the order (a whole-document write on FerretDB).
+        await self._steps.update_one({"_id": key},
+                                     {"$set": {k: v for k, v in decision.items() if k != "_id"}})
+        return decision
 
     async def unconsumed(self) -> list[str]:
         return [str(doc["_id"]) async for doc in self._waiting.find({}, {"_id": 1})]

@@ -10,6 +10,9 @@ and the HTTP answer need.
 
 ``intake_ticket_heads`` keeps each ticket's highest revision, to refuse stale ones.
 
+``intake_ticket_takeovers`` decides who takes over a ``pending`` claim whose writer crashed:
+one insert per take-over (:meth:`MongoTicketStore.take_over`).
+
 ``intake_revision_keys`` / ``intake_revision_counters`` give helpdesk webhooks, which carry
 no revision number, one: each new delivery of a ticket gets the next number, a retried
 delivery the number it got the first time.
@@ -29,6 +32,7 @@ from pymongo.errors import DuplicateKeyError
 
 TICKETS = "intake_tickets"
 TICKET_HEADS = "intake_ticket_heads"
+TAKEOVERS = "intake_ticket_takeovers"
 REVISION_KEYS = "intake_revision_keys"
 REVISION_COUNTERS = "intake_revision_counters"
 
@@ -123,12 +127,14 @@ class TicketStore(Protocol):
 
 class MongoTicketStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = TICKETS,
-                 heads: str = TICKET_HEADS) -> None:
+                 heads: str = TICKET_HEADS, takeovers: str = TAKEOVERS) -> None:
         self._coll = db[collection]
         # One document per ticket with its highest revision, read and raised by _id in one
         # round trip: a query for the highest revision among the claims reads the whole
         # collection on FerretDB's SQLite backend (measured: slower with every ticket).
         self._heads = db[heads]
+        # One document per take-over of a stale pending claim (rare: after a crash).
+        self._takeovers = db[takeovers]
 
     async def ensure_indexes(self) -> None:
         await self._coll.create_index(
@@ -162,15 +168,37 @@ class MongoTicketStore:
 
     async def take_over(self, claim: Claim, *, stale_before: datetime, now: datetime
                         ) -> Claim | None:
-        # Compare-and-set on claimed_at: of two retries racing for a crashed claim, one wins.
-        result = await self._coll.update_one(
-            {"_id": claim.key, "fingerprint": claim.fingerprint, "status": "pending",
-             "claimed_at": {"$lt": _ms(stale_before)}},
-            {"$set": {"claimed_at": _ms(now)}},
-        )
-        return replace(claim, claimed_at=_ms(now)) if result.modified_count == 1 else None
+        """Insert-wins: a conditional update is no compare-and-set on FerretDB 1.24 (several
+        concurrent callers all match and "win"), so the takers of one stale claim race to
+        insert ``intake_ticket_takeovers`` ``_id = "<key>@<claimed_at>"``, named after the
+        claim as they read it. Exactly one inserts it; only that one moves the claim on and
+        publishes. A later take-over (the winner crashed too) sees a newer ``claimed_at``,
+        hence races for another document."""
+        if (claim.status != "pending" or _ms(claim.claimed_at) >= _ms(stale_before)):
+            return None
+        stamp = _ms(claim.claimed_at)
+        try:
+            await self._takeovers.insert_one({
+                "_id": f"{claim.key}@{stamp.isoformat()}", "fingerprint": claim.fingerprint,
+                "taken_at": _ms(now)})
+        except DuplicateKeyError:
+            return None
+        # Still the claim we read? Finished (submitted) or given back since: nothing to take.
+        current = await self.get(claim.ticket_id, claim.revision)
+        if (current is None or current.status != "pending"
+                or current.fingerprint != claim.fingerprint
+                or _ms(current.claimed_at) != stamp):
+            return None
+        # Only the winner writes; the whole-document write can at worst race the crashed
+        # writer's own late mark_submitted/release, as before.
+        result = await self._coll.update_one({"_id": claim.key},
+                                             {"$set": {"claimed_at": _ms(now)}})
+        return replace(current, claimed_at=_ms(now)) if result.matched_count == 1 else None
 
     async def release(self, claim: Claim) -> None:
+        # Conditional, hence not atomic on FerretDB, but only the claim's holder releases
+        # it, and a take-over changes ``claimed_at`` so an old holder's release no longer
+        # matches (bar a write landing within the same few milliseconds).
         await self._coll.delete_one(
             {"_id": claim.key, "fingerprint": claim.fingerprint, "status": "pending",
              "claimed_at": _ms(claim.claimed_at)}

@@ -12,9 +12,15 @@ key every time (30 of 30 trials: exactly one winner). ``_id`` equality is also t
 filter FerretDB pushes down to SQL, so every read here is an index lookup.
 
 A winner that dies before finishing leaves its claim ``claimed``; after ``lease`` anyone may
-take it over and finish the work. Work done under a claim therefore uses ids derived from
-the claim's key (event ids, Matrix transaction ids), so a take-over repeats the *same*
-effect, which downstream consumers drop as a duplicate.
+take it over and finish the work. The take-over is an insert too: every claim state carries
+a random ``nonce``, and the takers of a stale claim race to insert
+``notifier_claim_takeovers`` ``_id = "<collection>|<key>|<nonce they read>"``; exactly one
+inserts it and proceeds (measured: 20 concurrent takers, one winner), and it gives the claim
+a new nonce, so a later take-over races for another document. Work done under a claim still
+uses ids derived from the claim's key (event ids, Matrix transaction ids): a take-over from
+an owner that was slow rather than dead repeats the *same* effect, which downstream
+consumers drop as a duplicate (Slack and Telegram posts have no such id, which is why the
+take-over itself must have one winner).
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from uuid import uuid4
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]
+
+TAKEOVERS = "notifier_claim_takeovers"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,13 +61,15 @@ class Claims:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], collection: str, *,
                  lease: timedelta = timedelta(seconds=60)) -> None:
         self._coll = db[collection]
+        self._takeovers = db[TAKEOVERS]
+        self._name = collection
         self.lease = lease
 
     async def claim(self, key: str, *, now: datetime, data: Mapping[str, Any] | None = None,
                     owner: str = "") -> Claim:
         """Try to take ``key``. ``data`` is stored with a new claim (who, what for)."""
         doc = {"_id": key, "state": "claimed", "claimed_at": now, "owner": owner,
-               **(data or {})}
+               "nonce": uuid4().hex, **(data or {})}
         try:
             await self._coll.insert_one(doc)
         except DuplicateKeyError:
@@ -72,10 +83,18 @@ class Claims:
             return Claim(key=key, outcome="done", data=existing)
         claimed_at = existing.get("claimed_at")
         if isinstance(claimed_at, datetime) and now - _aware(claimed_at) >= self.lease:
-            # Not atomic on FerretDB: two takers may both proceed. They repeat the same
-            # effect under the same derived ids, which is what the module doc relies on.
-            await self._coll.update_one({"_id": key},
-                                        {"$set": {"claimed_at": now, "owner": owner}})
+            # The state we read, by its nonce (claims from before nonces: by time and owner).
+            seen = (existing.get("nonce")
+                    or f"{_aware(claimed_at).isoformat()}/{existing.get('owner')}")
+            try:
+                await self._takeovers.insert_one({"_id": f"{self._name}|{key}|{seen}",
+                                                  "owner": owner, "taken_at": now})
+            except DuplicateKeyError:
+                return Claim(key=key, outcome="held", data=existing)  # another taker won
+            # Only the winner writes. A whole-document write: it can only race the slow
+            # previous owner's own complete/release (module doc: same derived ids).
+            await self._coll.update_one({"_id": key}, {"$set": {
+                "claimed_at": now, "owner": owner, "nonce": uuid4().hex}})
             return Claim(key=key, outcome="taken_over", data=existing)
         return Claim(key=key, outcome="held", data=existing)
 
@@ -83,7 +102,12 @@ class Claims:
         await self._coll.update_one({"_id": key}, {"$set": {"state": "done", **data}})
 
     async def release(self, key: str) -> None:
-        """Give the work up so a later attempt can claim it afresh."""
+        """Give the work up so a later attempt can claim it afresh.
+
+        Conditional, so not atomic on FerretDB; acceptable: only the claim's holder releases
+        it, and a released key is simply claimed afresh. (A holder so slow that its lease
+        ran out and was taken over may delete the taker's claim: the same slow-owner case
+        the lease already accepts, where the slow owner itself repeats the effect.)"""
         await self._coll.delete_one({"_id": key, "state": "claimed"})
 
     async def get(self, key: str) -> dict[str, Any] | None:

@@ -6,6 +6,8 @@ ARCHITECTURE §5 hold in one place:
 - the offset is committed (manual ack) only after the handler's effects are durable —
   its published events acknowledged by the broker, its audit records written;
 - a redelivered message whose idempotency key was already processed has no second effect;
+- processed keys are kept for ``PROCESSED_EVENTS_RETENTION_DAYS`` (8), longer than the
+  topics' retention, and pruned at most hourly after an acknowledgement;
 - a message that cannot be decoded, or whose handler still fails after bounded retries
   with exponential backoff, goes to ``<topic>.dlq`` with the reason in its headers, and
   the consumer moves on to the next message (no tight retry loop, never a stuck partition).
@@ -221,6 +223,9 @@ def subscribe(
                                                  ticket_id=decoded.ticket_id)
                     break
             await msg.ack()
+            # Housekeeping after the commit: at most hourly, one process per hour (see
+            # services.runtime.idempotency); never raises.
+            await runtime.processed.prune_if_due()
         finally:
             current_ticket.reset(token)
 

@@ -416,6 +416,9 @@ async def test_hardware_evidence_is_escalated_with_the_outcome(rig: Rig) -> None
     facts = {"evidence_raid": [hardware.evidence_to_dict(e) for e in hardware.parse_mdstat(
         MDSTAT_DEGRADED)]}
     event = rig.verdict(category="diagnostics")
+    # Run by hand as Interventions.run would: marked running in this process, or the
+    # periodic scan re-acquires the open claim (a newer attempt fences this one).
+    rig.service.interventions._running.add(f"{event.ticket_id}:{event.revision}")
     claim, _ = await rig.service.claims.create(
         event, verdict_json=encode(event).decode(), trace_carrier={},
         owner=rig.service.owner, lease_s=30)

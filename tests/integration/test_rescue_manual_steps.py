@@ -38,7 +38,7 @@ from services.runtime.audit import verify_chain
 from services.runtime.keys import load_sealing_public, load_signing_key
 
 pytestmark = pytest.mark.integration
-VNC_TIMEOUT_S = 10  # EXECUTOR_MANUAL_STEP_TIMEOUT_S: the console step that times out
+ONSITE_TIMEOUT_S = 10  # EXECUTOR_DATACENTER_STEP_TIMEOUT_S: the on-site step that times out
 
 
 @pytest.fixture
@@ -50,8 +50,10 @@ async def stack(kafka_bootstrap: str, topic_prefix: str, database_name: str, rea
             mongo_client=mongo_client, tmp_path=tmp_path,
             env={"EXECUTOR_RESCAN_S": "0.5", "EXECUTOR_LEASE_S": "30",
                  "EXECUTOR_CONNECT_TIMEOUT_S": "3",
-                 "EXECUTOR_MANUAL_STEP_TIMEOUT_S": str(VNC_TIMEOUT_S),
-                 "EXECUTOR_DATACENTER_STEP_TIMEOUT_S": "600"}) as stack:
+                 # The console step's deadline is far: its report, published after the
+                 # restart, must be in time whichever the new process handles first.
+                 "EXECUTOR_MANUAL_STEP_TIMEOUT_S": "600",
+                 "EXECUTOR_DATACENTER_STEP_TIMEOUT_S": str(ONSITE_TIMEOUT_S)}) as stack:
         yield stack
 
 
@@ -88,18 +90,19 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     windows = make(category="boot_repair", server=resolved_server(
         service_id="SRV-MWIN", os_family="windows", type="dedicated", ipkvm=True,
         rescue=False, ssh_port=closed))
-    # A VPS without rescue, unreachable: its VNC console; nobody will answer in time.
-    vnc = make(category="diagnostics", server=resolved_server(
-        service_id="SRV-MVNC", type="vps", ipkvm=False, rescue=False, ssh_port=closed))
+    # A dedicated server without IP-KVM or rescue, unreachable: hands in the data centre;
+    # nobody will answer in time.
+    onsite = make(category="diagnostics", server=resolved_server(
+        service_id="SRV-MDC", type="dedicated", ipkvm=False, rescue=False, ssh_port=closed))
     # A verdict auth flagged for review: an engineer approves, then the automation runs.
-    # (Published after the restart, so its deadline does not run out with the VNC step's.)
+    # (Published after the restart, so its deadline does not run out with the on-site step's.)
     review = make(category="diagnostics", review_required=True,
                   review_reason="3 interventions in 30 days",
                   server=resolved_server(service_id="SRV-MREV", ip="127.0.0.1",
                                          ssh_port=ssh_targets.port))
 
     first = start_executor(stack, executors)
-    for event in (windows, vnc):
+    for event in (windows, onsite):
         await stack.publish(event)
     requests: dict[str, ManualStepRequested] = {}
 
@@ -110,7 +113,7 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
         requests[event.ticket_id] = request
         return request
 
-    for event in (windows, vnc):
+    for event in (windows, onsite):
         await requested(event)
 
     boot = requests[windows.ticket_id]
@@ -120,11 +123,11 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
                     "bcdedit /export"):
         assert command in text  # exact instructions, backup of the BCD first
     assert any("RDP login works" in v for v in boot.verification)
-    assert requests[vnc.ticket_id].method == "vnc"
+    assert requests[onsite.ticket_id].method == "datacenter"
     claims = stack.db["executor_claims"]
 
     async def parked() -> bool:
-        docs = [await claims.find_one({"_id": f"{e.ticket_id}:1"}) for e in (windows, vnc)]
+        docs = [await claims.find_one({"_id": f"{e.ticket_id}:1"}) for e in (windows, onsite)]
         return all(d is not None and d["status"] == "handed_over" for d in docs)
 
     deadline = asyncio.get_running_loop().time() + 30
@@ -136,19 +139,19 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     listed = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "services.cli.main", "executor", "claims"], env=stack.env,
         capture_output=True, text=True, timeout=60, check=True)
-    for event in (windows, vnc):
+    for event in (windows, onsite):
         assert f"{event.ticket_id}:1  handed_over  attempt 1" in listed.stdout
     waiting = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "services.cli.main", "executor", "manual"], env=stack.env,
         capture_output=True, text=True, timeout=60, check=True)
     assert f"{windows.ticket_id} r1" in waiting.stdout
     assert "ipkvm  waiting" in waiting.stdout
-    assert "vnc  waiting" in waiting.stdout
-    # The VNC step's deadline passes while no executor runs at all.
-    vnc_deadline = requests[vnc.ticket_id].deadline
-    assert vnc_deadline is not None
-    await asyncio.sleep(max(0.0, (vnc_deadline - datetime.now(UTC)).total_seconds()) + 0.5)
-    assert all(not stack.bus.of(e.ticket_id, "InterventionCompleted") for e in (windows, vnc))
+    assert "datacenter  waiting" in waiting.stdout
+    # The on-site step's deadline passes while no executor runs at all.
+    onsite_deadline = requests[onsite.ticket_id].deadline
+    assert onsite_deadline is not None
+    await asyncio.sleep(max(0.0, (onsite_deadline - datetime.now(UTC)).total_seconds()) + 0.5)
+    assert all(not stack.bus.of(e.ticket_id, "InterventionCompleted") for e in (windows, onsite))
 
     start_executor(stack, executors)
     await stack.publish(report(requests[windows.ticket_id], "done",
@@ -169,7 +172,7 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     assert "Marta Rossi" in action.command
     assert "bootrec" in action.command
 
-    [timed_out] = await stack.bus.wait(vnc.ticket_id, "InterventionCompleted", timeout=60)
+    [timed_out] = await stack.bus.wait(onsite.ticket_id, "InterventionCompleted", timeout=60)
     assert isinstance(timed_out, InterventionCompleted)
     assert timed_out.outcome == "unresolved"
     assert "No engineer reported" in (timed_out.reason or "")
@@ -186,11 +189,11 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     assert approved.actions[0].step == "Detect available diagnostic tools"
 
     # A late report changes nothing and is on the record.
-    await stack.publish(report(requests[vnc.ticket_id], "done", "sorry, late"))
+    await stack.publish(report(requests[onsite.ticket_id], "done", "sorry, late"))
 
     async def ignored() -> bool:
         records = [r async for r in stack.db["audit"].find(
-            {"ticket_id": vnc.ticket_id, "kind": "manual_step_report_ignored"})]
+            {"ticket_id": onsite.ticket_id, "kind": "manual_step_report_ignored"})]
         return bool(records)
 
     deadline = asyncio.get_running_loop().time() + 30
@@ -198,7 +201,7 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
         assert asyncio.get_running_loop().time() < deadline, "late report not audited"
         await asyncio.sleep(0.2)
     await asyncio.sleep(1)
-    for event in (windows, vnc, review):
+    for event in (windows, onsite, review):
         assert len(stack.bus.values(event.ticket_id, "InterventionCompleted")) == 1
         assert (await verify_chain(stack.db, event.ticket_id)).ok
     assert await stack.db["executor_manual_waiting"].count_documents({}) == 0

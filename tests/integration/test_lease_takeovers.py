@@ -1,0 +1,334 @@
+"""Lease take-overs on the real FerretDB: many concurrent takers, exactly one winner.
+
+On FerretDB 1.24 a conditional update is a read and a whole-document write with nothing in
+between, so ``find_one_and_update({_id, lease_until: {$lt: now}})`` lets several callers
+"win" (measured before these stores changed: 1 to 8 winners of 20). Every take-over here
+is decided by the insert of a unique ``_id`` instead; these tests race 20 takers, as 20
+tasks on one connection and as 20 separate ``AsyncMongoClient`` connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import uuid4
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.executor.claims import ClaimStore, Owner, lease_id
+from services.executor.manual import ManualSteps, wait_id
+from services.executor.runbooks.engine import JournalEntry, LeaseLost
+from services.intake.store import Claim as IntakeClaim
+from services.intake.store import MongoTicketStore
+from services.notifier.claims import Claims
+
+pytestmark = pytest.mark.integration
+
+TAKERS = 20
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def databases(real_parts: Any, database_name: str
+                    ) -> AsyncIterator[list[AsyncDatabase[dict[str, Any]]]]:
+    """This run's database through ``TAKERS`` separate client connections."""
+    clients: list[AsyncMongoClient[dict[str, Any]]] = [
+        AsyncMongoClient(real_parts.mongodb_uri, tz_aware=True) for _ in range(TAKERS)]
+    dbs = [client[database_name] for client in clients]
+    await asyncio.gather(*(db.command("ping") for db in dbs))  # connected before the race
+    yield dbs
+    for client in clients:
+        await client.close()
+
+
+async def race(make: Callable[[int], Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*(make(i) for i in range(TAKERS))))
+
+
+def owner(name: str) -> Owner:
+    # Another machine's process: only an expired lease lets anyone take its claims.
+    return Owner(id=name, host="elsewhere", boot_id="", pid_ns="", pid=1, started="")
+
+
+async def abandoned_claim(db: AsyncDatabase[dict[str, Any]], unique: str) -> str:
+    claim_id = f"T-{unique}-{uuid4().hex[:6]}:1"
+    now = datetime.now(UTC)
+    await db[ClaimStore.CLAIMS].insert_one({
+        "_id": claim_id, "ticket_id": claim_id.split(":")[0], "revision": 1,
+        "verdict_event_id": str(uuid4()), "verdict": "{}", "trace": {}, "status": "open",
+        "owner": owner("crashed").to_doc(), "lease_until": now - timedelta(seconds=5),
+        "attempt": 0, "decision": None, "steps": {}, "outbox": {}, "created_at": now})
+    await db[ClaimStore.OPEN].insert_one({"_id": claim_id})
+    return claim_id
+
+
+async def expire(db: AsyncDatabase[dict[str, Any]], claim_id: str, attempt: int) -> None:
+    await db[ClaimStore.LEASES].update_one(
+        {"_id": lease_id(claim_id, attempt)},
+        {"$set": {"lease_until": datetime.now(UTC) - timedelta(seconds=5)}})
+
+
+# --- executor claims ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connections", ["one", "separate"])
+async def test_executor_takeover_of_an_expired_lease_has_one_winner(
+        databases: list[AsyncDatabase[dict[str, Any]]], unique: str, connections: str) -> None:
+    db = databases[0]
+    claim_id = await abandoned_claim(db, unique)
+    stores = [ClaimStore(databases[i] if connections == "separate" else db)
+              for i in range(TAKERS)]
+    for attempt in range(1, 4):  # the winner "crashes" too, and so on
+
+        async def take(i: int, attempt: int = attempt) -> Any:
+            return await stores[i].acquire(claim_id, owner(f"executor-{attempt}-{i}"),
+                                           lease_s=30)
+
+        results = await race(take)
+        winners = [c for c in results if c is not None]
+        assert len(winners) == 1, f"attempt {attempt}: {len(winners)} winners"
+        assert winners[0].attempt == attempt
+        current = await stores[0].get(claim_id)
+        assert current is not None
+        assert current.attempt == attempt
+        assert current.owner is not None
+        assert current.owner.id == winners[0].owner.id
+        await expire(db, claim_id, attempt)
+
+
+async def test_a_live_lease_is_not_taken_and_renewals_keep_it(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    claim_id = await abandoned_claim(mongo_db, unique)
+    store, other = ClaimStore(mongo_db), ClaimStore(mongo_db)
+    me = owner("me")
+    claim = await store.acquire(claim_id, me, lease_s=30)
+    assert claim is not None
+    assert claim.attempt == 1
+    await store.renew(claim_id, me, lease_s=30)
+    assert await other.acquire(claim_id, owner("rival"), lease_s=30) is None
+    await store.record_step(claim_id, me, 0, JournalEntry(name="detect", state="changing"))
+    stored = await other.get(claim_id)
+    assert stored is not None
+    assert stored.steps["000"]["name"] == "detect"
+
+
+async def test_a_taken_over_owner_is_fenced_even_when_a_stale_write_restores_it(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    claim_id = await abandoned_claim(mongo_db, unique)
+    old_store, new_store = ClaimStore(mongo_db), ClaimStore(mongo_db)
+    old, new = owner("old"), owner("new")
+    assert await old_store.acquire(claim_id, old, lease_s=30) is not None
+    await expire(mongo_db, claim_id, 1)  # the old owner stalled past its lease
+    taken = await new_store.acquire(claim_id, new, lease_s=30)
+    assert taken is not None
+    assert taken.attempt == 2
+    # A late whole-document write by the old owner puts its name back on the claim
+    # document (what FerretDB's read-then-replace update can do): nobody is fooled.
+    await mongo_db[ClaimStore.CLAIMS].update_one(
+        {"_id": claim_id}, {"$set": {"owner": old.to_doc(), "attempt": 1}})
+    with pytest.raises(LeaseLost):
+        await old_store.record_step(claim_id, old, 0, JournalEntry(name="x", state="changing"))
+    with pytest.raises(LeaseLost):
+        await old_store.renew(claim_id, old, lease_s=30)
+    with pytest.raises(LeaseLost):
+        await old_store.stage(claim_id, old, "a_started", "{}")
+    await new_store.record_step(claim_id, new, 0, JournalEntry(name="y", state="changing"))
+    await new_store.renew(claim_id, new, lease_s=30)
+    current = await new_store.get(claim_id)
+    assert current is not None
+    assert (current.attempt, current.owner.id if current.owner else None) == (2, "new")
+    assert current.steps["000"]["name"] == "y"
+
+
+async def test_an_owner_whose_lease_ran_out_stops_before_writing(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    claim_id = await abandoned_claim(mongo_db, unique)
+    store = ClaimStore(mongo_db)
+    me = owner("slow")
+    assert await store.acquire(claim_id, me, lease_s=0.6) is not None
+    await asyncio.sleep(0.6)  # no renewal got through: under a sixth of the lease is left
+    with pytest.raises(LeaseLost):
+        await store.record_step(claim_id, me, 0, JournalEntry(name="x", state="changing"))
+    current = await store.get(claim_id)
+    assert current is not None
+    assert current.steps == {}
+
+
+async def test_renewals_never_lose_a_concurrent_journal_write(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    # Two concurrent $set of different fields of one document lose one on FerretDB; the
+    # lease lives in its own document so the heartbeat cannot erase journal entries.
+    claim_id = await abandoned_claim(mongo_db, unique)
+    store = ClaimStore(mongo_db)
+    me = owner("busy")
+    assert await store.acquire(claim_id, me, lease_s=30) is not None
+
+    done = asyncio.Event()
+
+    async def renew_all_the_time() -> int:
+        renewals = 0
+        while not done.is_set():
+            await store.renew(claim_id, me, lease_s=30)
+            renewals += 1
+        return renewals
+
+    async def journal() -> None:  # one owner's journal writes are sequential, as in the engine
+        for index in range(30):
+            await store.record_step(claim_id, me, index,
+                                    JournalEntry(name=f"s{index}", state="changing"))
+        done.set()
+
+    renewals, _ = await asyncio.gather(renew_all_the_time(), journal())
+    assert renewals > 5
+    current = await store.get(claim_id)
+    assert current is not None
+    assert sorted(current.steps) == [f"{i:03d}" for i in range(30)]
+
+
+async def test_reopening_a_parked_claim_has_one_winner(
+        databases: list[AsyncDatabase[dict[str, Any]]], unique: str) -> None:
+    db = databases[0]
+    claim_id = await abandoned_claim(db, unique)
+    store = ClaimStore(db)
+    me = owner("parker")
+    assert await store.acquire(claim_id, me, lease_s=30) is not None
+    await store.close(claim_id, me, "handed_over", handover={"step_id": "r1-resume"})
+    stores = [ClaimStore(databases[i]) for i in range(TAKERS)]
+    reopened = await race(lambda i: stores[i].reopen(claim_id))
+    assert sum(reopened) == 1
+    claim = await store.get(claim_id)
+    assert claim is not None
+    assert (claim.status, claim.resumptions, claim.lease_released) == ("open", 1, True)
+    # Released on parking: taken at once by another executor, no lease to wait out.
+    taken = await stores[1].acquire(claim_id, owner("next"), lease_s=30)
+    assert taken is not None
+    assert taken.attempt == 2
+    assert taken.failed_attempts == 1
+
+
+# --- intake ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connections", ["one", "separate"])
+async def test_intake_takeover_of_a_stale_pending_claim_has_one_winner(
+        databases: list[AsyncDatabase[dict[str, Any]]], unique: str, connections: str) -> None:
+    db = databases[0]
+    now = datetime.now(UTC)
+    claim = IntakeClaim(
+        ticket_id=f"T-{unique}-{connections}", revision=1, fingerprint="f" * 64,
+        event_id=uuid4(), source="http", account_id="ACC-1", category="diagnostics",
+        category_source="rules", scope="included", confidence="high", status="pending",
+        claimed_at=now - timedelta(minutes=5))
+    stores = [MongoTicketStore(databases[i] if connections == "separate" else db)
+              for i in range(TAKERS)]
+    assert await stores[0].claim(claim) is None
+    for round_ in range(2):  # the winner crashes as well: its claim is taken over again
+        read = await stores[0].get(claim.ticket_id, claim.revision)
+        assert read is not None
+        takeover_at = datetime.now(UTC) - timedelta(minutes=2 - round_)
+
+        async def take(i: int, read: IntakeClaim = read, at: datetime = takeover_at
+                       ) -> IntakeClaim | None:
+            return await stores[i].take_over(
+                read, stale_before=datetime.now(UTC) - timedelta(seconds=1), now=at)
+
+        results = await race(take)
+        winners = [c for c in results if c is not None]
+        assert len(winners) == 1, f"round {round_}: {len(winners)} winners"
+        stored = await stores[0].get(claim.ticket_id, claim.revision)
+        assert stored is not None
+        assert stored.claimed_at == winners[0].claimed_at
+    # A claim still fresh is nobody's to take.
+    fresh = await stores[0].get(claim.ticket_id, claim.revision)
+    assert fresh is not None
+    await stores[0].mark_submitted(fresh, at=datetime.now(UTC))
+    submitted = await stores[0].get(claim.ticket_id, claim.revision)
+    assert submitted is not None
+    assert await stores[1].take_over(submitted, stale_before=datetime.now(UTC),
+                                     now=datetime.now(UTC)) is None
+
+
+# --- notifier fire-once claims ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connections", ["one", "separate"])
+async def test_notifier_takeover_of_an_expired_claim_has_one_winner(
+        databases: list[AsyncDatabase[dict[str, Any]]], unique: str, connections: str) -> None:
+    collection = f"test_fire_once_{unique}"
+    lease = timedelta(seconds=60)
+    claims = [Claims(databases[i] if connections == "separate" else databases[0], collection,
+                     lease=lease) for i in range(TAKERS)]
+    key = "post-1|slack"
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    first = await claims[0].claim(key, now=start, owner="crashed")
+    assert first.outcome == "won"
+    for round_ in range(1, 3):  # each winner crashes in turn
+        now = start + round_ * 2 * lease
+
+        async def take(i: int, now: datetime = now, round_: int = round_) -> Any:
+            return await claims[i].claim(key, now=now, owner=f"n{round_}-{i}")
+
+        results = await race(take)
+        outcomes = [c.outcome for c in results]
+        assert outcomes.count("taken_over") == 1, outcomes
+        assert set(outcomes) == {"taken_over", "held"}
+        winner = next(i for i, c in enumerate(results) if c.mine)
+        doc = await claims[0].get(key)
+        assert doc is not None
+        assert doc["owner"] == f"n{round_}-{winner}"
+    # Within the lease the holder keeps it; once done, nobody takes it.
+    assert (await claims[1].claim(key, now=start + 4 * lease + lease / 2)).outcome == "held"
+    await claims[0].complete(key, ref="m1")
+    assert (await claims[2].claim(key, now=start + 10 * lease)).outcome == "done"
+
+
+# --- executor manual steps ----------------------------------------------------------------
+
+
+async def test_a_manual_step_is_decided_once_by_racing_reports_and_timeouts(
+        databases: list[AsyncDatabase[dict[str, Any]]], unique: str) -> None:
+    from schemas.events import ManualStepCompleted
+
+    ticket = f"T-{unique}"
+    steps = [ManualSteps(db) for db in databases]
+    await steps[0].open(claim_id=f"{ticket}:1", ticket_id=ticket, revision=1,
+                        step_id="r1-resume", kind="resume", method="ssh", title="Finish",
+                        deadline=datetime.now(UTC) - timedelta(seconds=1))
+    key = wait_id(f"{ticket}:1", "r1-resume")
+
+    def report(i: int) -> ManualStepCompleted:
+        return ManualStepCompleted.new(
+            ticket_id=ticket, revision=1, step_id="r1-resume",
+            status="done" if i % 2 else "failed", engineer_id=f"eng-{i}",
+            display_name=f"Engineer {i}", channel="slack", notes=f"report {i}")
+
+    reports = {i: report(i) for i in range(TAKERS) if i % 4}
+
+    async def act(i: int) -> bool:
+        if i in reports:
+            _, decided = await steps[i].report(reports[i])
+            return decided
+        await steps[i].expire(key)
+        return False
+
+    decided = await race(act)
+    final = await steps[0].get(key)
+    assert final is not None
+    assert final.status != "waiting"
+    if sum(decided) == 1:  # a report won: the step says what that report said
+        winner = reports[decided.index(True)]
+        assert final.status == winner.status
+        assert final.report is not None
+        assert final.report["event_id"] == str(winner.event_id)
+    else:  # the deadline won: no report counts as deciding
+        assert sum(decided) == 0
+        assert final.status == "timed_out"
+        assert final.report is None
+    # A redelivery of the deciding report still counts as the deciding one; others do not.
+    for i, event in reports.items():
+        _, again = await steps[0].report(event)
+        assert again == (sum(decided) == 1 and decided[i])
