@@ -318,16 +318,23 @@ class KafkaBrokerProcess:
         return self.directory / "log" / "kafka-server.log"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the broker's process group: SIGTERM, then SIGKILL after ``timeout``."""
-        if self.process.poll() is None:
+        """Stop the broker's process group: SIGTERM, then SIGKILL after ``timeout``.
+
+        Only a group whose leader this call found alive is signalled: a leader reaped
+        earlier (a broker that crashed mid-session) may have had its pid, and so the group
+        id, reused by an unrelated process group since.
+        """
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        # Stragglers of the group just stopped (reaped a moment ago: no reuse yet).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
 

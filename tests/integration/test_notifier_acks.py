@@ -59,6 +59,18 @@ async def new_page(stack: Stack, **fields: Any) -> str:
     return ticket.ticket_id
 
 
+async def continues_the_page_trace(stack: Stack, page_id: str, event_id: object) -> None:
+    """The event an engineer's chat action published is in the trace of the event that
+    opened the page (chat callbacks carry no trace context of their own)."""
+    page = await stack.service.desk.pages.get(page_id)
+    assert page is not None
+    traceparent = page.trace_carrier.get("traceparent", "")
+    assert traceparent.startswith("00-"), page.trace_carrier
+    records = await stack.service.runtime.audit.records(page.ticket_id)
+    [published] = [r for r in records if r.record_id == f"event:{event_id}"]
+    assert published.data.get("trace_id") == traceparent.split("-")[1]
+
+
 async def test_twenty_racing_acks_one_winner_one_event_everyone_answered(stack: Stack) -> None:
     ticket_id = await new_page(stack)
     page = (await stack.service.deadlines.state(ticket_id)).pages[0].page_id
@@ -82,6 +94,7 @@ async def test_twenty_racing_acks_one_winner_one_event_everyone_answered(stack: 
     # Audited by the producer, once.
     records = await stack.service.runtime.audit.records(ticket_id)
     assert [r.record_id for r in records].count(f"event:{ack.event_id}") == 1
+    await continues_the_page_trace(stack, page, ack.event_id)
     # A late ack, minutes later, changes nothing either.
     late = await desk.acknowledge_ticket(ticket_id, channel="webhook", identity="user-4")
     assert not late.changed
@@ -160,6 +173,7 @@ async def test_a_manual_step_is_reported_once_from_chat(stack: Stack) -> None:
     [report] = await stack.bus.wait(ticket.ticket_id, ManualStepCompleted)
     assert report.step_id == "kvm-1"
     assert report.causation_id == step.event_id
+    await continues_the_page_trace(stack, str(step.event_id), report.event_id)
     assert (report.status, report.engineer_id) in (("done", "ENG-3"), ("failed", "ENG-4"))
     unknown = await desk.report_step(ticket.ticket_id, "kvm-9", status="done", notes="",
                                      channel="webhook", identity="user-3")

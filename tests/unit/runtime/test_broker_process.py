@@ -1,0 +1,57 @@
+"""A broker of its own (``localstack.start_kafka_broker``) is stopped by process group; a group
+whose leader was already reaped must never be signalled: its id may belong to someone else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.runtime import localstack
+
+
+def _leader(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+
+def test_a_reaped_leader_s_group_is_not_signalled(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = _leader("pass")
+    gone.wait()  # reaped: its pid (and group id) is free for reuse from now on
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: signalled.append((pgid, sig)))
+    localstack.KafkaBrokerProcess(process=gone, directory=tmp_path).stop(timeout=1)
+    assert signalled == []
+
+
+def test_a_running_group_is_stopped_with_its_children(tmp_path: Path) -> None:
+    # The leader exits on SIGTERM; its child ignores SIGTERM and stays in the group, so
+    # only the final SIGKILL sweep of the group stops it.
+    leader = _leader(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        "time.sleep(60)\n")
+    broker = localstack.KafkaBrokerProcess(process=leader, directory=tmp_path)
+    child = None
+    try:
+        deadline_reads = 0
+        while child is None and deadline_reads < 100:
+            deadline_reads += 1
+            children = Path(f"/proc/{leader.pid}/task/{leader.pid}/children")
+            text = children.read_text().split() if children.exists() else []
+            child = int(text[0]) if text else None
+            if child is None:
+                subprocess.run(["sleep", "0.05"], check=True)
+        assert child is not None
+        broker.stop(timeout=5)
+        assert leader.poll() is not None
+        subprocess.run(["sleep", "0.2"], check=True)
+        state = Path(f"/proc/{child}/stat")
+        assert not state.exists() or state.read_text().split()[2] == "Z"
+    finally:
+        if leader.poll() is None:
+            leader.kill()
