@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal, TypeVar, overload
+from typing import Annotated, Final, Literal, TypeVar, get_args, overload
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -117,6 +117,20 @@ def topic_for(
         return _ROUTE_BY_TYPE[name].topic
     except KeyError:
         raise KeyError(f"unknown event type {name!r}") from None
+
+
+def producers_of(model: type[EventEnvelope]) -> tuple[str, ...]:
+    """The services that may produce ``model``: its ``producer`` field's literal values."""
+    return tuple(str(a) for a in get_args(model.model_fields["producer"].annotation))
+
+
+def topics_produced_by(service: str) -> tuple[str, ...]:
+    """The catalogue topics ``service`` publishes to: the events naming it as ``producer``.
+
+    The schemas are the one place that says who produces what; a service ensures (or
+    checks) these topics at start, and its principal needs Write on them.
+    """
+    return tuple(topic_for(m) for m in EVENT_MODELS if service in producers_of(m))
 
 
 @overload

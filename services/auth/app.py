@@ -15,7 +15,7 @@ from typing import cast
 from faststream import FastStream
 
 from schemas.events import TicketSubmitted
-from schemas.registry import topic_for
+from schemas.registry import topic_for, topics_produced_by
 from services.auth.handlers import Dependencies, authorize_ticket, remember_verdict, utc_now
 from services.auth.history import VerdictHistory
 from services.auth.inventory import MongoServerInventory
@@ -66,7 +66,8 @@ def build(
     """
     settings = settings or AuthSettings()
     signer = VerdictSigner.from_file(settings.signing_key_path)
-    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry)
+    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
+                             produces=topics_produced_by(SERVICE_NAME))
     inventory = MongoServerInventory(runtime.db)
     history = VerdictHistory(runtime.db)
     deps = Dependencies(

@@ -29,10 +29,12 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast, get_args
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
+
+from schemas.registry import producers_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ASYNCAPI = DOCS / "asyncapi.json"
@@ -87,8 +89,8 @@ def _defaults(settings: type[S], **overrides: Any) -> S:
 
 
 @contextmanager
-def service_brokers() -> Iterator[dict[str, Any]]:
-    """Each service's FastStream broker, wired as the service runs, never connected."""
+def service_runtimes() -> Iterator[dict[str, Any]]:
+    """Each service's :class:`ServiceRuntime`, wired as the service runs, never connected."""
     from services.auth.app import build as build_auth
     from services.auth.settings import AuthSettings
     from services.executor.app import build as build_executor
@@ -103,17 +105,19 @@ def service_brokers() -> Iterator[dict[str, Any]]:
         # Auth and the executor load their keys while being wired: a throwaway set will do.
         keys = str(init_keys(Path(tmp) / "keys").directory)
         yield {
-            "intake": IntakeService(_defaults(IntakeSettings)).runtime.broker,
-            "auth": build_auth(_defaults(AuthSettings, intervention_keys_dir=keys)
-                               ).runtime.broker,
+            "intake": IntakeService(_defaults(IntakeSettings)).runtime,
+            "auth": build_auth(_defaults(AuthSettings, intervention_keys_dir=keys)).runtime,
             "executor": build_executor(_defaults(ExecutorSettings, intervention_keys_dir=keys)
-                                       ).runtime.broker,
-            "notifier": build_notifier(_defaults(NotifierSettings)).runtime.broker,
+                                       ).runtime,
+            "notifier": build_notifier(_defaults(NotifierSettings)).runtime,
         }
 
 
-def producers_of(model: type[BaseModel]) -> tuple[str, ...]:
-    return tuple(str(a) for a in get_args(model.model_fields["producer"].annotation))
+@contextmanager
+def service_brokers() -> Iterator[dict[str, Any]]:
+    """Each service's FastStream broker, wired as the service runs, never connected."""
+    with service_runtimes() as runtimes:
+        yield {name: runtime.broker for name, runtime in runtimes.items()}
 
 
 def asyncapi_document() -> dict[str, Any]:

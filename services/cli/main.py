@@ -76,18 +76,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
-    from services.runtime.kafka_admin import ensure_topics
+    from services.runtime.kafka_admin import TopicsError, ensure_topics
     from services.runtime.kafka_security import KafkaConnectError
     from services.runtime.settings import RuntimeSettings, SettingsError
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", localstack.kafka_bootstrap())
     try:
-        settings = RuntimeSettings()  # the Kafka TLS/SASL variables
+        # The Kafka TLS/SASL variables (an administrator's principal, with Create), and
+        # KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS for the new topics.
+        settings = RuntimeSettings()
         created = asyncio.run(ensure_topics(bootstrap, settings=settings))
-    except (SettingsError, KafkaConnectError) as exc:
+    except (SettingsError, KafkaConnectError, TopicsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"topics: {len(created)} created" if created else "topics: all present")
+    if not created:
+        print("topics: all present")
+        return 0
+    insync = settings.kafka_min_insync_replicas
+    print(f"topics: {len(created)} created (replication factor "
+          f"{settings.kafka_replication_factor}, min.insync.replicas "
+          f"{insync if insync is not None else 'the broker default'})")
     for name in created:
         print(f"  {name}")
     return 0
@@ -127,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="Kafka topics of the catalogue").add_subparsers(
         dest="topics_command", required=True)
     topics.add_parser("create", help="create missing catalogue topics and their DLQs "
-                      "(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX)").set_defaults(
+                      "(KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_REPLICATION_FACTOR, "
+                      "KAFKA_MIN_INSYNC_REPLICAS)").set_defaults(
         func=_cmd_topics_create)
 
     keys = sub.add_parser("keys", help="key sets").add_subparsers(dest="keys_command",
@@ -157,6 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except localstack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Impossible settings (the Kafka TLS/SASL variables are validated by every command's
+        # settings, even one that only reads the store) are an operator's fix: one line,
+        # exit 2, as `topics create` and `submit` say it. Imported here: the settings
+        # module costs pydantic at start, which `intervene status` does not need.
+        from services.runtime.settings import SettingsError
+
+        if isinstance(exc, SettingsError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

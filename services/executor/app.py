@@ -23,7 +23,7 @@ from typing import cast
 from faststream import FastStream
 
 from schemas.events import AuthorizationVerified, ManualStepCompleted
-from schemas.registry import topic_for
+from schemas.registry import topic_for, topics_produced_by
 from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
@@ -89,7 +89,8 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     settings = settings or ExecutorSettings()
     sealing_keys = load_sealing_keyring(*settings.sealing_key_paths)
     verify_keys = load_verify_keys(*settings.verify_key_paths)
-    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry)
+    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
+                             produces=topics_produced_by(SERVICE_NAME))
     owner = Owner.this_process()
     claims = ClaimStore(runtime.db)
     vault = MongoCredentialVault(runtime.db)
@@ -139,7 +140,7 @@ def _rescue_provider(settings: ExecutorSettings, runtime: ServiceRuntime) -> Res
         return None
     token = settings.executor_rescue_api_token or ""
     if token:
-        runtime.redactor.add(token)  # never in a log line, an audit record or a span
+        runtime.redactor.pin(token)  # never in a log line, an audit record or a span
     return HttpRescueProvider(settings.executor_rescue_api_url, token=token,
                               timeout_s=settings.executor_rescue_http_timeout_s)
 

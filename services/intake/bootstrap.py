@@ -1,9 +1,9 @@
 """Wiring of one intake process: runtime, store, limiter, metrics, the use case, the topic.
 
 Construction does no I/O (so the OpenAPI document can be exported without a broker);
-:meth:`IntakeService.start` loads the executor's public key, creates indexes and topics and
-starts consuming; the HTTP app's lifespan calls it, so one process serves HTTP and the
-helpdesk topic.
+:meth:`IntakeService.start` loads the executor's public key, creates indexes and topics (or
+checks them: ``KAFKA_CREATE_TOPICS``) and starts consuming; the HTTP app's lifespan calls
+it, so one process serves HTTP and the helpdesk topic.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from schemas.registry import topics_produced_by
 from services.intake import app as subscribers
 from services.intake.metrics import IntakeMetrics
 from services.intake.ratelimit import RateLimiter
@@ -52,6 +53,7 @@ class IntakeService:
         self.runtime = ServiceRuntime(
             SERVICE_NAME, self.settings, telemetry=telemetry,
             redactor=redactor if redactor is not None else Redactor(max_secrets=REDACTOR_SECRETS),
+            produces=topics_produced_by(SERVICE_NAME),
         )
         self.store = MongoTicketStore(self.runtime.db)
         self.revisions = RevisionBook(self.runtime.db)

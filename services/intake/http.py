@@ -143,7 +143,10 @@ def create_app(service: IntakeService | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await svc.start()
+        # ``python -m services.intake`` starts the service before serving HTTP, so a broker
+        # or key an operator must fix is one line on stderr, not uvicorn's traceback.
+        if not svc.running:
+            await svc.start()
         try:
             yield
         finally:

@@ -34,7 +34,7 @@ from schemas.events import (
     TicketRejected,
     TicketSubmitted,
 )
-from schemas.registry import topic_for
+from schemas.registry import topic_for, topics_produced_by
 from services.notifier.acks import (
     CLOSURES,
     STEP_REPORTS,
@@ -159,8 +159,9 @@ def build(
     """Wire the notifier. ``bots`` adds adapters built by the caller (tests); the ones the
     settings enable are built here."""
     settings = settings or NotifierSettings()
-    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry)
-    runtime.redactor.add_all(settings.secrets())
+    runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
+                             produces=topics_produced_by(SERVICE_NAME))
+    runtime.redactor.pin_all(settings.secrets())  # for the life of the process
     redact = runtime.redactor.redact_text
     policy = settings.sla_policy()
     lease = timedelta(seconds=settings.notifier_claim_lease_s)

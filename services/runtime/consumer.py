@@ -152,6 +152,7 @@ def subscribe(
     source = physical(topic, settings.kafka_topic_prefix)
     dlq_topic = physical(topic + DLQ_SUFFIX, settings.kafka_topic_prefix)
     runtime.metrics.subscribed(topic)
+    runtime.consumes(topic)  # ensured (or checked) at start, with its DLQ
 
     async def to_dlq(record: ConsumerRecord[Any, Any], body: bytes, *, reason: str,
                      exc: BaseException, attempts: int) -> None:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +33,12 @@ from faststream.security import (
     SASLScram512,
 )
 
+from services.runtime.redaction import mask_sasl_payloads, masked_sasl_request
+
 if TYPE_CHECKING:
     from services.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
 
 _SASL_SECURITY = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256,
                   "SCRAM-SHA-512": SASLScram512}
@@ -44,15 +50,16 @@ class _SaslPayloadFilter(logging.Filter):
     ``aiokafka.conn`` logs every request it sends at DEBUG, the ``SaslAuthenticateRequest``
     included, and a PLAIN payload is ``\\0user\\0password`` in clear. The record keeps its
     place in the log; only that argument is replaced.
+
+    The redaction pipeline (:mod:`services.runtime.redaction`) masks these payloads itself,
+    however logging is set up; this filter covers a process that installed no redaction.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-                type(arg).__name__.startswith("SaslAuthenticateRequest") for arg in record.args):
-            record.args = tuple(
-                f"{type(arg).__name__}(auth_bytes=<redacted>)"
-                if type(arg).__name__.startswith("SaslAuthenticateRequest") else arg
-                for arg in record.args)
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(masked_sasl_request(arg) for arg in record.args)
+        if isinstance(record.msg, str):  # formatted upstream already (args emptied)
+            record.msg = mask_sasl_payloads(record.msg)
         return True
 
 
@@ -91,6 +98,27 @@ def _readable_file(variable: str, path: Path) -> None:
         raise ValueError(f"{variable} {path} cannot be read: {exc.strerror}") from None
 
 
+def warn_if_exposed(variable: str, path: Path) -> None:
+    """Log a WARNING when the secret file ``path`` is accessible by group or others.
+
+    For ``KAFKA_SASL_PASSWORD_FILE`` and the client key (``KAFKA_SSL_KEYFILE``, or the
+    certificate file holding the key). A warning, not a refusal as for the service keys
+    (:mod:`services.runtime.keys`): Docker and Compose mount secrets mode 0444 inside a
+    container nobody else shares. Names the file and its mode, never its content; a file
+    that cannot be examined is left to the read that follows to report.
+    """
+    if os.name != "posix":  # POSIX mode bits mean nothing on Windows ACLs
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s %s is accessible by group or others (mode %04o): whoever can read it "
+                    "holds a Kafka credential; restrict it to the service's user (chmod 600) "
+                    "unless it is a container secret mount", variable, path, mode)
+
+
 def _build_ssl_context(cafile: Path | None, certfile: Path | None,
                        keyfile: Path | None) -> ssl.SSLContext:
     # create_default_context: TLS 1.2+, certificate and hostname verification on.
@@ -116,12 +144,19 @@ def _build_ssl_context(cafile: Path | None, certfile: Path | None,
 
 
 def check_tls_files(settings: RuntimeSettings) -> None:
-    """Raise ``ValueError`` naming the variable when a TLS file is missing or not PEM."""
+    """Raise ``ValueError`` naming the variable when a TLS file is missing or not PEM.
+
+    Warns (:func:`warn_if_exposed`) when the client key is readable by group or others.
+    """
     for variable, path in (("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
                            ("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
                            ("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile)):
         if path is not None:
             _readable_file(variable, path)
+    if settings.kafka_ssl_keyfile is not None:
+        warn_if_exposed("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile)
+    elif settings.kafka_ssl_certfile is not None:  # the key sits in the certificate file
+        warn_if_exposed("KAFKA_SSL_CERTFILE (holding the key)", settings.kafka_ssl_certfile)
     _build_ssl_context(settings.kafka_ssl_cafile, settings.kafka_ssl_certfile,
                        settings.kafka_ssl_keyfile)
 

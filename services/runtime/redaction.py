@@ -12,6 +12,13 @@ and PEM private key blocks are masked in any text.
 ``crypto.seal`` and ``crypto.open_sealed`` teach the process-wide :func:`default_redactor`
 every plaintext they handle, so a service cannot forget to; code that obtains a secret
 any other way (e.g. a newly generated password) calls ``default_redactor().add(...)``.
+A bounded redactor forgets its oldest learnt secrets; the process's own credentials, which
+live as long as the process (the Kafka SASL password, an API token, chat bot tokens), are
+learnt with :meth:`Redactor.pin` instead and never forgotten.
+
+Kafka SASL authentication payloads are masked whatever the secrets learnt: aiokafka logs
+every request it sends at DEBUG, and a PLAIN ``SaslAuthenticateRequest`` carries
+``\\0user\\0password`` in clear (see :func:`mask_sasl_payloads`).
 
 Values shorter than ``min_length`` (4) characters are not learnt: masking every ``"abc"`` or
 ``"1"`` would shred ordinary output while protecting nothing a guess would not find.
@@ -42,6 +49,8 @@ __all__ = [
     "default_redactor",
     "install_log_redaction",
     "is_sensitive_field",
+    "mask_sasl_payloads",
+    "masked_sasl_request",
     "redact_record",
 ]
 
@@ -69,6 +78,18 @@ _PEM_PRIVATE_KEY = re.compile(
     re.DOTALL,
 )
 
+# aiokafka.conn logs ``Request to host:port id: SaslAuthenticateRequest_v1(sasl_auth_bytes=
+# b'\x00user\x00password')`` for every SASL exchange (PLAIN sends the password itself).
+# The payload is masked by type when the request object is a log argument, and by its repr
+# in any text, so the mask holds however logging is set up and whichever secrets the
+# redactor still knows. The bytes literal is matched whole (a ")" may sit inside it); an
+# unterminated one (a truncated line) is masked to the end of the line.
+_SASL_REQUEST = "SaslAuthenticateRequest"
+_SASL_PAYLOAD = re.compile(
+    r"(SaslAuthenticateRequest\w*\(sasl_auth_bytes=)"
+    r"(?:b'(?:[^'\\\n]|\\.)*'\)?|b\"(?:[^\"\\\n]|\\.)*\"\)?|[^\n]*)"
+)
+
 _URLSAFE = str.maketrans("+/", "-_")
 _MULTILINE_PART_MIN = 16  # lines of a multi-line secret learnt on their own, see _forms
 
@@ -81,6 +102,25 @@ def is_sensitive_field(name: str, value: Any) -> bool:
     if _SECRET_FIELD.search(normalised):
         return True
     return bool(_HEADER_FIELD.search(normalised)) and isinstance(value, str | bytes | list)
+
+
+def mask_sasl_payloads(text: str, placeholder: str = PLACEHOLDER) -> str:
+    """``text`` with the payload of every ``SaslAuthenticateRequest`` repr masked."""
+    if _SASL_REQUEST not in text:
+        return text
+    return _SASL_PAYLOAD.sub(lambda m: f"{m.group(1)}{placeholder})", text)
+
+
+def _is_sasl_request(value: object) -> bool:
+    return type(value).__name__.startswith(_SASL_REQUEST)
+
+
+def masked_sasl_request(value: object, placeholder: str = PLACEHOLDER) -> object:
+    """A SASL authenticate request object as a string without its payload; anything else
+    unchanged. For log arguments, so the payload is never even formatted."""
+    if _is_sasl_request(value):
+        return f"{type(value).__name__}(sasl_auth_bytes={placeholder})"
+    return value
 
 
 def _base64_forms(raw: bytes) -> set[str]:
@@ -111,6 +151,10 @@ def _forms(secret: str, min_length: int) -> frozenset[str]:
         quote(secret),
         quote_plus(secret),
         shlex.quote(secret),
+        # As Python prints it inside a str or bytes repr (a logged dict, tuple or bytes):
+        # quotes and non-ASCII characters escaped.
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8"))[2:-1],
     }
     forms |= _base64_forms(secret.encode("utf-8"))
     if "\n" in secret:
@@ -161,6 +205,7 @@ def _forms_pattern(forms: Iterable[str]) -> re.Pattern[str]:
 
 
 _GROUP_SIZE = 16
+_PINNED_GROUP = -1  # the pattern of the pinned secrets (see Redactor.pin)
 
 
 class Redactor:
@@ -169,7 +214,8 @@ class Redactor:
     Thread-safe: ``add`` may race with ``redact_text`` from other threads. The pattern is
     compiled lazily on first use after an ``add``, so learning many secrets in a row costs
     one compilation. With ``max_secrets`` set, the oldest learnt secrets are forgotten
-    beyond that many, bounding memory and pattern size in long-running processes.
+    beyond that many, bounding memory and pattern size in long-running processes; secrets
+    learnt with :meth:`pin` are never forgotten and do not count against that bound.
     """
 
     def __init__(
@@ -189,6 +235,8 @@ class Redactor:
         # the whole set (~0.7 s at 1024 secrets, long enough to stall a Kafka consumer's
         # heartbeats when it happens on the event loop).
         self._secrets: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
+        # Pinned secrets -> their forms; compiled as one group of their own, _PINNED_GROUP.
+        self._pinned: dict[str, frozenset[str]] = {}
         self._arrivals = 0
         self._patterns: dict[int, re.Pattern[str]] = {}
         self._dirty: set[int] = set()
@@ -201,14 +249,22 @@ class Redactor:
     # ``redactor or default_redactor()`` would silently swap in the shared one.
     @property
     def secret_count(self) -> int:
-        return len(self._secrets)
+        """How many secrets are masked now, the pinned ones included."""
+        return len(self._secrets) + len(self._pinned)
 
     def add(self, secret: str) -> None:
-        """Learn ``secret``; values shorter than ``min_length`` are ignored (see module doc)."""
+        """Learn ``secret``; values shorter than ``min_length`` are ignored (see module doc).
+
+        With ``max_secrets`` set it is forgotten again once that many newer secrets have
+        been learnt: for secrets that come and go (a ticket's credentials). A secret the
+        process holds for its whole life goes to :meth:`pin` instead.
+        """
         if len(secret) < self.min_length:
             return
         forms = _forms(secret, self.min_length)
         with self._lock:
+            if secret in self._pinned:
+                return
             if secret in self._secrets:
                 self._secrets.move_to_end(secret)
                 return
@@ -225,6 +281,30 @@ class Redactor:
         for secret in secrets:
             self.add(secret)
 
+    def pin(self, secret: str) -> None:
+        """Learn ``secret`` for the life of this redactor: never evicted by ``max_secrets``.
+
+        For the process's own credentials (the Kafka SASL password, an API token, a chat
+        bot token): a handful, known at start, that may show up in a log line at any time.
+        A bounded redactor would otherwise forget them after ``max_secrets`` ticket secrets.
+        Values shorter than ``min_length`` are ignored, as by :meth:`add`.
+        """
+        if len(secret) < self.min_length:
+            return
+        forms = _forms(secret, self.min_length)
+        with self._lock:
+            if secret in self._pinned:
+                return
+            self._pinned[secret] = forms
+            self._dirty.add(_PINNED_GROUP)
+            learnt = self._secrets.pop(secret, None)
+            if learnt is not None:  # learnt before with add(): now only pinned
+                self._dirty.add(learnt[0])
+
+    def pin_all(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            self.pin(secret)
+
     def _current_patterns(self) -> list[re.Pattern[str]]:
         if not self._dirty:
             return list(self._patterns.values())
@@ -234,6 +314,8 @@ class Redactor:
                 for group, secret_forms in self._secrets.values():
                     if group in members:
                         members[group] |= secret_forms
+                if _PINNED_GROUP in members:
+                    members[_PINNED_GROUP] = set().union(*self._pinned.values())
                 for group, union in members.items():
                     if union:
                         self._patterns[group] = _forms_pattern(union)
@@ -243,9 +325,11 @@ class Redactor:
             return list(self._patterns.values())
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every learnt secret, its encodings and PEM private keys masked."""
+        """``text`` with every learnt secret, its encodings, PEM private keys and Kafka SASL
+        authentication payloads masked."""
         if "PRIVATE KEY-----" in text:
             text = _PEM_PRIVATE_KEY.sub(self.placeholder, text)
+        text = mask_sasl_payloads(text, self.placeholder)
         patterns = self._current_patterns()
         if not patterns:
             return text
@@ -278,7 +362,8 @@ class Redactor:
 
         Handles str, bytes (as UTF-8, other bytes kept), mappings, lists, tuples, sets,
         pydantic models and dataclass instances (dumped to JSON-compatible data, since the
-        result is bound for logs and the store). Anything else is returned unchanged.
+        result is bound for logs and the store). A Kafka ``SaslAuthenticateRequest``
+        becomes a string without its payload; anything else is returned unchanged.
         """
         if isinstance(value, str):
             return self.redact_text(value)
@@ -303,7 +388,8 @@ class Redactor:
             return tuple(self.redact(item) for item in value)
         if isinstance(value, set | frozenset):
             return type(value)(self.redact(item) for item in value)
-        return value
+        # aiokafka's SASL authenticate request, as a log argument: never formatted whole.
+        return masked_sasl_request(value, self.placeholder)
 
     def redact_field(self, name: str, value: Any) -> Any:
         """``value`` as stored under field ``name``: masked outright if the name is sensitive."""

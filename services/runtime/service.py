@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from faststream import FastStream
@@ -23,11 +23,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.envelope import EventEnvelope
 from schemas.registry import EventDecodeError, encode, parse_event, topic_for
-from schemas.topics import physical
+from schemas.topics import DLQ_SUFFIX, TopicSpec, physical
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Decoded, DecodeError
 from services.runtime.idempotency import ProcessedEvents
-from services.runtime.kafka_admin import ensure_topics
+from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
@@ -53,14 +53,21 @@ class ServiceRuntime:
         *,
         telemetry: Telemetry | None = None,
         redactor: Redactor | None = None,
+        produces: Iterable[str] = (),
     ) -> None:
+        """``produces``: the catalogue topics the service publishes to (its apps pass
+        :func:`schemas.registry.topics_produced_by`); the topics it consumes are recorded by
+        :func:`services.runtime.consumer.subscribe`. Together they are the topics the
+        service ensures (or checks) at start: :meth:`topic_specs`."""
         self.service_name = service_name
         self.settings = settings
+        self.produced_topics: set[str] = set(produces)
+        self.consumed_topics: set[str] = set()
         self.telemetry = telemetry or setup_telemetry(service_name)
         self.redactor = redactor or default_redactor()
         secret = settings.kafka_sasl_secret()
         if secret is not None:  # never in a log line, an audit record or a span
-            self.redactor.add(secret.get_secret_value())
+            self.redactor.pin(secret.get_secret_value())
         self.metrics = RuntimeMetrics(self.telemetry.meter_provider, service_name)
         # The executor's runbook step spans become step-duration metrics (other services
         # open no step spans, so for them this does nothing).
@@ -88,12 +95,32 @@ class ServiceRuntime:
         self.processed = ProcessedEvents(self.db)
         self._on_start: list[Callable[[], object]] = []
 
+    def consumes(self, topic: str) -> None:
+        """Record that the service consumes the catalogue ``topic`` (and writes its DLQ)."""
+        self.consumed_topics.add(topic)
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """The physical topics this service uses: those it consumes, their DLQs (it writes
+        them) and those it produces. Only these are created or checked at start, so under
+        per-service ACLs a service never needs rights on another's topics."""
+        names = (self.consumed_topics | {t + DLQ_SUFFIX for t in self.consumed_topics}
+                 | self.produced_topics)
+        return [TopicSpec(name=physical(name, self.settings.kafka_topic_prefix))
+                for name in sorted(names)]
+
     async def prepare(self) -> None:
-        """Indexes and topics exist before the first message is consumed."""
+        """Indexes and topics exist before the first message is consumed.
+
+        ``KAFKA_CREATE_TOPICS=true`` creates the service's missing topics; ``false`` only
+        checks them, and a missing one stops the start with a :class:`TopicsError`.
+        """
         await self.audit.ensure_indexes()
         await self.processed.ensure_indexes()
-        await ensure_topics(self.settings.kafka_bootstrap_servers,
-                            prefix=self.settings.kafka_topic_prefix, settings=self.settings)
+        bootstrap = self.settings.kafka_bootstrap_servers
+        if self.settings.kafka_create_topics:
+            await ensure_topics(bootstrap, specs=self.topic_specs(), settings=self.settings)
+        else:
+            await require_topics(bootstrap, self.topic_specs(), settings=self.settings)
 
     async def start(self) -> None:
         await self.prepare()
@@ -165,12 +192,14 @@ def run_service(service_name: str, create_app: Callable[[], FastStream], *,
                 operator_errors: tuple[type[Exception], ...] = ()) -> None:
     """``python -m services.<name>``: run a FastStream service until interrupted.
 
-    Impossible settings, an unreachable or refusing Kafka (credentials, TLS trust) and the
-    service's own ``operator_errors`` (a missing or unsafe key file) are an operator's fix:
-    one line on stderr saying which, exit status 2, not a traceback.
+    Impossible settings, an unreachable or refusing Kafka (credentials, TLS trust), missing
+    topics or topics it may not create (ACLs) and the service's own ``operator_errors`` (a
+    missing or unsafe key file) are an operator's fix: one line on stderr saying which, exit
+    status 2, not a traceback.
     """
     configure_logging(service_name)
-    refusals: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, *operator_errors)
+    refusals: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError,
+                                             *operator_errors)
     try:
         asyncio.run(create_app().run())
     except refusals as exc:

@@ -14,6 +14,17 @@ Environment variables (ARCHITECTURE §3), with their defaults:
 - ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the other standard ``OTEL_*``
   variables are read by the OpenTelemetry SDK itself.
 
+Kafka topics (:mod:`services.runtime.kafka_admin`):
+
+- ``KAFKA_CREATE_TOPICS`` = ``true``: at start a service creates the topics *it* uses (the
+  ones it consumes, their DLQs, the ones it produces) that are missing. ``false`` (production
+  with per-service ACLs): an administrator creates them (``intervene topics create``) and
+  the service only checks that they exist and that it may describe them; if not it refuses
+  to start with one line naming them (exit 2).
+- ``KAFKA_REPLICATION_FACTOR`` = 1 (the local single broker; 3 on a production cluster) and
+  ``KAFKA_MIN_INSYNC_REPLICAS`` = unset (the broker's default; 2 with a factor of 3): for the
+  topics a service or ``intervene topics create`` creates. Topics that exist are left alone.
+
 Kafka TLS and SASL, for every Kafka client of the process (the services' broker, topic
 administration, ``intervene submit --via kafka``, ``intervene topics create``); see
 :mod:`services.runtime.kafka_security`:
@@ -103,6 +114,10 @@ class RuntimeSettings(BaseSettings):
     graceful_timeout_s: float = Field(default=15.0, gt=0)
     ops_http_host: str = "127.0.0.1"
     ops_http_port: int | None = Field(default=None, ge=0, le=65535)
+    kafka_create_topics: bool = True
+    kafka_replication_factor: int = Field(default=1, ge=1, le=32767)
+    kafka_min_insync_replicas: Annotated[
+        Annotated[int, Field(ge=1, le=32767)] | None, BeforeValidator(_blank_to_none)] = None
 
     # The password read from KAFKA_SASL_PASSWORD_FILE (private: in no repr or dump).
     _sasl_password_from_file: SecretStr | None = PrivateAttr(default=None)
@@ -155,6 +170,12 @@ class RuntimeSettings(BaseSettings):
                 check_tls_files(self)
             except ValueError as exc:
                 raise SettingsError(str(exc)) from None
+        if (self.kafka_min_insync_replicas is not None
+                and self.kafka_min_insync_replicas > self.kafka_replication_factor):
+            raise SettingsError(
+                f"KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} exceeds "
+                f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor}: no write could "
+                "ever be acknowledged")
         return self
 
     @property
@@ -179,6 +200,9 @@ def _read_password_file(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(
             f"KAFKA_SASL_PASSWORD_FILE {path} cannot be read: {type(exc).__name__}") from None
+    from services.runtime.kafka_security import warn_if_exposed
+
+    warn_if_exposed("KAFKA_SASL_PASSWORD_FILE", path)
     # A secret mounted from a file usually ends with one newline; the password does not.
     if text.endswith("\r\n"):
         text = text[:-2]

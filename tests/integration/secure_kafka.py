@@ -7,7 +7,10 @@ ports in a temporary directory, with a PKI generated here by ``cryptography``:
   SCRAM-SHA-256/512 (users created by ``kafka-storage format --add-scram``), TLS with a
   server certificate for 127.0.0.1 signed by a test CA;
 - ``SSL`` listener requiring a client certificate (mutual TLS);
-- ``CONTROLLER`` listener in plaintext (KRaft, loopback only).
+- ``CONTROLLER`` listener in plaintext (KRaft, loopback only);
+- ACLs enforced (``StandardAuthorizer``, nothing allowed without an ACL): ``USERNAME`` and
+  the mutual-TLS client are super users (administrators); ``SERVICE_USERNAME`` (SCRAM) is a
+  service principal with only the ACLs a test grants it (:func:`create_acls`).
 
 Nothing of it touches the shared stack (its ports, ``var/``, its broker).
 """
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import CreateAclsRequest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,7 +39,9 @@ from services.runtime import localstack
 from services.runtime.kafka_admin import cluster_metadata
 from services.runtime.settings import RuntimeSettings
 
-USERNAME = "intervention-svc"
+USERNAME = "intervention-svc"  # a super user: the administrator
+SERVICE_USERNAME = "intervention-auth"  # a service principal: only the ACLs granted to it
+CLIENT_CN = "intervention-client"  # the mutual-TLS client certificate's subject (super user)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,20 +59,30 @@ class SecureBroker:
     sasl_bootstrap: str  # SASL_SSL
     mtls_bootstrap: str  # SSL with a required client certificate
     password: str = field(repr=False)  # USERNAME's SASL password (PLAIN and SCRAM alike)
+    service_password: str = field(repr=False)  # SERVICE_USERNAME's (SCRAM only)
     pki: Pki
     process: localstack.KafkaBrokerProcess
 
     def sasl_settings(self, *, mechanism: str = "SCRAM-SHA-512", password: str | None = None,
                       trust: Literal["ca", "rogue", "system"] = "ca",
+                      settings: type[RuntimeSettings] = RuntimeSettings,
                       **extra: object) -> RuntimeSettings:
-        """Settings for the SASL_SSL listener; ``trust`` picks KAFKA_SSL_CAFILE."""
+        """Settings for the SASL_SSL listener as the administrator; ``trust`` picks
+        KAFKA_SSL_CAFILE; ``settings`` a service's settings class."""
         cafile = {"ca": self.pki.ca_file, "rogue": self.pki.rogue_ca_file, "system": None}
-        return RuntimeSettings(
-            kafka_bootstrap_servers=self.sasl_bootstrap, kafka_security_protocol="SASL_SSL",
-            kafka_sasl_mechanism=mechanism, kafka_sasl_username=USERNAME,
-            kafka_sasl_password=self.password if password is None else password,
-            kafka_ssl_cafile=cafile[trust], **extra,  # type: ignore[arg-type]
-        )
+        values: dict[str, object] = {
+            "kafka_bootstrap_servers": self.sasl_bootstrap,
+            "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": mechanism,
+            "kafka_sasl_username": USERNAME,
+            "kafka_sasl_password": self.password if password is None else password,
+            "kafka_ssl_cafile": cafile[trust], **extra}
+        return settings(**values)  # type: ignore[arg-type]
+
+    def service_settings(self, settings: type[RuntimeSettings] = RuntimeSettings,
+                         **extra: object) -> RuntimeSettings:
+        """Settings for the SASL_SSL listener as ``SERVICE_USERNAME`` (SCRAM-SHA-512)."""
+        return self.sasl_settings(settings=settings, password=self.service_password,
+                                  **{"kafka_sasl_username": SERVICE_USERNAME, **extra})
 
     def mtls_settings(self, *, with_client_cert: bool = True) -> RuntimeSettings:
         return RuntimeSettings(
@@ -133,7 +150,7 @@ def make_pki(directory: Path) -> Pki:
     ca_key, ca_cert = _ca("intervention test CA")
     _rogue_key, rogue_cert = _ca("some other CA")
     server_key, server_cert = _leaf("127.0.0.1", ca_key, ca_cert, server=True)
-    client_key, client_cert = _leaf("intervention-client", ca_key, ca_cert, server=False)
+    client_key, client_cert = _leaf(CLIENT_CN, ca_key, ca_cert, server=False)
     password = secrets.token_hex(12)
     pki = Pki(
         ca_file=directory / "ca.pem", rogue_ca_file=directory / "rogue-ca.pem",
@@ -187,6 +204,9 @@ listener.name.sasl_ssl.plain.sasl.jaas.config={plain}
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
 listener.name.ssl.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS;User:broker;User:{USERNAME};User:CN={CLIENT_CN}
 ssl.keystore.type=PKCS12
 ssl.keystore.location={pki.keystore}
 ssl.keystore.password={pki.keystore_password}
@@ -225,11 +245,15 @@ def _answers(settings: RuntimeSettings) -> bool:
 def start_secure_broker(directory: Path) -> SecureBroker:
     pki = make_pki(directory / "pki")
     password = f"pw-{secrets.token_urlsafe(18)}"
+    service_password = f"pw-{secrets.token_urlsafe(18)}"
     sasl, mtls, controller = _free_ports(3)
     scram = [arg for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512") for arg in
              ("--add-scram", f"{mechanism}=[name={USERNAME},password={password}]")]
+    scram += ["--add-scram",
+              f"SCRAM-SHA-512=[name={SERVICE_USERNAME},password={service_password}]"]
     placeholder = SecureBroker(sasl_bootstrap=f"127.0.0.1:{sasl}",
-                               mtls_bootstrap=f"127.0.0.1:{mtls}", password=password, pki=pki,
+                               mtls_bootstrap=f"127.0.0.1:{mtls}", password=password,
+                               service_password=service_password, pki=pki,
                                process=None)  # type: ignore[arg-type]
     probe = placeholder.sasl_settings()
     process = localstack.start_kafka_broker(
@@ -238,5 +262,44 @@ def start_secure_broker(directory: Path) -> SecureBroker:
         ready_timeout=120.0,
     )
     return SecureBroker(sasl_bootstrap=placeholder.sasl_bootstrap,
-                        mtls_bootstrap=placeholder.mtls_bootstrap, password=password, pki=pki,
-                        process=process)
+                        mtls_bootstrap=placeholder.mtls_bootstrap, password=password,
+                        service_password=service_password, pki=pki, process=process)
+
+
+# Kafka's ACL protocol codes (org.apache.kafka.common.resource / acl).
+TOPIC, GROUP = 2, 3
+LITERAL, PREFIXED = 3, 4
+READ, WRITE = 3, 4
+ALLOW = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Acl:
+    resource_type: int  # TOPIC or GROUP
+    name: str
+    operation: int  # READ or WRITE (each implies DESCRIBE)
+    pattern: int = LITERAL
+
+
+async def create_acls(admin: RuntimeSettings, principal: str, acls: list[Acl]) -> None:
+    """Grant ``acls`` (ALLOW, any host) to ``principal`` (``User:<name>``), as ``admin``.
+
+    aiokafka's admin client has no ``create_acls``: this sends Kafka's CreateAcls request
+    (one per ACL, as aiokafka's request class builds them) through it.
+    """
+    from services.runtime.kafka_security import kafka_security_options
+
+    client = AIOKafkaAdminClient(bootstrap_servers=admin.kafka_bootstrap_servers,
+                                 **kafka_security_options(admin))
+    await client.start()
+    try:
+        for acl in acls:
+            response = await client._send_request(CreateAclsRequest(
+                acl.resource_type, acl.name, acl.pattern, principal, "*", acl.operation,
+                ALLOW))
+            errors = [r for r in response.to_object()["creation_responses"]
+                      if r["error_code"] != 0]
+            if errors:
+                raise RuntimeError(f"creating ACL {acl} failed: {errors}")
+    finally:
+        await client.close()

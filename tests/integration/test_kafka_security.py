@@ -5,7 +5,10 @@
 - ``intervene submit --via kafka``'s producer works over SASL_SSL with PLAIN;
 - mutual TLS works with the client certificate and fails without it;
 - a wrong password and an untrusted CA fail in bounded time with an error that says which;
-- the SASL password is in no log record, span, error, health answer or settings repr.
+- the SASL password is in no log record, span, error, health answer or settings repr;
+- under ACLs (the broker runs an authorizer), a service principal allowed only its own
+  topics starts and works once an administrator has created the topics, creating and
+  checking only its own; a missing topic or ACL stops it with one line naming the topics.
 
 One broker per session (about 10-20 s to start on the 2-core machine).
 """
@@ -15,22 +18,48 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from secure_kafka import USERNAME, SecureBroker, start_secure_broker
+from secure_kafka import (
+    GROUP,
+    PREFIXED,
+    READ,
+    SERVICE_USERNAME,
+    TOPIC,
+    USERNAME,
+    WRITE,
+    Acl,
+    SecureBroker,
+    create_acls,
+    start_secure_broker,
+)
 
-from schemas.events import TicketUpdated
-from schemas.registry import topic_for
-from schemas.topics import HELPDESK_REQUESTS, TopicSpec, all_topics, physical
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
+from auth_factories import ticket as any_ticket
+
+from schemas.events import (
+    AuthorizationRejected,
+    AuthorizationVerified,
+    ClarificationRequested,
+    TicketSubmitted,
+    TicketUpdated,
+)
+from schemas.registry import encode, topic_for, topics_produced_by
+from schemas.topics import DLQ_SUFFIX, HELPDESK_REQUESTS, TopicSpec, all_topics, physical
+from services.auth.app import build as build_auth
+from services.auth.settings import AuthSettings
 from services.cli.commands_intake import publish_request
 from services.runtime.consumer import Delivery, subscribe
-from services.runtime.kafka_admin import ensure_topics
+from services.runtime.kafka_admin import TopicsError, ensure_topics
 from services.runtime.kafka_security import KafkaConnectError, kafka_client_options
+from services.runtime.keys import init_keys
 from services.runtime.ops import health
 from services.runtime.redaction import Redactor
 from services.runtime.service import ServiceRuntime, event_decoder
@@ -103,7 +132,7 @@ async def test_service_round_trip_over_sasl_ssl_with_scram(
 
     topic = topic_for(TicketUpdated)
     subscribe(runtime, topic, handle, decoder=event_decoder(TicketUpdated))
-    await runtime.start()  # ensures the catalogue topics over SASL_SSL, then connects
+    await runtime.start()  # ensures its topics over SASL_SSL, then connects
     try:
         event = _update(f"HD-{unique}")
         await runtime.publish(event)
@@ -111,14 +140,17 @@ async def test_service_round_trip_over_sasl_ssl_with_scram(
         assert got.event_id == event.event_id
         checks = await health(runtime)
         assert checks == {"kafka": True, "mongodb": True}
-        # Every catalogue topic exists on the secure broker: nothing is left to create.
-        assert await ensure_topics(settings.kafka_bootstrap_servers, prefix=prefix,
+        # The runtime's topics (the one it consumes, its DLQ) exist on the secure broker:
+        # nothing is left to create.
+        specs = runtime.topic_specs()
+        assert [s.name for s in specs] == [physical(topic, prefix),
+                                           physical(topic + DLQ_SUFFIX, prefix)]
+        assert await ensure_topics(settings.kafka_bootstrap_servers, specs=specs,
                                    settings=settings) == []
     finally:
         await runtime.stop()
 
     password = secure_broker.password
-    assert len(all_topics(prefix)) > 1
     assert password not in json.dumps(checks)
     assert password not in _all_log_text(caplog)
     assert any(r.name.startswith("aiokafka") for r in caplog.records)  # the capture saw it
@@ -245,3 +277,131 @@ def test_settings_never_show_the_password(secure_broker: SecureBroker, tmp_path:
         secret = each.kafka_sasl_secret()
         assert secret is not None
         assert secret.get_secret_value() == password
+
+
+def _auth_acls(prefix: str, *, skip: tuple[str, ...] = ()) -> list[Acl]:
+    """Auth's ACLs as docs/operations.md lists them: Read on what it consumes, Write on its
+    DLQ and on what it produces (each implies Describe), Read on its consumer groups."""
+    submitted = topic_for(TicketSubmitted)
+    acls = [Acl(resource_type=TOPIC, name=physical(submitted, prefix), operation=READ),
+            Acl(resource_type=TOPIC, name=physical(submitted + DLQ_SUFFIX, prefix),
+                operation=WRITE),
+            *(Acl(resource_type=TOPIC, name=physical(t, prefix), operation=WRITE)
+              for t in topics_produced_by("auth")),
+            Acl(resource_type=GROUP, name=f"{prefix}auth", operation=READ, pattern=PREFIXED)]
+    return [a for a in acls if a.name.removeprefix(prefix) not in skip]
+
+
+async def test_a_service_allowed_only_its_own_topics_starts_and_works(
+    secure_broker: SecureBroker, real_parts: object, database_name: str, mongo_db: object,
+    unique: str, tmp_path: Path,
+) -> None:
+    prefix = f"acl{unique}."
+    admin = secure_broker.sasl_settings(kafka_topic_prefix=prefix)
+    # The administrator creates every topic (what `intervene topics create` does) and grants
+    # auth's principal its ACLs: nothing on the other services' topics, no Create.
+    created = await ensure_topics(admin.kafka_bootstrap_servers, prefix=prefix, settings=admin)
+    assert len(created) == len(all_topics(prefix))
+    await create_acls(admin, f"User:{SERVICE_USERNAME}", _auth_acls(prefix))
+    keys = init_keys(tmp_path / "keys")
+    settings = secure_broker.service_settings(
+        AuthSettings, kafka_topic_prefix=prefix, kafka_create_topics=False,
+        mongodb_uri=real_parts.mongodb_uri, mongodb_database=database_name,  # type: ignore[attr-defined]
+        intervention_keys_dir=str(keys.directory))
+
+    # What every service did at start before: ensure the whole catalogue. Under ACLs the
+    # other services' topics look missing to this principal, and it may not create them.
+    with pytest.raises(TopicsError) as refused:
+        await ensure_topics(settings.kafka_bootstrap_servers, prefix=prefix, settings=settings)
+    assert f"not authorized to create Kafka topics for user '{SERVICE_USERNAME}'" in str(
+        refused.value)
+    assert physical(topic_for(TicketSubmitted), prefix) not in str(refused.value)
+
+    # With KAFKA_CREATE_TOPICS=true (the default) too, it only looks at its own topics: all
+    # there, so it asks for no Create.
+    defaults = build_auth(secure_broker.service_settings(  # type: ignore[arg-type]
+        AuthSettings, kafka_topic_prefix=prefix, mongodb_uri=settings.mongodb_uri,
+        mongodb_database=database_name, intervention_keys_dir=str(keys.directory)))
+    try:
+        await defaults.runtime.prepare()
+    finally:
+        await defaults.stop()
+
+    service = build_auth(settings)  # type: ignore[arg-type]
+    await service.start()
+    try:
+        assert await health(service.runtime) == {"kafka": True, "mongodb": True}
+        # A ticket, published by the administrator as intake would: auth consumes it (Read
+        # on the topic and its group) and publishes its verdict (Write, idempotent producer).
+        ticket = any_ticket(at=datetime.now(UTC))
+        producer = AIOKafkaProducer(**kafka_client_options(admin))
+        await producer.start()
+        try:
+            await producer.send_and_wait(physical(topic_for(TicketSubmitted), prefix),
+                                         encode(ticket), key=ticket.ticket_id.encode())
+        finally:
+            await producer.stop()
+        verdict = await asyncio.wait_for(_first_record_for(admin, prefix, ticket.ticket_id),
+                                         60)
+        assert verdict in {topic_for(m) for m in (AuthorizationVerified, AuthorizationRejected,
+                                                  ClarificationRequested)}
+    finally:
+        await service.stop()
+
+
+async def _first_record_for(admin: RuntimeSettings, prefix: str, key: str) -> str:
+    """The catalogue topic of the first record keyed ``key`` on auth's verdict topics."""
+    topics = [physical(t, prefix) for t in topics_produced_by("auth")]
+    consumer = AIOKafkaConsumer(**kafka_client_options(admin), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, 0) for t in topics]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if record.key == key.encode():
+                        return str(record.topic).removeprefix(prefix)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_missing_topic_or_acl_stops_a_service_naming_them(
+    secure_broker: SecureBroker, real_parts: object, database_name: str, mongo_db: object,
+    unique: str, tmp_path: Path,
+) -> None:
+    prefix = f"acm{unique}."
+    admin = secure_broker.sasl_settings(kafka_topic_prefix=prefix)
+    missing = topic_for(AuthorizationRejected)  # not created; its ACL is granted
+    unlisted = topic_for(ClarificationRequested)  # created; no ACL for auth
+    service_topics = [topic_for(TicketSubmitted), topic_for(TicketSubmitted) + DLQ_SUFFIX,
+                      *topics_produced_by("auth")]
+    await ensure_topics(admin.kafka_bootstrap_servers, settings=admin, specs=[
+        TopicSpec(name=physical(t, prefix)) for t in service_topics if t != missing])
+    await create_acls(admin, f"User:{SERVICE_USERNAME}", _auth_acls(prefix, skip=(unlisted,)))
+    keys = init_keys(tmp_path / "keys")
+    messages = {}
+    for create in (False, True):
+        service = build_auth(secure_broker.service_settings(  # type: ignore[arg-type]
+            AuthSettings, kafka_topic_prefix=prefix, kafka_create_topics=create,
+            mongodb_uri=real_parts.mongodb_uri, mongodb_database=database_name,  # type: ignore[attr-defined]
+            intervention_keys_dir=str(keys.directory)))
+        try:
+            with pytest.raises(TopicsError) as refused:
+                await asyncio.wait_for(service.start(), FAIL_FAST_S)
+        finally:
+            await service.stop()
+        messages[create] = str(refused.value)
+    checked, creating = messages[False], messages[True]
+    assert "\n" not in checked + creating
+    assert (f"missing on {secure_broker.sasl_bootstrap}: {physical(missing, prefix)}; not "
+            f"authorized for user '{SERVICE_USERNAME}' (no Describe, Read or Write ACL): "
+            f"{physical(unlisted, prefix)}.") in checked
+    assert (f"not authorized to create Kafka topics for user '{SERVICE_USERNAME}': "
+            f"{physical(missing, prefix)}, {physical(unlisted, prefix)}.") in creating
+    for name in service_topics:
+        if name not in (missing, unlisted):
+            assert physical(name, prefix) not in checked + creating
+    assert secure_broker.service_password not in checked + creating
