@@ -110,6 +110,10 @@ def test_topics_are_created_explicitly_and_never_by_auto_create(services):
     assert topics["command"] == ["intervene", "topics", "create"]
     assert topics["build"] == services["intake"]["build"]
     assert _depends_on(topics)["kafka"]["condition"] == "service_healthy"
+    # Only the one-shot creates; services check theirs exist (the production ACL pattern).
+    for name in APP_SERVICES:
+        assert _environment(services[name])["KAFKA_CREATE_TOPICS"] == "false", name
+    assert _environment(topics)["KAFKA_REPLICATION_FACTOR"] == "1"  # one broker here
 
 
 def test_single_node_kafka_gives_internal_topics_one_replica(services):
