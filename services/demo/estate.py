@@ -67,6 +67,11 @@ class Estate:
         5 s, boots given 15 min, SSH 2 min to answer after one)."""
         return {**self.rescue_api.executor_env(), **RESCUE_TIMINGS}
 
+    def rescue_passwords(self) -> list[str]:
+        """The one-time rescue root passwords the provider stand-in set for edge-01 so far
+        (its record in the server's working directory, readable by root only)."""
+        return self.lab.rescue_passwords()
+
     def inventory(self) -> list[dict[str, Any]]:
         """Rows for ``intervene servers import`` (JSON form): the provider's records."""
         return [{

@@ -16,13 +16,16 @@ tests and the executor's rescue integration tests use it.
   (``grub-fstest``) must read ``grub.cfg``, ``normal.mod`` and the kernel it names;
   ``e2fsck -p`` must pass (else "emergency mode"); the root filesystem is mounted, the
   network configured from ``/etc/network/interfaces``, ``/etc/nftables.conf`` loaded into
-  the namespace when nftables.service is enabled, and the disk's own ``/usr/sbin/sshd`` run
-  in a chroot of it when ssh.service is enabled. Nothing is faked: a broken file on the
-  disk breaks the server the way it breaks a real one, only the kernel hand-over is skipped.
-- **The rescue system** boots in the same namespace after the server is "powered off": an
-  overlay of this machine's root (writes go to a tmpfs, never to the host) in its own mount
-  namespace, with a private ``/dev`` that holds only the customer's disk, and a second sshd
-  with a fresh host key and a one-time root password (set inside the overlay only).
+  the namespace when nftables.service is enabled, and, when ssh.service is enabled, the
+  disk's root filesystem made the root of the server's mount namespace and the disk's own
+  ``/usr/sbin/sshd`` started in it. Nothing is faked: a broken file on the disk breaks the
+  server the way it breaks a real one, only the kernel hand-over is skipped.
+- **The rescue system** boots in the same network namespace after the server is "powered
+  off": an overlay of this machine's root filesystem (read from it; writes go to a tmpfs,
+  never to this machine) made the root of its own mount namespace, with a private ``/dev``
+  whose only block devices are the customer's disk and its partition, and a second sshd
+  with a fresh host key and a one-time root password (set inside the overlay only; the
+  provider stand-in keeps a root-only record of it, :meth:`LabServer.rescue_passwords`).
 - **The provider stand-in** is the one mocked boundary: a provider's rescue API cannot
   exist on this machine. It is a small HTTP server speaking exactly the protocol of the
   executor's provider adapter (``services/executor/rescue/provider.py``) for these servers,
@@ -31,10 +34,27 @@ tests and the executor's rescue integration tests use it.
   (:class:`ProviderProcess`, ``python -m services.demo.rescue_lab``), so it outlives
   ``intervene demo --keep`` like the rest of the estate.
 
+How far the server and the rescue system are kept apart from this machine (the executor's
+rescue runbooks run in the rescue system as root, on a developer's machine too): each runs
+in PID, mount, IPC and UTS namespaces of its own besides the network namespace
+(:data:`NAMESPACES`), so its ``ps`` and ``/proc`` show only its own processes and it cannot
+signal any of this machine's. Before sshd starts, it makes its own tree (the disk, or the
+overlay) the root (``pivot_root``) and detaches this machine's mount tree, so no chroot
+escape leads back to this machine's ``/dev`` or mounts; and sshd starts with
+:data:`DROPPED_CAPS` taken out of the capability bounding set (``setpriv``), so no login can
+make a device node (CAP_MKNOD), load a kernel module, do raw I/O, reboot or set the clock.
+What is not kept apart: logins are root of this machine's kernel and keep CAP_SYS_ADMIN,
+CAP_SYS_CHROOT and CAP_NET_ADMIN, which the repairs need (mount, chroot, nft). That is
+enough to reach this machine's disks on purpose (mounting a ``devtmpfs``, for one); and the
+rescue system can read this machine's root filesystem, its overlay's lower layer. So the lab
+keeps the runbooks from touching this machine by accident; it is no boundary against a
+hostile root.
+
 Everything is created under random ``<prefix><hex>`` names and removed by
-:meth:`LabServer.close`: the namespace with its processes, the loop device, the image copy
-and temporary directories (the demo records each server in its manifest before creating
-it). No user, firewall or sshd configuration of this machine is touched. Needs root.
+:meth:`LabServer.close`: the namespaces with their processes (the init of a PID namespace
+is killed first, which kills every process in it), the loop device, the image copy and
+temporary directories (the demo records each server in its manifest before creating it).
+No user, firewall or sshd configuration of this machine is touched. Needs root.
 """
 
 from __future__ import annotations
@@ -88,8 +108,30 @@ TOOLS = ("sfdisk", "mkfs.ext4", "e2fsck", "debugfs", "losetup", "partx", "ip", "
          "grub-install", "grub-fstest", "udevadm", "unshare", "chroot", "ssh-keygen",
          "chpasswd", "useradd", "perl", "dpkg", "ldd", "ss")
 
+# The section markers of this module that delimit the image builder (see builder_source).
+_BUILDER_SECTION = "# --- the base image ---"
+_BOOT_SECTION = "# --- the server's boot and the rescue system ---"
+
 NEVER = "2147483647"  # sleep argument: "hangs here"
+
+# How the server's boot and the rescue system run: in PID, mount, IPC and UTS namespaces of
+# their own (inside the server's network namespace). Their first process is the PID
+# namespace's init: when it dies every process of the namespace dies with it, and it dies
+# with unshare (--kill-child), the process LabServer starts.
+NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+              "--kill-child", "--mount-proc", "--ipc", "--uts", "--")
+# Capabilities taken out of the bounding set (setpriv) before sshd starts, so that no login
+# can make a device node, load a kernel module, do raw I/O, reboot, set the clock, load BPF
+# programs or watch this machine's performance events. What the repairs need stays:
+# CAP_SYS_ADMIN (mount), CAP_SYS_CHROOT, CAP_NET_ADMIN (nft), CAP_SYSLOG (dmesg), ...
+DROPPED_CAPS = ("mknod", "sys_module", "sys_rawio", "sys_boot", "sys_time", "sys_pacct",
+                "wake_alarm", "block_suspend", "mac_admin", "mac_override", "bpf", "perfmon",
+                "checkpoint_restore")
+_BOUNDING = ",".join(f"-{cap}" for cap in DROPPED_CAPS)
 READY = "provider stand-in: ready"  # what ProviderProcess waits for in its log
+# The provider stand-in's record of the one-time rescue logins it set for a server, in the
+# server's working directory (see LabServer.rescue_passwords).
+RESCUE_CREDENTIALS = "rescue-credentials.jsonl"
 
 
 def available() -> str | None:
@@ -120,11 +162,22 @@ def run(*argv: str, stdin: str | None = None, check: bool = True,
 
 
 # --- the base image ----------------------------------------------------------------------
+# (Everything from here to the next section is hashed into the image's cache key.)
 
 
 def cache_dir() -> Path:
     """Where the base image is kept: the local stack's git-ignored cache."""
     return Path(os.environ.get("INTERVENE_CACHE_DIR", REPO / ".cache")) / "images"
+
+
+def builder_source() -> str:
+    """The code that shapes the image: this whole section of the module (every function
+    from here to the server's boot, the helpers added later included) and what it calls
+    from outside it (:func:`run`, :func:`~services.demo.targets.new_password`)."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    start = text.index(f"\n{_BUILDER_SECTION}")  # the headings, not these constants
+    end = text.index(f"\n{_BOOT_SECTION}", start)
+    return "".join((text[start:end], inspect.getsource(run), inspect.getsource(new_password)))
 
 
 def _image_key() -> str:
@@ -135,8 +188,7 @@ def _image_key() -> str:
     digest.update(IMAGE_FORMAT.encode())
     digest.update(repr((IMAGE_SIZE, ROOT_UUID, KERNEL_VERSION, OPERATOR, NIC, PACKAGES,
                         _SKIP)).encode())
-    for builder in (_populate, _write_etc, attached, chroot_mounts, _build_image):
-        digest.update(inspect.getsource(builder).encode())
+    digest.update(builder_source().encode())
     digest.update(versions.encode())
     return digest.hexdigest()[:16]
 
@@ -451,15 +503,20 @@ fi
 [ -L "$wants/multi-user.target.wants/ssh.service" ] || hang "ssh.service: not enabled"
 [ "$(readlink "$wants/ssh.service")" != /dev/null ] || hang "ssh.service: masked"
 chroot "$root" /usr/sbin/sshd -t || hang "ssh.service: configuration test failed"
+# The disk's root filesystem becomes this mount namespace's root and this machine's mount
+# tree is detached (pivot_root): the server's processes have nothing else to get back to.
+# From here on the commands are the disk's own (umount, setpriv: util-linux and mount).
+cd "$root" && pivot_root . . && umount -l . && cd / \
+    || hang "cannot switch to the root filesystem"
 say "ssh.service: started"
-exec chroot "$root" /usr/sbin/sshd -D -e
+exec setpriv --bounding-set """ + _BOUNDING + r""" -- /usr/sbin/sshd -D -e
 """
 
-# The provider's network-booted rescue system. "$@" = workdir disk partition; stdin: the
-# root password line for chpasswd.
+# The provider's network-booted rescue system. "$@" = workdir disk partition [smartctl
+# output]; stdin: the root password line for chpasswd.
 RESCUE_SCRIPT = r"""
 set -eu
-work=$1 disk=$2 part=$3
+work=$1 disk=$2 part=$3 smart=${4:-}
 mount -t tmpfs -o mode=0755 rescue "$work"
 mkdir "$work/upper" "$work/wd" "$work/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/wd" "$work/root"
@@ -477,10 +534,18 @@ mkdir "$r/dev/pts" "$r/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$r/dev/pts"
 ln -s pts/ptmx "$r/dev/ptmx"
 ln -s /proc/self/fd "$r/dev/fd"
-# Only the customer's disk is visible: the rescue system cannot reach this machine's disks.
+# The customer's disk is the only block device with a node here (and sshd starts without
+# CAP_MKNOD: no login can make another).
 for dev in "$disk" "$part"; do
     mknod -m 0660 "$r$dev" b $(stat -L -c '0x%t 0x%T' "$dev")
 done
+if [ -n "$smart" ]; then
+    # The disk's SMART answer: loop devices have none, so the failing-disk test gives the
+    # rescue system a smartctl that prints a real failing disk's output.
+    mkdir -p "$r${smart%/*}" && cp "$smart" "$r$smart"
+    printf '#!/bin/sh\ncat %s\nexit 24\n' "$smart" > "$r/usr/local/sbin/smartctl"
+    chmod 755 "$r/usr/local/sbin/smartctl"
+fi
 chroot "$r" /usr/sbin/chpasswd
 ssh-keygen -q -t ed25519 -N '' -C rescue -f "$r/etc/ssh/rescue_host_ed25519_key"
 cat > "$r/etc/ssh/rescue_sshd_config" <<EOF
@@ -494,10 +559,44 @@ UsePAM yes
 AllowUsers root
 PrintMotd no
 EOF
+# The overlay becomes this mount namespace's root and this machine's mount tree (its /dev
+# with its disks among it) is detached: no chroot escape leads back to it.
+cd "$r"
+pivot_root . .
+umount -l .
+cd /
 echo "rescue: ready"
-cat "$r/etc/ssh/rescue_host_ed25519_key.pub"
-exec chroot "$r" /usr/sbin/sshd -D -e -f /etc/ssh/rescue_sshd_config
+cat /etc/ssh/rescue_host_ed25519_key.pub
+exec setpriv --bounding-set """ + _BOUNDING + r""" -- \
+    /usr/sbin/sshd -D -e -f /etc/ssh/rescue_sshd_config
 """
+
+
+def pid_namespace(pid: int | str) -> str | None:
+    """The PID namespace of ``pid`` (``pid:[4026531836]``); None once it exited."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def in_pid_namespaces(namespaces: set[str]) -> list[int]:
+    """Every live process (host pids) in one of ``namespaces``."""
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and pid_namespace(entry) in namespaces]
+
+
+def namespace_init(pid: int) -> bool:
+    """Whether ``pid`` is the init (pid 1) of a PID namespace below this one."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            levels = line.split()[1:]
+            return len(levels) > 1 and levels[-1] == "1"
+    return False
 
 
 @dataclass
@@ -627,8 +726,13 @@ class LabServer:
         return [int(p) for p in out.split()]
 
     def power_off(self) -> None:
-        """Every process of the namespace is killed, as a power cut would; its mounts go
-        with its mount namespace, which releases the disk."""
+        """Every process of the server is killed, as a power cut would; its mounts go with
+        its mount namespace, which releases the disk. Found by the network namespace (so
+        another process can do it: the demo's manifest), and the inits of its PID
+        namespaces killed first: with them goes every process of their namespace, also one
+        that a login moved to another network namespace."""
+        inits = [pid for pid in self._pids() if namespace_init(pid)]
+        namespaces = {ns for ns in map(pid_namespace, inits) if ns is not None}
         if self._process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
@@ -636,9 +740,15 @@ class LabServer:
             pids = self._pids()
             if not pids:
                 break
-            for pid in pids:
+            for pid in sorted(pids, key=lambda p: not namespace_init(p)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        # An init leaves the network namespace before it has taken the rest of its PID
+        # namespace down: wait for that too.
+        for _ in range(200):
+            if not in_pid_namespaces(namespaces):
+                break
             time.sleep(0.05)
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -679,8 +789,8 @@ class LabServer:
         log.write(f"--- boot {self.boots} from disk ---\n".encode())
         log.flush()
         self._process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
-             "--", "sh", "-c", BOOT_SCRIPT, "boot", self.disk, self.part, str(root), NIC],
+            ["ip", "netns", "exec", self.netns, *NAMESPACES,
+             "sh", "-c", BOOT_SCRIPT, "boot", self.disk, self.part, str(root), NIC],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         self.mode = "disk"
 
@@ -697,20 +807,14 @@ class LabServer:
         log = log_path.open("ab")
         log.write(f"--- boot {self.boots} into rescue ---\n".encode())
         log.flush()
-        script = RESCUE_SCRIPT
+        smart = ""
         if self.smart_stand_in is not None:
-            # The disk's SMART answer: loop devices have no SMART, so the failing-disk test
-            # gives the rescue system a smartctl that reports a real failing disk's output.
             fixture = self.workdir / "smartctl.txt"
             fixture.write_text(self.smart_stand_in)
-            script = script.replace(
-                'echo "rescue: ready"',
-                f'printf \'#!/bin/sh\\ncat {fixture}\\nexit 24\\n\' > "$r/usr/local/sbin/smartctl"'
-                f' && chmod 755 "$r/usr/local/sbin/smartctl" && mkdir -p "$r{self.workdir}" && '
-                f'cp {fixture} "$r{fixture}"\necho "rescue: ready"')
+            smart = str(fixture)
         self._process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
-             "--", "sh", "-c", script, "rescue", str(work), self.disk, self.part],
+            ["ip", "netns", "exec", self.netns, *NAMESPACES,
+             "sh", "-c", RESCUE_SCRIPT, "rescue", str(work), self.disk, self.part, smart],
             stdout=log, stderr=log, stdin=subprocess.PIPE, start_new_session=True)
         assert self._process.stdin is not None
         self._process.stdin.write(f"root:{password}\n".encode())
@@ -745,6 +849,25 @@ class LabServer:
                 return True
             time.sleep(0.1)
         return False
+
+    def note_rescue_credentials(self, action_id: str, username: str, password: str) -> None:
+        """Record a one-time rescue login the provider set for this server: one JSON line in
+        a file only its owner (root) can read, in the server's working directory (removed
+        with it), so that tests can search every sink for the password."""
+        path = self.workdir / RESCUE_CREDENTIALS
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            os.fchmod(fd, 0o600)
+            out.write(json.dumps({"action": action_id, "service_id": self.service_id,
+                                  "username": username, "password": password}) + "\n")
+
+    def rescue_passwords(self) -> list[str]:
+        """Every one-time rescue root password the provider set for this server so far."""
+        path = self.workdir / RESCUE_CREDENTIALS
+        if not path.exists():
+            return []
+        return [str(json.loads(line)["password"])
+                for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def console(self) -> str:
         path = self.workdir / "console.log"
@@ -900,6 +1023,7 @@ class ProviderStandIn:
                 if server is None:
                     raise RuntimeError("no machine behind this server id")
                 password = new_password()
+                server.note_rescue_credentials(action.id, "root", password)
                 host_key = server.boot_rescue(password)
                 action.credentials = {"address": server.address, "port": 22,
                                       "username": "root", "password": password,

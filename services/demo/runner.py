@@ -186,8 +186,11 @@ def _run(demo: Demo) -> int:
     for line in set_up_customer(estate, {}, workdir=workdir, on_call=on_call):
         demo.say(f"  {line}")
     demo.say("\n== services")
-    os.environ.update({**SERVICE_ENV, **on_call.notifier_env(), **estate.executor_env()})
-    _start_services(demo)
+    os.environ.update(SERVICE_ENV)
+    # Secrets only where they are used: the provider API's token to the executor alone, the
+    # chat bot's password to the notifier alone (not to this process or its other children).
+    _start_services(demo, {"executor": estate.executor_env(),
+                           "notifier": on_call.notifier_env()})
     demo.say("\n== tickets")
     return asyncio.run(_tickets(demo, estate, on_call, bootstrap))
 
@@ -251,7 +254,9 @@ def _start_chat(demo: Demo) -> OnCallRoom:
     return on_call
 
 
-def _start_services(demo: Demo) -> None:
+def _start_services(demo: Demo, env: dict[str, dict[str, str]]) -> None:
+    """Start the services that are not running, each with its own part of ``env``
+    (service name -> settings) on top of this process's environment."""
     for comp in localstack.service_components():
         rec = comp.record()
         if rec is not None:
@@ -260,6 +265,7 @@ def _start_services(demo: Demo) -> None:
             demo.say(f"{comp.name}: already running (pid {rec.pid}), used with its own "
                      "settings" + _NOT_THIS_DEMOS.get(comp.name, ""))
             continue
+        comp.env.update(env.get(comp.name, {}))
         demo.say(comp.start())
         demo.manifest.add("component", name=comp.name)
 

@@ -257,7 +257,8 @@ def _configured_bots(settings: NotifierSettings, desk: EngineerDesk, outbox: Out
             room_id=settings.matrix_room_id, desk=desk, outbox=outbox, db=runtime.db,
             password=_secret(settings.matrix_password),
             access_token=_secret(settings.matrix_access_token),
-            device_id=settings.matrix_device_id, redact=redact))
+            device_id=settings.matrix_device_id, redact=redact,
+            on_secret=runtime.redactor.pin))
     if settings.slack_enabled:
         bots.append(SlackBot(
             webhook_url=_required(settings.slack_webhook_url),

@@ -39,7 +39,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,6 +66,7 @@ from services.runtime.keys import load_sealing_public
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import metrics_catalogue as catalogue
+from polling import eventually
 
 # The first test also brings the whole session up (services, Synapse, demo servers, the
 # scenarios and the additions above): more than the default 300 s on a slow machine.
@@ -83,6 +84,7 @@ ZERO_IN_A_HEALTHY_RUN = frozenset({"Handler errors per second"})
 ZERO_SELECTORS = frozenset({
     ("intervention_messages_handled_total", (("outcome", "=", "error"),))})
 SETTLE_S = 120.0  # after the additions, for every panel to show its values
+WAIT_S = 60.0  # for each step of the additions
 STEP_S = 1.0
 
 TARGETS = catalogue.dashboard_targets()
@@ -99,8 +101,9 @@ def selector_key(selector: catalogue.Selector) -> tuple[str, tuple[tuple[str, st
 
 
 def peak(series: list[Series]) -> float:
-    """The largest absolute finite value any series had, NaN if none had one."""
-    values = [abs(v) for s in series for _, v in s.values if math.isfinite(v)]
+    """The largest finite value any series had, NaN if none had one (a panel shows data
+    when this is above zero: a series only ever negative does not count)."""
+    values = [v for s in series for _, v in s.values if math.isfinite(v)]
     return max(values) if values else math.nan
 
 
@@ -203,20 +206,6 @@ def _unreachable_servers(estate: Estate) -> list[dict[str, Any]]:
     return rows
 
 
-async def _eventually(what: str, check: Callable[[], Awaitable[bool] | bool],
-                      timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not reached in {timeout:.0f}s: {what}")
-        await asyncio.sleep(0.3)
-
-
 class Additions:
     """The additions of the module docstring, each through a door of the system."""
 
@@ -257,10 +246,23 @@ class Additions:
         finally:
             await producer.stop()
 
-    async def post(self, ticket: str, server: str) -> None:
-        answer = await post_ticket(self.system.intake_url,
-                                   _request(self.estate, ticket, f"SRV-{self.estate.run}-{server}"))
+    async def post(self, ticket: str, server: str, *, service_id: str | None = None) -> None:
+        answer = await post_ticket(self.system.intake_url, _request(
+            self.estate, ticket, service_id or f"SRV-{self.estate.run}-{server}"))
         assert answer.status == 202, answer.body
+
+    async def diagnose_again(self) -> None:
+        """The scenarios run the diagnostics runbook on two servers at once, so each step's
+        series is first scraped at 2 and rate() over it shows nothing: one more run, once
+        Prometheus has the first ones, on db-01 (two earlier tickets: no review asked)."""
+        steps = 'intervention_runbook_step_duration_seconds_count{runbook="diagnostics"} > 0'
+        await eventually(lambda: self.prometheus_has(steps), WAIT_S, interval=0.3,
+                         what="the scenarios' diagnostics steps scraped")
+        ticket = f"HD-{self.estate.run}-metrics-diag"
+        await self.post(ticket, "db", service_id=self.estate.server("failing_disk").service_id)
+        progress = self.bus.ticket(ticket)
+        await eventually(lambda: bool(progress.of(InterventionCompleted)), WAIT_S, interval=0.3,
+                         what=f"{ticket} diagnosed over SSH ({progress.label()})")
 
     async def publish_twice(self, ticket: str, server: str) -> None:
         sealed = self.sealed(ticket, server)
@@ -270,8 +272,9 @@ class Additions:
 
     async def step_of(self, ticket: str) -> str:
         progress = self.bus.ticket(ticket)
-        await _eventually(f"{ticket} asks an engineer for a console step ({progress.label()})",
-                          lambda: bool(progress.of(ManualStepRequested)))
+        await eventually(lambda: bool(progress.of(ManualStepRequested)), WAIT_S, interval=0.3,
+                         what=f"{ticket} asks an engineer for a console step "
+                              f"({progress.label()})")
         step: str = progress.of(ManualStepRequested)[0].step_id
         # Both of its pages are in the room before the engineer acknowledges them.
         posted = (f"🆕 New ticket {ticket} ", f"🛠 Manual step {step} on {ticket} ")
@@ -280,21 +283,22 @@ class Additions:
             texts = self.on_call.bot_texts()
             return all(any(t.startswith(p) for t in texts) for p in posted)
 
-        await _eventually(f"{ticket}'s pages posted in the on-call room",
-                          lambda: asyncio.to_thread(paged))
+        await eventually(lambda: asyncio.to_thread(paged), WAIT_S, interval=0.3,
+                         what=f"{ticket}'s pages posted in the on-call room")
         return step
 
     async def acknowledge(self, ticket: str) -> None:
         progress = self.bus.ticket(ticket)
         await asyncio.to_thread(self.on_call.say, f"ack {ticket}")
-        await _eventually(f"the engineer's ack of {ticket}'s two pages",
-                          lambda: len(progress.of(EngineerAcknowledged)) >= 2)
+        await eventually(lambda: len(progress.of(EngineerAcknowledged)) >= 2, WAIT_S,
+                         interval=0.3, what=f"the engineer's ack of {ticket}'s two pages")
 
     async def report_done(self, ticket: str, step: str) -> None:
         progress = self.bus.ticket(ticket)
         await asyncio.to_thread(self.on_call.say, f"done {ticket} {step} checked on the console")
-        await _eventually(f"{ticket} completed after the engineer's report ({progress.label()})",
-                          lambda: bool(progress.of(InterventionCompleted)))
+        await eventually(lambda: bool(progress.of(InterventionCompleted)), WAIT_S, interval=0.3,
+                         what=f"{ticket} completed after the engineer's report "
+                              f"({progress.label()})")
 
     async def run(self) -> None:
         first, second = self.consoles
@@ -305,19 +309,21 @@ class Additions:
         first_step = await self.step_of(first)
         # Each second occurrence only once Prometheus scraped the first.
         started = 'intervention_interventions_started_total{access_method="ipkvm"} > 0'
-        await _eventually("the first console start scraped", lambda: self.prometheus_has(started))
+        await eventually(lambda: self.prometheus_has(started), WAIT_S, interval=0.3,
+                         what="the first console start scraped")
         await self.publish_twice(second, "kvm")
         second_step = await self.step_of(second)
         await self.acknowledge(first)
         acks = 'intervention_acknowledgements_total{page_kind=~"new_ticket|manual_step"} > 0'
-        await _eventually("the first acknowledgements scraped",
-                          lambda: self.prometheus_has(acks, 2))
+        await eventually(lambda: self.prometheus_has(acks, 2), WAIT_S, interval=0.3,
+                         what="the first acknowledgements scraped")
         await self.acknowledge(second)
         await self.report_done(first, first_step)
         completed = 'intervention_interventions_completed_total{access_method="ipkvm"} > 0'
-        await _eventually("the first console completion scraped",
-                          lambda: self.prometheus_has(completed))
+        await eventually(lambda: self.prometheus_has(completed), WAIT_S, interval=0.3,
+                         what="the first console completion scraped")
         await self.report_done(second, second_step)
+        await self.diagnose_again()
 
 
 def _observe(prometheus: PrometheusServer, start: float) -> Observed:

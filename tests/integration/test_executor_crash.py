@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import executor_targets as targets
-from executor_process import Executor, Stack, executor_stack, start_executor, until
+from executor_process import Executor, Stack, executor_stack, start_executor
 from executor_verdicts import resolved_server, verdict
+from polling import eventually
 
 from schemas.events import InterventionCompleted
 from services.runtime.audit import verify_chain
@@ -78,7 +79,7 @@ async def test_killed_mid_runbook_resumes_without_repeating_a_step(
         step = (doc or {}).get("steps", {}).get("002", {})
         return step.get("name") == "restart" and step.get("state") == "changed"
 
-    await until(restart_journalled, "the restart to be journalled", timeout=90)
+    await eventually(restart_journalled, 90, interval=0.1, what="the restart to be journalled")
     first.kill()  # inside the settle period: restarted, not yet verified
     assert service.starts() == starts_before + 1
     doc = await claims.find_one({"_id": claim_id})
@@ -154,7 +155,7 @@ async def test_killed_during_a_change_the_precheck_decides_and_nothing_is_applie
         step = (doc or {}).get("steps", {}).get("001", {})
         return step.get("state") == "changing"
 
-    await until(installing, "the install to start", timeout=90)
+    await eventually(installing, 90, interval=0.1, what="the install to start")
     await asyncio.sleep(1.5)  # apt-get is running, the postinst is sleeping
     first.kill()
     start_executor(stack, executors)

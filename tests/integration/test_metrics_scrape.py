@@ -34,7 +34,8 @@ from notifier_factories import (
     started,
     submitted,
 )
-from notifier_harness import Stack, eventually, module_topics, notifier_stack, settings_for
+from notifier_harness import Stack, module_topics, notifier_stack, settings_for
+from polling import eventually
 
 from schemas import topic_for
 from schemas.envelope import EventEnvelope

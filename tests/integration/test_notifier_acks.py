@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
@@ -19,11 +20,11 @@ from notifier_factories import manual_step, started, submitted
 from notifier_harness import (
     RecordingBot,
     Stack,
-    eventually,
     module_topics,
     notifier_stack,
     settings_for,
 )
+from polling import eventually
 
 from schemas import EngineerAcknowledged, ManualStepCompleted, TicketUpdated
 from services.notifier.acks import CLOSURES, Engineer

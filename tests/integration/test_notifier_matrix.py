@@ -19,15 +19,18 @@ from mautrix.api import Path as MxPath
 from mautrix.client import ClientAPI
 from mautrix.types import EventType, MessageType, RoomID, TextMessageEventContent, UserID
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
 from notifier_factories import manual_step, submitted
-from notifier_harness import Stack, eventually, module_topics, notifier_stack, settings_for
+from notifier_harness import Stack, module_topics, notifier_stack, settings_for
+from polling import eventually
 from synapse_fixture import Homeserver, MatrixUser, synapse_homeserver_fixture  # noqa: F401
 
 from schemas import EngineerAcknowledged, ManualStepCompleted, TicketUpdated
 from services.notifier.acks import Engineer
+from services.notifier.bots.matrix import MatrixBot
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +187,12 @@ async def test_a_manual_step_is_reported_done_from_the_room_once(stack: Stack, r
     await eventually(edited, timeout=20)
     await stack.bus.settle()
     assert len(stack.bus.of(ticket.ticket_id, ManualStepCompleted)) == 1
+
+
+async def test_the_access_token_from_the_bot_s_login_is_never_logged(stack: Stack) -> None:
+    [bot] = [b for b in stack.service.bots if isinstance(b, MatrixBot)]
+    token = bot.client.api.token
+    assert token  # logged in with the password: Synapse handed out a token
+    redactor = stack.service.runtime.redactor
+    redactor.add_all(f"ticket-secret-{i:04d}" for i in range(300))  # past any eviction
+    assert token not in redactor.redact_text(f"Authorization: Bearer {token}")

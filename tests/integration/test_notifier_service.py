@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
@@ -26,11 +27,11 @@ from notifier_factories import (
 from notifier_harness import (
     RecordingBot,
     Stack,
-    eventually,
     module_topics,
     notifier_stack,
     settings_for,
 )
+from polling import eventually
 
 from schemas import TicketUpdated, topic_for
 from services.notifier.acks import Engineer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
@@ -26,6 +27,7 @@ from notifier_harness import (
     notifier_stack,
     settings_for,
 )
+from polling import eventually
 
 from schemas import (
     EngineerAcknowledged,
@@ -80,14 +82,6 @@ async def stack(env: Env) -> AsyncIterator[Stack]:
         yield running
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def recorded(stack: Stack, ticket_id: str, n: int) -> None:
     """Wait until the notifier has recorded ``n`` facts of the ticket and finished handling
     every event it consumed (its deadline hint is then up to date)."""
@@ -107,7 +101,7 @@ async def recorded(stack: Stack, ticket_id: str, n: int) -> None:
                 return False
         return True
 
-    await until(enough)
+    await eventually(enough)
 
 
 async def sweep(stack: Stack, at: datetime) -> list[str]:
@@ -196,7 +190,7 @@ async def test_unacknowledged_ticket_escalates_tier_by_tier_once_each_until_acke
     async def delivered() -> bool:
         return sum("Escalation" in t for t in env.bot.texts(ticket.ticket_id)) >= 2
 
-    await until(delivered)
+    await eventually(delivered)
     escalations = [p for p in env.bot.posts
                    if p.ticket_id == ticket.ticket_id and "Escalation" in p.text]
     assert ["tier 2" in escalations[0].text, "tier 3" in escalations[1].text] == [True, True]

@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
 from chat_stand_ins import TelegramStandIn
 from notifier_factories import submitted
-from notifier_harness import Stack, eventually, module_topics, notifier_stack, settings_for
+from notifier_harness import Stack, module_topics, notifier_stack, settings_for
+from polling import eventually
 
 from schemas import EngineerAcknowledged
 from services.notifier.acks import Engineer

@@ -7,13 +7,18 @@ Kafka and FerretDB) gets a signed verdict, asks the local stand-in of the provid
 rescue API to boot the server into the rescue system, repairs the disk over SSH, asks for
 the boot back to disk and verifies from outside. Each test then checks the server itself:
 the namespace's sshd accepts the new root password / SSH gets through the firewall /
-``e2fsck -f -n`` reports clean — not just what the executor says.
+``e2fsck -f -n`` reports clean — not just what the executor says. And the rescue system
+the runbooks run in is kept apart from this machine: its own processes only, no device
+nodes but the customer's disk, this machine's mount tree detached, and powering off kills
+every process it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"
 import executor_targets as targets
 import rescue_targets as rt
 from executor_verdicts import resolved_server, verdict
+from polling import eventually
 
 from schemas.events import (
     AuthorizationVerified,
@@ -40,6 +46,7 @@ from schemas.events import (
 )
 from schemas.registry import encode, topic_for
 from schemas.topics import physical
+from services.demo.rescue_lab import in_pid_namespaces, namespace_init
 from services.executor.app import ExecutorService, build
 from services.executor.settings import ExecutorSettings
 from services.executor.vault import open_deposit
@@ -461,3 +468,135 @@ async def test_provider_failures_end_in_a_clear_outcome_against_local_provider_a
     assert claim is not None
     assert claim.status == "finished"
 
+
+
+
+# --- the rescue system is kept apart from this machine ----------------------------------------
+
+CAP = {"net_admin": 12, "sys_module": 16, "sys_rawio": 17, "sys_chroot": 18, "sys_admin": 21,
+       "sys_boot": 22, "sys_time": 25, "mknod": 27}
+
+
+def namespace(pid: int | str, kind: str) -> str | None:
+    """``/proc/<pid>/ns/<kind>`` (``pid:[4026531836]``), None when the process is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def server_processes(server: rt.LabServer) -> dict[int, str]:
+    """Host pid -> command of every process in the server's PID namespaces (found from
+    their inits, which are in its network namespace), whatever network namespace it is in."""
+    netns = rt.run("ip", "netns", "pids", server.netns, check=False).stdout.split()
+    spaces = {namespace(p, "pid") for p in netns if namespace_init(int(p))} - {None}
+    found = {}
+    for pid in in_pid_namespaces(spaces):  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+    return found
+
+
+def bounding_set(status: str) -> int:
+    """CapBnd of a ``/proc/<pid>/status``."""
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("CapBnd:")), 16)
+
+
+def root_mount(mountinfo: str) -> tuple[str, str]:
+    """(filesystem type, source) of the ``/`` mount of a ``/proc/<pid>/mountinfo``."""
+    for line in mountinfo.splitlines():
+        fields, _, fs = line.partition(" - ")
+        if fields.split()[4] == "/":
+            fstype, source = fs.split()[:2]
+            return fstype, source
+    raise AssertionError(f"no / in {mountinfo}")
+
+
+def proc_text(pid: int, name: str) -> str:
+    return Path(f"/proc/{pid}/{name}").read_text()
+
+
+async def test_the_rescue_system_is_kept_apart_from_this_machine(lab: rt.LabServer) -> None:
+    # The server's own boot: its sshd in PID and mount namespaces of its own, the disk its
+    # root, without CAP_MKNOD.
+    lab.boot_disk()
+    assert lab.wait_ssh(inside=True), lab.console()[-800:]
+    booted = server_processes(lab)
+    [sshd] = [pid for pid, comm in booted.items() if comm == "sshd"]
+    assert namespace(sshd, "pid") != namespace("self", "pid")
+    assert root_mount(proc_text(sshd, "mountinfo")) == ("ext4", lab.part)
+    assert not bounding_set(proc_text(sshd, "status")) & (1 << CAP["mknod"])
+
+    password = "Rescue-" + uuid.uuid4().hex[:12]
+    host_key = await asyncio.to_thread(lab.boot_rescue, password)
+    known = asyncssh.import_known_hosts(f"{lab.address} {host_key}\n")
+    me = os.getpid()  # this test's process: a process of this machine
+    async with asyncssh.connect(lab.address, username="root", password=password,
+                                known_hosts=known, client_keys=None,
+                                connect_timeout=5) as conn:
+        async def sh(command: str) -> tuple[int, str, str]:
+            done = await conn.run(command, check=False)
+            return done.exit_status or 0, str(done.stdout), str(done.stderr)
+
+        # ps and /proc show the rescue system's own processes only: its sshd is pid 1.
+        _, ps, _ = await sh("ps -e -o pid=,comm=")
+        inside = {int(pid): comm.strip() for pid, comm in
+                  (line.split(None, 1) for line in ps.splitlines())}
+        assert inside[1] == "sshd", inside
+        assert set(inside.values()) <= {"sshd", "bash", "sh", "ps"}, inside
+        _, listed, _ = await sh("for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); "
+                                "done")
+        in_proc = {int(pid): comm for pid, _, comm in (line.partition(" ")
+                                                        for line in listed.splitlines())}
+        assert set(in_proc.values()) <= {"sshd", "bash", "sh", "cat", ""}, in_proc
+        assert me not in inside
+        assert me not in in_proc
+        # No signal reaches this machine's processes.
+        status, _, error = await sh(f"kill -0 {me}")
+        assert status != 0
+        assert "No such process" in error
+        for kind in ("pid", "mnt", "ipc", "uts", "net"):
+            _, seen, _ = await sh(f"readlink /proc/self/ns/{kind}")
+            assert seen.strip() != namespace("self", kind), kind
+        # No device node can be made; the customer's disk is the only block device there.
+        loop_major = os.major(os.stat(lab.disk).st_rdev)
+        for node in (f"b {loop_major} 0", "b 8 0", "c 1 3"):
+            status, _, error = await sh(f"mknod /tmp/node-{uuid.uuid4().hex[:6]} {node}")
+            assert status != 0, node
+            assert "Operation not permitted" in error, (node, error)
+        _, blocks, _ = await sh("find /dev -type b")
+        assert sorted(blocks.split()) == sorted([lab.disk, lab.part])
+        _, own_status, _ = await sh("cat /proc/self/status")
+        capbnd = bounding_set(own_status)
+        for cap in ("mknod", "sys_module", "sys_rawio", "sys_boot", "sys_time"):
+            assert not capbnd & (1 << CAP[cap]), cap
+        for cap in ("sys_admin", "sys_chroot", "net_admin"):  # what the repairs need
+            assert capbnd & (1 << CAP[cap]), cap
+        # This machine's mount tree is detached: the overlay is the root, and none of this
+        # machine's filesystems (its root, its devtmpfs) is mounted anywhere.
+        _, mountinfo, _ = await sh("cat /proc/self/mountinfo")
+        assert root_mount(mountinfo)[0] == "overlay"
+        types = {line.partition(" - ")[2].split()[0] for line in mountinfo.splitlines()}
+        assert types <= {"overlay", "proc", "sysfs", "tmpfs", "devpts"}, mountinfo
+        # What the runbooks do still works: mount the customer's disk, read it, unmount.
+        status, hostname, error = await sh(f"mount -o ro {lab.part} /mnt && "
+                                           "cat /mnt/etc/hostname && umount /mnt")
+        assert (status, hostname.strip()) == (0, "customer-web-01"), error
+        # A process that leaves the server's network namespace (as the firewall runbook's
+        # scratch namespace does) stays in its PID namespace.
+        await sh("setsid unshare --net sleep 1000 </dev/null >/dev/null 2>&1 &")
+
+    def sleepers() -> list[int]:
+        return [pid for pid, comm in server_processes(lab).items() if comm == "sleep"]
+
+    [sleeper] = await eventually(sleepers, 10, what="the sleeper in its own network namespace")
+    assert str(sleeper) not in rt.run("ip", "netns", "pids", lab.netns).stdout.split()
+    running = server_processes(lab)
+    spaces = {namespace(pid, "pid") for pid in running} - {None}
+    # Powered off as the demo's manifest does it, from the server's record (in another
+    # process it would be the same): every process of the rescue system is gone, the
+    # sleeper that left its network namespace too.
+    await asyncio.to_thread(rt.LabServer.from_record(lab.record()).power_off)
+    assert [pid for pid in running if namespace(pid, "pid") in spaces] == []
+    assert rt.run("ip", "netns", "pids", lab.netns).stdout.split() == []

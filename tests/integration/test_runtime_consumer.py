@@ -12,13 +12,18 @@ import asyncio
 import io
 import json
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pymongo.asynchronous.database import AsyncDatabase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from polling import eventually
 
 from schemas.events import TicketUpdated
 from schemas.registry import encode
@@ -46,14 +51,6 @@ class Harness:
     topic: str
     seen: list[str] = field(default_factory=list)
     spans: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -110,7 +107,7 @@ async def test_two_deliveries_of_one_event_have_one_effect_across_restart(
     await _publish_raw(first, encode(event))  # the helpdesk retried, or a producer re-sent
     await _publish_raw(first, encode(other))
     effects = mongo_db[f"effects_{unique}"]
-    await _eventually(lambda: _count(effects, {}, 2))
+    await eventually(lambda: _count(effects, {}, 2), 30, interval=0.2)
     await asyncio.sleep(1)  # a wrong second effect would show up by now
     assert await effects.count_documents({"event_id": str(event.event_id)}) == 1
     assert sorted(first.seen) == sorted([str(event.event_id), str(other.event_id)])
@@ -121,7 +118,7 @@ async def test_two_deliveries_of_one_event_have_one_effect_across_restart(
     await _publish_raw(second, encode(event))
     marker = _update(f"HD-{unique}-3")
     await _publish_raw(second, encode(marker))
-    await _eventually(lambda: _count(effects, {}, 3))
+    await eventually(lambda: _count(effects, {}, 3), 30, interval=0.2)
     assert await effects.count_documents({"event_id": str(event.event_id)}) == 1
     assert second.seen == [str(marker.event_id)]
 
@@ -143,7 +140,7 @@ async def test_poison_messages_go_to_dlq_with_reason_and_next_message_flows(
     await _publish_raw(harness, encode(good))
 
     effects = mongo_db[f"effects_{unique}"]
-    await _eventually(lambda: _count(effects, {}, 1))
+    await eventually(lambda: _count(effects, {}, 1), 30, interval=0.2)
     dlq = await read_topic(f"{harness.runtime.settings.kafka_topic_prefix}{harness.topic}.dlq",
                            expect=2)
     assert len(dlq) == 2
@@ -183,7 +180,7 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_transient_failu
     async def all_done() -> bool:
         return after in done
 
-    await _eventually(all_done)
+    await eventually(all_done, 30, interval=0.2)
     assert calls == {broken: 3, transient: 2, after: 1}
     assert done == [transient, after]
     dlq = await read_topic(f"{harness.runtime.settings.kafka_topic_prefix}{harness.topic}.dlq",
@@ -248,7 +245,7 @@ async def test_a_decoder_that_crashes_dead_letters_the_message_and_the_next_flow
     good = _update(f"HD-{unique}")
     await _publish_raw(harness, encode(good))
     effects = mongo_db[f"effects_{unique}"]
-    await _eventually(lambda: _count(effects, {}, 1))
+    await eventually(lambda: _count(effects, {}, 1), 30, interval=0.2)
     dlq = await read_topic(f"{harness.runtime.settings.kafka_topic_prefix}{harness.topic}.dlq",
                            expect=1)
     assert len(dlq) == 1

@@ -81,6 +81,7 @@ class MatrixBot:
         access_token: str | None = None,
         device_id: str = "intervention-notifier",
         redact: Redact = lambda text: text,
+        on_secret: Callable[[str], None] = lambda secret: None,
         sync_timeout_ms: int = 30_000,
     ) -> None:
         if password is None and access_token is None:
@@ -95,6 +96,8 @@ class MatrixBot:
         self._outbox = outbox
         self._state = db[CHAT_STATE]
         self._redact = redact
+        # Told the access token a password login returns, so logs and errors never show it.
+        self._on_secret = on_secret
         self._sync_timeout_ms = sync_timeout_ms
         self._client: ClientAPI | None = None
         self._task: asyncio.Task[None] | None = None
@@ -119,6 +122,8 @@ class MatrixBot:
         if self._password is not None:
             await client.login(password=self._password, device_id=self._device_id,
                                device_name="OS Intervention notifier")
+            if client.api.token:
+                self._on_secret(client.api.token)
         await client.join_room_by_id(self._room_id)
         filter_id = await client.create_filter({  # type: ignore[arg-type]
             "presence": {"not_types": ["*"]},
