@@ -95,11 +95,11 @@ def system(real_parts: Any, topic_prefix: str, database_name: str, estate: Estat
         "EXECUTOR_CONNECT_TIMEOUT_S": "3", "EXECUTOR_SERVICE_SETTLE_S": "0.5",
         "NOTIFIER_TICKET_CONSUMERS": "1", "NOTIFIER_DELIVERY_ROUND_DELAY_S": "0.5",
         # The open-ticket gauges re-read every second (production: 15 s), so that a page
-        # waiting a few seconds shows (test_dashboard_metrics.py).
+        # waiting a few seconds shows (test_dashboard_panels_live.py).
         "NOTIFIER_METRICS_REFRESH_S": "1",
         # On-site data-centre work is due in 15 s (production: 24 h), so that an SLA warning,
         # a breach and an overdue ticket happen for real. No demo scenario has that timeline:
-        # only test_dashboard_metrics.py's data-centre ticket does.
+        # only test_dashboard_panels_live.py's data-centre ticket does.
         "NOTIFIER_SLA_DATACENTER_MIN": "0.25",
         **on_call.notifier_env(),
         # edge-01's provider: the rescue API stand-in the estate runs, with lab timings.

@@ -201,7 +201,7 @@ async def test_request_without_written_authorization_is_rejected_by_intake(
 
 async def test_nothing_was_dead_lettered(submitted: Submitted, bus: BusRecorder,
                                          estate: Estate) -> None:
-    # All but the one message test_dashboard_metrics.py dead-letters on purpose: a sealed
+    # All but the one message test_dashboard_panels_live.py dead-letters on purpose: a sealed
     # helpdesk request that names no ticket, keyed by this ticket id.
     intentional = f"HD-{estate.run}-metrics-unnamed".encode()
     dead = [(r.topic, r.key, r.headers.get("x-dlq-error-class")) for r in bus.records
