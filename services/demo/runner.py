@@ -472,6 +472,9 @@ def _where_to_look(demo: Demo, rows: list[Row], on_call: OnCallRoom, estate: Est
              "rescue system, the provider API stand-in)")
     demo.say(f"  chat: {on_call.homeserver.url} room {on_call.room_id}, log in as "
              f"{on_call.engineer.user_id} / {on_call.engineer.password} (demo-only account)")
+    if not demo.keep:
+        demo.say("  (Synapse, edge-01 and their logs are removed when the demo stops; "
+                 "`intervene demo --keep` leaves them to look at)")
 
 
 # --- the end ---------------------------------------------------------------------------------
