@@ -201,10 +201,9 @@ async def publish_request(document: dict[str, Any], *, bootstrap: str | None = N
     TLS/SASL options; ``bootstrap`` overrides the servers only.
     """
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaConnectionError
 
     from schemas.topics import HELPDESK_REQUESTS, physical
-    from services.runtime.kafka_security import connect_failure, kafka_client_options
+    from services.runtime.kafka_security import kafka_client_options, start_client
     from services.runtime.settings import RuntimeSettings
 
     settings = settings if settings is not None else RuntimeSettings()
@@ -213,11 +212,7 @@ async def publish_request(document: dict[str, Any], *, bootstrap: str | None = N
         options["bootstrap_servers"] = bootstrap
     topic = physical(HELPDESK_REQUESTS, prefix)
     producer = AIOKafkaProducer(**options, enable_idempotence=True)
-    try:
-        await producer.start()
-    except KafkaConnectionError:
-        await producer.stop()
-        raise await connect_failure(options["bootstrap_servers"], settings) from None
+    await start_client(producer.start, producer.stop, options["bootstrap_servers"], settings)
     try:
         key = str(document.get("ticket_id", "")).encode("utf-8", "surrogatepass")
         await producer.send_and_wait(topic, json.dumps(document).encode(), key=key)

@@ -386,21 +386,32 @@ def _write_etc(tree: Path, operator_password_hash: str) -> None:
 @contextlib.contextmanager
 def attached(image: Path) -> Iterator[tuple[str, str]]:
     """The image on a loop device with its partition: ``(disk, partition)`` device paths."""
-    disk = run("losetup", "--find", "--show", "--partscan", str(image)).stdout.strip()
+    disk, part = attach(image)
     try:
-        # This kernel has no MS-DOS partition parser; partx adds the partition from the
-        # table itself (BLKPG), which is what udev would do elsewhere.
-        run("partx", "--add", disk, check=False)
-        run("partx", "--update", disk, check=False)
-        part = f"{disk}p1"
-        for _ in range(50):
-            if os.path.exists(part):
-                break
-            time.sleep(0.05)
         yield disk, part
     finally:
-        run("partx", "--delete", disk, check=False)
-        run("losetup", "--detach", disk, check=False)
+        detach(disk)
+
+
+def attach(image: Path) -> tuple[str, str]:
+    """Put ``image`` on a loop device; ``(disk, partition)`` once the partition exists."""
+    disk = run("losetup", "--find", "--show", "--partscan", str(image)).stdout.strip()
+    # This kernel has no MS-DOS partition parser; partx adds the partition from the
+    # table itself (BLKPG), which is what udev would do elsewhere.
+    run("partx", "--add", disk, check=False)
+    run("partx", "--update", disk, check=False)
+    part = f"{disk}p1"
+    for _ in range(50):
+        if os.path.exists(part):
+            return disk, part
+        time.sleep(0.05)
+    detach(disk)
+    raise RuntimeError(f"partition {part} did not appear")
+
+
+def detach(disk: str) -> None:
+    run("partx", "--delete", disk, check=False)
+    run("losetup", "--detach", disk, check=False)
 
 
 @contextlib.contextmanager
@@ -670,16 +681,7 @@ class LabServer:
     # --- the disk --------------------------------------------------------------------
 
     def _attach(self) -> None:
-        disk = run("losetup", "--find", "--show", "--partscan", str(self.image)).stdout.strip()
-        self.disk = disk
-        run("partx", "--add", disk, check=False)
-        run("partx", "--update", disk, check=False)
-        self.part = f"{disk}p1"
-        for _ in range(50):
-            if os.path.exists(self.part):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"partition {self.part} did not appear")
+        self.disk, self.part = attach(self.image)
 
     def _loop_devices(self) -> set[str]:
         """The loop devices backed by this server's image (found again by the file, so a
@@ -893,8 +895,7 @@ class LabServer:
         if mnt.is_mount():
             run("umount", "-l", str(mnt), check=False)
         for disk in sorted(self._loop_devices()):
-            run("partx", "--delete", disk, check=False)
-            run("losetup", "--detach", disk, check=False)
+            detach(disk)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -25,19 +25,16 @@ from services.intake.bootstrap import SERVICE_NAME, IntakeService
 from services.intake.http import create_app
 from services.intake.openapi import write_openapi
 from services.intake.settings import IntakeSettings
-from services.runtime.kafka_admin import TopicsError
-from services.runtime.kafka_security import KafkaConnectError
 from services.runtime.keys import KeyFileError
 from services.runtime.redaction import RedactingFilter, install_log_redaction
-from services.runtime.settings import SettingsError
+from services.runtime.service import OPERATOR_ERRORS, refused
 from services.runtime.telemetry import configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
 
-# An operator's fix, not a bug: one line, exit status 2 (as run_service's refusals).
-REFUSALS: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError,
-                                         KeyFileError)
+# run_service's refusals (one line, exit status 2), and intake's sealing key.
+REFUSALS: tuple[type[Exception], ...] = (*OPERATOR_ERRORS, KeyFileError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = IntakeSettings()
         service = IntakeService(settings)  # the Kafka TLS context is built here
     except REFUSALS as exc:
-        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
-        return 2
+        return refused(SERVICE_NAME, exc)
     # Logs are redacted with intake's own (small, cheap to recompile) redactor, which learns
     # every secret intake handles; see bootstrap.REDACTOR_SECRETS for why not the default.
     for existing in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
@@ -72,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_serve(service, server))
     except REFUSALS as exc:
-        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
-        return 2
+        return refused(SERVICE_NAME, exc)
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down for
         pass
     return 0 if server.started else 3  # 3: uvicorn's "startup failed"

@@ -17,11 +17,11 @@ import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, for_code
+from aiokafka.errors import for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
 from schemas.topics import TopicSpec, all_topics
-from services.runtime.kafka_security import connect_failure, kafka_security_options
+from services.runtime.kafka_security import kafka_security_options, start_client
 from services.runtime.settings import RuntimeSettings
 
 
@@ -32,12 +32,7 @@ def _admin(bootstrap: str, settings: RuntimeSettings | None, **extra: Any) -> AI
 
 async def _start(admin: AIOKafkaAdminClient, bootstrap: str,
                  settings: RuntimeSettings | None) -> None:
-    """Start ``admin``; when it cannot bootstrap, raise a ``KafkaConnectError`` saying why."""
-    try:
-        await admin.start()
-    except KafkaConnectionError:
-        await admin.close()
-        raise await connect_failure(bootstrap, settings) from None
+    await start_client(admin.start, admin.close, bootstrap, settings)
 
 
 async def cluster_metadata(bootstrap: str, *, timeout: float = 5.0,

@@ -23,6 +23,7 @@ import logging
 import os
 import ssl
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,6 +231,20 @@ def describe(settings: RuntimeSettings | None) -> str:
         if settings.kafka_ssl_certfile is not None:
             parts.append(f"client certificate {settings.kafka_ssl_certfile}")
     return ", ".join(parts)
+
+
+async def start_client(start: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]],
+                       bootstrap: str, settings: RuntimeSettings | None) -> None:
+    """Start an aiokafka client (``start``); when it cannot bootstrap, ``close`` it and raise
+    a :class:`KafkaConnectError` saying why (:func:`connect_failure`), not aiokafka's
+    "Unable to bootstrap"."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        await start()
+    except KafkaConnectionError:
+        await close()
+        raise await connect_failure(bootstrap, settings) from None
 
 
 async def connect_failure(bootstrap: str, settings: RuntimeSettings | None, *,

@@ -188,6 +188,17 @@ def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:
     return decode
 
 
+# An operator's fix, not a bug: impossible settings, an unreachable or refusing Kafka
+# (credentials, TLS trust), missing topics or topics it may not create (ACLs).
+OPERATOR_ERRORS: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError)
+
+
+def refused(service_name: str, exc: Exception) -> int:
+    """Say an operator error in one line on stderr; returns the exit status, 2."""
+    print(f"{service_name}: {exc}", file=sys.stderr)
+    return 2
+
+
 def run_service(service_name: str, create_app: Callable[[], FastStream], *,
                 operator_errors: tuple[type[Exception], ...] = ()) -> None:
     """``python -m services.<name>``: run a FastStream service until interrupted.
@@ -198,10 +209,8 @@ def run_service(service_name: str, create_app: Callable[[], FastStream], *,
     status 2, not a traceback.
     """
     configure_logging(service_name)
-    refusals: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError,
-                                             *operator_errors)
+    refusals: tuple[type[Exception], ...] = (*OPERATOR_ERRORS, *operator_errors)
     try:
         asyncio.run(create_app().run())
     except refusals as exc:
-        print(f"{service_name}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(refused(service_name, exc))

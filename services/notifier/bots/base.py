@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import aiohttp
+
 from schemas.events import ChatChannel
 
 ActionKind = Literal["ack", "step_done", "step_failed"]
@@ -111,3 +113,22 @@ class ChatBot(Protocol):
 
     async def edit(self, sent: Sent, post: ChatPost) -> None:
         """Replace the message ``sent`` refers to with ``post``."""
+
+
+class HttpSession:
+    """The aiohttp session of a bot that talks to an HTTP API (Slack, Telegram): opened on
+    first use, closed by :meth:`close` (and opened again if used after)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

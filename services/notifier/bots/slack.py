@@ -35,6 +35,7 @@ from services.notifier.bots.base import (
     ChatPost,
     DeliveryError,
     EditUnsupported,
+    HttpSession,
     PermanentDeliveryError,
     RateLimited,
     Sent,
@@ -126,8 +127,7 @@ class SlackBot:
         self._desk = desk
         self._redact = redact
         self._clock_s = clock_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpSession(timeout_s)
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -136,19 +136,15 @@ class SlackBot:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        return self._http.get()
 
     async def start(self) -> None:
-        _ = self.session
+        self._http.get()
 
     async def stop(self) -> None:
         for task in list(self._background):
             await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def post(self, post: ChatPost) -> Sent:
         text = self._redact(post.text)

@@ -26,6 +26,7 @@ from services.notifier.acks import EngineerDesk
 from services.notifier.bots.base import (
     ChatPost,
     DeliveryError,
+    HttpSession,
     PermanentDeliveryError,
     RateLimited,
     Sent,
@@ -68,8 +69,7 @@ class TelegramBot:
         self._secret = webhook_secret
         self._desk = desk
         self._redact = redact
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpSession(timeout_s)
 
     @property
     def channel(self) -> ChatChannel:
@@ -77,17 +77,13 @@ class TelegramBot:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        return self._http.get()
 
     async def start(self) -> None:
-        _ = self.session
+        self._http.get()
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def call(self, method: str, payload: dict[str, Any]) -> Any:
         """One Bot API call; the result, or :class:`RateLimited` / delivery errors."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,19 +38,18 @@ def test_a_running_group_is_stopped_with_its_children(tmp_path: Path) -> None:
         "time.sleep(60)\n")
     broker = localstack.KafkaBrokerProcess(process=leader, directory=tmp_path)
     child = None
+    children = Path(f"/proc/{leader.pid}/task/{leader.pid}/children")
     try:
-        deadline_reads = 0
-        while child is None and deadline_reads < 100:
-            deadline_reads += 1
-            children = Path(f"/proc/{leader.pid}/task/{leader.pid}/children")
+        for _ in range(100):  # the leader has started its child
             text = children.read_text().split() if children.exists() else []
-            child = int(text[0]) if text else None
-            if child is None:
-                subprocess.run(["sleep", "0.05"], check=True)
+            if text:
+                child = int(text[0])
+                break
+            time.sleep(0.05)
         assert child is not None
         broker.stop(timeout=5)
         assert leader.poll() is not None
-        subprocess.run(["sleep", "0.2"], check=True)
+        time.sleep(0.2)
         state = Path(f"/proc/{child}/stat")
         assert not state.exists() or state.read_text().split()[2] == "Z"
     finally:
