@@ -15,9 +15,9 @@ Needs root (to run sshd with password logins and to create users), like the CI r
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
+from services.demo.progress import BusRecorder
 from services.demo.targets import (
     SSHD,
     AptRepo,
@@ -31,7 +31,7 @@ from services.demo.targets import (
     token,
 )
 
-__all__ = ["SSHD", "AptRepo", "EventBus", "Record", "Sshd", "SysvService", "ThrowawayUser",
+__all__ = ["SSHD", "AptRepo", "EventBus", "Sshd", "SysvService", "ThrowawayUser",
            "available", "free_port", "new_password", "other_host_key", "processes_with",
            "token"]
 
@@ -52,60 +52,12 @@ def processes_with(text: str) -> list[int]:
 # --- reading everything a test run published -------------------------------------------
 
 
-@dataclass
-class Record:
-    topic: str  # catalogue name, prefix removed
-    key: bytes | None
-    value: bytes
-    headers: dict[str, str]
-
-
-class EventBus:
-    """Collects every record of every topic under one prefix (catalogue and DLQs)."""
+class EventBus(BusRecorder):
+    """Every record of every topic under one prefix (catalogue and DLQs), read from the
+    beginning (the demo's :class:`BusRecorder`), with the lookups the executor tests use."""
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
-        self.records: list[Record] = []
-        self._task: object = None
-        self._consumer: object = None
-
-    async def start(self) -> None:
-        import asyncio
-
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from schemas.topics import all_topics
-
-        names = [spec.name for spec in all_topics(self.prefix)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        for _ in range(100):  # just-created topics reach the metadata a moment later
-            await consumer._client.force_metadata_update()
-            if all(consumer.partitions_for_topic(t) for t in names):
-                break
-            await asyncio.sleep(0.1)
-        parts = [TopicPartition(t, p) for t in names
-                 for p in consumer.partitions_for_topic(t) or ()]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-
-        async def collect() -> None:
-            while True:
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    self.records.extend(
-                        Record(topic=r.topic.removeprefix(self.prefix), key=r.key,
-                               value=r.value,
-                               headers={k: v.decode(errors="replace") for k, v in r.headers})
-                        for r in records)
-
-        self._consumer = consumer
-        self._task = asyncio.create_task(collect())
-
-    async def stop(self) -> None:
-        self._task.cancel()  # type: ignore[attr-defined]
-        await self._consumer.stop()  # type: ignore[attr-defined]
+        super().__init__(bootstrap, prefix, from_beginning=True)
 
     def of(self, ticket_id: str, event_type: str | None = None) -> list[object]:
         from schemas.registry import parse_event
