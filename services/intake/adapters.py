@@ -48,6 +48,15 @@ class SignatureMismatch(Exception):
     """A webhook whose signature header is missing or does not match its body."""
 
 
+class Ignored(Exception):
+    """A delivery that is not a customer's request (an agent's note): answered, not taken."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class AdapterError(ValueError):
     """A webhook payload without the parts every mapping needs (the ticket itself)."""
 
@@ -63,6 +72,8 @@ class Mapped:
     document: dict[str, Any]
     ticket_id: str
     delivery: str
+    customers: tuple[str, ...] = ()
+    stated_account: str | None = None
 
     def with_revision(self, revision: int) -> dict[str, Any]:
         return {**self.document, "revision": revision}
