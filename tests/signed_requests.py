@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.intake.accounts import AccountMap, Mapping
+from schemas.topics import HELPDESK_REQUESTS
+from services.intake.accounts import AccountMap, Mapping, valid_customer
 from services.intake.integrations import IntegrationKeyFile, IntegrationRegistry
-from services.intake.signing import signed_headers
+from services.intake.signing import KAFKA_METHOD, signed_headers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,17 @@ class Registered:
     async def map(self, customer: str, account_id: str) -> None:
         await self.account_map().upsert(self.name, [Mapping(customer=customer,
                                                             account_id=account_id)])
+
+    async def topic_headers(self, body: bytes, customer: str | None = None
+                            ) -> list[tuple[str, bytes]]:
+        """Kafka headers signing ``body`` for the helpdesk topic; the portal customer of the
+        body's account is mapped first unless ``customer`` is given."""
+        if customer is None:
+            customer = portal_customer(body)
+            if customer and valid_customer(customer):
+                await self.map(customer, customer.removeprefix("portal:"))
+        return [(k, v.encode()) for k, v in self.headers(
+            KAFKA_METHOD, HELPDESK_REQUESTS, body, customer).items()]
 
     def auth(self, **kwargs: Any) -> IntegrationAuth:
         return IntegrationAuth(self, **kwargs)
@@ -62,7 +74,7 @@ async def register(db: AsyncDatabase[dict[str, Any]], keys: Path, name: str, *,
 def portal_customer(body: bytes) -> str:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # fuzzers send bodies no JSON parser can read
         return ""
     account = document.get("account_id") if isinstance(document, dict) else None
     return f"portal:{account}" if isinstance(account, str) and account else ""
@@ -87,7 +99,8 @@ class IntegrationAuth(httpx.Auth):
                               ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         body = request.content
         customer = self.customer if self.customer is not None else self.customer_of(body)
-        if self.auto_map and customer.startswith("portal:") and customer not in self._mapped:
+        if self.auto_map and customer.startswith("portal:") and customer not in self._mapped \
+                and valid_customer(customer):
             await self.integration.map(customer, customer.removeprefix("portal:"))
             self._mapped.add(customer)
         path = request.url.raw_path.decode("latin-1")

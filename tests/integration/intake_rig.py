@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from signed_requests import Registered, portal_customer, register
+from signed_requests import Registered, register
 
 from schemas import parse_event
 from schemas.topics import DLQ_SUFFIX, HELPDESK_REQUESTS, event_topic
@@ -28,7 +28,6 @@ from services.intake.examples import example_request
 from services.intake.http import create_app
 from services.intake.sealing import load_recipient, seal_request
 from services.intake.settings import IntakeSettings
-from services.intake.signing import KAFKA_METHOD
 from services.runtime.keys import init_keys, key_set_paths
 
 SUBMITTED = event_topic("TicketSubmitted")
@@ -98,13 +97,7 @@ class Intake:
     async def publish(self, body: bytes, key: str, *, signed: bool = True
                       ) -> tuple[int, int]:
         """Publish as the helpdesk does: signed by its integration, in Kafka headers."""
-        headers: list[tuple[str, bytes]] = []
-        if signed:
-            customer = portal_customer(body)
-            if customer:
-                await self.desk.map(customer, customer.removeprefix("portal:"))
-            headers = [(k, v.encode()) for k, v in self.desk.headers(
-                KAFKA_METHOD, HELPDESK_REQUESTS, body, customer).items()]
+        headers = await self.desk.topic_headers(body) if signed else []
         meta = await self.producer.send_and_wait(self.prefix + HELPDESK_REQUESTS, body,
                                                  key=key.encode(), headers=headers)
         return meta.partition, meta.offset
