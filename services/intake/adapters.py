@@ -230,13 +230,6 @@ def _missing(field: str, what: str, code: str = "missing") -> AdapterError:
     return AdapterError([FieldError(field=field, message=f"is required: {what}", code=code)])
 
 
-def _require(payload: Mapping[str, Any], name: str, what: str) -> Any:
-    value = payload.get(name)
-    if value is None or value == "":
-        raise _missing(name, what)
-    return value
-
-
 def _person(first: Any, last: Any) -> str | None:
     name = " ".join(p.strip() for p in (first, last) if isinstance(p, str) and p.strip())
     return name or None
@@ -303,10 +296,12 @@ def from_whmcs(payload: Mapping[str, Any], *, received_at: datetime) -> Mapped:
         raise AdapterError([FieldError(
             field="hook", message="must be TicketOpen or TicketUserReply", code="unknown_hook"
         )])
-    ticket_number = _require(payload, "ticketid", "the WHMCS ticket id")
+    ticket_number = _identity(payload.get("ticketid"))
+    if ticket_number is None:
+        raise _missing("ticketid", "the WHMCS ticket id")
     reply = None
-    if hook == "TicketUserReply":
-        reply = _require(payload, "replyid", "the WHMCS reply id of a TicketUserReply")
+    if hook == "TicketUserReply" and (reply := _identity(payload.get("replyid"))) is None:
+        raise _missing("replyid", "the WHMCS reply id of a TicketUserReply")
     ticket = payload.get("ticket")
     ticket = ticket if isinstance(ticket, Mapping) else {}
     mask = _text(ticket.get("tid"))

@@ -167,7 +167,7 @@ function os_intervention_post(array $config, string $body, string $customer, str
     $answer = curl_exec($curl);
     $status = (int) curl_getinfo($curl, CURLINFO_RESPONSE_CODE);
     $failure = $answer === false ? curl_error($curl) : '';
-    curl_close($curl);
+    // No curl_close(): since PHP 8 the handle is freed with $curl (and 8.5 deprecates it).
     if ($answer === false) {
         os_intervention_log($what . ' not delivered: ' . $failure);
         return;
