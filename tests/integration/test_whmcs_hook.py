@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -345,3 +346,13 @@ def test_stand_in_whmcs_logs_intake_refusal_without_secret_or_field_values(
            "account_mismatch" in run.log
     for secret in (SECRET, CANARY, "203.0.113.10"):
         assert secret not in run.log
+
+
+def test_stand_in_whmcs_ticket_survives_an_unreachable_intake(php: str, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    nowhere = IntakeStandIn(url=f"http://127.0.0.1:{closed}{PATH}")
+    run = run_hook(php, tmp_path, nowhere, "TicketOpen", whmcs_fixture(TICKET_OPEN))  # exit 0
+    assert "TicketOpen of ticket #1234 not delivered:" in run.log
+    assert SECRET not in run.log
