@@ -13,8 +13,8 @@ from pathlib import Path
 
 from services.runtime import localstack
 
-COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle", "demo",
-                   "docs")
+COMMAND_MODULES = ("intake", "integrations", "auth", "executor", "notifier", "audit",
+                   "lifecycle", "demo", "docs")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
