@@ -132,7 +132,8 @@ class EdgeGuard:
             await self._replays.insert_one({"_id": replay_key, "at": now})
         except DuplicateKeyError:
             raise EdgeRefusal(401, "replayed", "this signed request was received before; "
-                              "sign every request anew", field=signing.HEADER_SIGNATURE) \
+                              "use a new nonce for every request, retries included",
+                              field=signing.HEADER_NONCE) \
                 from None
 
     async def _prune(self, now: datetime) -> None:

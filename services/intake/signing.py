@@ -7,7 +7,11 @@ Every caller of intake's API is an integration the provider registered
     the integration's name (the key id).
 ``X-Intervention-Timestamp``
     Unix time in whole seconds when the request was signed; over HTTP it must be within
-    :data:`WINDOW_S` of intake's clock, and a signature is accepted once within that window.
+    :data:`WINDOW_S` of intake's clock.
+``X-Intervention-Nonce``
+    16-64 random characters (letters, digits, ``-``, ``_``), new for every request, retries
+    included; over HTTP each nonce of an integration is accepted once within the window, so
+    a captured request cannot be sent again.
 ``X-Intervention-Customer``
     the helpdesk's *authenticated* identity of the customer the request acts for (the
     login the helpdesk checked, e.g. ``client:17``); intake maps it to the provider's
@@ -22,6 +26,7 @@ Every caller of intake's API is an integration the provider registered
         <METHOD, upper case>
         <request path and query, exactly as sent: /v1/tickets>
         <timestamp>
+        <nonce>
         <customer header value, or empty>
         <hex SHA-256 of the raw body (of b"" for none)>
 
@@ -38,6 +43,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,12 +53,14 @@ from typing import Final
 SCHEME: Final = "v1"
 HEADER_INTEGRATION: Final = "X-Intervention-Integration"
 HEADER_TIMESTAMP: Final = "X-Intervention-Timestamp"
+HEADER_NONCE: Final = "X-Intervention-Nonce"
 HEADER_CUSTOMER: Final = "X-Intervention-Customer"
 HEADER_SIGNATURE: Final = "X-Intervention-Signature"
 WINDOW_S: Final = 300
 """How far a request's timestamp may be from intake's clock, either way (5 minutes)."""
 KAFKA_METHOD: Final = "KAFKA"
 MAX_CUSTOMER_LENGTH: Final = 128
+_NONCE: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class SignatureRefused(Exception):
@@ -71,30 +80,34 @@ def body_digest(body: bytes) -> str:
 
 
 def string_to_sign(*, integration: str, method: str, path: str, timestamp: str,
-                   customer: str, body: bytes) -> bytes:
+                   nonce: str, customer: str, body: bytes) -> bytes:
     return "\n".join(
-        (SCHEME, integration, method.upper(), path, timestamp, customer, body_digest(body))
+        (SCHEME, integration, method.upper(), path, timestamp, nonce, customer,
+         body_digest(body))
     ).encode()
 
 
 def sign(secret: str, *, integration: str, method: str, path: str, timestamp: str,
-         customer: str, body: bytes) -> str:
+         nonce: str, customer: str, body: bytes) -> str:
     """The ``X-Intervention-Signature`` value (what an integration computes)."""
     mac = hmac.new(secret.encode(), string_to_sign(
-        integration=integration, method=method, path=path, timestamp=timestamp,
+        integration=integration, method=method, path=path, timestamp=timestamp, nonce=nonce,
         customer=customer, body=body), hashlib.sha256)
     return f"{SCHEME}={mac.hexdigest()}"
 
 
 def signed_headers(*, integration: str, secret: str, method: str, path: str, body: bytes,
-                   customer: str = "", now: float | None = None) -> dict[str, str]:
+                   customer: str = "", now: float | None = None, nonce: str | None = None
+                   ) -> dict[str, str]:
     """Every header of a signed request (the client side: ``intervene submit``, the demo)."""
     timestamp = str(int(time.time() if now is None else now))
+    nonce = nonce or secrets.token_hex(16)
     headers = {
         HEADER_INTEGRATION: integration,
         HEADER_TIMESTAMP: timestamp,
+        HEADER_NONCE: nonce,
         HEADER_SIGNATURE: sign(secret, integration=integration, method=method, path=path,
-                               timestamp=timestamp, customer=customer, body=body),
+                               timestamp=timestamp, nonce=nonce, customer=customer, body=body),
     }
     if customer:
         headers[HEADER_CUSTOMER] = customer
@@ -107,13 +120,14 @@ class SignedRequest:
 
     integration: str
     timestamp: str
+    nonce: str
     customer: str
     signature: str
 
     @property
     def replay_key(self) -> str:
-        """What names this exact signed request (for refusing it a second time)."""
-        return hashlib.sha256(f"{self.integration}\n{self.signature}".encode()).hexdigest()
+        """What names this request among the integration's (for refusing it a second time)."""
+        return hashlib.sha256(f"{self.integration}\n{self.nonce}".encode()).hexdigest()
 
 
 def read_headers(headers: Mapping[str, str]) -> SignedRequest:
@@ -129,6 +143,7 @@ def read_headers(headers: Mapping[str, str]) -> SignedRequest:
 
     integration = header(HEADER_INTEGRATION)
     timestamp = header(HEADER_TIMESTAMP)
+    nonce = header(HEADER_NONCE)
     signature = header(HEADER_SIGNATURE)
     customer = header(HEADER_CUSTOMER, required=False)
     if not timestamp.isdigit() or len(timestamp) > 12:
@@ -138,11 +153,14 @@ def read_headers(headers: Mapping[str, str]) -> SignedRequest:
         raise SignatureRefused("bad_header", "an integration name has at most 64 characters "
                                f"and a customer identity at most {MAX_CUSTOMER_LENGTH}",
                                field=HEADER_INTEGRATION)
+    if not _NONCE.fullmatch(nonce):
+        raise SignatureRefused("bad_nonce", "must be 16-64 random letters, digits, '-' or "
+                               "'_', new for every request", field=HEADER_NONCE)
     scheme, _, given = signature.partition("=")
     if scheme != SCHEME or len(given) != 64:
         raise SignatureRefused("bad_signature", f"must read {SCHEME}=<64 hex digits>")
-    return SignedRequest(integration=integration, timestamp=timestamp, customer=customer,
-                         signature=given.lower())
+    return SignedRequest(integration=integration, timestamp=timestamp, nonce=nonce,
+                         customer=customer, signature=given.lower())
 
 
 def check_fresh(request: SignedRequest, *, now: float, window_s: int = WINDOW_S) -> None:
@@ -156,7 +174,9 @@ def verify(request: SignedRequest, secret: str, *, method: str, path: str,
            body: bytes) -> None:
     """Raise :class:`SignatureRefused` unless ``request`` was signed with ``secret``."""
     expected = sign(secret, integration=request.integration, method=method, path=path,
-                    timestamp=request.timestamp, customer=request.customer, body=body)
+                    timestamp=request.timestamp, nonce=request.nonce,
+                    customer=request.customer, body=body)
     if not hmac.compare_digest(expected, f"{SCHEME}={request.signature}"):
         raise SignatureRefused("bad_signature", "does not match this request: sign the "
-                               "method, path, timestamp, customer and body digest as documented")
+                               "method, path, timestamp, nonce, customer and body digest as "
+                               "documented")
