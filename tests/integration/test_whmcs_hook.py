@@ -297,6 +297,7 @@ def test_shipped_hook_in_stand_in_whmcs_harness_files_open_and_reply_under_one_s
     run_hook(php, tmp_path, intake, "TicketUserReply", whmcs_fixture(TICKET_USER_REPLY))
     assert len(intake.requests) == 2
     opened, replied = (verified(r) for r in intake.requests)
+    assert len({signing.read_headers(r.headers).nonce for r in intake.requests}) == 2
     assert set(replied) == set(TICKET_USER_REPLY) | ADDED_BY_THE_HOOK  # no ticketmask
     assert set(opened) == set(TICKET_OPEN) | ADDED_BY_THE_HOOK
     # Only this department's fields, only this ticket's values.

@@ -17,7 +17,7 @@
  *                 name from WHMCS's tables (GetTicket does not return them)
  *
  * and signs it with the integration scheme of services/intake/signing.py (HMAC-SHA256 over
- * method, path, timestamp, customer and body digest). Intake maps the client to the
+ * method, path, timestamp, nonce, customer and body digest). Intake maps the client to the
  * provider's account with the integration's account map: a field the client typed never
  * names the account.
  *
@@ -140,12 +140,15 @@ function os_intervention_body(string $hook, array $vars): string
 function os_intervention_signed_headers(array $config, string $body, string $customer): array
 {
     $timestamp = (string) time();
+    // New for every request: intake accepts each nonce of an integration once.
+    $nonce = bin2hex(random_bytes(16));
     $toSign = implode("\n", ['v1', $config['integration'], 'POST', $config['path'], $timestamp,
-                             $customer, hash('sha256', $body)]);
+                             $nonce, $customer, hash('sha256', $body)]);
     return [
         'Content-Type: application/json',
         'X-Intervention-Integration: ' . $config['integration'],
         'X-Intervention-Timestamp: ' . $timestamp,
+        'X-Intervention-Nonce: ' . $nonce,
         'X-Intervention-Customer: ' . $customer,
         'X-Intervention-Signature: v1=' . hash_hmac('sha256', $toSign, $config['secret']),
     ];
