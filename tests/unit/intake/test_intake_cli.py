@@ -110,4 +110,5 @@ def test_submit_refuses_to_send_unsigned(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["submit", str(path), "--url", "http://127.0.0.1:9",
                  "--integration", "desk"]) == 2
     err = capsys.readouterr().err
-    assert "INTAKE_INTEGRATION_SECRET" in err and "never on the command line" in err
+    assert "INTAKE_INTEGRATION_SECRET" in err
+    assert "never on the command line" in err

@@ -24,7 +24,8 @@ def test_document_lists_the_surfaces_of_architecture_section_6() -> None:
     assert submit["security"] == [{"IntegrationSignature": []}]
     assert paths["/v1/tickets/{ticket_id}"]["get"]["security"] == [{"IntegrationSignature": []}]
     scheme = openapi_document()["components"]["securitySchemes"]["IntegrationSignature"]
-    assert scheme["in"] == "header" and scheme["name"] == "X-Intervention-Signature"
+    assert scheme["in"] == "header"
+    assert scheme["name"] == "X-Intervention-Signature"
 
 
 def test_request_schema_is_the_helpdesk_request_with_resolvable_references() -> None:
