@@ -42,7 +42,6 @@ integration scheme of :mod:`services.intake.signing`.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import html
 import json
@@ -127,20 +126,6 @@ def _verify(body: bytes, header: str | None, secret: bytes, algorithm: str) -> N
 def verify_zammad_signature(body: bytes, header: str | None, secret: bytes) -> None:
     """Check Zammad's ``X-Hub-Signature`` (HMAC-SHA1 of the raw body)."""
     _verify(body, header, secret, "sha1")
-
-
-def verify_whmcs_signature(body: bytes, header: str | None, secret: bytes) -> None:
-    """Deprecated: the pre-integration ``X-Intake-Signature`` (HMAC-SHA256 of the body).
-
-    The shipped hook signs with :mod:`services.intake.signing`; this stays only until the
-    webhook endpoint and its tests move to that scheme.
-    """
-    _verify(body, header, secret, "sha256")
-
-
-def sign_whmcs(body: bytes, secret: bytes) -> str:
-    """Deprecated counterpart of :func:`verify_whmcs_signature` (see there)."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 # --- the shared form -------------------------------------------------------------------
@@ -344,7 +329,8 @@ def from_whmcs(payload: Mapping[str, Any], *, received_at: datetime) -> Mapped:
 
 # --- Zammad ----------------------------------------------------------------------------
 
-_ZAMMAD_CHANNELS = {"web": "client_area", "email": "email", "chat": "live_chat"}
+_ZAMMAD_CHANNELS = {"web": "client_area", "chat": "live_chat"}
+_LOGGED_IN_TYPES = frozenset(_ZAMMAD_CHANNELS)
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -404,7 +390,13 @@ def from_zammad(payload: Mapping[str, Any], *, delivery: str, received_at: datet
     ticket_id = number
     doc["ticket_id"] = ticket_id
     kind = article.get("type")
-    doc["channel"] = _ZAMMAD_CHANNELS.get(kind if isinstance(kind, str) else "", "api")
+    if kind not in _LOGGED_IN_TYPES:
+        # An e-mail's sender is whatever its From: header says, and a phone note is an
+        # agent's word: neither is the customer's login, so neither may choose an account.
+        raise Ignored("not_logged_in", "only an article the customer wrote while logged in "
+                      "to Zammad (type web or chat) requests an intervention; an e-mail's "
+                      "sender can be forged - ask the customer to use the customer portal")
+    doc["channel"] = _ZAMMAD_CHANNELS[kind]
     doc.setdefault("language", "en")
     group = ticket.get("group")
     if isinstance(group, Mapping):

@@ -260,4 +260,9 @@ async def whmcs_webhook(request: Request) -> Response:
         mapped = remap(payload, datetime.now(UTC))
     except adapters.AdapterError as exc:
         return errors(422, exc.errors)
+    if caller.customer and caller.customer not in mapped.customers:
+        # The hook signs the client it read from WHMCS; a body naming another is not its.
+        return await _doors(request).refuse(EdgeRefusal(
+            403, "customer_mismatch", "the signed customer is not the WHMCS client of this "
+            "delivery", field="X-Intervention-Customer"), request, "whmcs", caller=caller)
     return await _deliver(request, "whmcs", caller, payload, mapped, remap)

@@ -9,33 +9,33 @@ each test filters it by its own ticket ids.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from signed_requests import register
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "intake"))
 from intake_rig import DLQ, REJECTED, SUBMITTED, Intake, assigned, start_intake
 from pymongo.asynchronous.database import AsyncDatabase
+from test_intake_adapters import zammad_delivery, zammad_payload
 
 from schemas import SealedSecret, TicketRejected, TicketSubmitted, parse_event
 from schemas.topics import HELPDESK_REQUESTS
-from services.intake.adapters import sign_whmcs
 from services.intake.examples import example_request
 from services.intake.ratelimit import RateLimiter
 from services.intake.sealing import load_recipient, seal_request
 from services.runtime.crypto import PrivateSealingKey, UnknownKeyError, open_text
 from services.runtime.keys import key_set_paths, load_sealing_keyring
 from services.runtime.ops import ops_app
-
-ZAMMAD_SECRET = "zammad-test-secret"
-WHMCS_SECRET = "whmcs-test-secret"
 
 
 @pytest.fixture(scope="module")
@@ -318,67 +318,6 @@ async def test_http_and_topic_share_one_submission_per_revision(
 # --- helpdesk webhooks -----------------------------------------------------------------
 
 
-def zammad_body(number: str) -> bytes:
-    return json.dumps({
-        "ticket": {
-            "number": number, "title": "Server irraggiungibile",
-            "group": "Technical Issues", "customer": {"firstname": "Mario", "lastname": "Rossi"},
-            "account_id": "ACC-1001", "server_ip": "203.0.113.10", "language": "it",
-            "os_username": "root", "os_password": f"Pw-{uuid.uuid4().hex}",
-            "authorization_statement": "Autorizzo il supporto a intervenire sul server.",
-            "accepts_backup_responsibility": True, "accepts_service_interruption": True,
-            "accepts_data_loss_disclaimer": True,
-        },
-        "article": {"type": "web", "body": "Dopo le regole del firewall il server non è "
-                                           "raggiungibile, nessuna connettività."},
-    }).encode()
-
-
-async def test_zammad_webhook_is_verified_and_retries_are_one_submission(
-    intake: Intake, unique: str
-) -> None:
-    number = f"Z{unique}"
-    body = zammad_body(number)
-    signature = "sha1=" + hmac.new(ZAMMAD_SECRET.encode(), body, hashlib.sha1).hexdigest()
-    headers = {"X-Hub-Signature": signature, "X-Zammad-Delivery": f"delivery-{unique}",
-               "Content-Type": "application/json"}
-    forged = await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        **headers, "X-Hub-Signature": "sha1=" + "0" * 40})
-    assert forged.status_code == 401
-    assert forged.json()["errors"][0]["field"] == "X-Hub-Signature"
-    first = await intake.http.post("/v1/webhooks/zammad", content=body, headers=headers)
-    retry = await intake.http.post("/v1/webhooks/zammad", content=body, headers=headers)
-    assert first.status_code == 202, first.text
-    assert (first.json()["revision"], retry.json()["revision"]) == (1, 1)
-    assert retry.json()["duplicate"] is True
-    event = await intake.tap.event(SUBMITTED, number)
-    assert (event.category, event.language, event.channel) == (
-        "network_recovery", "it", "client_area")
-    next_delivery = await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        **headers, "X-Zammad-Delivery": f"delivery-{unique}-2"})
-    assert next_delivery.json()["revision"] == 2
-
-
-async def test_whmcs_hook_is_verified_and_mapped(intake: Intake, unique: str) -> None:
-    body = json.dumps({
-        "hook": "TicketOpen", "ticketid": 9001, "ticketmask": f"W{unique}", "userid": 77,
-        "deptname": "Technical Issues", "subject": "Cannot log in",
-        "message": "I forgot the root password of my VPS.",
-        "customfields": {"account_id": "ACC-1001", "service_id": "SRV-1001",
-                         "os_username": "root", "os_password": f"Pw-{uuid.uuid4().hex}",
-                         "authorization_statement": "I authorize the intervention.",
-                         "accepts_backup_responsibility": "on",
-                         "accepts_service_interruption": "on",
-                         "accepts_data_loss_disclaimer": "on", "signed_by": "Jane Doe"},
-    }).encode()
-    unsigned = await intake.http.post("/v1/webhooks/whmcs", content=body)
-    assert unsigned.status_code == 401
-    signed = await intake.http.post("/v1/webhooks/whmcs", content=body, headers={
-        "X-Intake-Signature": sign_whmcs(body, WHMCS_SECRET.encode())})
-    assert signed.status_code == 202, signed.text
-    assert signed.json()["category"] == "root_password_reset"
-
-
 # --- the canary: one secret, looked for everywhere -------------------------------------
 
 
@@ -436,18 +375,22 @@ async def test_canary_password_is_absent_from_topics_store_logs_spans_and_metric
     published.append(await intake.publish(json.dumps({"credentials": plain}).encode(),
                                           ticket_id(unique, 3)))
     theirs = {(topic, partition, offset) for topic in ours for partition, offset in published}
-    body = zammad_body(f"Z{unique}").replace(b'"os_password": "Pw-', b'"os_password": "'
-                                             + canary.encode() + b'-')
-    await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        "X-Hub-Signature": "sha1=" + hmac.new(ZAMMAD_SECRET.encode(), body,
-                                              hashlib.sha1).hexdigest(),
-        "X-Zammad-Delivery": f"canary-{unique}"})
+    zammad = await register(intake.service.runtime.db, intake.keys, f"zammad-{unique}",
+                            kind="zammad", accounts={"customer:7": "ACC-1001"})
+    body, headers = zammad_delivery(zammad_payload(
+        number=f"Z{unique}", intervention_os_password=canary), secret=zammad.secret.encode(),
+        delivery=f"canary-{unique}")
+    zammad_answer = await intake.http.post(f"/v1/webhooks/zammad/{zammad.name}", content=body,
+                                           headers=headers)
+    assert zammad_answer.status_code == 202, zammad_answer.text
     await intake.tap.event(SUBMITTED, ticket_id(unique, 1))
     await intake.tap.event(REJECTED, ticket_id(unique, 3))
     await intake.tap.event(REJECTED, ticket_id(unique, 4))
     await intake.tap.wait(lambda: intake.tap.on(DLQ, ticket_id(unique, 3)))
     status = await intake.http.get(f"/v1/tickets/{ticket_id(unique, 1)}")
-    metrics = await intake.http.get("/metrics")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=ops_app(intake.service.runtime)), base_url="http://ops.test") as ops:
+        metrics = await ops.get("/metrics")
 
     needle = canary.encode()
     messages = await _every_message(kafka_bootstrap, intake.prefix)

@@ -60,8 +60,6 @@ from services.intake.adapters import (
     SignatureMismatch,
     from_whmcs,
     from_zammad,
-    sign_whmcs,
-    verify_whmcs_signature,
     verify_zammad_signature,
 )
 from services.intake.validation import check_request
@@ -207,17 +205,6 @@ def test_zammad_signature_of_another_body_or_secret_is_refused() -> None:
         verify_zammad_signature(body, headers["X-Hub-Signature"], b"another secret")
 
 
-def test_deprecated_whmcs_body_signature_still_round_trips() -> None:
-    # Kept only while the endpoint and its integration test still use it.
-    body = b'{"hook": "TicketOpen"}'
-    verify_whmcs_signature(body, sign_whmcs(body, SECRET), SECRET)
-    with pytest.raises(SignatureMismatch):
-        verify_whmcs_signature(body + b" ", sign_whmcs(body, SECRET), SECRET)
-
-
-# -- the customer and the account
-
-
 def test_zammad_customer_web_article_maps_onto_a_valid_request() -> None:
     body, headers = zammad_delivery(zammad_payload())
     mapped = from_zammad(json.loads(body), delivery=headers["X-Zammad-Delivery"],
@@ -306,11 +293,20 @@ def test_zammad_article_missing_its_sender_or_visibility_is_ignored() -> None:
 
 
 @pytest.mark.parametrize(("article_type", "channel"), [
-    ("web", "client_area"), ("email", "email"), ("chat", "live_chat"), ("phone", "api"),
+    ("web", "client_area"), ("chat", "live_chat"),
 ])
 def test_zammad_article_type_gives_the_channel(article_type: str, channel: str) -> None:
     mapped = zammad(zammad_payload(article_type=article_type))
     assert mapped.document["channel"] == channel
+
+
+@pytest.mark.parametrize("article_type", ["email", "phone", "note", "sms", None])
+def test_zammad_article_not_written_while_logged_in_is_ignored(article_type: str | None
+                                                                ) -> None:
+    # An e-mail's From: can be forged; it must never pick the account of a ticket.
+    with pytest.raises(Ignored) as ignored:
+        zammad(zammad_payload(article_type=article_type))  # type: ignore[arg-type]
+    assert ignored.value.code == "not_logged_in"
 
 
 def test_zammad_live_chat_is_refused_by_the_same_rules() -> None:
