@@ -289,7 +289,7 @@ async def _tickets(demo: Demo, estate: Estate, on_call: OnCallRoom, bootstrap: s
     await recorder.start()
     try:
         recipient = load_sealing_public(default_keys_dir() / "executor-sealing.pub")
-        intake = f"http://127.0.0.1:{localstack.SERVICE_HEALTH_PORTS['intake']}"
+        intake = f"http://127.0.0.1:{localstack.INTAKE_API_PORT}"
         rows: list[Row] = []
         scenarios: dict[str, Scenario] = {}
         for scenario in SCENARIOS:
