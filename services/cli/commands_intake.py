@@ -24,9 +24,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from services.intake.signing import Signer
 
 if TYPE_CHECKING:
     from services.runtime.settings import RuntimeSettings
@@ -135,21 +136,6 @@ def intake_url() -> str:
     return f"http://{host}:{port}"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Signer:
-    """Who ``submit`` signs as: a registered integration, acting for a helpdesk customer."""
-
-    integration: str
-    secret: str = field(repr=False)
-    customer: str
-
-    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        from services.intake.signing import signed_headers
-
-        return signed_headers(integration=self.integration, secret=self.secret,
-                              method=method, path=path, body=body, customer=self.customer)
-
-
 def _signer(args: argparse.Namespace) -> Signer:
     if not args.integration:
         raise ValueError("name the integration to sign as: --integration or "
@@ -249,7 +235,6 @@ async def publish_request(document: dict[str, Any], *, bootstrap: str | None = N
     from aiokafka import AIOKafkaProducer
 
     from schemas.topics import HELPDESK_REQUESTS, physical
-    from services.intake.signing import KAFKA_METHOD
     from services.runtime.kafka_security import kafka_client_options, start_client
     from services.runtime.settings import RuntimeSettings
 
@@ -263,9 +248,7 @@ async def publish_request(document: dict[str, Any], *, bootstrap: str | None = N
     try:
         key = str(document.get("ticket_id", "")).encode("utf-8", "surrogatepass")
         body = json.dumps(document).encode()
-        headers = [] if signer is None else [
-            (name, value.encode()) for name, value in
-            signer.headers(KAFKA_METHOD, HELPDESK_REQUESTS, body).items()]
+        headers = [] if signer is None else signer.kafka_headers(HELPDESK_REQUESTS, body)
         await producer.send_and_wait(topic, body, key=key, headers=headers)
     finally:
         await producer.stop()

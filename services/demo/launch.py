@@ -4,9 +4,10 @@ end-to-end tests and the pipeline benchmark.
 Each process gets the caller's configuration through its environment — topic prefix,
 database, key directory, span file, ports — exactly as an operator would start it, logs to
 its own file, and counts as started when its ``/healthz`` answers 200 on its operations
-port (for intake a port of its own beside the public API port the caller chose). ``intervene demo`` starts the same processes
-through the local stack (:mod:`services.runtime.localstack`) instead, so that
-``intervene status`` and ``intervene down`` know them.
+port (for intake a port of its own beside the public API port the caller chose).
+``intervene demo`` starts the same processes through the local stack
+(:mod:`services.runtime.localstack`) instead, so that ``intervene status`` and
+``intervene down`` know them.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 SCHEME: Final = "v1"
@@ -112,6 +112,23 @@ def signed_headers(*, integration: str, secret: str, method: str, path: str, bod
     if customer:
         headers[HEADER_CUSTOMER] = customer
     return headers
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signer:
+    """The client side: a registered integration acting for one helpdesk customer."""
+
+    integration: str
+    secret: str = field(repr=False)
+    customer: str = ""
+
+    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return signed_headers(integration=self.integration, secret=self.secret,
+                              method=method, path=path, body=body, customer=self.customer)
+
+    def kafka_headers(self, topic: str, body: bytes) -> list[tuple[str, bytes]]:
+        """Kafka headers for ``body`` on the catalogue ``topic`` (no prefix)."""
+        return [(k, v.encode()) for k, v in self.headers(KAFKA_METHOD, topic, body).items()]
 
 
 @dataclass(frozen=True, kw_only=True)
