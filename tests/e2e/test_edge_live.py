@@ -51,6 +51,7 @@ from services.runtime.keys import load_sealing_public
 pytestmark = pytest.mark.integration
 
 SETTLE_S = 120.0
+AUDIT = "audit"  # services.runtime.audit.DEFAULT_COLLECTION
 # Everything downstream of intake: none of it may exist for a refused request.
 DOWNSTREAM = ("TicketSubmitted", "AuthorizationVerified", "AuthorizationRejected",
               "ClarificationRequested", "InterventionStarted", "InterventionCompleted")
@@ -108,7 +109,7 @@ async def _untouched(bus: BusRecorder, db: AsyncDatabase[dict[str, Any]], ticket
     await asyncio.sleep(2.0)  # what would have been published has had time to arrive
     reached = [e.event_type for e in bus.ticket(ticket).events if e.event_type in DOWNSTREAM]
     assert reached == [], f"{ticket} reached {reached}"
-    actors = {d.get("actor") async for d in db["audit_log"].find({"ticket_id": ticket})}
+    actors = {d.get("actor") async for d in db[AUDIT].find({"ticket_id": ticket})}
     assert actors <= {"intake"}, actors
 
 
@@ -117,7 +118,7 @@ async def _audited(db: AsyncDatabase[dict[str, Any]], ticket: str | None, reason
     if ticket is not None:
         query["ticket_id"] = ticket
     for _ in range(40):
-        if await db["audit_log"].find_one(query) is not None:
+        if await db[AUDIT].find_one(query) is not None:
             return
         await asyncio.sleep(0.25)
     raise AssertionError(f"no audit record of {reason} for {ticket}")
@@ -280,9 +281,11 @@ async def test_a_revision_of_another_accounts_ticket_is_refused(
         e2e_db: AsyncDatabase[dict[str, Any]]) -> None:
     # Another helpdesk, acting for another account, reuses a ticket number of ours.
     run = uuid.uuid4().hex[:6]
+    ours = f"HD-{estate.run}-owned-{run}"
+    mine = await post_ticket(system.intake_url, _diagnostics(estate, ours), signer=system.signer)
+    assert mine.status == 202, mine.body
     stranger = _register(system, f"stranger-{run}", "api",
                          {f"portal:ACC-OTHER-{run}": f"ACC-OTHER-{run}"})
-    ours = f"HD-{estate.run}-diagnostics"
     squat = {**_diagnostics(estate, ours), "revision": 7, "account_id": f"ACC-OTHER-{run}"}
     answer = await post_ticket(system.intake_url, squat, signer=Signer(
         integration=stranger.integration, secret=stranger.secret,
