@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from schemas.registry import topics_produced_by
 from services.intake import app as subscribers
 from services.intake.metrics import IntakeMetrics
+from services.intake.outbox import MongoOutbox
 from services.intake.ratelimit import RateLimiter
 from services.intake.sealing import Sealer, load_recipient
 from services.intake.settings import IntakeSettings
@@ -65,6 +66,7 @@ class IntakeService:
         self.intake = Intake(
             publisher=self.runtime.publish, audit=self.runtime.audit, store=self.store,
             metrics=self.metrics, redactor=self.runtime.redactor,
+            outbox=MongoOutbox(self.runtime.db),
             claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
         )
         subscribers.register(self.runtime, self.intake, self.metrics)
@@ -76,8 +78,10 @@ class IntakeService:
         self.intake.use_sealer(Sealer(recipient, self.runtime.redactor))
         await self.store.ensure_indexes()
         await self.runtime.start()
+        self.intake.relay.start()  # publishes what a previous process accepted, then loops
         self.running = True
 
     async def stop(self) -> None:
         self.running = False
+        await self.intake.relay.stop()
         await self.runtime.stop()
