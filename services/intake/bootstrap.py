@@ -8,7 +8,8 @@ it, so one process serves HTTP and the helpdesk topic.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -21,6 +22,8 @@ from services.intake.sealing import Sealer, load_recipient
 from services.intake.settings import IntakeSettings
 from services.intake.store import MongoTicketStore, RevisionBook
 from services.intake.submission import Intake
+from services.runtime.dependencies import Status
+from services.runtime.ops import health_report
 from services.runtime.redaction import Redactor
 from services.runtime.service import ServiceRuntime
 from services.runtime.telemetry import setup_telemetry
@@ -71,6 +74,7 @@ class IntakeService:
         )
         subscribers.register(self.runtime, self.intake, self.metrics)
         self.running = False
+        self.started = datetime.now(UTC)
 
     async def start(self) -> None:
         # The key first: without it intake could accept but never seal, so fail fast.
@@ -80,6 +84,13 @@ class IntakeService:
         await self.runtime.start()
         self.intake.relay.start()  # publishes what a previous process accepted, then loops
         self.running = True
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``: Kafka and the store (since when, why), the key and the outbox."""
+        key = Status(ok=self.intake.sealer is not None and self.running, since=self.started,
+                     error=None if self.running else "not started")
+        return await health_report(self.runtime, {"sealing_key": key,
+                                                  "outbox": self.intake.relay.status()})
 
     async def stop(self) -> None:
         self.running = False

@@ -44,6 +44,7 @@ from pymongo.errors import DuplicateKeyError
 from schemas.events import TicketSubmitted
 from schemas.registry import parse_event
 from services.intake.store import Claim, TicketStore, claim_key
+from services.runtime.dependencies import Status
 
 log = logging.getLogger("intervention.intake.outbox")
 
@@ -196,6 +197,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.state = RelayState()
+        self._started = clock()
 
     # -- one entry ----------------------------------------------------------------------
 
@@ -310,6 +312,13 @@ class Relay:
                      (self._clock() - self.state.failing_since).total_seconds())
         self.state.failing_since = None
         self.state.last_error = None
+
+    def status(self) -> Status:
+        """For ``/healthz``: failing (since when, why) while entries cannot be published."""
+        if self.state.failing_since is not None:
+            return Status(ok=False, since=self.state.failing_since,
+                          error=f"{self.state.pending} unpublished; {self.state.last_error}")
+        return Status(ok=True, since=self._started)
 
     def oldest_age_s(self) -> float:
         oldest = self.state.oldest_accepted_at

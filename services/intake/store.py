@@ -3,9 +3,9 @@
 ``intake_tickets`` holds one document per accepted ``(ticket_id, revision)`` (``_id``
 ``<ticket_id>:<revision>``, plus a unique ``(ticket_id, revision)`` index) - the claim that
 makes intake idempotent across its two doors (HTTP and the helpdesk topic) and across
-processes, without transactions (FerretDB has none). A claim is
-``pending`` until its TicketSubmitted is published and ``submitted`` after; it holds no credentials, no ciphertext and no customer text, only what deduplication
-and the HTTP answer need.
+processes, without transactions (FerretDB has none). A claim is ``pending`` until its
+TicketSubmitted is published and ``submitted`` after; it holds no credentials, no
+ciphertext and no customer text, only what deduplication and the HTTP answer need.
 
 ``intake_ticket_heads`` keeps each ticket's highest revision, to refuse stale ones.
 

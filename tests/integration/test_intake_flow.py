@@ -317,8 +317,11 @@ async def test_ticket_status_shows_the_timeline_without_secrets(
 async def test_health_and_metrics(intake: Intake) -> None:
     health = await intake.http.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok",
-                             "checks": {"sealing_key": True, "kafka": True, "mongodb": True}}
+    body = health.json()
+    assert (body["status"], body["ok"]) == ("ok", True)
+    assert body["checks"] == {"sealing_key": True, "kafka": True, "mongodb": True,
+                              "outbox": True}
+    assert {name: d["ok"] for name, d in body["dependencies"].items()} == body["checks"]
     metrics = await intake.http.get("/metrics")
     assert metrics.status_code == 200
     text = metrics.text
