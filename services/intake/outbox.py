@@ -255,11 +255,7 @@ class Relay:
                if everything or (now - e.accepted_at).total_seconds() >= self._grace]
         for entry in sorted(due, key=lambda e: e.accepted_at):
             await self.publish_soon(entry)
-        left = len(entries) - len(due)
-        self.state.pending = left
-        if left == 0:
-            self.state.oldest_accepted_at = None
-        return left
+        return len(entries) - len(due)
 
     async def run(self) -> None:
         """Forever: drain at start (everything: a previous process's entries are nobody's),

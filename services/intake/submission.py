@@ -294,6 +294,9 @@ class Intake:
         self._outbox = outbox
         self.relay = Relay(outbox=outbox, store=store, publisher=publisher, clock=clock,
                            **(relay_options or {}))
+        state = self.relay.state
+        metrics.watch_outbox(lambda: state.pending, self.relay.oldest_age_s,
+                             lambda: float(state.failing_since is not None))
         self._audit = audit
         self._store = store
         self._metrics = metrics
