@@ -24,3 +24,6 @@ unit: bootstrap
 # it collects nothing, and make fails on that like on any other failure.
 test: lint
 	$(PY) -m pytest -p no:cacheprovider
+
+chaos:
+	$(PY) bench/chaos.py

@@ -36,28 +36,40 @@ def _cmd_stuck() -> int:
 
     from pymongo import AsyncMongoClient
 
-    from services.cli.stuck import StuckTicket, find_stuck_tickets
+    from services.cli.stuck import (
+        StalledHandoff,
+        StuckTicket,
+        find_stalled_handoffs,
+        find_stuck_tickets,
+    )
     from services.runtime.settings import RuntimeSettings
 
-    async def find() -> list[StuckTicket]:
+    async def find() -> tuple[list[StuckTicket], list[StalledHandoff]]:
         settings = RuntimeSettings()
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
             settings.mongodb_uri, serverSelectionTimeoutMS=5000)
         try:
-            return await find_stuck_tickets(client[settings.mongodb_database],
-                                            datetime.now(UTC))
+            db, now = client[settings.mongodb_database], datetime.now(UTC)
+            return await find_stuck_tickets(db, now), await find_stalled_handoffs(db, now)
         finally:
             await client.close()
 
-    stuck = asyncio.run(find())
-    if not stuck:
-        print("no stuck tickets: every running SLA clock is within its deadline or progressing")
+    stuck, stalled = asyncio.run(find())
+    if not stuck and not stalled:
+        print("no stuck tickets: every running SLA clock is within its deadline or progressing,"
+              " and no ticket waits at a hand-off")
         return 0
-    print(f"{len(stuck)} stuck ticket(s), most overdue first:")
+    if stuck:
+        print(f"{len(stuck)} stuck ticket(s), most overdue first:")
     for t in stuck:
         minutes = int(t.overdue.total_seconds() // 60)
         print(f"  {t.ticket_id} r{t.revision}  {t.state:<16} {t.clock} clock {minutes} min past "
               f"{t.deadline:%Y-%m-%d %H:%M}Z — waiting for {t.waiting_for}")
+    if stalled:
+        print(f"{len(stalled)} ticket(s) waiting at a hand-off, oldest first:")
+    for h in stalled:
+        print(f"  {h.ticket_id} r{h.revision}  {h.stage:<25} for {int(h.age.total_seconds())} s "
+              f"(since {h.since:%Y-%m-%d %H:%M:%S}Z) — waiting for {h.waits_for}")
     return 1
 
 

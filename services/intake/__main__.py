@@ -93,7 +93,8 @@ async def _serve(service: IntakeService, server: uvicorn.Server) -> None:
     try:
         settings = service.settings
         if settings.ops_http_port is not None:
-            ops = OpsServer(service.runtime, settings.ops_http_host, settings.ops_http_port)
+            ops = OpsServer(service.runtime, settings.ops_http_host, settings.ops_http_port,
+                            health=service.health)
             await ops.start()
         await server.serve()
     finally:

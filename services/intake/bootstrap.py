@@ -8,7 +8,8 @@ it, so one process serves HTTP and the helpdesk topic.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -18,11 +19,14 @@ from services.intake.accounts import AccountMap
 from services.intake.edge import EdgeGuard
 from services.intake.integrations import IntegrationKeyFile, IntegrationRegistry, keys_dir_of
 from services.intake.metrics import IntakeMetrics
+from services.intake.outbox import MongoOutbox
 from services.intake.ratelimit import RateLimiter
 from services.intake.sealing import Sealer, load_recipient
 from services.intake.settings import IntakeSettings
 from services.intake.store import MongoTicketStore, RevisionBook
 from services.intake.submission import Intake
+from services.runtime.dependencies import Status
+from services.runtime.ops import health_report
 from services.runtime.redaction import Redactor
 from services.runtime.service import ServiceRuntime
 from services.runtime.telemetry import setup_telemetry
@@ -69,6 +73,7 @@ class IntakeService:
         self.intake = Intake(
             publisher=self.runtime.publish, audit=self.runtime.audit, store=self.store,
             metrics=self.metrics, redactor=self.runtime.redactor,
+            outbox=MongoOutbox(self.runtime.db),
             claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
         )
         # Intake's own key (integration secrets, account map MACs): read at start, and made
@@ -81,6 +86,7 @@ class IntakeService:
             AccountMap(self.runtime.db, self.integration_key), self.runtime.audit)
         subscribers.register(self.runtime, self.intake, self.metrics, self.guard)
         self.running = False
+        self.started = datetime.now(UTC)
 
     async def start(self) -> None:
         # The key first: without it intake could accept but never seal, so fail fast.
@@ -89,8 +95,17 @@ class IntakeService:
         self.integration_key()
         await self.store.ensure_indexes()
         await self.runtime.start()
+        self.intake.relay.start()  # publishes what a previous process accepted, then loops
         self.running = True
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``: Kafka and the store (since when, why), the key and the outbox."""
+        key = Status(ok=self.intake.sealer is not None and self.running, since=self.started,
+                     error=None if self.running else "not started")
+        return await health_report(self.runtime, {"sealing_key": key,
+                                                  "outbox": self.intake.relay.status()})
 
     async def stop(self) -> None:
         self.running = False
+        await self.intake.relay.stop()
         await self.runtime.stop()

@@ -8,10 +8,11 @@ codes; never ticket or account ids, never anything a request contains.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal, get_args
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 Source = Literal["http", "topic", "whmcs", "zammad"]
 Outcome = Literal[
@@ -61,6 +62,18 @@ class IntakeMetrics:
             ["route"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+
+    def watch_outbox(self, entries: Callable[[], float], oldest_age_s: Callable[[], float],
+                     failing: Callable[[], float]) -> None:
+        """Accepted tickets not yet on the bus: how many, how long the oldest has waited,
+        and whether the relay cannot publish (the first stage of "stuck")."""
+        Gauge("intake_outbox_entries", "Accepted tickets not yet published (outbox).",
+              registry=self.registry).set_function(entries)
+        Gauge("intake_outbox_oldest_age_seconds", "Age of the oldest unpublished accepted "
+              "ticket (0 when the outbox is empty).", registry=self.registry,
+              ).set_function(oldest_age_s)
+        Gauge("intake_outbox_relay_failing", "1 while the outbox relay cannot publish.",
+              registry=self.registry).set_function(failing)
 
     def request(self, source: Source, outcome: Outcome) -> None:
         self._requests.labels(source, outcome).inc()

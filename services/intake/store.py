@@ -3,15 +3,16 @@
 ``intake_tickets`` holds one document per accepted ``(ticket_id, revision)`` (``_id``
 ``<ticket_id>:<revision>``, plus a unique ``(ticket_id, revision)`` index) - the claim that
 makes intake idempotent across its two doors (HTTP and the helpdesk topic) and across
-processes, without transactions (FerretDB has none). A claim is
-``pending`` while its TicketSubmitted is being audited and published and ``submitted``
-after; it holds no credentials, no ciphertext and no customer text, only what deduplication
-and the HTTP answer need.
+processes, without transactions (FerretDB has none). A claim is ``pending`` until its
+TicketSubmitted is published and ``submitted`` after; it holds no credentials, no
+ciphertext and no customer text, only what deduplication and the HTTP answer need.
 
 ``intake_ticket_heads`` keeps each ticket's highest revision, to refuse stale ones.
 
-``intake_ticket_takeovers`` decides who takes over a ``pending`` claim whose writer crashed:
-one insert per take-over (:meth:`MongoTicketStore.take_over`).
+A claim alone promises nothing: a revision is accepted once its TicketSubmitted is in
+intake's outbox (:mod:`services.intake.outbox`), whose first insert wins. A ``pending``
+claim without an entry is an attempt that failed or crashed before it was durable; the
+next request for the revision (same content) finishes it.
 
 ``intake_revision_keys`` / ``intake_revision_counters`` give helpdesk webhooks, which carry
 no revision number, one: each new delivery of a ticket gets the next number, a retried
@@ -20,6 +21,7 @@ delivery the number it got the first time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -32,7 +34,6 @@ from pymongo.errors import DuplicateKeyError
 
 TICKETS = "intake_tickets"
 TICKET_HEADS = "intake_ticket_heads"
-TAKEOVERS = "intake_ticket_takeovers"
 REVISION_KEYS = "intake_revision_keys"
 REVISION_COUNTERS = "intake_revision_counters"
 
@@ -114,12 +115,6 @@ class TicketStore(Protocol):
         """Insert ``claim``; None when it is now ours, else the claim already there."""
         ...
 
-    async def take_over(self, claim: Claim, *, stale_before: datetime, now: datetime
-                        ) -> Claim | None:
-        """Re-claim a ``pending`` claim older than ``stale_before`` (its writer crashed);
-        None when someone else holds it or it moved on."""
-        ...
-
     async def release(self, claim: Claim) -> None: ...
 
     async def mark_submitted(self, claim: Claim, *, at: datetime) -> None: ...
@@ -127,14 +122,12 @@ class TicketStore(Protocol):
 
 class MongoTicketStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = TICKETS,
-                 heads: str = TICKET_HEADS, takeovers: str = TAKEOVERS) -> None:
+                 heads: str = TICKET_HEADS) -> None:
         self._coll = db[collection]
         # One document per ticket with its highest revision, read and raised by _id in one
         # round trip: a query for the highest revision among the claims reads the whole
         # collection on FerretDB's SQLite backend (measured: slower with every ticket).
         self._heads = db[heads]
-        # One document per take-over of a stale pending claim (rare: after a crash).
-        self._takeovers = db[takeovers]
 
     async def ensure_indexes(self) -> None:
         await self._coll.create_index(
@@ -166,48 +159,25 @@ class MongoTicketStore:
             return existing
         return None
 
-    async def take_over(self, claim: Claim, *, stale_before: datetime, now: datetime
-                        ) -> Claim | None:
-        """Insert-wins: a conditional update is no compare-and-set on FerretDB 1.24 (several
-        concurrent callers all match and "win"), so the takers of one stale claim race to
-        insert ``intake_ticket_takeovers`` ``_id = "<key>@<claimed_at>"``, named after the
-        claim as they read it. Exactly one inserts it; only that one moves the claim on and
-        publishes. A later take-over (the winner crashed too) sees a newer ``claimed_at``,
-        hence races for another document."""
-        if (claim.status != "pending" or _ms(claim.claimed_at) >= _ms(stale_before)):
-            return None
-        stamp = _ms(claim.claimed_at)
-        try:
-            await self._takeovers.insert_one({
-                "_id": f"{claim.key}@{stamp.isoformat()}", "fingerprint": claim.fingerprint,
-                "taken_at": _ms(now)})
-        except DuplicateKeyError:
-            return None
-        # Still the claim we read? Finished (submitted) or given back since: nothing to take.
-        current = await self.get(claim.ticket_id, claim.revision)
-        if (current is None or current.status != "pending"
-                or current.fingerprint != claim.fingerprint
-                or _ms(current.claimed_at) != stamp):
-            return None
-        # Only the winner writes; the whole-document write can at worst race the crashed
-        # writer's own late mark_submitted/release, as before.
-        result = await self._coll.update_one({"_id": claim.key},
-                                             {"$set": {"claimed_at": _ms(now)}})
-        return replace(current, claimed_at=_ms(now)) if result.matched_count == 1 else None
-
     async def release(self, claim: Claim) -> None:
         # Conditional, hence not atomic on FerretDB, but only the claim's holder releases
-        # it, and a take-over changes ``claimed_at`` so an old holder's release no longer
-        # matches (bar a write landing within the same few milliseconds).
+        # it (or, past the lease, a request that found it never became durable).
         await self._coll.delete_one(
             {"_id": claim.key, "fingerprint": claim.fingerprint, "status": "pending",
              "claimed_at": _ms(claim.claimed_at)}
         )
 
     async def mark_submitted(self, claim: Claim, *, at: datetime) -> None:
-        await self._coll.update_one(
+        result = await self._coll.update_one(
             {"_id": claim.key}, {"$set": {"status": "submitted", "submitted_at": _ms(at)}}
         )
+        if result.matched_count == 0:
+            # The claim was given back (a store error made its writer release it) after the
+            # outbox entry landed: the published revision must still answer "duplicate".
+            doc = replace(claim, status="submitted", submitted_at=at).to_document()
+            doc["submitted_at"] = _ms(at)
+            with contextlib.suppress(DuplicateKeyError):  # someone re-claimed it: theirs
+                await self._coll.insert_one(doc)
 
 
 def _digest(*parts: str) -> str:

@@ -49,6 +49,7 @@ from schemas.request import (
 from schemas.scope import scope_of
 from services.intake.classification import Classification, classify
 from services.intake.metrics import IntakeMetrics, Source
+from services.intake.outbox import Entry, Outbox, Relay, fault_point
 from services.intake.sealing import Sealer
 from services.intake.store import Claim, TicketStore
 from services.intake.validation import (
@@ -281,10 +282,21 @@ class Intake:
         redactor: Redactor,
         rules: Rules | None = None,
         sealer: Sealer | None = None,
+        outbox: Outbox,
         claim_lease: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = _now,
+        relay_options: Mapping[str, float] | None = None,
     ) -> None:
+        """``claim_lease``: how long a claim that never became durable (no outbox entry)
+        blocks different content under its revision; ``relay_options``: the
+        :class:`~services.intake.outbox.Relay`'s timings, for tests."""
         self._publish_event = publisher
+        self._outbox = outbox
+        self.relay = Relay(outbox=outbox, store=store, publisher=publisher, clock=clock,
+                           **(relay_options or {}))
+        state = self.relay.state
+        metrics.watch_outbox(lambda: state.pending, self.relay.oldest_age_s,
+                             lambda: float(state.failing_since is not None))
         self._audit = audit
         self._store = store
         self._metrics = metrics
@@ -333,38 +345,41 @@ class Intake:
         # Claim first (one insert, the common case), then look for a later revision: the
         # store round trips are what an intake spends its time on.
         prior = await self._store.claim(claim)
+        fault_point("after_claim")
         if prior is not None:
-            return await self._again(prior, digest, request, edge=edge, now=now,
+            return await self._again(prior, claim, request, classification, now=now,
                                      vouched_by=vouched_by)
-        latest = await self._store.record_revision(request.ticket_id, request.revision)
-        if latest is not None and request.revision < latest:
-            await self._release(claim)
-            return _stale(request.ticket_id, request.revision, latest)
-        return await self._publish(claim, request, classification, vouched_by)
+        return await self._accept(claim, request, classification, fresh=True,
+                                  vouched_by=vouched_by)
 
     async def _again(
-        self, claim: Claim, digest: str, request: HelpdeskTicketRequest, *, edge: Edge,
-        now: datetime, vouched_by: Vouch | None,
+        self, prior: Claim, claim: Claim, request: HelpdeskTicketRequest,
+        classification: Classification, *, now: datetime, vouched_by: Vouch | None,
     ) -> Outcome:
-        """The revision is claimed already: a duplicate, a conflict, or a crashed attempt."""
-        if claim.fingerprint != digest:
-            return await self._conflict(claim)
-        if claim.status == "pending":
-            # On the topic the message is ours to finish: a pending claim is a crashed
-            # earlier delivery (re-publishing the same event id is harmless). Over HTTP a
-            # fresh pending claim is a concurrent retry, answered as a duplicate.
-            stale_before = now if edge == "topic" else now - self._lease
-            taken = await self._store.take_over(claim, stale_before=stale_before, now=now)
-            if taken is not None:
-                classification = classify(
-                    request.description, request.error_messages, request.category
-                )
-                return await self._publish(taken, request, classification, vouched_by)
-        return Accepted(
-            ticket_id=claim.ticket_id, revision=claim.revision, event_id=claim.event_id,
-            category=claim.category, category_source=claim.category_source, scope=claim.scope,
-            confidence=claim.confidence, duplicate=True,
-        )
+        """The revision is claimed already: a duplicate, a conflict, or an attempt that
+        never made it durable (its writer crashed or failed before the outbox entry)."""
+        if prior.status == "submitted":
+            if prior.fingerprint != claim.fingerprint:
+                return await self._conflict(prior)
+            return _accepted(prior, duplicate=True)
+        if prior.fingerprint != claim.fingerprint:
+            # Different content under a pending claim: a conflict - unless that claim never
+            # became durable and its writer is gone (past the lease), in which case nothing
+            # was accepted and the revision is free for this request.
+            if (prior.claimed_at > now - self._lease
+                    or await self._outbox.get(prior.key) is not None):
+                return await self._conflict(prior)
+            await self._store.release(prior)
+            if (again := await self._store.claim(claim)) is not None:
+                return await self._conflict(again)
+            return await self._accept(claim, request, classification, fresh=True,
+                                      vouched_by=vouched_by)
+        # Same content, still pending: durable only if its outbox entry exists, and writing
+        # the entry is first-wins, so this request simply finishes the job: either its entry
+        # lands, or the original's is there already (a duplicate). Never "duplicate" for a
+        # request that nothing durable records.
+        return await self._accept(prior, request, classification, fresh=False,
+                                  vouched_by=vouched_by)
 
     async def _conflict(self, claim: Claim) -> Refused:
         latest = await self._store.latest_revision(claim.ticket_id) or claim.revision
@@ -379,47 +394,69 @@ class Intake:
                            code="revision_conflict",
                        )])
 
-    async def _publish(
+    async def _accept(
         self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
-        vouched_by: Vouch | None,
-    ) -> Accepted:
+        *, fresh: bool, vouched_by: Vouch | None,
+    ) -> Outcome:
+        """Make the claimed revision durable (its outbox entry), then publish it inline.
+
+        ``fresh``: this request inserted the claim, so on a failure before the entry is
+        durable it gives the revision back (the retry starts afresh, and a corrected
+        request is not refused as a conflict)."""
         try:
-            credentials = request.credentials
-            if isinstance(credentials, PlainCredentials):
-                if self.sealer is None:
-                    raise RuntimeError("intake has no sealing key loaded; cannot seal credentials")
-                credentials = self.sealer.seal(credentials)
-            event = TicketSubmitted.new(
-                ticket_id=request.ticket_id, revision=request.revision,
-                event_id=claim.event_id, account_id=request.account_id,
-                department=request.department, channel=request.channel,
-                language=request.language, server=request.server,
-                category=classification.category, category_source=classification.source,
-                confidence=classification.confidence,
-                form_category=classification.form_category, scope=claim.scope,
-                description=request.description, error_messages=request.error_messages,
-                parameters=request.parameters, credentials=credentials,
-                authorization=request.authorization, vouched_by=vouched_by,
-            )
-            await self._publish_event(event)
-            await self._store.mark_submitted(claim, at=self._clock())
+            latest = await self._store.record_revision(request.ticket_id, request.revision)
+            if latest is not None and request.revision < latest:
+                if fresh:
+                    await self._release(claim)
+                return _stale(request.ticket_id, request.revision, latest)
+            event = self._event(claim, request, classification, vouched_by)
+            entry = Entry.of(claim, event, at=self._clock())
+            existing = await self._outbox.put(entry)
         except BaseException:
-            # Give the revision back, so the caller's retry starts afresh instead of being
-            # told "duplicate" for a ticket that never reached the bus.
-            await asyncio.shield(self._release(claim))
+            if fresh:
+                await asyncio.shield(self._release(claim))
             raise
+        fault_point("after_outbox")
+        if existing is not None:
+            if existing.fingerprint != claim.fingerprint:
+                return await self._conflict(existing.claim)
+            # The original's entry is durable; the relay publishes it (and is woken now, in
+            # case the original's process is gone).
+            self.relay.wake()
+            return _accepted(claim, duplicate=True)
+        # Durable now: the 202 stands whatever the broker does next. Publish inline for
+        # latency; on a broker outage the relay keeps trying.
+        await self.relay.publish_inline(entry)
         self._metrics.classified(classification.category, classification.source,
                                  classification.confidence)
         # The evidence is logged, not audited: it follows from the description, which the
         # audited TicketSubmitted holds, so it can always be recomputed.
-        log.info("ticket %s revision %d submitted: %s (%s, %s confidence, %s; evidence %s) "
+        log.info("ticket %s revision %d accepted: %s (%s, %s confidence, %s; evidence %s) "
                  "from %s", request.ticket_id, request.revision, classification.category,
                  claim.scope, classification.confidence, classification.source,
                  _evidence(classification), claim.source)
-        return Accepted(
-            ticket_id=request.ticket_id, revision=request.revision, event_id=claim.event_id,
+        return _accepted(claim, duplicate=False)
+
+    def _event(
+        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
+        vouched_by: Vouch | None,
+    ) -> TicketSubmitted:
+        credentials = request.credentials
+        if isinstance(credentials, PlainCredentials):
+            if self.sealer is None:
+                raise RuntimeError("intake has no sealing key loaded; cannot seal credentials")
+            credentials = self.sealer.seal(credentials)
+        return TicketSubmitted.new(
+            ticket_id=request.ticket_id, revision=request.revision,
+            event_id=claim.event_id, account_id=request.account_id,
+            department=request.department, channel=request.channel,
+            language=request.language, server=request.server,
             category=classification.category, category_source=classification.source,
-            scope=claim.scope, confidence=classification.confidence,
+            confidence=classification.confidence,
+            form_category=classification.form_category, scope=claim.scope,
+            description=request.description, error_messages=request.error_messages,
+            parameters=request.parameters, credentials=credentials,
+            authorization=request.authorization, vouched_by=vouched_by,
         )
 
     async def _release(self, claim: Claim) -> None:
@@ -476,6 +513,14 @@ class Intake:
             self._metrics.request(source, "rejected")
         else:
             self._metrics.request(source, outcome.reason)
+
+
+def _accepted(claim: Claim, *, duplicate: bool) -> Accepted:
+    return Accepted(
+        ticket_id=claim.ticket_id, revision=claim.revision, event_id=claim.event_id,
+        category=claim.category, category_source=claim.category_source, scope=claim.scope,
+        confidence=claim.confidence, duplicate=duplicate,
+    )
 
 
 def _evidence(classification: Classification) -> str:

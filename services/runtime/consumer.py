@@ -10,7 +10,10 @@ ARCHITECTURE §5 hold in one place:
   topics' retention, and pruned at most hourly after an acknowledgement;
 - a message that cannot be decoded, or whose handler still fails after bounded retries
   with exponential backoff, goes to ``<topic>.dlq`` with the reason in its headers, and
-  the consumer moves on to the next message (no tight retry loop, never a stuck partition).
+  the consumer moves on to the next message (no tight retry loop, never a stuck partition);
+- an outage of Kafka or the store (:func:`services.runtime.dependencies.outage_of`) is not
+  a failure of the message: it is waited out with capped backoff, however long, and the
+  message processed again - never dead-lettered, never skipped.
 
 Handlers derive the ids of the events they publish from the id of the event they handle
 (:meth:`Delivery.derive_event_id`), so a re-run after a crash re-publishes the *same*
@@ -29,12 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from aiokafka.errors import CommitFailedError
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
+from services.runtime.dependencies import outage_of
 from services.runtime.telemetry import current_ticket
 
 if TYPE_CHECKING:
@@ -46,6 +51,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseModel)
+
+# Waiting out an outage of Kafka or the store: first retry after about half a second, then
+# doubling up to half a minute, for as long as it lasts (never dead-lettered for it).
+OUTAGE_BACKOFF_S = 0.5
+OUTAGE_BACKOFF_MAX_S = 30.0
 
 # Namespace for ids derived from other ids: uuid5(ns, "<cause>:<what>").
 _DERIVED_ID_NS = uuid.UUID("6f1d8f8e-0b7a-4e52-9a49-3c1f6a1b2d40")
@@ -175,7 +185,7 @@ def subscribe(
         log.warning("message sent to DLQ", extra={"dlq_topic": dlq_topic, "reason": reason,
                                                    "error_class": error_class})
 
-    async def consume(msg: KafkaMessage) -> None:
+    async def process_once(msg: KafkaMessage) -> None:
         record: ConsumerRecord[Any, Any] = msg.raw_message
         runtime.metrics.consuming(topic=topic, group=group_name, physical_topic=record.topic,
                                   partition=record.partition, offset=record.offset,
@@ -224,6 +234,11 @@ def subscribe(
                     await handler(decoded.value, delivery)
                 except Exception as exc:  # every failure is retried, then DLQ'd
                     runtime.metrics.handled(topic, "error", time.perf_counter() - began)
+                    if outage_of(exc) is not None:
+                        # Kafka or the store is away: not the message's fault, and no
+                        # attempt used up. consume() waits for the dependency and runs the
+                        # message again (the handler is idempotent).
+                        raise
                     if attempt == attempts_max:
                         log.exception("handler failed %d times; sending to DLQ", attempt)
                         await to_dlq(record, body, reason="handler", exc=exc, attempts=attempt)
@@ -243,6 +258,37 @@ def subscribe(
             await runtime.processed.prune_if_due()
         finally:
             current_ticket.reset(token)
+
+    async def consume(msg: KafkaMessage) -> None:
+        """``process_once`` until it gets through an outage of Kafka or the store.
+
+        An exception escaping here would leave the message unacknowledged while the consumer
+        moves on, and the next commit would skip it: so an outage is waited out (backoff
+        doubling from ``OUTAGE_BACKOFF_S`` to ``OUTAGE_BACKOFF_MAX_S``), however long it
+        lasts, and the message processed again from the start (dedupe included)."""
+        delay = OUTAGE_BACKOFF_S
+        while True:
+            try:
+                await process_once(msg)
+            except CommitFailedError:
+                # The group rebalanced while we waited: the partition's new owner (maybe
+                # this process again) gets the message from the last commit.
+                log.warning("offset commit refused after a rebalance; the message is "
+                            "redelivered to the partition's owner")
+                return
+            except Exception as exc:
+                dependency = outage_of(exc)
+                if dependency is None:
+                    raise
+                runtime.dependencies.failed(dependency, exc)
+                runtime.metrics.outage_wait(topic, dependency)
+                await asyncio.sleep(delay * (0.75 + random.random() / 2))
+                delay = min(OUTAGE_BACKOFF_MAX_S, delay * 2)
+                continue
+            if delay != OUTAGE_BACKOFF_S:
+                runtime.dependencies.recovered("kafka")
+                runtime.dependencies.recovered("mongodb")
+            return
 
     runtime.broker.subscriber(
         source,

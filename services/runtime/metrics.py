@@ -97,6 +97,16 @@ class RuntimeMetrics:
             explicit_bucket_boundaries_advisory=STEP_SECONDS,
         )
         self.runbook_steps = RunbookStepRecorder(self)
+        self._outage_waits = meter.create_counter(
+            "intervention.outage.waits", unit="{wait}",
+            description="Waits of a consumer for Kafka or the store to come back, by "
+                        "dependency (the message is retried, never dead-lettered for it).",
+        )
+        self._dependencies: Any = None
+        meter.create_observable_gauge(
+            "intervention.dependency.up", callbacks=[self._observe_dependencies],
+            description="1 while the dependency (kafka, mongodb) answers, 0 during an outage.",
+        )
 
     def subscribed(self, topic: str) -> None:
         """Start a consumed topic's counters at zero.
@@ -122,6 +132,20 @@ class RuntimeMetrics:
 
     def dlq(self, topic: str, reason: str) -> None:
         self._dlq.add(1, {"messaging.destination.name": topic, "reason": reason})
+
+    def outage_wait(self, topic: str, dependency: str) -> None:
+        self._outage_waits.add(1, {"messaging.destination.name": topic,
+                                   "dependency": dependency})
+
+    def watch_dependencies(self, dependencies: Any) -> None:
+        """Export ``dependencies`` (a :class:`~services.runtime.dependencies.Dependencies`)."""
+        self._dependencies = dependencies
+
+    def _observe_dependencies(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._dependencies is None:
+            return []
+        return [Observation(int(self._dependencies.status(name).ok), {"dependency": name})
+                for name in ("kafka", "mongodb")]
 
     def published(self, topic: str) -> None:
         self._published.add(1, {"messaging.destination.name": topic})

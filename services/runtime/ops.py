@@ -1,21 +1,26 @@
 """Each service's operations endpoint: ``GET /healthz`` and ``GET /metrics``.
 
 Health means the real dependencies answer — the broker a metadata request, the store a
-``ping`` — not merely that the process is up; ``intervene status`` and the compose health
-checks read it. Metrics are the service's OpenTelemetry instruments in Prometheus format.
-Served by uvicorn inside the service's own event loop, on ``OPS_HTTP_HOST:OPS_HTTP_PORT``.
+``ping`` — not merely that the process is up; an unhealthy answer names the dependency,
+since when it is down and the last error (``Dependencies``); ``intervene status`` and the
+compose health checks read it. Metrics are the service's OpenTelemetry instruments in
+Prometheus format. Served by uvicorn inside the service's own event loop, on
+``OPS_HTTP_HOST:OPS_HTTP_PORT``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import generate_latest
+
+from services.runtime.dependencies import Status
 
 if TYPE_CHECKING:
     from services.runtime.service import ServiceRuntime
@@ -24,6 +29,7 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, bool]:
+    """Probe each dependency now (and record the answer in ``runtime.dependencies``)."""
     async def broker_ok() -> bool:
         try:
             return bool(await asyncio.wait_for(runtime.broker.ping(timeout=timeout), timeout))
@@ -38,19 +44,43 @@ async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, 
         return True
 
     kafka, mongodb = await asyncio.gather(broker_ok(), store_ok())
-    return {"kafka": kafka, "mongodb": mongodb}
+    checks = {"kafka": kafka, "mongodb": mongodb}
+    for name, ok in checks.items():
+        if ok:
+            runtime.dependencies.recovered(name)
+        else:
+            runtime.dependencies.failed(name, "did not answer a health probe within "
+                                              f"{timeout:g}s")
+    return checks
 
 
-def ops_app(runtime: ServiceRuntime) -> FastAPI:
+async def health_report(runtime: ServiceRuntime, extra: Mapping[str, Status] | None = None
+                        ) -> tuple[bool, dict[str, Any]]:
+    """``/healthz``'s body: ``checks`` (a bool per dependency, as always) and
+    ``dependencies``: for each, ``ok``, ``since`` (when it last changed) and the last
+    ``error`` - so an unhealthy answer says which dependency, since when and why.
+    ``extra`` adds a service's own parts (intake's outbox relay)."""
+    checks = await health(runtime)
+    details = {name: runtime.dependencies.status(name) for name in checks}
+    details.update(extra or {})
+    ok = all(status.ok for status in details.values())
+    return ok, {"service": runtime.service_name, "ok": ok, "status": "ok" if ok else "degraded",
+                "checks": {name: status.ok for name, status in details.items()},
+                "dependencies": {name: status.as_json() for name, status in details.items()}}
+
+
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+"""A service's own ``/healthz`` report (intake adds its sealing key and outbox relay)."""
+
+
+def ops_app(runtime: ServiceRuntime, health: HealthCheck | None = None) -> FastAPI:
     app = FastAPI(title=f"{runtime.service_name} operations", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        checks = await health(runtime)
-        ok = all(checks.values())
-        return JSONResponse({"service": runtime.service_name, "ok": ok, "checks": checks},
-                            status_code=200 if ok else 503)
+        ok, body = await (health() if health is not None else health_report(runtime))
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -64,8 +94,10 @@ def ops_app(runtime: ServiceRuntime) -> FastAPI:
 class OpsServer:
     """uvicorn serving :func:`ops_app` as a task of the running event loop."""
 
-    def __init__(self, runtime: ServiceRuntime, host: str, port: int) -> None:
-        config = uvicorn.Config(ops_app(runtime), host=host, port=port, log_level="warning",
+    def __init__(self, runtime: ServiceRuntime, host: str, port: int,
+                 health: HealthCheck | None = None) -> None:
+        config = uvicorn.Config(ops_app(runtime, health), host=host, port=port,
+                                log_level="warning",
                                 lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -26,6 +26,7 @@ from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import DLQ_SUFFIX, TopicSpec, physical
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Decoded, DecodeError
+from services.runtime.dependencies import Dependencies
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
@@ -93,6 +94,9 @@ class ServiceRuntime:
         self.db: AsyncDatabase[dict[str, object]] = self.mongo[settings.mongodb_database]
         self.audit = AuditLog(self.db, redactor=self.redactor)
         self.processed = ProcessedEvents(self.db)
+        # Up or down since when, per dependency: /healthz says it, consumers report to it.
+        self.dependencies = Dependencies()
+        self.metrics.watch_dependencies(self.dependencies)
         self._on_start: list[Callable[[], object]] = []
 
     def consumes(self, topic: str) -> None:

@@ -197,11 +197,16 @@ async def test_ticket_status_shows_the_timeline_without_secrets(
 
 async def test_health_and_metrics_are_on_the_ops_listener_only(intake: Intake) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(
-            app=ops_app(intake.service.runtime)), base_url="http://ops.test") as ops:
+            app=ops_app(intake.service.runtime, intake.service.health)),
+            base_url="http://ops.test") as ops:
         health = await ops.get("/healthz")
         metrics = await ops.get("/metrics")
     assert health.status_code == 200
-    assert health.json()["checks"] == {"kafka": True, "mongodb": True}
+    body = health.json()
+    assert (body["status"], body["ok"]) == ("ok", True)
+    assert body["checks"] == {"sealing_key": True, "kafka": True, "mongodb": True,
+                              "outbox": True}
+    assert {name: d["ok"] for name, d in body["dependencies"].items()} == body["checks"]
     for path in ("/healthz", "/metrics"):  # never on the public API
         assert (await intake.http.get(path)).status_code == 404
     assert metrics.status_code == 200

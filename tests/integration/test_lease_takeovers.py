@@ -22,8 +22,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.executor.claims import ClaimStore, Owner, lease_id
 from services.executor.manual import ManualSteps, wait_id
 from services.executor.runbooks.engine import JournalEntry, LeaseLost
+from services.intake.outbox import Entry as OutboxEntry
+from services.intake.outbox import MongoOutbox
 from services.intake.store import Claim as IntakeClaim
-from services.intake.store import MongoTicketStore
 from services.notifier.claims import Claims
 
 pytestmark = pytest.mark.integration
@@ -214,42 +215,34 @@ async def test_reopening_a_parked_claim_has_one_winner(
 
 
 @pytest.mark.parametrize("connections", ["one", "separate"])
-async def test_intake_takeover_of_a_stale_pending_claim_has_one_winner(
+async def test_intake_outbox_entry_of_a_revision_has_one_winner(
         databases: list[AsyncDatabase[dict[str, Any]]], unique: str, connections: str) -> None:
+    """A pending claim never made durable is finished by whoever retries first: of many
+    concurrent retries, one entry lands, and every other retry reads that one (so only one
+    TicketSubmitted's bytes can ever be published for the revision)."""
     db = databases[0]
-    now = datetime.now(UTC)
     claim = IntakeClaim(
         ticket_id=f"T-{unique}-{connections}", revision=1, fingerprint="f" * 64,
         event_id=uuid4(), source="http", account_id="ACC-1", category="diagnostics",
         category_source="rules", scope="included", confidence="high", status="pending",
-        claimed_at=now - timedelta(minutes=5))
-    stores = [MongoTicketStore(databases[i] if connections == "separate" else db)
-              for i in range(TAKERS)]
-    assert await stores[0].claim(claim) is None
-    for round_ in range(2):  # the winner crashes as well: its claim is taken over again
-        read = await stores[0].get(claim.ticket_id, claim.revision)
-        assert read is not None
-        takeover_at = datetime.now(UTC) - timedelta(minutes=2 - round_)
+        claimed_at=datetime.now(UTC) - timedelta(minutes=5))
+    outboxes = [MongoOutbox(databases[i] if connections == "separate" else db)
+                for i in range(TAKERS)]
 
-        async def take(i: int, read: IntakeClaim = read, at: datetime = takeover_at
-                       ) -> IntakeClaim | None:
-            return await stores[i].take_over(
-                read, stale_before=datetime.now(UTC) - timedelta(seconds=1), now=at)
+    async def put(i: int) -> OutboxEntry | None:
+        return await outboxes[i].put(OutboxEntry(
+            ticket_id=claim.ticket_id, revision=1, fingerprint=claim.fingerprint,
+            event=f'{{"taker": {i}}}', claim=claim, accepted_at=datetime.now(UTC)))
 
-        results = await race(take)
-        winners = [c for c in results if c is not None]
-        assert len(winners) == 1, f"round {round_}: {len(winners)} winners"
-        stored = await stores[0].get(claim.ticket_id, claim.revision)
-        assert stored is not None
-        assert stored.claimed_at == winners[0].claimed_at
-    # A claim still fresh is nobody's to take.
-    fresh = await stores[0].get(claim.ticket_id, claim.revision)
-    assert fresh is not None
-    await stores[0].mark_submitted(fresh, at=datetime.now(UTC))
-    submitted = await stores[0].get(claim.ticket_id, claim.revision)
-    assert submitted is not None
-    assert await stores[1].take_over(submitted, stale_before=datetime.now(UTC),
-                                     now=datetime.now(UTC)) is None
+    results = await race(put)
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1, f"{len(winners)} winners"
+    assert {r.event for r in results if r is not None} == {f'{{"taker": {winners[0]}}}'}
+    stored = await outboxes[0].get(f"{claim.ticket_id}:1")
+    assert stored is not None
+    assert stored.event == f'{{"taker": {winners[0]}}}'
+    await outboxes[0].remove(stored.key)
+    assert await outboxes[0].get(stored.key) is None
 
 
 # --- notifier fire-once claims ------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import datetime
 
 import httpx
 import pytest
@@ -70,7 +71,16 @@ async def test_healthz_is_503_naming_what_does_not_answer(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             health = await client.get("/healthz")
         assert health.status_code == 503
-        assert health.json()["checks"] == {"kafka": True, "mongodb": False}
+        body = health.json()
+        assert body["checks"] == {"kafka": True, "mongodb": False}
+        # Which dependency, since when and why.
+        down = body["dependencies"]["mongodb"]
+        assert down["ok"] is False
+        assert "health probe" in down["error"]
+        since = datetime.fromisoformat(down["since"])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            again = (await client.get("/healthz")).json()["dependencies"]["mongodb"]
+        assert datetime.fromisoformat(again["since"]) == since  # still the same outage
     finally:
         await server.stop()
         await runtime.stop()

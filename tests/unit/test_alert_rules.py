@@ -70,7 +70,8 @@ def test_the_expected_alerts_exist() -> None:
     assert set(_alerts()) == {
         "InitialResponseBudgetFastBurn", "InitialResponseBudgetSlowBurn",
         "CompletionBudgetFastBurn", "CompletionBudgetSlowBurn",
-        "InterventionServiceDown", "ConsumerLagGrowing", "DeadLetterQueueReceiving"}
+        "InterventionServiceDown", "ConsumerLagGrowing", "DeadLetterQueueReceiving",
+        "AcceptedTicketsNotPublished", "TicketsWaitingForPickup"}
 
 
 def test_burn_rate_alerts_pair_a_long_and_a_short_window() -> None:

@@ -17,6 +17,7 @@ import pytest
 from schemas import TicketRejected, TicketSubmitted, parse_helpdesk_request
 from services.intake.examples import example_request
 from services.intake.metrics import IntakeMetrics
+from services.intake.outbox import Entry
 from services.intake.sealing import Sealer, seal_request
 from services.intake.store import Claim
 from services.intake.submission import (
@@ -63,15 +64,6 @@ class MemoryStore:
         self.claims[key] = claim
         return None
 
-    async def take_over(self, claim: Claim, *, stale_before: datetime, now: datetime
-                        ) -> Claim | None:
-        current = self.claims.get((claim.ticket_id, claim.revision))
-        if current is None or current.status != "pending" or current.claimed_at >= stale_before:
-            return None
-        taken = replace(current, claimed_at=now)
-        self.claims[(claim.ticket_id, claim.revision)] = taken
-        return taken
-
     async def release(self, claim: Claim) -> None:
         current = self.claims.get((claim.ticket_id, claim.revision))
         if current is not None and current.status == "pending":
@@ -80,6 +72,29 @@ class MemoryStore:
     async def mark_submitted(self, claim: Claim, *, at: datetime) -> None:
         key = (claim.ticket_id, claim.revision)
         self.claims[key] = replace(self.claims[key], status="submitted", submitted_at=at)
+
+
+class MemoryOutbox:
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.fail = False
+
+    async def put(self, entry: Entry) -> Entry | None:
+        if self.fail:
+            raise ConnectionError("store unavailable")
+        if entry.key in self.entries:
+            return self.entries[entry.key]
+        self.entries[entry.key] = entry
+        return None
+
+    async def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    async def unpublished(self) -> list[Entry]:
+        return list(self.entries.values())
+
+    async def remove(self, key: str) -> None:
+        self.entries.pop(key, None)
 
 
 class MemoryAudit:
@@ -95,14 +110,15 @@ class MemoryAudit:
 class Harness:
     def __init__(self) -> None:
         self.store = MemoryStore()
+        self.outbox = MemoryOutbox()
         self.audit = MemoryAudit()
         self.published: list[TicketSubmitted | TicketRejected] = []
         self.fail_publish = False
         self.now = T0
         self.redactor = Redactor()
         self.intake = Intake(publisher=self.publish, audit=self.audit,  # type: ignore[arg-type]
-                             store=self.store, metrics=IntakeMetrics(), redactor=self.redactor,
-                             clock=lambda: self.now)
+                             store=self.store, outbox=self.outbox, metrics=IntakeMetrics(),
+                             redactor=self.redactor, clock=lambda: self.now)
         self.intake.use_sealer(Sealer(KEY.public, self.redactor))
 
     async def publish(self, event: TicketSubmitted | TicketRejected) -> None:
@@ -135,6 +151,7 @@ async def test_http_submission_is_sealed_classified_audited_and_published_once()
     assert CANARY not in event.model_dump_json()
     assert h.audit.records == []  # the runtime audits the event itself when publishing
     assert h.store.claims[("HD-20261122-0001", 1)].status == "submitted"
+    assert h.outbox.entries == {}  # published entries leave the outbox
     assert h.redactor.redact_text(CANARY) == "[REDACTED]"
 
 
@@ -200,36 +217,102 @@ async def test_rule_violations_are_rejected_and_nothing_is_claimed() -> None:
     assert h.store.claims == {}
 
 
-async def test_a_failed_publish_gives_the_revision_back_for_the_retry() -> None:
+async def test_a_broker_outage_after_the_entry_is_durable_still_accepts_and_publishes_later(
+) -> None:
     h = Harness()
     h.fail_publish = True
+    outcome = await h.intake.submit(plain(), source="http", edge="http")
+    assert isinstance(outcome, Accepted)
+    assert not outcome.duplicate
+    assert h.published == []
+    (entry,) = h.outbox.entries.values()
+    assert CANARY not in entry.event  # the durable copy is sealed
+    retry = await h.intake.submit(plain(), source="http", edge="http")
+    assert isinstance(retry, Accepted)
+    assert retry.duplicate  # the original is durable
+    with pytest.raises(ConnectionError):
+        await h.intake.relay.drain(everything=True)
+    assert h.intake.relay.state.failing_since is not None
+    h.fail_publish = False
+    assert await h.intake.relay.drain(everything=True) == 0
+    (event,) = h.published
+    assert event.event_id == outcome.event_id
+    assert h.outbox.entries == {}
+    assert h.store.claims[("HD-20261122-0001", 1)].status == "submitted"
+    assert h.intake.relay.state.failing_since is None
+
+
+async def test_a_store_failure_before_the_entry_is_durable_gives_the_revision_back() -> None:
+    h = Harness()
+    h.outbox.fail = True
     with pytest.raises(ConnectionError):
         await h.intake.submit(plain(), source="http", edge="http")
     assert h.store.claims == {}
-    h.fail_publish = False
+    h.outbox.fail = False
     outcome = await h.intake.submit(plain(), source="http", edge="http")
     assert isinstance(outcome, Accepted)
     assert not outcome.duplicate
     assert len(h.published) == 1
 
 
-async def test_a_crashed_http_attempt_is_finished_after_the_lease() -> None:
+def crashed_claim(request: Any, *, at: datetime = T0) -> Claim:
+    return Claim(ticket_id=request.ticket_id, revision=1, fingerprint=fingerprint(request),
+                 event_id=submitted_event_id(request.ticket_id, 1), source="http",
+                 account_id="ACC-1001", category="diagnostics", category_source="form",
+                 scope="included", confidence="high", status="pending", claimed_at=at)
+
+
+async def test_a_retry_of_an_attempt_that_crashed_before_it_was_durable_is_not_a_duplicate(
+) -> None:
     h = Harness()
     request = plain()
-    crashed = Claim(ticket_id=request.ticket_id, revision=1, fingerprint=fingerprint(request),
-                    event_id=submitted_event_id(request.ticket_id, 1), source="http",
-                    account_id="ACC-1001", category="diagnostics", category_source="form",
-                    scope="included", confidence="high", status="pending", claimed_at=T0)
-    h.store.claims[(request.ticket_id, 1)] = crashed
-    in_flight = await h.intake.submit(request, source="http", edge="http")
-    assert isinstance(in_flight, Accepted)
-    assert in_flight.duplicate
-    assert h.published == []
-    h.now = T0 + timedelta(seconds=31)
-    finished = await h.intake.submit(request, source="http", edge="http")
-    assert isinstance(finished, Accepted)
-    assert not finished.duplicate
+    crashed = crashed_claim(request)
+    h.store.claims[(request.ticket_id, 1)] = crashed  # claimed, then killed: no entry
+    outcome = await h.intake.submit(request, source="http", edge="http")
+    assert isinstance(outcome, Accepted)
+    assert not outcome.duplicate
     assert [e.event_id for e in h.published] == [crashed.event_id]
+    again = await h.intake.submit(request, source="http", edge="http")
+    assert isinstance(again, Accepted)
+    assert again.duplicate
+    assert len(h.published) == 1
+
+
+async def test_a_never_durable_claim_blocks_different_content_only_for_the_lease() -> None:
+    h = Harness()
+    h.store.claims[("HD-20261122-0001", 1)] = crashed_claim(plain())
+    changed = plain(description="Actually the disk is full, please look at it.")
+    refused = await h.intake.submit(changed, source="http", edge="http")
+    assert isinstance(refused, Refused)
+    assert refused.reason == "conflict"
+    h.now = T0 + timedelta(seconds=31)
+    accepted = await h.intake.submit(changed, source="http", edge="http")
+    assert isinstance(accepted, Accepted)
+    assert not accepted.duplicate
+    assert len(h.published) == 1
+
+
+async def test_the_relay_drops_an_entry_whose_revision_was_already_published() -> None:
+    h = Harness()
+    h.fail_publish = True
+    await h.intake.submit(plain(), source="http", edge="http")
+    h.fail_publish = False
+    key = ("HD-20261122-0001", 1)
+    h.store.claims[key] = replace(h.store.claims[key], status="submitted")  # killed before
+    assert await h.intake.relay.drain(everything=True) == 0                 # the delete
+    assert h.published == []
+    assert h.outbox.entries == {}
+
+
+async def test_the_relay_leaves_fresh_entries_to_their_request_but_takes_all_at_start() -> None:
+    h = Harness()
+    h.fail_publish = True
+    await h.intake.submit(plain(), source="http", edge="http")
+    h.fail_publish = False
+    assert await h.intake.relay.drain() == 1  # within the grace: its request may publish it
+    assert h.published == []
+    assert await h.intake.relay.drain(everything=True) == 0
+    assert len(h.published) == 1
 
 
 # --- the topic -------------------------------------------------------------------------
