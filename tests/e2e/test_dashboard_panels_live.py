@@ -275,7 +275,7 @@ class Additions:
         sealed = self.sealed(ticket, server)
         for _ in range(2):  # the same bytes twice: a helpdesk integration's retry
             await publish_request(sealed, bootstrap=self.system.bootstrap,
-                                  prefix=self.system.prefix)
+                                  prefix=self.system.prefix, signer=self.system.signer)
 
     async def step_of(self, ticket: str) -> str:
         progress = self.bus.ticket(ticket)
