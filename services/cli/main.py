@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key sets").add_subparsers(dest="keys_command",
                                                                   required=True)
-    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing)")
+    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing, "
+                                        "one audit key per service)")
     init.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
     init.add_argument("--force", action="store_true", help="replace an existing key set")
     init.set_defaults(func=_cmd_keys_init)
