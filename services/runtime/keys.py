@@ -170,6 +170,10 @@ def _b64(raw: bytes) -> str:
 
 
 def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
+    _write_text_atomically(path, json.dumps(document, indent=2) + "\n", mode)
+
+
+def _write_text_atomically(path: Path, text: str, mode: int) -> None:
     """Write via a temp file and rename, so a crash never leaves a half-written key.
 
     The temp file is created 0600 by ``mkstemp`` (so the private key is never briefly
@@ -178,8 +182,7 @@ def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp_name, mode)
