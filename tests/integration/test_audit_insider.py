@@ -11,6 +11,7 @@ in Kafka, neither of which the database writer controls.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from services.runtime.audit import (
 from services.runtime.keys import KeySetPaths, init_keys, load_audit_signing_key
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +224,32 @@ async def test_heads_are_anchored_periodically_without_an_explicit_flush(
     status, out = await cli(ticket)
     assert status == 1
     assert "ticket deleted" in out
+
+
+async def test_a_tickets_final_event_anchors_its_head_at_once(
+        estate: Estate, kafka_bootstrap: str, topic_prefix: str, real_parts: Any,
+        database_name: str, cli: Any, mongo_db: Db) -> None:
+    from notifier_factories import auth_rejected, submitted
+
+    from schemas.registry import topics_produced_by
+
+    # Auth with an hour between periodic anchors: only the final event can anchor now.
+    settings = RuntimeSettings(
+        kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=topic_prefix,
+        mongodb_uri=real_parts.mongodb_uri, mongodb_database=database_name,
+        intervention_keys_dir=str(estate.keys.directory), audit_anchor_interval_s=3600)
+    auth = ServiceRuntime("auth", settings, produces=topics_produced_by("auth"))
+    await auth.start()
+    try:
+        rejection = auth_rejected(submitted(at=datetime.now(UTC)), at=datetime.now(UTC))
+        await auth.publish(rejection)  # AuthorizationRejected: the ticket's last word
+        assert rejection.ticket_id not in auth.anchors.pending
+        assert auth.anchors.published >= 1
+    finally:
+        await auth.stop()
+    await mongo_db["audit"].delete_many({"ticket_id": rejection.ticket_id})
+    await mongo_db[heads_collection("audit")].delete_one({"_id": rejection.ticket_id})
+    status, out = await cli(rejection.ticket_id)
+    assert status == 1
+    assert f"ticket {rejection.ticket_id}, record 1: ticket deleted" in out
+    assert "anchored by auth" in out
