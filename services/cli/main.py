@@ -113,24 +113,42 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys_init(args: argparse.Namespace) -> int:
-    from services.intake.integrations import load_integration_key
-    from services.runtime.keys import KeyFileError, default_keys_dir, init_keys
+def _write_key_files(args: argparse.Namespace, what: str,
+                     write: Callable[[Path, bool], object]) -> int:
+    """``intervene keys init|kafka``: write into ``--dir`` (or the keys dir), list it."""
+    from services.runtime.keys import KeyFileError, default_keys_dir
 
     directory = Path(args.dir) if args.dir else default_keys_dir()
     try:
-        paths = init_keys(directory, force=args.force)
-        # Intake's integration key is kept even with --force: replacing it would void every
-        # registered integration's secret and account map.
-        load_integration_key(directory, create=True)
+        write(directory, args.force)
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"dev key set written to {directory}:")
+    print(f"{what} written to {directory}:")
     for path in sorted(directory.iterdir()):
         print(f"  {path.name}")
-    del paths
     return 0
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from services.intake.integrations import load_integration_key
+    from services.runtime.keys import init_keys
+
+    def write(directory: Path, force: bool) -> None:
+        init_keys(directory, force=force)
+        # Intake's integration key is kept even with --force: replacing it would void every
+        # registered integration's secret and account map.
+        load_integration_key(directory, create=True)
+
+    return _write_key_files(args, "dev key set", write)
+
+
+def _cmd_keys_kafka(args: argparse.Namespace) -> int:
+    from services.runtime.kafka_credentials import init_kafka_credentials
+
+    return _write_key_files(args, "Kafka credentials for deploy/compose.yaml",
+                            lambda directory, force: init_kafka_credentials(directory,
+                                                                            force=force))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,10 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key sets").add_subparsers(dest="keys_command",
                                                                   required=True)
-    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing)")
+    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing, "
+                                        "one audit key per service)")
     init.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
     init.add_argument("--force", action="store_true", help="replace an existing key set")
     init.set_defaults(func=_cmd_keys_init)
+    kafka = keys.add_parser("kafka", help="create the Kafka SASL credentials of a Compose "
+                                          "deployment (one principal per service, admin, "
+                                          "auditor) and the broker's JAAS file")
+    kafka.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
+    kafka.add_argument("--force", action="store_true", help="replace existing credentials")
+    kafka.set_defaults(func=_cmd_keys_kafka)
     # Each area's commands live in their own module (services/cli/commands_<area>.py) with a
     # `register(sub)` function, so areas evolve without editing this file together.
     for area in COMMAND_MODULES:

@@ -39,7 +39,7 @@ from schemas.events import (
     TicketUpdated,
 )
 from schemas.registry import EventDecodeError, parse_event
-from schemas.topics import DLQ_SUFFIX, all_topics
+from schemas.topics import AUDIT_TOPICS, DLQ_SUFFIX, all_topics
 
 Phase = Literal["waiting", "submitted", "rejected", "authorized", "refused", "clarification",
                 "started", "rescue", "manual_step", "completed"]
@@ -195,7 +195,10 @@ class BusRecorder:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        names = [spec.name for spec in all_topics(self.prefix)]
+        # Events only: the audit anchors are not events (`intervene audit verify` reads them).
+        anchors = {spec.name for spec in all_topics(self.prefix)
+                   if spec.name.removeprefix(self.prefix) in {a.name for a in AUDIT_TOPICS}}
+        names = [spec.name for spec in all_topics(self.prefix) if spec.name not in anchors]
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     group_id=None)
         await consumer.start()

@@ -11,6 +11,11 @@ Environment variables (ARCHITECTURE §3), with their defaults:
 - ``HANDLER_RETRY_BACKOFF_S`` = 0.5 s, doubled after each failed try (with jitter)
 - ``OPS_HTTP_HOST`` = ``127.0.0.1``, ``OPS_HTTP_PORT`` = unset (no endpoint): the
   service's ``/healthz`` and ``/metrics``
+- ``AUDIT_ANCHOR_INTERVAL_S`` = 60: how often the heads of the audit chains this process
+  appended to are published to ``intervention.audit-anchored`` (also at once at a ticket's
+  final event). The service signs its audit records with ``audit-<service>.key`` from the
+  keys directory; without that file it writes unsigned records (with a WARNING), which
+  ``intervene audit verify`` reports once audit keys exist.
 - ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the other standard ``OTEL_*``
   variables are read by the OpenTelemetry SDK itself.
 
@@ -108,6 +113,7 @@ class RuntimeSettings(BaseSettings):
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "intervention"
     intervention_keys_dir: str | None = None
+    audit_anchor_interval_s: float = Field(default=60.0, gt=0, le=86400)
     handler_max_attempts: int = Field(default=3, ge=1, le=10)
     # Bounded: attempts x backoff must stay far below aiokafka's max.poll.interval (5 min).
     handler_retry_backoff_s: float = Field(default=0.5, ge=0.0, le=10.0)

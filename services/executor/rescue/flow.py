@@ -62,6 +62,7 @@ from services.executor.ssh import (
     SshSession,
     SshTarget,
 )
+from services.runtime.redaction import Redactor, default_redactor
 
 AuditFn = Callable[[Claim, str, str, Mapping[str, Any]], Awaitable[None]]
 EngineFactory = Callable[[SshSession, CredentialIssuer], Engine]
@@ -89,6 +90,10 @@ class RescuePorts:
     unseal: Callable[[SealedSecret], str]
     tracer: trace.Tracer
     timing: RescueTiming = field(default_factory=RescueTiming)
+    # EXECUTOR_RESCUE_MANAGEMENT_SOURCES: where a firewall repair lets SSH in from.
+    management_sources: tuple[str, ...] = ()
+    # The process's redactor: holds this run's secrets for as long as the run lasts.
+    redactor: Redactor = field(default_factory=default_redactor)
 
 
 class RescueFailed(Exception):
@@ -194,6 +199,16 @@ class RescueRun:
     # --- the procedure -------------------------------------------------------------------
 
     async def run(self) -> RescueResult:
+        # A rescue run lasts minutes to hours (boots, fsck); other tickets' secrets arriving
+        # meanwhile must not push this run's out of a bounded redactor while its output
+        # can still show them. Secrets opened before the run are taught again to be held.
+        with self._p.redactor.holding(self._claim.id):
+            for secret in (self._credential.password, self._credential.private_key):
+                if secret:
+                    self._p.redactor.add(secret)
+            return await self._run()
+
+    async def _run(self) -> RescueResult:
         before: list[StepOutcome] = []
         run = RunResult(steps=(), facts={})
         try:
@@ -380,7 +395,7 @@ class RescueRun:
 
     async def _runbook(self, session: SshSession) -> RunResult:
         runbook = RESCUE_RUNBOOKS[f"rescue.{self._verdict.ticket.category}"]
-        params = runbook.parse_params(rescue_params(self._verdict))
+        params = runbook.parse_params(rescue_params(self._verdict, self._p.management_sources))
         engine = self._p.engine(session, self._issuer)
         return await engine.run(runbook, params)
 
@@ -412,9 +427,11 @@ class RescueRun:
                                 "inventory_host_key_stale",
                                 {"service_id": server.service_id,
                                  "inventory": server.ssh_host_key, "on_disk": keys})
+        # A server with rescue: its key comes from its disk or the inventory, never first use.
         target = SshTarget(host=str(server.ip), port=server.ssh_port,
                            service_id=server.service_id,
-                           inventory_key=expected or server.ssh_host_key)
+                           inventory_key=expected or server.ssh_host_key,
+                           trust_first_use=False)
         credential, what = self._verification_credential(run)
         began = time.monotonic()
         deadline = began + self._p.timing.ssh_wait_s

@@ -19,6 +19,7 @@ claim gets :class:`LeaseLost` there and stops before touching the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import string
 import time
@@ -144,7 +145,12 @@ class CredentialIssuer(Protocol):
 
 
 class SecretSink(Protocol):
+    """The process's redactor: learns the secrets a run creates, and masks every secret it
+    knows in what the run writes to its journal (a reason or a fact can quote output)."""
+
     def add(self, secret: str) -> None: ...
+
+    def redact(self, value: Any) -> Any: ...
 
 
 class BackupLog(Protocol):
@@ -346,7 +352,7 @@ class Engine:
                     return outcome
                 deposit = outcome
             # The intent is durable (and our lease checked) before the server is touched.
-            await self._journal.record(index, JournalEntry(
+            await self._record(index, JournalEntry(
                 name=step.name, state="changing", facts=learnt, credential=deposit))
             change_ops = tuple(step.change(ctx))
             change_results = await self._run_all(index, step, "change", change_ops)
@@ -358,7 +364,7 @@ class Engine:
                                              change_results, f"change: {broken}")
             if deposit is not None and self._issuer is not None:
                 await self._issuer.activate(deposit)
-            await self._journal.record(index, JournalEntry(
+            await self._record(index, JournalEntry(
                 name=step.name, state="changed", facts=learnt, credential=deposit,
                 credential_active=deposit is not None,
                 action=_action(step, change_ops, change_results, "changed")))
@@ -442,11 +448,26 @@ class Engine:
         outcome = StepOutcome(index=index, name=step.name, result=result, reason=reason,
                               action=action, facts=dict(facts or {}),
                               credential_issued=credential_active, backups=backups)
-        await self._journal.record(index, JournalEntry(
+        await self._record(index, JournalEntry(
             name=step.name, state="done", result=result, reason=reason,
             facts=outcome.facts, action=action, credential=credential,
             credential_active=credential_active, backups=backups))
         return outcome
+
+    async def _record(self, index: int, entry: JournalEntry) -> None:
+        """Journal ``entry`` redacted: the claim journal is stored like the audit log, and
+        a failure reason or a fact may quote command output holding a secret."""
+        redact = self._sink.redact
+        action = entry.action
+        if action is not None:
+            action = dataclasses.replace(action, step=str(redact(action.step)),
+                                         command=str(redact(action.command)))
+        await self._journal.record(index, dataclasses.replace(
+            entry, reason=None if entry.reason is None else str(redact(entry.reason)),
+            facts=dict(redact(entry.facts)), action=action,
+            backups=tuple(BackupNote(location=str(redact(b.location)),
+                                     description=str(redact(b.description)))
+                          for b in entry.backups)))
 
     # --- commands ----------------------------------------------------------------------
 
