@@ -42,6 +42,7 @@ from services.intake.integrations import (
 )
 from services.runtime.audit import AuditLog
 from services.runtime.keys import KeyFileError
+from services.runtime.service import audit_signer
 from services.runtime.settings import RuntimeSettings
 
 _T = TypeVar("_T")
@@ -94,7 +95,8 @@ def _run(work: Callable[[AsyncDatabase[dict[str, Any]], IntegrationKeyFile, Audi
         try:
             db = client[settings.mongodb_database]
             key = IntegrationKeyFile(env_keys_dir(), create=True)
-            return await work(db, key, AuditLog(db))
+            # Intake's own administration: written, and signed, as intake (its audit key).
+            return await work(db, key, AuditLog(db, signer=audit_signer("intake", settings)))
         finally:
             await client.close()
 
@@ -119,7 +121,7 @@ def _guarded(action: Callable[[], int]) -> int:
 async def _audit(audit: AuditLog, kind: str, data: dict[str, Any]) -> None:
     at = datetime.now(UTC)
     await audit.append(f"intake-admin-{at:%Y%m%d}", record_id=f"{kind}:{at.isoformat()}:"
-                       f"{data.get('integration')}", kind=kind, actor="operator", data=data)
+                       f"{data.get('integration')}", kind=kind, actor="intake:operator", data=data)
 
 
 def _show_secret(verb: str, name: str, secret: str) -> None:

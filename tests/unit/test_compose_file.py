@@ -284,10 +284,13 @@ def test_services_start_after_the_acls_are_granted(services):
 
 
 def test_keys_kafka_writes_every_credential_file_compose_mounts(compose, tmp_path):
-    from services.runtime.kafka_credentials import init_kafka_credentials
-    from services.runtime.keys import init_keys
+    from services.cli.main import main
 
-    init_keys(tmp_path)
+    # What an operator runs: `intervene keys init` (with intake's integration key), then
+    # `intervene keys kafka`.
+    assert main(["keys", "init", "--dir", str(tmp_path)]) == 0
+    from services.runtime.kafka_credentials import init_kafka_credentials
+
     written = {p.name for p in init_kafka_credentials(tmp_path)}
     for name, secret in compose["secrets"].items():
         assert (tmp_path / Path(secret["file"]).name).is_file(), name
