@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from faststream.message import StreamMessage
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
-from services.runtime.telemetry import current_ticket
+from services.runtime.kafka_telemetry import CONSUMER_GROUP
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -181,6 +183,10 @@ def subscribe(
                                   partition=record.partition, offset=record.offset,
                                   consumer=msg.consumer)
         body: bytes = msg.body
+        # FastStream's process span: it does not know the group, and the key may not be
+        # the ticket (an integration's bug), the decoded message is.
+        span = trace.get_current_span()
+        span.set_attribute(CONSUMER_GROUP, group_id)
         try:
             decoded = decoder(body)
         except DecodeError as exc:
@@ -203,6 +209,8 @@ def subscribe(
                 await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
                 await msg.ack()
                 return
+        if decoded.ticket_id is not None:
+            span.set_attribute(TICKET_ID_ATTRIBUTE, decoded.ticket_id)
         token = current_ticket.set(decoded.ticket_id)
         try:
             delivery = Delivery(

@@ -16,7 +16,6 @@ from typing import TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -29,6 +28,7 @@ from services.runtime.consumer import Decoded, DecodeError
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
+from services.runtime.kafka_telemetry import kafka_telemetry_middleware
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
@@ -81,10 +81,8 @@ class ServiceRuntime:
             enable_idempotence=True,
             allow_auto_create_topics=False,
             graceful_timeout=settings.graceful_timeout_s,
-            middlewares=[KafkaTelemetryMiddleware(
-                tracer_provider=self.telemetry.tracer_provider,
-                meter_provider=self.telemetry.meter_provider,
-            )],
+            middlewares=[kafka_telemetry_middleware(
+                self.telemetry.tracer_provider, self.telemetry.meter_provider)],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
         self.mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
