@@ -22,6 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import document_linters as linters
 
+from services.intake.examples import example_request
+
 ROOT = linters.ROOT
 SCHEMAS = sorted((ROOT / "schemas" / "json").glob("*.json"))
 ASYNCAPI = ROOT / "docs" / "asyncapi.json"
@@ -69,6 +71,23 @@ def test_every_json_schema_names_its_dialect_and_id() -> None:
         assert schema["$id"].endswith(file.name), file.name
         ids.add(schema["$id"])
     assert len(ids) == len(SCHEMAS)
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.10", "2001:db8::10"])
+def test_ajv_accepts_the_helpdesk_example_request_and_refuses_a_bad_address(
+        tmp_path: Path, ip: str) -> None:
+    ajv = tool(linters.npm_bin, "lint", "ajv")
+    schema = ROOT / "schemas" / "json" / "HelpdeskTicketRequest.json"
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(example_request(server={"ip": ip})), encoding="utf-8")
+    bad.write_text(json.dumps(example_request(server={"ip": ip + "x"})), encoding="utf-8")
+    args = [ajv, "validate", "--spec=draft2020", "--strict=true", "-c", "ajv-formats",
+            "-s", schema]
+    accepted = run([*args, "-d", good], cwd=linters.CACHE / "npm-lint")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    refused = run([*args, "-d", bad], cwd=linters.CACHE / "npm-lint")
+    assert refused.returncode != 0
+    assert "/server/ip" in refused.stdout + refused.stderr
 
 
 def test_ajv_strict_rejects_a_format_it_does_not_know(tmp_path: Path) -> None:
