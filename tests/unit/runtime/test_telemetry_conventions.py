@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -232,3 +234,33 @@ def test_the_span_file_records_each_spans_kind_for_the_checker(tmp_path: Path) -
     record = json.loads(line)
     assert record["kind"] == "CLIENT"
     assert conformance.problems([record], TICKET) == []
+
+
+async def test_server_span_in_an_http_middleware_names_the_matched_route(spans: Spans) -> None:
+    """The way intake's HTTP middleware uses it: the route is known after the call."""
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def traced(request: Request, call_next: Any) -> Any:
+        method = request.method
+        with server_span(spans.tracer, method, None, request.headers,
+                         path=request.url.path) as span:
+            response = await call_next(request)
+            route = getattr(request.scope.get("route"), "path", None)
+            end_server_span(span, method=method, route=route,
+                            status_code=response.status_code)
+        return response
+
+    @app.get("/v1/tickets/{ticket_id}")
+    async def ticket(ticket_id: str) -> dict[str, str]:
+        return {"ticket_id": ticket_id}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://intake.test") as client:
+        answer = await client.get(f"/v1/tickets/{TICKET}",
+                                  headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    assert answer.status_code == 200
+    [done] = spans.finished()
+    assert done.name == "GET /v1/tickets/{ticket_id}"
+    assert format(done.context.trace_id, "032x") == TRACE_ID
+    assert (done.attributes or {})["url.path"] == f"/v1/tickets/{TICKET}"
