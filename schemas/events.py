@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, Field, IPvAnyAddress, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.canonical import canonical_json
 from schemas.common import (
@@ -19,6 +19,7 @@ from schemas.common import (
     AccountId,
     EngineerId,
     FieldError,
+    IpAddress,
     Label,
     LongText,
     Notes,
@@ -164,7 +165,7 @@ class ResolvedServer(BaseModel):
 
     service_id: ServiceId
     service_name: ServiceName
-    ip: IPvAnyAddress = Field(description="The address to reach the server at.")
+    ip: IpAddress = Field(description="The address to reach the server at.")
     type: Literal["dedicated", "vps"]
     os_family: Literal["linux", "windows"]
     ipkvm: bool

@@ -102,7 +102,7 @@ from services.runtime.crypto import (
     seal_text,
 )
 from services.runtime.service import ServiceRuntime
-from services.runtime.telemetry import current_ticket
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, client_span, current_ticket
 from services.runtime.verdicts import SignatureError, verify_verdict
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class Interventions:
         parent = propagate.extract(claim.trace_carrier)
         with self._tracer.start_as_current_span(
             "executor intervention", context=parent,
-            attributes={"ticket.id": claim.ticket_id, "ticket.revision": claim.revision,
+            attributes={TICKET_ID_ATTRIBUTE: claim.ticket_id, "ticket.revision": claim.revision,
                         "claim.attempt": claim.attempt},
         ) as span:
             try:
@@ -349,8 +349,7 @@ class Interventions:
         target = SshTarget(host=str(server.ip), port=server.ssh_port,
                            service_id=server.service_id, inventory_key=server.ssh_host_key)
         where = {"host": target.host, "port": target.port, "service_id": target.service_id}
-        with self._tracer.start_as_current_span("ssh connect", attributes={
-                "net.peer.name": target.host, "net.peer.port": target.port}):
+        with client_span(self._tracer, "ssh connect", host=target.host, port=target.port):
             try:
                 session = await deps.connector.open(target, credential,
                                                     platform=server.os_family,

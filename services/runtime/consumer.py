@@ -36,11 +36,14 @@ from aiokafka.errors import CommitFailedError
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from faststream.message import StreamMessage
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
 from services.runtime.dependencies import outage_of
 from services.runtime.telemetry import current_ticket
+from services.runtime.kafka_telemetry import CONSUMER_GROUP
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -191,6 +194,10 @@ def subscribe(
                                   partition=record.partition, offset=record.offset,
                                   consumer=msg.consumer)
         body: bytes = msg.body
+        # FastStream's process span: it does not know the group, and the key may not be
+        # the ticket (an integration's bug), the decoded message is.
+        span = trace.get_current_span()
+        span.set_attribute(CONSUMER_GROUP, group_id)
         try:
             decoded = decoder(body)
         except DecodeError as exc:
@@ -213,6 +220,8 @@ def subscribe(
                 await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
                 await msg.ack()
                 return
+        if decoded.ticket_id is not None:
+            span.set_attribute(TICKET_ID_ATTRIBUTE, decoded.ticket_id)
         token = current_ticket.set(decoded.ticket_id)
         try:
             delivery = Delivery(

@@ -18,7 +18,6 @@ from typing import TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -39,6 +38,7 @@ from services.runtime.keys import (
     default_keys_dir,
     load_audit_signing_key,
 )
+from services.runtime.kafka_telemetry import kafka_telemetry_middleware
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
@@ -92,10 +92,8 @@ class ServiceRuntime:
             enable_idempotence=True,
             allow_auto_create_topics=False,
             graceful_timeout=settings.graceful_timeout_s,
-            middlewares=[KafkaTelemetryMiddleware(
-                tracer_provider=self.telemetry.tracer_provider,
-                meter_provider=self.telemetry.meter_provider,
-            )],
+            middlewares=[kafka_telemetry_middleware(
+                self.telemetry.tracer_provider, self.telemetry.meter_provider)],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
         self.mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(

@@ -80,13 +80,23 @@ SERVICES = {"intake", "auth", "executor", "notifier"}
 #   on a bug. Bad input never reaches a handler: the decoder dead-letters it (the "Dead-
 #   lettered messages" panel, which the unnamed helpdesk request makes non-zero). The series
 #   start at zero for every consumed topic (services/runtime/metrics.py).
+# - SLA breaches of the initial response and of standard and complex interventions: the
+#   compliance panels divide met clocks by met + breached ones, and a healthy run meets them
+#   (only the data-centre clock is made to breach, below).
 # - intake's outbox: an accepted ticket is published within milliseconds when Kafka is up, so
 #   its oldest entry's age is 0 at (almost) every scrape.
 ZERO_IN_A_HEALTHY_RUN = frozenset({"Handler errors per second",
                                    "Waiting at a hand-off (oldest, seconds)"})
+# Every panel selector also carries the dashboard's job and instance variables, at "All".
+_ALL = (("job", "=~", ".+"), ("instance", "=~", ".+"))
 ZERO_SELECTORS = frozenset({
-    ("intervention_messages_handled_total", (("outcome", "=", "error"),)),
-    ("intake_outbox_oldest_age_seconds", ())})
+    ("intervention_messages_handled_total", (*_ALL, ("outcome", "=", "error"))),
+    ("intervention_sla_breaches_total", (*_ALL, ("clock", "=", "initial_response"))),
+    *(("intervention_sla_breaches_total",
+       (*_ALL, ("clock", "=", "intervention"), ("timeline", "=", timeline)))
+      for timeline in ("standard", "complex")),
+    ("intake_outbox_oldest_age_seconds", _ALL),
+})
 SETTLE_S = 120.0  # after the additions, for every panel to show its values
 WAIT_S = 60.0  # for each step of the additions
 STEP_S = 1.0

@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
 import executor_targets as targets
+import span_conformance as conformance
 from executor_verdicts import resolved_server, verdict
 
 from schemas.events import (
@@ -49,7 +50,7 @@ from services.runtime.crypto import (
 )
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import init_keys, load_sealing_public, load_signing_key
-from services.runtime.telemetry import setup_telemetry
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, setup_telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +192,7 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
                   and s.attributes and s.attributes.get("runbook") == "diagnostics"]
     intervention = [s for s in rig.spans.get_finished_spans()
                     if s.name == "executor intervention" and s.attributes
-                    and s.attributes.get("ticket.id") == event.ticket_id]
+                    and s.attributes.get(TICKET_ID_ATTRIBUTE) == event.ticket_id]
     assert intervention
     trace_id = intervention[0].context.trace_id
     mine = [s for s in step_spans if s.context.trace_id == trace_id]
@@ -200,6 +201,12 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
     consume = [s for s in rig.spans.get_finished_spans()
                if s.context.trace_id == trace_id and "process" in s.name]
     assert consume, "the Kafka consume span and the intervention share one trace"
+    # Every span of the ticket's run (Kafka in and out, the claim, SSH, each step) follows
+    # the attribute list (tests/span_conformance.py).
+    ticket_spans = [conformance.from_sdk(s) for s in rig.spans.get_finished_spans()
+                    if s.context.trace_id == trace_id]
+    assert {s["kind"] for s in ticket_spans} >= {"CONSUMER", "PRODUCER", "CLIENT"}
+    assert conformance.problems(ticket_spans, event.ticket_id) == []
 
 
 async def test_forged_altered_unsigned_and_stale_verdicts_are_refused_and_audited(

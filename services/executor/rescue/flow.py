@@ -63,6 +63,7 @@ from services.executor.ssh import (
     SshTarget,
 )
 from services.runtime.redaction import Redactor, default_redactor
+from services.runtime.telemetry import client_span
 
 AuditFn = Callable[[Claim, str, str, Mapping[str, Any]], Awaitable[None]]
 EngineFactory = Callable[[SshSession, CredentialIssuer], Engine]
@@ -365,8 +366,8 @@ class RescueRun:
         credential = Credential(username=access.username, password=access.password)
         began = time.monotonic()
         deadline = began + self._p.timing.ssh_wait_s
-        with self._p.tracer.start_as_current_span("rescue ssh connect", attributes={
-                "net.peer.name": target.host, "net.peer.port": target.port}):
+        with client_span(self._p.tracer, "rescue ssh connect", host=target.host,
+                         port=target.port):
             while True:
                 try:
                     session = await self._p.connector.open(target, credential, platform="linux",
@@ -437,8 +438,7 @@ class RescueRun:
         deadline = began + self._p.timing.ssh_wait_s
         result: StepResult = "failed"
         note = ""
-        with self._p.tracer.start_as_current_span("rescue verify", attributes={
-                "net.peer.name": target.host, "net.peer.port": target.port}):
+        with client_span(self._p.tracer, "rescue verify", host=target.host, port=target.port):
             while True:
                 try:
                     session = await self._p.connector.open(target, credential,
