@@ -29,7 +29,7 @@ from services.intake.ratelimit import RateLimiter
 from services.intake.signing import HEADER_INTEGRATION
 from services.intake.submission import Accepted, Intake, Outcome, Refused, Rejected
 from services.intake.validation import explain_structural
-from services.runtime.telemetry import current_ticket
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
 log = logging.getLogger("intervention.intake.http")
 
@@ -177,7 +177,7 @@ class Doors:
                      caller: Caller) -> JSONResponse:
         token = current_ticket.set(parsed.ticket_id)
         try:
-            trace.get_current_span().set_attribute("intervention.ticket_id", parsed.ticket_id)
+            trace.get_current_span().set_attribute(TICKET_ID_ATTRIBUTE, parsed.ticket_id)
             if (limited := self.limited(f"{caller.name}:{parsed.account_id}", source)
                     ) is not None:
                 return limited

@@ -42,6 +42,7 @@ from services.intake.signing import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
 )
+from services.runtime.telemetry import end_server_span, server_span
 
 API_VERSION: Final = "1.1.0"
 _METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -99,13 +100,13 @@ def create_app(service: IntakeService | None = None) -> FastAPI:
     ) -> Response:
         began = time.perf_counter()
         method = request.method if request.method in _METHODS else "OTHER"
-        with tracer.start_as_current_span(f"intake HTTP {method}") as span:
-            span.set_attribute("http.request.method", method)
+        # A SERVER span "{method} {route}" that continues the caller's traceparent.
+        with server_span(tracer, method, None, request.headers, path=request.url.path) as span:
             response = await call_next(request)
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            span.update_name(f"intake HTTP {method} {route}")
-            span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", response.status_code)
+            matched = getattr(request.scope.get("route"), "path", None)
+            end_server_span(span, method=method, route=matched,
+                            status_code=response.status_code)
+        route = matched or "unmatched"
         svc.metrics.http(route, method, response.status_code, time.perf_counter() - began)
         return response
 
@@ -114,6 +115,14 @@ def create_app(service: IntakeService | None = None) -> FastAPI:
 
 
 SECURITY_SCHEMES: Final[dict[str, Any]] = {
+    "ZammadSignature": {
+        "type": "apiKey", "in": "header", "name": "X-Hub-Signature",
+        "description": (
+            "Zammad's webhook signature: sha1= + hex HMAC-SHA1 of the raw body, keyed with the "
+            "secret of the integration named in the path (Zammad's 'HMAC SHA1 Signature "
+            "Token'). A body already delivered under another X-Zammad-Delivery is refused."
+        ),
+    },
     "IntegrationSignature": {
         "type": "apiKey", "in": "header", "name": HEADER_SIGNATURE,
         "description": (

@@ -194,6 +194,7 @@ async def _deliver(request: Request, source: Source, caller: Caller, payload: di
 
 
 @router.post("/v1/webhooks/zammad/{integration}", status_code=202, tags=["webhooks"],
+             openapi_extra={"security": [{"ZammadSignature": []}]},
              summary="Zammad trigger webhook (X-Hub-Signature HMAC-SHA1 with the "
                      "integration's secret, X-Zammad-Delivery)",
              responses={202: {"model": SubmittedBody | IgnoredBody}, **_ERROR_RESPONSES})

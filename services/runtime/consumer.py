@@ -41,7 +41,6 @@ from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
 from services.runtime.dependencies import outage_of
-from services.runtime.telemetry import current_ticket
 from services.runtime.kafka_telemetry import CONSUMER_GROUP
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 

@@ -32,13 +32,13 @@ from services.runtime.dependencies import Dependencies
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
+from services.runtime.kafka_telemetry import kafka_telemetry_middleware
 from services.runtime.keys import (
     KeyFileError,
     audit_private_file,
     default_keys_dir,
     load_audit_signing_key,
 )
-from services.runtime.kafka_telemetry import kafka_telemetry_middleware
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor

@@ -133,10 +133,6 @@ def redocly_lint(file: Path) -> subprocess.CompletedProcess[str]:
     return run([redocly, "lint", file, "--config", REDOCLY_CONFIG, "--format=stylish"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "intake (lead): POST /v1/webhooks/zammad/{integration} declares no security scheme for "
-    "its X-Hub-Signature (security-defined), and info has no license (info-license, no "
-    "project licence is declared); remove this mark with those fixes (strict: a pass fails)"))
 def test_the_openapi_document_passes_redocly_lint_without_errors_or_warnings() -> None:
     result = redocly_lint(OPENAPI)
     output = result.stdout + result.stderr
