@@ -76,7 +76,7 @@ class RescueTiming:
 
 @dataclass(kw_only=True)
 class RescuePorts:
-    """What the flow needs from the executor, wired by :mod:`services.executor.intervention`."""
+    """What the flow needs from the executor, wired by :mod:`services.executor.runs`."""
 
     provider: RescueProvider
     claims: ClaimStore
