@@ -19,7 +19,7 @@ from services.executor.claims import Claim, ClaimStore, Owner
 from services.executor.manual import ManualSteps, ManualWait, deadline_after, wait_id
 from services.executor.outbox import ClaimRecords, derived_event_id
 from services.executor.procedure import commands as cmd
-from services.executor.rescue.flow import journal_outcomes
+from services.executor.rescue.phases import journal_outcomes
 from services.executor.settings import ExecutorSettings
 
 

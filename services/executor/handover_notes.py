@@ -10,7 +10,7 @@ from __future__ import annotations
 from schemas.events import AuthorizationVerified
 from services.executor.access import AccessDecision
 from services.executor.console_steps import console_instructions
-from services.executor.runbooks.engine import Handover
+from services.executor.runbooks.results import Handover
 
 
 def review_decision(verdict: AuthorizationVerified) -> AccessDecision:

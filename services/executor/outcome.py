@@ -17,8 +17,8 @@ from services.executor import hardware
 from services.executor.hardware import Escalation
 from services.executor.rescue.runbooks import INCIDENTAL_STEPS
 from services.executor.runbooks.diagnostics import evidence, findings
-from services.executor.runbooks.engine import ActionRecord, RunResult, StepOutcome
 from services.executor.runbooks.model import BackupNote, StepResult
+from services.executor.runbooks.results import ActionRecord, RunResult, StepOutcome
 
 VERIFY_ACCESS = "Check that you can log in and that your services work as expected."
 REVIEW = ("Review the action summary on this ticket, and your system logs and configuration, "

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from schemas.events import AccessMethod, Outcome
 from services.executor.access import AccessDecision
 from services.executor.hardware import Escalation
-from services.executor.runbooks.engine import Handover, RunResult
+from services.executor.runbooks.results import Handover, RunResult
 
 
 @dataclass(frozen=True)

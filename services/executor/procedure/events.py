@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from schemas.events import AuthorizationVerified
 from services.executor.access import AccessDecision, Probe
-from services.executor.runbooks.engine import Handover, RunResult
+from services.executor.runbooks.results import Handover, RunResult
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,8 +36,8 @@ from services.executor.procedure.states import Edge, Stage, State
 from services.executor.procedure.states import edge as _edge
 from services.executor.rescue.runbooks import RESCUE_RUNBOOKS, rescue_params
 from services.executor.runbooks import RUNBOOKS
-from services.executor.runbooks.engine import Handover, RunResult
 from services.executor.runbooks.model import ParameterError
+from services.executor.runbooks.results import Handover, RunResult
 
 Step = tuple[State, tuple[cmd.Command, ...]]
 

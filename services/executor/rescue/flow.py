@@ -37,6 +37,13 @@ from opentelemetry import trace
 from schemas.events import AuthorizationVerified
 from schemas.values import SealedSecret
 from services.executor.claims import Claim, ClaimStore, Owner
+from services.executor.rescue.phases import (
+    RecordingIssuer,
+    journal_outcomes,
+    outcome_from,
+    outcome_json,
+    phase_outcome,
+)
 from services.executor.rescue.provider import (
     ProviderAction,
     ProviderError,
@@ -45,11 +52,9 @@ from services.executor.rescue.provider import (
 )
 from services.executor.rescue.runbooks import RESCUE_RUNBOOKS, rescue_params
 from services.executor.runbooks.engine import (
-    ActionRecord,
     CredentialIssuer,
     Engine,
     Handover,
-    JournalEntry,
     RunResult,
     StepOutcome,
 )
@@ -104,83 +109,6 @@ class RescueResult:
     handover: Handover | None = None
 
 
-class RecordingIssuer:
-    """Passes deposits through to the vault and remembers the activated secret in memory,
-    so the verification after boot-back can log in with it. Never stored anywhere."""
-
-    def __init__(self, inner: CredentialIssuer) -> None:
-        self._inner = inner
-        self._pending: dict[str, tuple[str, str]] = {}
-        self.issued: tuple[str, str] | None = None  # (account, secret)
-
-    async def unavailable(self) -> str | None:
-        return await self._inner.unavailable()
-
-    async def deposit(self, *, step_key: str, account: str, secret: str) -> str:
-        deposit_id = await self._inner.deposit(step_key=step_key, account=account, secret=secret)
-        self._pending[deposit_id] = (account, secret)
-        return deposit_id
-
-    async def activate(self, deposit_id: str) -> None:
-        await self._inner.activate(deposit_id)
-        self.issued = self._pending.pop(deposit_id, self.issued)
-
-    async def discard(self, deposit_id: str) -> None:
-        self._pending.pop(deposit_id, None)
-        await self._inner.discard(deposit_id)
-
-
-_PHASE_TITLES = {
-    "boot_rescue": "Boot the server into the provider's rescue system",
-    "access": "Receive the rescue system's one-time access",
-    "connect": "Log in to the rescue system over SSH",
-    "boot_disk": "Boot the server back from its own disk",
-    "verify": "Verify SSH access to the server from outside",
-}
-
-
-def _phase(name: str, result: StepResult, *, command: str, duration_ms: int = 0,
-           reason: str | None = None, facts: Mapping[str, Any] | None = None) -> StepOutcome:
-    return StepOutcome(index=-1, name=f"rescue_{name}", result=result, reason=reason,
-                       action=ActionRecord(step=_PHASE_TITLES[name], command=command[:2000],
-                                           exit_status=None, duration_ms=duration_ms,
-                                           result=result),
-                       facts=dict(facts or {}))
-
-
-def _outcome_from(data: Mapping[str, Any]) -> StepOutcome:
-    action = ActionRecord.from_json(data["action"])
-    return StepOutcome(index=-1, name=str(data["name"]), result=data["result"],
-                       reason=data.get("reason"), action=action,
-                       facts=dict(data.get("facts") or {}))
-
-
-def _outcome_json(outcome: StepOutcome) -> dict[str, Any]:
-    return {"name": outcome.name, "result": outcome.result, "reason": outcome.reason,
-            "action": outcome.action.to_json(), "facts": outcome.facts}
-
-
-def journal_outcomes(claim: Claim, *, with_rescue: bool = False) -> RunResult:
-    """The runbook's finished steps as the journal has them (a resumed run that is past
-    the runbook reports them without reconnecting to a rescue system that is gone); with
-    ``with_rescue``, framed by the provider phases the claim recorded."""
-    steps = []
-    facts: dict[str, Any] = {}
-    phases = {k: _outcome_from(v["outcome"]) for k, v in claim.rescue.items()
-              if with_rescue and isinstance(v, dict) and v.get("outcome")}
-    for key in sorted(claim.steps):
-        entry = JournalEntry.from_json(claim.steps[key])
-        facts.update(entry.facts)
-        if entry.state == "done" and entry.action is not None and entry.result is not None:
-            steps.append(StepOutcome(index=int(key), name=entry.name, result=entry.result,
-                                     reason=entry.reason, action=entry.action,
-                                     facts=entry.facts, credential_issued=entry.credential_active,
-                                     backups=entry.backups))
-    first = [phases[k] for k in ("boot_rescue",) if k in phases]
-    last = [phases[k] for k in ("boot_disk", "verify") if k in phases]
-    return RunResult(steps=(*first, *steps, *last), facts=facts)
-
-
 class RescueRun:
     def __init__(self, ports: RescuePorts, claim: Claim, verdict: AuthorizationVerified,
                  credential: Credential, issuer: CredentialIssuer) -> None:
@@ -214,8 +142,8 @@ class RescueRun:
                                         handover=self._rescue_handover(run.handover))
                 await self._record("runbook", {"done": True})
         except RescueFailed as exc:
-            before.append(_phase(exc.phase, "failed", command=self._command(exc.phase),
-                                 reason=exc.reason))
+            before.append(phase_outcome(exc.phase, "failed",
+                                        command=self._command(exc.phase), reason=exc.reason))
             # Whatever failed, the automation never leaves a server in the rescue system
             # (or switched off): it asks for the disk, and says if that failed too.
             return RescueResult(run=self._combine(before, run, await self._back(None)))
@@ -228,9 +156,9 @@ class RescueRun:
         try:
             outcomes = [await self._boot("boot_disk")]
         except RescueFailed as exc:
-            return [_phase("boot_disk", "failed", command=self._command("boot_disk"),
-                           reason=f"{exc.reason}; the server may still be in the rescue "
-                                  "system: support follows up")]
+            return [phase_outcome("boot_disk", "failed", command=self._command("boot_disk"),
+                                  reason=f"{exc.reason}; the server may still be in the "
+                                         "rescue system: support follows up")]
         if verify is not None:
             outcomes.append(await self._verify(verify))
         return outcomes
@@ -256,7 +184,7 @@ class RescueRun:
     async def _boot(self, phase: Literal["boot_rescue", "boot_disk"]) -> StepOutcome:
         done = self._state.get(phase)
         if done and done.get("outcome"):
-            return _outcome_from(done["outcome"])
+            return outcome_from(done["outcome"])
         server_id = self._verdict.server.service_id
         began = time.monotonic()
         with self._p.tracer.start_as_current_span(f"rescue {phase}", attributes={
@@ -281,11 +209,12 @@ class RescueRun:
                                                          "server_id": server_id,
                                                          "provider_message": action.message})
             action = await self._wait(phase, str(action_id), str(requested_at))
-        outcome = _phase(phase, "changed", duration_ms=int((time.monotonic() - began) * 1000),
-                         command=f"{self._command(phase)} (provider action {action.id}: "
-                                 f"{action.message or action.status})")
+        outcome = phase_outcome(
+            phase, "changed", duration_ms=int((time.monotonic() - began) * 1000),
+            command=f"{self._command(phase)} (provider action {action.id}: "
+                    f"{action.message or action.status})")
         await self._record(phase, {"action_id": action_id, "requested_at": requested_at,
-                                   "outcome": _outcome_json(outcome)})
+                                   "outcome": outcome_json(outcome)})
         return outcome
 
     async def _wait(self, phase: str, action_id: str, requested_at: str) -> ProviderAction:
@@ -372,11 +301,11 @@ class RescueRun:
         if session.privilege == "none":
             await session.aclose()
             raise RescueFailed("connect", "the rescue system's account has no root rights")
-        return session, _phase("connect", "ok", command=f"ssh {access.username}@{target.host}"
-                                                       f":{target.port} (host key "
-                                                       f"{session.host_key.fingerprint}, "
-                                                       "from the provider)",
-                               duration_ms=int((time.monotonic() - began) * 1000))
+        return session, phase_outcome(
+            "connect", "ok", command=f"ssh {access.username}@{target.host}:{target.port} "
+                                     f"(host key {session.host_key.fingerprint}, from the "
+                                     "provider)",
+            duration_ms=int((time.monotonic() - began) * 1000))
 
     async def _runbook(self, session: SshSession) -> RunResult:
         runbook = RESCUE_RUNBOOKS[f"rescue.{self._verdict.ticket.category}"]
@@ -401,7 +330,7 @@ class RescueRun:
     async def _verify(self, run: RunResult) -> StepOutcome:
         done = self._state.get("verify")
         if done and done.get("outcome"):
-            return _outcome_from(done["outcome"])
+            return outcome_from(done["outcome"])
         server = self._verdict.server
         keys = [k for k in run.facts.get("server_host_keys") or [] if isinstance(k, str)]
         expected = self._expected_key(keys)
@@ -448,12 +377,13 @@ class RescueRun:
                 break
         if result == "ok" and expected is not None:
             await self._pin(expected, keys)
-        outcome = _phase("verify", result, command=f"{self._command('verify')}: {note}",
-                         reason=None if result == "ok" else note,
-                         duration_ms=int((time.monotonic() - began) * 1000),
-                         facts={"findings_verify": [note]} if result == "ok" and
-                         "refused" in note else {})
-        await self._record("verify", {"outcome": _outcome_json(outcome)})
+        outcome = phase_outcome("verify", result,
+                                command=f"{self._command('verify')}: {note}",
+                                reason=None if result == "ok" else note,
+                                duration_ms=int((time.monotonic() - began) * 1000),
+                                facts={"findings_verify": [note]} if result == "ok" and
+                                "refused" in note else {})
+        await self._record("verify", {"outcome": outcome_json(outcome)})
         return outcome
 
     def _verification_credential(self, run: RunResult) -> tuple[Credential, str]:
