@@ -48,6 +48,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.canonical import canonical_json
+from services.runtime.redaction import default_redactor
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -338,9 +339,6 @@ class AuditLog:
         backoff_cap: float = 0.05,
     ) -> None:
         if redactor is None:
-            # Imported here so this module has no import-time tie to the redaction policy.
-            from services.runtime.redaction import default_redactor
-
             redactor = default_redactor()
         self._records: AsyncCollection[Document] = db[collection]
         self._heads: AsyncCollection[Document] = db[heads_collection(collection)]

@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
 from prometheus_client import generate_latest
+from pymongo.asynchronous.database import AsyncDatabase
 
-if TYPE_CHECKING:
-    from services.runtime.service import ServiceRuntime
+from services.runtime.telemetry import Telemetry
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, bool]:
+class Operated(Protocol):
+    """What the endpoint looks at: a :class:`~services.runtime.service.ServiceRuntime`."""
+
+    @property
+    def service_name(self) -> str: ...
+
+    @property
+    def broker(self) -> KafkaBroker: ...
+
+    @property
+    def db(self) -> AsyncDatabase[Any]: ...
+
+    @property
+    def telemetry(self) -> Telemetry: ...
+
+
+async def health(runtime: Operated, *, timeout: float = 3.0) -> dict[str, bool]:
     async def broker_ok() -> bool:
         try:
             return bool(await asyncio.wait_for(runtime.broker.ping(timeout=timeout), timeout))
@@ -41,7 +58,7 @@ async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, 
     return {"kafka": kafka, "mongodb": mongodb}
 
 
-def ops_app(runtime: ServiceRuntime) -> FastAPI:
+def ops_app(runtime: Operated) -> FastAPI:
     app = FastAPI(title=f"{runtime.service_name} operations", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
@@ -64,7 +81,7 @@ def ops_app(runtime: ServiceRuntime) -> FastAPI:
 class OpsServer:
     """uvicorn serving :func:`ops_app` as a task of the running event loop."""
 
-    def __init__(self, runtime: ServiceRuntime, host: str, port: int) -> None:
+    def __init__(self, runtime: Operated, host: str, port: int) -> None:
         config = uvicorn.Config(ops_app(runtime), host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)

@@ -25,7 +25,7 @@ from schemas.envelope import EventEnvelope
 from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import DLQ_SUFFIX, TopicSpec, physical
 from services.runtime.audit import AuditLog
-from services.runtime.consumer import Decoded, DecodeError
+from services.runtime.decoding import Decoded, DecodeError
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
