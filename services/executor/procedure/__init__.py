@@ -17,9 +17,11 @@ module top to bottom to follow an intervention:
    the runbook's parameter check) is stored once; a resumed run keeps the first one.
 5. **access_decided** — InterventionStarted is staged and published (refusals and questions
    to the customer go to *completing* without an announcement).
-6. **connecting** / **running** / **rescue** — the runbook's steps, each pre-check → change
-   → verify, journalled per step by the engine (:mod:`services.executor.runbooks.engine`),
-   over SSH or from the provider's rescue system (:mod:`services.executor.rescue.flow`).
+6. **connecting** / **running** / **rescue** — the runbook's steps over SSH or from the
+   provider's rescue system (:mod:`services.executor.rescue.flow`). Each step k is
+   pre-check → change → verify: its own table of edges and pure decisions in
+   :mod:`services.executor.procedure.step`, carried out and journalled by the engine
+   (:mod:`services.executor.runbooks.engine`).
 7. **handing_over** → **waiting_for_engineer** — ManualStepRequested, then the claim is
    parked; the engineer's report or the step's deadline re-opens it.
 8. **completing** → **closed** — hardware escalations and exactly one InterventionCompleted

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from schemas.events import AuthorizationVerified
 from services.executor.access import AccessDecision
 from services.executor.procedure import events as ev
+from services.executor.procedure.step import STEP_EDGES
 
 Stage = Literal[
     "claimed", "verified", "probing", "deciding", "access_decided", "connecting", "running",
@@ -135,5 +136,15 @@ def mermaid() -> str:
     lines.extend(f"    {stage} --> [*]" for stage in STAGES if stage in TERMINAL)
     lines.append("    waiting_for_engineer --> [*]: parked (report or deadline re-opens)")
     lines.append("    note right of stopped: LeaseLost [lease lost] from every stage")
+    # Step k, run for each runbook step in running and rescue (services.executor.procedure.
+    # step): its own table, drawn as a composite state.
+    lines.append('    state "step k (each runbook step in running and rescue)" as step_k {')
+    lines.append("        [*] --> step_entry")
+    for step_edge in STEP_EDGES:
+        label = f": {step_edge.label}" if step_edge.label else ""
+        lines.append(f"        step_{step_edge.source} --> step_{step_edge.target}{label}")
+    lines.append("        step_done --> [*]")
+    lines.append("        step_handed_over --> [*]")
+    lines.append("    }")
     return "\n".join(lines) + "\n"
 
