@@ -15,6 +15,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v grub-install >/dev/null || need_apt+=(grub-pc-bin grub2-common)
 command -v sfdisk >/dev/null || need_apt+=(fdisk)
 command -v udevadm >/dev/null || need_apt+=(udev)
+# The shipped WHMCS hook is tested with PHP (deploy/helpdesk/whmcs).
+command -v php >/dev/null || need_apt+=(php-cli php-curl)
 for tool in java mvn go; do
   command -v "$tool" >/dev/null || { echo "bootstrap: \`$tool\` is required (see README: prerequisites)" >&2; exit 2; }
 done

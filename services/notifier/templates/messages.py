@@ -78,6 +78,9 @@ TIMELINES: Final = {
     "datacenter": N_("longer than usual, as it needs work in the data centre"),
 }
 REASONS: Final = {
+    "account_not_vouched": N_("We could not confirm which account this request comes from. "
+                              "Please open the ticket again from the client area while "
+                              "logged in."),
     "not_owner": N_("The server is not registered to your account, and your account is not "
                     "an authorized contact for it. Please open the ticket from the account "
                     "that owns the server."),
