@@ -31,7 +31,7 @@ tests and the executor's rescue integration tests use it.
   executor's provider adapter (``services/executor/rescue/provider.py``) for these servers,
   with failure injection (a boot that fails, one that never finishes, an API that answers
   503). Tests run it as a thread (:class:`ProviderStandIn`); the demo as its own process
-  (:class:`ProviderProcess`, ``python -m services.demo.rescue_lab``), so it outlives
+  (:class:`ProviderProcess`, ``python -m devstack.demo.rescue_lab``), so it outlives
   ``intervene demo --keep`` like the rest of the estate.
 
 How far the server and the rescue system are kept apart from this machine (the executor's
@@ -82,7 +82,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from services.demo.targets import free_port, free_subnet, new_password, token
+from devstack.demo.targets import free_port, free_subnet, new_password, token
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_FORMAT = "4"  # bump when the image layout changes
@@ -173,7 +173,7 @@ def cache_dir() -> Path:
 def builder_source() -> str:
     """The code that shapes the image: this whole section of the module (every function
     from here to the server's boot, the helpers added later included) and what it calls
-    from outside it (:func:`run`, :func:`~services.demo.targets.new_password`)."""
+    from outside it (:func:`run`, :func:`~devstack.demo.targets.new_password`)."""
     text = Path(__file__).read_text(encoding="utf-8")
     start = text.index(f"\n{_BUILDER_SECTION}")  # the headings, not these constants
     end = text.index(f"\n{_BOOT_SECTION}", start)
@@ -1150,7 +1150,7 @@ class ProviderProcess:
                   "servers": [s.record() for s in servers]}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.demo.rescue_lab"], cwd=REPO,
+                [sys.executable, "-m", "devstack.demo.rescue_lab"], cwd=REPO,
                 stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
         assert process.stdin is not None
         process.stdin.write(json.dumps(config).encode())
@@ -1173,7 +1173,7 @@ class ProviderProcess:
 
 
 def serve(config: dict[str, Any]) -> None:
-    """The body of ``python -m services.demo.rescue_lab``: serve until SIGTERM or SIGINT."""
+    """The body of ``python -m devstack.demo.rescue_lab``: serve until SIGTERM or SIGINT."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
