@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from opentelemetry import trace
-
 from schemas.events import AuthorizationVerified
 from schemas.values import SealedSecret
-from services.executor.claims import Claim, ClaimStore, Owner
+from services.executor.claims import Claim
 from services.executor.rescue.phases import (
     RecordingIssuer,
     journal_outcomes,
@@ -44,16 +41,20 @@ from services.executor.rescue.phases import (
     outcome_json,
     phase_outcome,
 )
+from services.executor.rescue.ports import (
+    RescueFailed,
+    RescuePorts,
+    RescueResult,
+    RescueTiming,
+)
 from services.executor.rescue.provider import (
     ProviderAction,
     ProviderError,
     RescueAccess,
-    RescueProvider,
 )
 from services.executor.rescue.runbooks import RESCUE_RUNBOOKS, rescue_params
 from services.executor.runbooks.engine import (
     CredentialIssuer,
-    Engine,
     Handover,
     RunResult,
     StepOutcome,
@@ -61,52 +62,12 @@ from services.executor.runbooks.engine import (
 from services.executor.runbooks.model import StepResult
 from services.executor.ssh import (
     Credential,
-    HostKeyPins,
-    SshConnector,
     SshError,
     SshSession,
     SshTarget,
 )
 
-AuditFn = Callable[[Claim, str, str, Mapping[str, Any]], Awaitable[None]]
-EngineFactory = Callable[[SshSession, CredentialIssuer], Engine]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RescueTiming:
-    boot_timeout_s: float = 900.0
-    poll_s: float = 5.0
-    ssh_wait_s: float = 120.0  # for the rescue system's sshd, and the server's after boot-back
-
-
-@dataclass(kw_only=True)
-class RescuePorts:
-    """What the flow needs from the executor, wired by :mod:`services.executor.runs`."""
-
-    provider: RescueProvider
-    claims: ClaimStore
-    owner: Owner
-    connector: SshConnector
-    pins: HostKeyPins
-    audit: AuditFn
-    engine: EngineFactory
-    seal: Callable[[str], SealedSecret]
-    unseal: Callable[[SealedSecret], str]
-    tracer: trace.Tracer
-    timing: RescueTiming = field(default_factory=RescueTiming)
-
-
-class RescueFailed(Exception):
-    def __init__(self, phase: str, reason: str) -> None:
-        super().__init__(reason)
-        self.phase = phase
-        self.reason = reason
-
-
-@dataclass(frozen=True, kw_only=True)
-class RescueResult:
-    run: RunResult
-    handover: Handover | None = None
+__all__ = ["RescueFailed", "RescuePorts", "RescueResult", "RescueRun", "RescueTiming"]
 
 
 class RescueRun:
