@@ -53,20 +53,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
-from schemas.registry import parse_event  # noqa: E402
-from schemas.topics import HELPDESK_REQUESTS, TopicSpec  # noqa: E402
-from services.demo import targets  # noqa: E402
-from services.demo.launch import (  # noqa: E402
+from devstack import localstack  # noqa: E402
+from devstack.demo import targets  # noqa: E402
+from devstack.demo.launch import (  # noqa: E402
     service_ports,
     start_services,
     stop_services,
     wait_healthy,
 )
-from services.demo.operator import intervene  # noqa: E402
-from services.demo.progress import BusRecorder  # noqa: E402
+from devstack.demo.operator import intervene  # noqa: E402
+from devstack.demo.progress import BusRecorder  # noqa: E402
+from schemas.registry import parse_event  # noqa: E402
+from schemas.topics import HELPDESK_REQUESTS, TopicSpec  # noqa: E402
 from services.intake.sealing import seal_request  # noqa: E402
 from services.intake.signing import Signer  # noqa: E402
-from services.runtime import localstack  # noqa: E402
 from services.runtime.kafka_admin import (  # noqa: E402
     delete_topics_with_prefix,
     ensure_topics,

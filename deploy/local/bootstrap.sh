@@ -14,6 +14,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 # Rescue-mode tests build and repair real disk images.
 command -v grub-install >/dev/null || need_apt+=(grub-pc-bin grub2-common)
 command -v sfdisk >/dev/null || need_apt+=(fdisk)
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)  # the rescue lab's boot and rescue scripts
 command -v udevadm >/dev/null || need_apt+=(udev)
 # The shipped WHMCS hook is tested with PHP (deploy/helpdesk/whmcs).
 command -v php >/dev/null || need_apt+=(php-cli php-curl)

@@ -67,7 +67,7 @@ from schemas.events import (
     ResolvedServer,
     TicketSubmitted,
 )
-from services.auth.inventory import ServerRecord
+from services.auth.server_record import ServerRecord
 
 Reason = AuthorizationRejectionReason
 

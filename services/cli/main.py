@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.runtime import localstack
-
 COMMAND_MODULES = ("intake", "integrations", "auth", "executor", "notifier", "audit",
                    "lifecycle", "demo", "docs")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    # The local stack is development tooling (devstack/, not shipped with the services):
+    # imported by the commands that drive it, so the rest of `intervene` works without it.
+    from devstack import localstack
+
     began = time.monotonic()
     for line in localstack.up(with_services=not args.no_services):
         print(line, flush=True)
@@ -26,6 +28,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    from devstack import localstack
+
     for line in localstack.down():
         print(line, flush=True)
     return 0
@@ -80,6 +84,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         from services.cli.ticket_status import print_ticket_status
 
         return print_ticket_status(args.ticket)
+    from devstack import localstack
+
     rows = localstack.status()
     for row in rows:
         print(row.line())
@@ -87,12 +93,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if infra_ok else 1
 
 
+def _local_bootstrap() -> str:
+    """The local stack's broker (a source checkout), else the settings' default."""
+    try:
+        from devstack import localstack
+    except ModuleNotFoundError as exc:
+        if not _devstack_missing(exc):
+            raise
+        from services.runtime.settings import RuntimeSettings
+
+        return str(RuntimeSettings.model_fields["kafka_bootstrap_servers"].default)
+    return localstack.kafka_bootstrap()
+
+
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from services.runtime.kafka_admin import TopicsError, ensure_topics
     from services.runtime.kafka_security import KafkaConnectError
     from services.runtime.settings import RuntimeSettings, SettingsError
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", localstack.kafka_bootstrap())
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _local_bootstrap()
     try:
         # The Kafka TLS/SASL variables (an administrator's principal, with Create), and
         # KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS for the new topics.
@@ -192,11 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f"services.cli.commands_{area}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"services.cli.commands_{area}":
+            # An installed distribution has no devstack/: no `intervene demo` there.
+            if exc.name != f"services.cli.commands_{area}" and not _devstack_missing(exc):
                 raise
             continue
         module.register(sub)
     return parser
+
+
+def _devstack_missing(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").split(".")[0] == "devstack"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,10 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except localstack.StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        # A local-stack failure: raised only once devstack.localstack is imported.
+        stack = sys.modules.get("devstack.localstack")
+        if stack is not None and isinstance(exc, stack.StackError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, ModuleNotFoundError) and _devstack_missing(exc):
+            print("error: this command drives the local stack, which is development tooling "
+                  "(devstack/): run it from a source checkout", file=sys.stderr)
+            return 2
         # Impossible settings (the Kafka TLS/SASL variables are validated by every command's
         # settings, even one that only reads the store) are an operator's fix: one line,
         # exit 2, as `topics create` and `submit` say it. Imported here: the settings

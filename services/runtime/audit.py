@@ -70,6 +70,7 @@ from pymongo.errors import DuplicateKeyError
 
 from schemas.canonical import canonical_json
 from services.runtime.crypto import SigningKey, VerifyKey
+from services.runtime.redaction import default_redactor
 
 __all__ = [
     "AUDIT_SIGNATURE_CONTEXT",
@@ -450,9 +451,6 @@ class AuditLog:
         self.signer = signer
         self._on_append = on_append
         if redactor is None:
-            # Imported here so this module has no import-time tie to the redaction policy.
-            from services.runtime.redaction import default_redactor
-
             redactor = default_redactor()
         self._records: AsyncCollection[Document] = db[collection]
         self._heads: AsyncCollection[Document] = db[heads_collection(collection)]

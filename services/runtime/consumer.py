@@ -30,8 +30,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, TypeVar
 
+from aiokafka import ConsumerRecord
 from aiokafka.errors import CommitFailedError
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
@@ -40,14 +41,13 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
+from services.runtime.decoding import Decoded, DecodeError, Decoder
 from services.runtime.dependencies import outage_of
 from services.runtime.kafka_telemetry import CONSUMER_GROUP
+from services.runtime.service import ServiceRuntime
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
-if TYPE_CHECKING:
-    from aiokafka import ConsumerRecord
-
-    from services.runtime.service import ServiceRuntime
+__all__ = ["DLQ_HEADERS", "DecodeError", "Decoded", "Decoder", "Delivery", "Handler", "subscribe"]
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +75,6 @@ DLQ_HEADERS = (
 )
 
 
-class DecodeError(Exception):
-    """The message is not a valid instance of what the topic carries.
-
-    ``message`` must be safe to publish: no input values (they may hold secrets), only
-    field paths and what is wrong with them.
-    """
-
-    def __init__(self, message: str, *, error_class: str | None = None) -> None:
-        super().__init__(message)
-        self.error_class = error_class or type(self).__name__
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decoded(Generic[T]):
-    value: T
-    key: str  # idempotency key
-    ticket_id: str | None
-
-
-Decoder = Callable[[bytes], Decoded[T]]
 
 
 @dataclass(kw_only=True)

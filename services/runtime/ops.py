@@ -13,22 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
 from prometheus_client import generate_latest
+from pymongo.asynchronous.database import AsyncDatabase
 
-from services.runtime.dependencies import Status
-
-if TYPE_CHECKING:
-    from services.runtime.service import ServiceRuntime
+from services.runtime.dependencies import Dependencies, Status
+from services.runtime.telemetry import Telemetry
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, bool]:
+class Operated(Protocol):
+    """What the endpoint looks at: a :class:`~services.runtime.service.ServiceRuntime`
+    (a Protocol, so this module does not import the runtime that serves it)."""
+
+    @property
+    def service_name(self) -> str: ...
+
+    @property
+    def broker(self) -> KafkaBroker: ...
+
+    @property
+    def db(self) -> AsyncDatabase[Any]: ...
+
+    @property
+    def telemetry(self) -> Telemetry: ...
+
+    @property
+    def dependencies(self) -> Dependencies: ...
+
+
+async def health(runtime: Operated, *, timeout: float = 3.0) -> dict[str, bool]:
     """Probe each dependency now (and record the answer in ``runtime.dependencies``)."""
     async def broker_ok() -> bool:
         try:
@@ -54,7 +74,7 @@ async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, 
     return checks
 
 
-async def health_report(runtime: ServiceRuntime, extra: Mapping[str, Status] | None = None
+async def health_report(runtime: Operated, extra: Mapping[str, Status] | None = None
                         ) -> tuple[bool, dict[str, Any]]:
     """``/healthz``'s body: ``checks`` (a bool per dependency, as always) and
     ``dependencies``: for each, ``ok``, ``since`` (when it last changed) and the last
@@ -73,7 +93,7 @@ HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 """A service's own ``/healthz`` report (intake adds its sealing key and outbox relay)."""
 
 
-def ops_app(runtime: ServiceRuntime, health: HealthCheck | None = None) -> FastAPI:
+def ops_app(runtime: Operated, health: HealthCheck | None = None) -> FastAPI:
     app = FastAPI(title=f"{runtime.service_name} operations", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
@@ -94,7 +114,7 @@ def ops_app(runtime: ServiceRuntime, health: HealthCheck | None = None) -> FastA
 class OpsServer:
     """uvicorn serving :func:`ops_app` as a task of the running event loop."""
 
-    def __init__(self, runtime: ServiceRuntime, host: str, port: int,
+    def __init__(self, runtime: Operated, host: str, port: int,
                  health: HealthCheck | None = None) -> None:
         config = uvicorn.Config(ops_app(runtime, health), host=host, port=port,
                                 log_level="warning",

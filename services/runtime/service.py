@@ -27,7 +27,7 @@ from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import AUDIT_ANCHORED, DLQ_SUFFIX, TopicSpec, physical, spec_for
 from services.runtime.audit import AuditLog, AuditSigner
 from services.runtime.audit_anchors import FINAL_EVENT_TYPES, AnchorBook
-from services.runtime.consumer import Decoded, DecodeError
+from services.runtime.decoding import Decoded, DecodeError
 from services.runtime.dependencies import Dependencies
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics

@@ -57,13 +57,17 @@ process at start with a :class:`SettingsError` naming the variable (never its se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+from services.runtime.kafka_security import (
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    check_tls_files,
+    warn_if_exposed,
+)
 
 
 class SettingsError(Exception):
@@ -130,8 +134,6 @@ class RuntimeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> RuntimeSettings:
-        from services.runtime.kafka_security import check_tls_files
-
         protocol = self.kafka_security_protocol
         sasl = protocol.startswith("SASL_")
         tls = protocol in ("SSL", "SASL_SSL")
@@ -206,8 +208,6 @@ def _read_password_file(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(
             f"KAFKA_SASL_PASSWORD_FILE {path} cannot be read: {type(exc).__name__}") from None
-    from services.runtime.kafka_security import warn_if_exposed
-
     warn_if_exposed("KAFKA_SASL_PASSWORD_FILE", path)
     # A secret mounted from a file usually ends with one newline; the password does not.
     if text.endswith("\r\n"):

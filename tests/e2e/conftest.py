@@ -5,9 +5,9 @@ rescue lab server with the provider's rescue API stand-in for the lock-out).
 Set-up goes through the operator's commands (``intervene servers import``, ``executor
 vault-key``, ``engineers add``); the tickets go through the public doors only — intake's
 HTTP API and the helpdesk topic — and the engineer acts in the Matrix room. Every scenario
-of ``intervene demo`` (:mod:`services.demo.scenarios`) is submitted at once when the first
+of ``intervene demo`` (:mod:`devstack.demo.scenarios`) is submitted at once when the first
 test asks, and the tests then read what the system did: the records on every topic
-(:class:`~services.demo.progress.BusRecorder`), the audit log, the span file, the room, the
+(:class:`~devstack.demo.progress.BusRecorder`), the audit log, the span file, the room, the
 service logs and the servers themselves.
 
 The session's topics live under ``<session prefix>e2e.`` (deleted with the session's), its
@@ -31,20 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_system import Submitted, System
 from synapse_fixture import Homeserver, synapse_homeserver_fixture  # noqa: F401
 
-from services.demo import rescue_lab, targets
-from services.demo.chat import OnCallRoom, open_on_call_room
-from services.demo.estate import Estate, build_estate
-from services.demo.helpdesk import HttpAnswer, post_ticket, publish_sealed
-from services.demo.launch import (
+from devstack.demo import rescue_lab, targets
+from devstack.demo.chat import OnCallRoom, open_on_call_room
+from devstack.demo.estate import Estate, build_estate
+from devstack.demo.helpdesk import HttpAnswer, post_ticket, publish_sealed
+from devstack.demo.launch import (
     service_ports,
     start_services,
     stop_services,
     wait_healthy,
 )
-from services.demo.manifest import Manifest
-from services.demo.operator import helpdesk_signer, set_up_customer
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import SCENARIOS, Scenario
+from devstack.demo.manifest import Manifest
+from devstack.demo.operator import helpdesk_signer, set_up_customer
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import SCENARIOS, Scenario
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import init_keys, load_sealing_public
 

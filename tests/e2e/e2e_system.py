@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.demo.helpdesk import HttpAnswer
-from services.demo.launch import ServiceProcess
-from services.demo.scenarios import Scenario
+from devstack.demo.helpdesk import HttpAnswer
+from devstack.demo.launch import ServiceProcess
+from devstack.demo.scenarios import Scenario
 from services.intake.signing import Signer
 
 

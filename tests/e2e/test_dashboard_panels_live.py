@@ -51,16 +51,16 @@ from aiokafka import AIOKafkaProducer
 from e2e_system import Submitted, System
 from prometheus_server import PrometheusServer, Series, running
 
+from devstack.demo import targets as demo_targets
+from devstack.demo.chat import OnCallRoom
+from devstack.demo.estate import Estate
+from devstack.demo.helpdesk import post_ticket
+from devstack.demo.operator import intervene
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import AUTHORIZES
 from schemas.events import EngineerAcknowledged, InterventionCompleted, ManualStepRequested
 from schemas.topics import HELPDESK_REQUESTS, physical
 from services.cli.commands_intake import publish_request
-from services.demo import targets as demo_targets
-from services.demo.chat import OnCallRoom
-from services.demo.estate import Estate
-from services.demo.helpdesk import post_ticket
-from services.demo.operator import intervene
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import AUTHORIZES
 from services.intake.sealing import seal_request
 from services.runtime.keys import load_sealing_public
 

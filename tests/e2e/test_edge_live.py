@@ -39,12 +39,12 @@ from test_intake_adapters import (
     zammad_payload,
 )
 
+from devstack.demo.estate import Estate
+from devstack.demo.helpdesk import post_ticket, publish_sealed
+from devstack.demo.operator import intervene
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import SCENARIOS
 from schemas.topics import HELPDESK_REQUESTS, physical
-from services.demo.estate import Estate
-from services.demo.helpdesk import post_ticket, publish_sealed
-from services.demo.operator import intervene
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import SCENARIOS
 from services.intake.signing import Signer
 from services.runtime.keys import load_sealing_public
 

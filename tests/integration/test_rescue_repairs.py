@@ -38,6 +38,7 @@ import rescue_targets as rt
 from executor_verdicts import resolved_server, verdict
 from polling import eventually
 
+from devstack.demo.rescue_lab import in_pid_namespaces, namespace_init
 from schemas.events import (
     AuthorizationVerified,
     HardwareEscalated,
@@ -46,7 +47,6 @@ from schemas.events import (
 )
 from schemas.registry import encode, topic_for
 from schemas.topics import physical
-from services.demo.rescue_lab import in_pid_namespaces, namespace_init
 from services.executor.app import ExecutorService, build
 from services.executor.settings import ExecutorSettings
 from services.executor.vault import open_deposit

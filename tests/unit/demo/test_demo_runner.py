@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from services.demo import rescue_lab, runner
-from services.demo.manifest import Manifest
-from services.runtime.localstack import Component
+from devstack.demo import rescue_lab, runner
+from devstack.demo.manifest import Manifest
+from devstack.localstack import Component
 
 
 class Recorded(Component):

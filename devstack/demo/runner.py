@@ -10,7 +10,7 @@ through its door and a live table follows each one until all have settled; the o
 engineer acknowledges the hardware page from the Matrix room on the way.
 
 Everything the demo starts or creates is recorded in ``var/demo/manifest.json`` as it
-happens (:mod:`services.demo.manifest`). At the end, on Ctrl-C, on SIGTERM or on any error
+happens (:mod:`devstack.demo.manifest`). At the end, on Ctrl-C, on SIGTERM or on any error
 the demo removes exactly those things — parts that were already running are left alone.
 ``--keep`` leaves them running; ``intervene demo --stop`` removes them later.
 """
@@ -32,18 +32,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from devstack import localstack
+from devstack.demo import DEFAULT_TIMEOUT_S, rescue_lab, targets
+from devstack.demo.chat import OnCallRoom, open_on_call_room
+from devstack.demo.estate import Estate, build_estate
+from devstack.demo.helpdesk import post_ticket, publish_sealed
+from devstack.demo.manifest import Manifest
+from devstack.demo.operator import helpdesk_signer, set_up_customer
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import SCENARIOS, Scenario
+from devstack.demo.synapse import start_homeserver, synapse_installed
+from devstack.demo.table import Display, Row
 from schemas.events import EngineerAcknowledged, HardwareEscalated
-from services.demo import DEFAULT_TIMEOUT_S, rescue_lab, targets
-from services.demo.chat import OnCallRoom, open_on_call_room
-from services.demo.estate import Estate, build_estate
-from services.demo.helpdesk import post_ticket, publish_sealed
-from services.demo.manifest import Manifest
-from services.demo.operator import helpdesk_signer, set_up_customer
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import SCENARIOS, Scenario
-from services.demo.synapse import start_homeserver, synapse_installed
-from services.demo.table import Display, Row
-from services.runtime import localstack
 
 # Service settings for the demo: a lock-out is given up on after 5 s (production: 15 s),
 # a restarted service is watched for 1 s (production: 3 s).

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.demo.chat import OnCallRoom
-from services.demo.estate import Estate
+from devstack.demo.chat import OnCallRoom
+from devstack.demo.estate import Estate
 from services.intake.signing import Signer
 
 VAULT_PRIVATE = "customer-vault.key"

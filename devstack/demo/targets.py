@@ -14,8 +14,8 @@ Everything gets a random ``<prefix><hex>`` name and is removed by its ``remove``
 method (users with ``userdel -r``, their sudoers drop-ins, init scripts, apt sources and
 packages). Needs root, like the CI runners. The executor's integration tests
 use these classes through ``tests/executor_targets.py``; the demo and the end-to-end tests
-through :mod:`services.demo.estate`. A server with a disk of its own, locked out by its
-firewall and repaired in rescue mode, is :mod:`services.demo.rescue_lab`'s.
+through :mod:`devstack.demo.estate`. A server with a disk of its own, locked out by its
+firewall and repaired in rescue mode, is :mod:`devstack.demo.rescue_lab`'s.
 """
 
 from __future__ import annotations

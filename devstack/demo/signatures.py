@@ -4,7 +4,7 @@ No disk on this machine is failing: these stand-ins for ``smartctl`` and ``dmesg
 what a dying SATA disk looks like (output modelled on smartmontools 7.3 and a Linux 6.1
 kernel log), so the executor's diagnostics runbook has real evidence to parse and escalate.
 They are installed only in ``db-01``'s private mount namespace (see
-:mod:`services.demo.targets`), and every one of them says that it is a simulation — in a
+:mod:`devstack.demo.targets`), and every one of them says that it is a simulation — in a
 comment, in the device model and in the first kernel line — so nobody mistakes the demo's
 hardware escalation for a real one.
 """

@@ -1,7 +1,7 @@
 """The demo tickets: one per situation the procedure covers, and where each should end.
 
 Each :class:`Scenario` is a §4.1 helpdesk request for one of the demo servers
-(:mod:`services.demo.estate`), the door it comes through (intake's HTTP API, or sealed on
+(:mod:`devstack.demo.estate`), the door it comes through (intake's HTTP API, or sealed on
 the helpdesk topic as a helpdesk integration would publish it), and the settled states the
 system is expected to reach. The demo prints them; the end-to-end tests assert them.
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from services.demo.estate import Estate, ServerKey
-from services.demo.progress import Phase
+from devstack.demo.estate import Estate, ServerKey
+from devstack.demo.progress import Phase
 
 Door = Literal["http", "helpdesk_topic"]
 Expectation = tuple[Phase, str | None]  # (phase, outcome when completed; None: any)

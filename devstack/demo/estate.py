@@ -5,7 +5,7 @@
 - ``db-01`` — on loopback, with a **simulated** failing-disk signature: its sessions see
   ``smartctl`` and ``dmesg`` stand-ins that print a dying disk's output (each says it is a
   simulation); also has the account whose password the customer lost;
-- ``edge-01`` — a rescue lab server (:mod:`services.demo.rescue_lab`): its own disk image
+- ``edge-01`` — a rescue lab server (:mod:`devstack.demo.rescue_lab`): its own disk image
   on a loop device, booted in its own network namespace, locked out by the customer's
   firewall — ``/etc/nftables.conf`` on its disk drops TCP port 22, so SSH times out from
   outside. The provider's rescue API for it is a local stand-in (its own process); the
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from services.demo import rescue_lab, signatures, targets
-from services.demo.manifest import Manifest
+from devstack.demo import rescue_lab, signatures, targets
+from devstack.demo.manifest import Manifest
 
 ServerKey = Literal["healthy", "failing_disk", "locked_out"]
 

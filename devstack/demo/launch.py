@@ -6,7 +6,7 @@ database, key directory, span file, ports — exactly as an operator would start
 its own file, and counts as started when its ``/healthz`` answers 200 on its operations
 port (for intake a port of its own beside the public API port the caller chose).
 ``intervene demo`` starts the same processes through the local stack
-(:mod:`services.runtime.localstack`) instead, so that ``intervene status`` and
+(:mod:`devstack.localstack`) instead, so that ``intervene status`` and
 ``intervene down`` know them.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.demo.targets import free_port
+from devstack.demo.targets import free_port
 
 SERVICES = ("intake", "auth", "executor", "notifier")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from services.demo import targets
-from services.demo.rescue_lab import LabServer
+from devstack.demo import targets
+from devstack.demo.rescue_lab import LabServer
 
 Entry = dict[str, Any]
 
@@ -76,7 +76,7 @@ def _undo_lab_server(entry: Entry) -> str:
 def _undo_component(entry: Entry) -> str:
     # Imported here: the local stack pulls in Kafka's admin client, which the estate alone
     # (tests, benchmarks) does not need.
-    from services.runtime import localstack
+    from devstack import localstack
 
     for comp in [*localstack.service_components(), *localstack.infrastructure()]:
         if comp.name == entry["name"]:

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from services.demo.synapse import Homeserver, MatrixUser
+from devstack.demo.synapse import Homeserver, MatrixUser
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from services.demo.progress import TicketProgress
+from devstack.demo.progress import TicketProgress
 
 HEADER = ("ticket", "scenario", "state", "last event", "elapsed")
 WIDTHS = (22, 36, 56, 21, 7)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from services.runtime.kafka_admin import cluster_metadata, ensure_topics
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 
 # Overridable so a second checkout (say, a clean-clone CI rehearsal) can run beside a
