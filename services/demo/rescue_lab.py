@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from services.demo.targets import free_port, free_subnet, new_password, token
+from services.runtime.announce import announced
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_FORMAT = "4"  # bump when the image layout changes
@@ -208,7 +209,10 @@ def base_image() -> Path:
         for old in image.parent.glob("rescue-base-*.img*"):
             old.unlink(missing_ok=True)
         partial = image.with_suffix(".img.partial")
-        _build_image(partial)
+        # No log of its own: a failing step raises with that command's stderr.
+        with announced(f"rescue lab: building the base disk image {image.name}",
+                       log=None, expect="about 10 s"):
+            _build_image(partial)
         partial.rename(image)
     return image
 
