@@ -53,10 +53,10 @@ fi
 # FerretDB is built from source with Go once (into .cache/bin). Its go.mod says `go 1.24`,
 # and distributions lag (Debian 12's golang-go is 1.19), so Go is not installed from apt.
 ferretdb_go=1.24
-if [ ! -x .cache/bin/ferretdb ]; then
+if [ ! -x .cache/bin/ferretdb ] && [ -z "${MONGODB_URI:-}" ]; then
   go_have=$(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9]*\.[0-9]*\).*/\1/p' || true)
   if [ -z "$go_have" ] || ! printf '%s\n%s\n' "$ferretdb_go" "$go_have" | sort -V -C; then
-    die "FerretDB 1.24 is built with Go >= $ferretdb_go, found ${go_have:+go$go_have}${go_have:-no \`go\` on PATH}. Install Go $ferretdb_go or newer from the Go project's release archive (go${ferretdb_go}.linux-amd64.tar.gz unpacked into /usr/local, then PATH=/usr/local/go/bin:\$PATH); distribution packages such as Debian 12's golang-go (1.19) are too old. Or point MONGODB_URI at a MongoDB you run."
+    die "FerretDB 1.24 is built with Go >= $ferretdb_go, found ${go_have:+go$go_have}${go_have:-no \`go\` on PATH}. Install Go $ferretdb_go or newer from the Go project's release archive (go${ferretdb_go}.linux-amd64.tar.gz unpacked into /usr/local, then PATH=/usr/local/go/bin:\$PATH); distribution packages such as Debian 12's golang-go (1.19) are too old. Or set MONGODB_URI to a MongoDB you run."
   fi
 fi
 if ((${#need_apt[@]})); then

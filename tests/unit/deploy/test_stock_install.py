@@ -79,3 +79,25 @@ def test_nothing_runs_python_or_intervene_from_path() -> None:
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if bare.search(line) and "compose" not in path.name]
     assert offenders == []
+
+
+def test_bootstrap_names_the_go_to_install_when_the_one_on_path_is_too_old_stand_in_go(
+        tmp_path: Path) -> None:
+    # A copy of the bootstrap in a checkout without FerretDB built, and a stand-in `go` that
+    # answers `go env GOVERSION` as Debian 12's golang-go (1.19) does: no such Go is here.
+    checkout = tmp_path / "checkout"
+    (checkout / "deploy" / "local").mkdir(parents=True)
+    (checkout / "deploy" / "local" / "bootstrap.sh").write_text(
+        BOOTSTRAP.read_text(encoding="utf-8"), encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "go").write_text("#!/bin/sh\necho go1.19.8\n")
+    (bin_dir / "go").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    done = subprocess.run(["bash", str(checkout / "deploy" / "local" / "bootstrap.sh")],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "FerretDB 1.24 is built with Go >= 1.24, found go1.19" in done.stderr
+    assert "go1.24.linux-amd64.tar.gz" in done.stderr
+    assert not (checkout / ".venv").exists()
