@@ -41,8 +41,7 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 VALUE_SETS: dict[str, list[str]] = {
     "defaults": [],
-    "strimzi": ["strimzi.enabled=true", "kafka.sasl.passwordFrom=strimzi",
-                "strimzi.namespace=kafka"],
+    "strimzi": ["strimzi.enabled=true", "kafka.sasl.passwordFrom=strimzi"],
     "keda": ["keda.enabled=true", "keda.authenticationRef=kafka-scaler",
              "services.executor.maxReplicas=10"],
     "ingress": ["ingress.enabled=true", "ingress.tlsSecret=intake-tls",
@@ -53,6 +52,7 @@ VALUE_SETS: dict[str, list[str]] = {
     "everything": ["strimzi.enabled=true", "keda.enabled=true", "ingress.enabled=true",
                    "monitoring.serviceMonitor.enabled=true",
                    "monitoring.prometheusRule.enabled=true", "kafka.topicPrefix=staging_",
+                   "strimzi.namespace=kafka",
                    "services.auth.env.AUTH_REVIEW_THRESHOLD=5"],
 }
 
@@ -141,6 +141,21 @@ def test_value_sets_render_what_they_turn_on(helm: Path) -> None:
                                            "Ingress", "ServiceMonitor", "PrometheusRule"})
 
 
+@pytest.mark.parametrize(("values", "message"), [
+    (["kafka.securityProtocol=SASL_TLS"], "kafka.securityProtocol must be one of"),
+    (["kafka.sasl.passwordFrom=strimzi"], "needs strimzi.enabled=true"),
+    (["strimzi.enabled=true", "kafka.sasl.passwordFrom=strimzi", "strimzi.namespace=kafka"],
+     'Strimzi writes each KafkaUser\'s password Secret in "kafka", which pods in "ops" cannot'),
+])
+def test_values_that_could_not_start_are_refused_with_the_reason(
+        helm: Path, values: list[str], message: str) -> None:
+    sets = [arg for value in values for arg in ("--set", value)]
+    done = run_helm(helm, "template", "rel", str(CHART), "--namespace", "ops",
+                    "--kube-version", KUBE_VERSION, *sets)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
 def test_the_strict_crd_schemas_refuse_a_misspelt_field() -> None:
     # The check above would be toothless if the vendored schemas let anything through.
     user = {"apiVersion": "kafka.strimzi.io/v1", "kind": "KafkaUser",
@@ -175,7 +190,8 @@ def test_kafka_topics_are_the_catalogue_and_its_dlqs(helm: Path) -> None:
             dlq = topic["spec"]["topicName"].endswith(".dlq")
             days = topic["spec"]["config"]["retention.ms"] / 86_400_000
             assert days == (30 if dlq else 7), topic["spec"]["topicName"]
-            assert topic["metadata"]["namespace"] == ("kafka" if value_set == "strimzi"
+            # Where Strimzi's operators watch: the Kafka cluster's namespace when named.
+            assert topic["metadata"]["namespace"] == ("kafka" if value_set == "everything"
                                                       else "ops")
     assert chart_values()["kafka"]["partitions"] == DEFAULT_PARTITIONS
 

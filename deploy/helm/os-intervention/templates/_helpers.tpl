@@ -60,3 +60,25 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- $svc := index .root.Values.services .service -}}
 {{- min (int $svc.maxReplicas) (int .root.Values.kafka.partitions) -}}
 {{- end -}}
+
+{{/* Refuse value combinations that would render a release that cannot start. */}}
+{{- define "osi.validate" -}}
+{{- $protocols := list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL" -}}
+{{- if not (has .Values.kafka.securityProtocol $protocols) -}}
+{{- fail (printf "kafka.securityProtocol must be one of %s, not %q" (join ", " $protocols) .Values.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if not (has .Values.kafka.sasl.passwordFrom (list "serviceSecret" "strimzi")) -}}
+{{- fail (printf "kafka.sasl.passwordFrom must be serviceSecret or strimzi, not %q" .Values.kafka.sasl.passwordFrom) -}}
+{{- end -}}
+{{- if and (include "osi.sasl" .) (eq .Values.kafka.sasl.passwordFrom "strimzi") -}}
+{{- if not .Values.strimzi.enabled -}}
+{{- fail "kafka.sasl.passwordFrom=strimzi needs strimzi.enabled=true (the KafkaUsers' Secrets hold the passwords)" -}}
+{{- end -}}
+{{- if and .Values.strimzi.namespace (ne .Values.strimzi.namespace .Release.Namespace) -}}
+{{- fail (printf "kafka.sasl.passwordFrom=strimzi: Strimzi writes each KafkaUser's password Secret in %q, which pods in %q cannot mount; install the release there, or copy the passwords into the services' Secrets (passwordFrom=serviceSecret)" .Values.strimzi.namespace .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- if lt (int .Values.kafka.partitions) 1 -}}
+{{- fail "kafka.partitions must be at least 1" -}}
+{{- end -}}
+{{- end -}}
