@@ -13,8 +13,8 @@ from pathlib import Path
 
 from services.runtime import localstack
 
-COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle", "demo",
-                   "docs")
+COMMAND_MODULES = ("intake", "integrations", "auth", "executor", "notifier", "audit",
+                   "lifecycle", "demo", "docs")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -102,11 +102,15 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from services.intake.integrations import load_integration_key
     from services.runtime.keys import KeyFileError, default_keys_dir, init_keys
 
     directory = Path(args.dir) if args.dir else default_keys_dir()
     try:
         paths = init_keys(directory, force=args.force)
+        # Intake's integration key is kept even with --force: replacing it would void every
+        # registered integration's secret and account map.
+        load_integration_key(directory, create=True)
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

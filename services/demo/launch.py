@@ -3,10 +3,11 @@ end-to-end tests and the pipeline benchmark.
 
 Each process gets the caller's configuration through its environment — topic prefix,
 database, key directory, span file, ports — exactly as an operator would start it, logs to
-its own file, and counts as started when its ``/healthz`` answers 200 (intake on its API
-port, the others on their operations port). ``intervene demo`` starts the same processes
-through the local stack (:mod:`services.runtime.localstack`) instead, so that
-``intervene status`` and ``intervene down`` know them.
+its own file, and counts as started when its ``/healthz`` answers 200 on its operations
+port (for intake a port of its own beside the public API port the caller chose).
+``intervene demo`` starts the same processes through the local stack
+(:mod:`services.runtime.localstack`) instead, so that ``intervene status`` and
+``intervene down`` know them.
 """
 
 from __future__ import annotations
@@ -66,8 +67,12 @@ def start_services(env: Mapping[str, str], *, log_dir: Path, ports: Mapping[str,
     started: list[ServiceProcess] = []
     for name in names:
         port = ports[name]
-        child_env = {**os.environ, **env,
-                     ("INTAKE_HTTP_PORT" if name == "intake" else "OPS_HTTP_PORT"): str(port)}
+        # ``port`` is where callers reach the service: intake's public API, the others'
+        # operations endpoint. Intake's /healthz and /metrics get an operations port too.
+        health = free_port() if name == "intake" else port
+        child_env = {**os.environ, **env, "OPS_HTTP_PORT": str(health)}
+        if name == "intake":
+            child_env["INTAKE_HTTP_PORT"] = str(port)
         argv = list((commands or {}).get(name) or [sys.executable, "-m", f"services.{name}"])
         log_path = log_dir / f"{name}.log"
         with log_path.open("ab") as log:
@@ -75,7 +80,7 @@ def start_services(env: Mapping[str, str], *, log_dir: Path, ports: Mapping[str,
                                        stdin=subprocess.DEVNULL, env=child_env, cwd=REPO_ROOT,
                                        start_new_session=True)
         started.append(ServiceProcess(name=name, process=process, log_path=log_path,
-                                      health_port=port))
+                                      health_port=health))
     return started
 
 

@@ -39,7 +39,7 @@ from services.demo.chat import OnCallRoom, open_on_call_room
 from services.demo.estate import Estate, build_estate
 from services.demo.helpdesk import post_ticket, publish_sealed
 from services.demo.manifest import Manifest
-from services.demo.operator import set_up_customer
+from services.demo.operator import helpdesk_signer, set_up_customer
 from services.demo.progress import BusRecorder
 from services.demo.scenarios import SCENARIOS, Scenario
 from services.demo.synapse import start_homeserver, synapse_installed
@@ -290,18 +290,19 @@ async def _tickets(demo: Demo, estate: Estate, on_call: OnCallRoom, bootstrap: s
     await recorder.start()
     try:
         recipient = load_sealing_public(default_keys_dir() / "executor-sealing.pub")
-        intake = f"http://127.0.0.1:{localstack.SERVICE_HEALTH_PORTS['intake']}"
+        signer = helpdesk_signer(estate, demo_dir() / f"run-{demo.run}")
+        intake = f"http://127.0.0.1:{localstack.INTAKE_API_PORT}"
         rows: list[Row] = []
         scenarios: dict[str, Scenario] = {}
         for scenario in SCENARIOS:
             request = scenario.request(estate)
             ticket = str(request["ticket_id"])
             if scenario.door == "http":
-                answer = await post_ticket(intake, request)
+                answer = await post_ticket(intake, request, signer=signer)
                 door = f"POST /v1/tickets -> {answer.status}"
             else:
                 await publish_sealed(request, recipient=recipient, bootstrap=bootstrap,
-                                     prefix=demo.prefix)
+                                     prefix=demo.prefix, signer=signer)
                 door = "sealed, on helpdesk.ticket-requests"
             demo.say(f"  {ticket:<24} {scenario.title:<38} {door}")
             rows.append(Row(ticket_id=ticket, scenario=scenario.title,

@@ -14,6 +14,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from schemas.registry import topics_produced_by
 from services.intake import app as subscribers
+from services.intake.accounts import AccountMap
+from services.intake.edge import EdgeGuard
+from services.intake.integrations import IntegrationKeyFile, IntegrationRegistry, keys_dir_of
 from services.intake.metrics import IntakeMetrics
 from services.intake.ratelimit import RateLimiter
 from services.intake.sealing import Sealer, load_recipient
@@ -48,7 +51,8 @@ class IntakeService:
         self.settings = settings or IntakeSettings()
         self.metrics = IntakeMetrics()
         telemetry = setup_telemetry(
-            SERVICE_NAME, span_exporter=span_exporter, metric_readers=[self.metrics.otel_reader]
+            SERVICE_NAME, span_exporter=span_exporter, metric_readers=[self.metrics.otel_reader],
+            registry=self.metrics.registry,
         )
         self.runtime = ServiceRuntime(
             SERVICE_NAME, self.settings, telemetry=telemetry,
@@ -67,13 +71,22 @@ class IntakeService:
             metrics=self.metrics, redactor=self.runtime.redactor,
             claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
         )
-        subscribers.register(self.runtime, self.intake, self.metrics)
+        # Intake's own key (integration secrets, account map MACs): read at start, and made
+        # on a fresh machine's first start so `intervene up` works before any integration.
+        self.integration_key = IntegrationKeyFile(
+            keys_dir_of(self.settings.intervention_keys_dir),
+            create=self.settings.intake_create_integration_key)
+        self.guard = EdgeGuard(
+            self.runtime.db, IntegrationRegistry(self.runtime.db, self.integration_key),
+            AccountMap(self.runtime.db, self.integration_key), self.runtime.audit)
+        subscribers.register(self.runtime, self.intake, self.metrics, self.guard)
         self.running = False
 
     async def start(self) -> None:
         # The key first: without it intake could accept but never seal, so fail fast.
         recipient = load_recipient(self.settings.sealing_key_path)
         self.intake.use_sealer(Sealer(recipient, self.runtime.redactor))
+        self.integration_key()
         await self.store.ensure_indexes()
         await self.runtime.start()
         self.running = True

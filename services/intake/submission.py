@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from schemas.common import IDENTIFIER_PATTERN, FieldError
-from schemas.events import TicketRejected, TicketSubmitted
+from schemas.events import TicketRejected, TicketSubmitted, Vouch
 from schemas.request import (
     HelpdeskTicketRequest,
     Language,
@@ -308,8 +308,11 @@ class Intake:
     # -- every door ---------------------------------------------------------------------
 
     async def submit(
-        self, request: HelpdeskTicketRequest, *, source: Source, edge: Edge
+        self, request: HelpdeskTicketRequest, *, source: Source, edge: Edge,
+        vouched_by: Vouch | None = None,
     ) -> Outcome:
+        """``vouched_by``: the integration that authenticated the customer (the edge checked
+        that the request's account is that integration's mapping of the customer)."""
         if isinstance(request.credentials, PlainCredentials):
             self.learn([request.credentials.secret_value()])
         now = self._clock()
@@ -331,16 +334,17 @@ class Intake:
         # store round trips are what an intake spends its time on.
         prior = await self._store.claim(claim)
         if prior is not None:
-            return await self._again(prior, digest, request, edge=edge, now=now)
+            return await self._again(prior, digest, request, edge=edge, now=now,
+                                     vouched_by=vouched_by)
         latest = await self._store.record_revision(request.ticket_id, request.revision)
         if latest is not None and request.revision < latest:
             await self._release(claim)
             return _stale(request.ticket_id, request.revision, latest)
-        return await self._publish(claim, request, classification)
+        return await self._publish(claim, request, classification, vouched_by)
 
     async def _again(
         self, claim: Claim, digest: str, request: HelpdeskTicketRequest, *, edge: Edge,
-        now: datetime,
+        now: datetime, vouched_by: Vouch | None,
     ) -> Outcome:
         """The revision is claimed already: a duplicate, a conflict, or a crashed attempt."""
         if claim.fingerprint != digest:
@@ -355,7 +359,7 @@ class Intake:
                 classification = classify(
                     request.description, request.error_messages, request.category
                 )
-                return await self._publish(taken, request, classification)
+                return await self._publish(taken, request, classification, vouched_by)
         return Accepted(
             ticket_id=claim.ticket_id, revision=claim.revision, event_id=claim.event_id,
             category=claim.category, category_source=claim.category_source, scope=claim.scope,
@@ -376,7 +380,8 @@ class Intake:
                        )])
 
     async def _publish(
-        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification
+        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
+        vouched_by: Vouch | None,
     ) -> Accepted:
         try:
             credentials = request.credentials
@@ -394,7 +399,7 @@ class Intake:
                 form_category=classification.form_category, scope=claim.scope,
                 description=request.description, error_messages=request.error_messages,
                 parameters=request.parameters, credentials=credentials,
-                authorization=request.authorization,
+                authorization=request.authorization, vouched_by=vouched_by,
             )
             await self._publish_event(event)
             await self._store.mark_submitted(claim, at=self._clock())
@@ -426,12 +431,14 @@ class Intake:
 
     # -- the helpdesk topic -------------------------------------------------------------
 
-    async def receive(self, message: TopicRequest, *, rejected_event_id: uuid.UUID) -> Outcome:
+    async def receive(self, message: TopicRequest, *, rejected_event_id: uuid.UUID,
+                      vouched_by: Vouch | None = None) -> Outcome:
         """Handle one topic message: TicketSubmitted, TicketRejected, or audited refusal."""
         self.learn(message.plaintext)
         outcome: Outcome
         if message.request is not None:
-            outcome = await self.submit(message.request, source="topic", edge="topic")
+            outcome = await self.submit(message.request, source="topic", edge="topic",
+                                        vouched_by=vouched_by)
         else:
             outcome = Rejected(errors=list(message.errors), ticket_id=message.ticket_id,
                                revision=message.revision, language=message.language)

@@ -96,6 +96,8 @@ class Delivery:
     key: str
     ticket_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
+    caller: Any = None
+    """What ``subscribe(authenticate=...)`` returned for this message (who sent it)."""
 
     def derive_event_id(self, what: str) -> uuid.UUID:
         """A stable id for the event this delivery causes: the same on every redelivery."""
@@ -134,6 +136,7 @@ def subscribe(
     max_attempts: int | None = None,
     backoff_s: float | None = None,
     on_duplicate: Handler[T] | None = None,
+    authenticate: Callable[[bytes, dict[str, str]], Awaitable[Any]] | None = None,
 ) -> None:
     """Register ``handler`` for the catalogue ``topic`` on the runtime's broker.
 
@@ -141,6 +144,9 @@ def subscribe(
     copies to its DLQ; the default copies the original bytes unchanged. ``on_duplicate``
     is called (once, errors logged) for a message dropped as already processed, for
     consumers that must record replays (the executor audits replayed verdicts).
+    ``authenticate(body, headers)`` runs before the handler (a topic written by outside
+    producers checks who signed each message): a :class:`DecodeError` from it dead-letters
+    the message with reason ``unauthenticated``; its result is ``Delivery.caller``.
     """
     settings = runtime.settings
     # The topic prefix isolates groups too: test runs and demos sharing a broker must not
@@ -188,12 +194,20 @@ def subscribe(
             await to_dlq(record, body, reason="decode", exc=exc, attempts=0)
             await msg.ack()
             return
+        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+        caller: Any = None
+        if authenticate is not None:
+            try:
+                caller = await authenticate(body, headers)
+            except DecodeError as exc:
+                await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
+                await msg.ack()
+                return
         token = current_ticket.set(decoded.ticket_id)
         try:
             delivery = Delivery(
                 runtime=runtime, topic=topic, partition=record.partition, offset=record.offset,
-                key=decoded.key, ticket_id=decoded.ticket_id,
-                headers={k: v.decode(errors="replace") for k, v in (record.headers or ())},
+                key=decoded.key, ticket_id=decoded.ticket_id, headers=headers, caller=caller,
             )
             if await runtime.processed.seen(group_id, decoded.key):
                 runtime.metrics.duplicate(topic)

@@ -481,9 +481,10 @@ def infrastructure() -> list[Component]:
     ]
 
 
-# Where each service answers /healthz (intake on its public API port, the others on an
-# operations port of their own).
-SERVICE_HEALTH_PORTS = {"intake": 8080, "auth": 9101, "executor": 9102, "notifier": 9103}
+# Where each service answers /healthz and /metrics: an operations port of its own, never the
+# public API (intake's API listens on INTAKE_API_PORT).
+SERVICE_HEALTH_PORTS = {"intake": 9100, "auth": 9101, "executor": 9102, "notifier": 9103}
+INTAKE_API_PORT = 8080
 
 
 def _http_ok(port: int) -> bool:
@@ -505,9 +506,12 @@ def service_components() -> list[Component]:
         port = SERVICE_HEALTH_PORTS[name]
         env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap(), "MONGODB_URI": mongodb_uri(),
                "INTERVENE_SPAN_FILE": str(span_file())}
-        env["INTAKE_HTTP_PORT" if name == "intake" else "OPS_HTTP_PORT"] = str(port)
+        env["OPS_HTTP_PORT"] = str(port)
+        if name == "intake":
+            env["INTAKE_HTTP_PORT"] = str(INTAKE_API_PORT)
         found.append(Component(
-            name=name, ports=(port,), ready_timeout=60.0,
+            name=name, ports=(port, INTAKE_API_PORT) if name == "intake" else (port,),
+            ready_timeout=60.0,
             command=lambda name=name: [sys.executable, "-m", f"services.{name}"],  # type: ignore[misc]
             ready=lambda port=port: _http_ok(port),  # type: ignore[misc]
             env=env,

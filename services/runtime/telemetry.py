@@ -107,7 +107,10 @@ def setup_telemetry(
     *,
     span_exporter: SpanExporter | None = None,
     metric_readers: list[MetricReader] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> Telemetry:
+    """``registry``: where ``metric_readers`` export to, when the caller brings its own (the
+    ops listener's ``/metrics`` serves it)."""
     resource = Resource.create({"service.name": service_name, "service.namespace": "intervention"})
     tracer_provider = TracerProvider(resource=resource)
     if span_exporter is not None:
@@ -120,7 +123,6 @@ def setup_telemetry(
     if span_exporter is None and os.environ.get(SPAN_FILE_ENV):
         tracer_provider.add_span_processor(
             BatchSpanProcessor(JsonLinesSpanExporter(Path(os.environ[SPAN_FILE_ENV]))))
-    registry = None
     if metric_readers is None:
         # A private registry per runtime, not the process-global one: several runtimes in
         # one process (tests, benchmarks) must not clash over metric names.

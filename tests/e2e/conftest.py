@@ -42,7 +42,7 @@ from services.demo.launch import (
     wait_healthy,
 )
 from services.demo.manifest import Manifest
-from services.demo.operator import set_up_customer
+from services.demo.operator import helpdesk_signer, set_up_customer
 from services.demo.progress import BusRecorder
 from services.demo.scenarios import SCENARIOS, Scenario
 from services.runtime.kafka_admin import ensure_topics
@@ -114,7 +114,8 @@ def system(real_parts: Any, topic_prefix: str, database_name: str, estate: Estat
         yield System(prefix=prefix, database=database, mongodb_uri=real_parts.mongodb_uri,
                      bootstrap=real_parts.bootstrap, env=env, workdir=workdir,
                      span_file=span_file, log_dir=log_dir,
-                     intake_url=f"http://127.0.0.1:{ports['intake']}", services=services)
+                     intake_url=f"http://127.0.0.1:{ports['intake']}", services=services,
+                     signer=helpdesk_signer(estate, workdir))
     finally:
         stop_services(services)
         # Here rather than in e2e_db: the database exists even when no test got that far.
@@ -150,9 +151,9 @@ async def submitted(system: System, bus: BusRecorder, estate: Estate) -> Submitt
     async def submit(scenario: Scenario) -> HttpAnswer | str:
         request = requests[scenario.key]
         if scenario.door == "http":
-            return await post_ticket(system.intake_url, request)
-        return await publish_sealed(request, recipient=recipient,
-                                    bootstrap=system.bootstrap, prefix=system.prefix)
+            return await post_ticket(system.intake_url, request, signer=system.signer)
+        return await publish_sealed(request, recipient=recipient, bootstrap=system.bootstrap,
+                                    prefix=system.prefix, signer=system.signer)
 
     answers = await asyncio.gather(*(submit(s) for s in SCENARIOS))
     result = Submitted(scenarios=scenarios, requests=requests,

@@ -241,14 +241,17 @@ class Additions:
         producer = AIOKafkaProducer(bootstrap_servers=self.system.bootstrap)
         await producer.start()
         try:
+            body = json.dumps(unnamed).encode()
             await producer.send_and_wait(physical(HELPDESK_REQUESTS, self.system.prefix),
-                                         json.dumps(unnamed).encode(), key=key)
+                                         body, key=key, headers=self.system.signer.kafka_headers(
+                                             HELPDESK_REQUESTS, body))
         finally:
             await producer.stop()
 
     async def post(self, ticket: str, server: str, *, service_id: str | None = None) -> None:
         answer = await post_ticket(self.system.intake_url, _request(
-            self.estate, ticket, service_id or f"SRV-{self.estate.run}-{server}"))
+            self.estate, ticket, service_id or f"SRV-{self.estate.run}-{server}"),
+            signer=self.system.signer)
         assert answer.status == 202, answer.body
 
     async def diagnose_again(self) -> None:

@@ -148,7 +148,8 @@ def test_no_secret_or_key_material_in_environment_values(services):
 
 
 def test_private_keys_reach_only_their_owner_and_only_as_secrets(compose, services):
-    owners = {"auth-signing-private-key": "auth", "executor-sealing-private-key": "executor"}
+    owners = {"auth-signing-private-key": "auth", "executor-sealing-private-key": "executor",
+              "intake-integrations-key": "intake"}
     assert set(compose.get("secrets", {})) == set(owners)
     for name, service in services.items():
         received = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}

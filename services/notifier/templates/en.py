@@ -60,6 +60,8 @@ TIMELINES: Final = {
     "datacenter": "longer than usual, as it needs work in the data centre",
 }
 REASONS: Final = {
+    "account_not_vouched": "We could not confirm which account this request comes from. "
+    "Please open the ticket again from the client area while logged in.",
     "not_owner": "The server is not registered to your account, and your account is not an "
     "authorized contact for it. Please open the ticket from the account that owns the server.",
     "server_unknown": "We could not find a server matching the identifier you gave. Please "

@@ -60,6 +60,8 @@ TIMELINES: Final = {
     "datacenter": "più lunga del solito, perché serve un intervento nel data center",
 }
 REASONS: Final = {
+    "account_not_vouched": "Non abbiamo potuto verificare da quale account proviene la "
+    "richiesta. Apra di nuovo il ticket dall'area clienti dopo aver effettuato l'accesso.",
     "not_owner": "Il server non è registrato sul suo account e il suo account non è un "
     "contatto autorizzato. Apra il ticket dall'account proprietario del server.",
     "server_unknown": "Non abbiamo trovato un server corrispondente all'identificativo "
