@@ -31,6 +31,7 @@ def key_files() -> dict[str, list[str]]:
     """The key files each service opens when INTERVENTION_KEYS_DIR is the chart's /keys."""
     from services.auth.settings import AuthSettings
     from services.executor.settings import ExecutorSettings
+    from services.intake.integrations import key_path
     from services.intake.settings import IntakeSettings
 
     def names(*paths: Path) -> list[str]:
@@ -44,7 +45,7 @@ def key_files() -> dict[str, list[str]]:
                                                 executor_sealing_keys=None,
                                                 executor_verify_keys=None)
     return {
-        "intake": names(intake.sealing_key_path),
+        "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR))),
         "auth": names(auth.signing_key_path),
         "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths),
         "notifier": [],

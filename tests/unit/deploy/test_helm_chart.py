@@ -266,18 +266,11 @@ def _settings_variables(service: str) -> set[str]:
     return {name.upper() for name in settings.model_fields}
 
 
-# Intake's separate ops listener is being added beside this chart (INTAKE_OPS_HTTP_HOST/PORT,
-# default 127.0.0.1:9100); until IntakeSettings has it, these two names are allowed unread.
-PENDING = {"intake": {"INTAKE_OPS_HTTP_HOST", "INTAKE_OPS_HTTP_PORT"}}
-
-
 def test_every_environment_variable_is_one_the_service_reads(helm: Path) -> None:
     for value_set in VALUE_SETS:
         for service, deployment in deployments(rendered(helm, value_set)).items():
-            known = _settings_variables(service)
-            pending = {v for v in PENDING.get(service, set()) if v not in known}
             unread = {name for name in env_of(deployment) if not name.startswith("OTEL_")}
-            unread -= known | pending
+            unread -= _settings_variables(service)
             assert not unread, f"{value_set}/{service} sets variables it never reads: {unread}"
 
 
@@ -298,17 +291,17 @@ def test_probes_use_the_ops_port_the_service_is_told_to_serve(helm: Path) -> Non
     for service, deployment in deployments(rendered(helm, "defaults")).items():
         main = container(deployment)
         env = env_of(deployment)
-        port_var = "INTAKE_OPS_HTTP_PORT" if service == "intake" else "OPS_HTTP_PORT"
-        host_var = port_var.replace("PORT", "HOST")
-        assert env[host_var]["value"] == ALL_INTERFACES, service
+        assert env["OPS_HTTP_HOST"]["value"] == ALL_INTERFACES, service
         ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-        assert ports["ops"] == int(env[port_var]["value"]) == chart_values()["opsPort"] == 9100
+        assert ports["ops"] == int(env["OPS_HTTP_PORT"]["value"]) == chart_values()["opsPort"]
         assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
         assert main["livenessProbe"]["httpGet"]["port"] == "ops"
         assert main["startupProbe"]["httpGet"]["port"] == "ops"
         if service == "intake":
             assert ports["http"] == int(env["INTAKE_HTTP_PORT"]["value"])
+            assert ports["ops"] != ports["http"]  # /metrics never on the public API
             assert env["INTAKE_HTTP_HOST"]["value"] == ALL_INTERFACES
+            assert env["INTAKE_CREATE_INTEGRATION_KEY"]["value"] == "false"
 
 
 def test_each_service_gets_only_its_own_key_files_owner_only_and_read_only(
