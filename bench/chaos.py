@@ -63,11 +63,11 @@ import httpx  # noqa: E402
 from private_stack import PrivateStack, unavailable  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
+from devstack.demo import targets  # noqa: E402
+from devstack.demo.launch import ServiceProcess, start_services, wait_healthy  # noqa: E402
+from devstack.demo.operator import intervene  # noqa: E402
+from devstack.demo.progress import BusRecorder  # noqa: E402
 from schemas.registry import EventDecodeError, parse_event  # noqa: E402
-from services.demo import targets  # noqa: E402
-from services.demo.launch import ServiceProcess, start_services, wait_healthy  # noqa: E402
-from services.demo.operator import intervene  # noqa: E402
-from services.demo.progress import BusRecorder  # noqa: E402
 from services.intake.signing import Signer  # noqa: E402
 from services.runtime.kafka_admin import ensure_topics  # noqa: E402
 from services.runtime.keys import init_keys  # noqa: E402

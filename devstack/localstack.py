@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime.announce import announced
 from services.runtime.kafka_admin import cluster_metadata, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,8 @@ def install_kafka() -> None:
     kafka_libs().mkdir(parents=True, exist_ok=True)
     log = var_dir() / "log" / "install-kafka.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
+    with (announced("kafka: fetching the broker's jars from Maven Central", log=log,
+                    expect="about 1 min"), log.open("wb") as out):
         code = subprocess.call(
             [mvn, "-q", "-B", "-f", str(DEPLOY_LOCAL / "pom.xml"), "dependency:copy-dependencies",
              "-DincludeScope=runtime", f"-DoutputDirectory={kafka_libs()}"],
@@ -410,7 +412,8 @@ def install_ferretdb() -> None:
     # Not `go install ...@v1.24.2`: the binary then panics at start because the module zip
     # carries an empty build/version/version.txt (FerretDB's release task fills it). So:
     # download the module, copy it, write the version file, build from the copy.
-    with log.open("wb") as out:
+    with (announced(f"ferretdb: building FerretDB {FERRETDB_VERSION} with Go", log=log,
+                    expect="about 2 min"), log.open("wb") as out):
         fetched = subprocess.run(
             [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
             stdout=subprocess.PIPE, stderr=out, check=False,

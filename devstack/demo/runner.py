@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -452,10 +453,23 @@ async def _verify_audit(tickets: list[str]) -> str:
     return f"hash chains intact for {len(tickets)} tickets ({records} records)"
 
 
+def intervene_command() -> str:
+    """How the reader types ``intervene``: the bare name when it is this one on PATH (an
+    activated virtual environment), else this environment's script: ``make run`` starts
+    ``.venv/bin/intervene`` without activating ``.venv``."""
+    script = Path(sys.prefix) / "bin" / "intervene"
+    found = shutil.which("intervene")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "intervene"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
 def _where_to_look(demo: Demo, rows: list[Row], on_call: OnCallRoom, estate: Estate) -> None:
     env = " ".join(f"{k}={os.environ[k]}" for k in ("MONGODB_DATABASE", "KAFKA_TOPIC_PREFIX")
                    if os.environ.get(k))
-    run = f"{env} intervene" if env else "intervene"
+    run = f"{env} {intervene_command()}" if env else intervene_command()
     first = rows[0].ticket_id
     disk = next((r.ticket_id for r in rows if r.ticket_id.endswith("-disk")), first)
     lockout = next((r.ticket_id for r in rows if r.ticket_id.endswith("-lockout")), first)

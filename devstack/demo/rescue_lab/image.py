@@ -33,6 +33,7 @@ from devstack.demo.rescue_lab.common import (
     run,
 )
 from devstack.demo.targets import new_password
+from services.runtime.announce import announced
 
 
 def cache_dir() -> Path:
@@ -76,7 +77,10 @@ def base_image() -> Path:
         for old in image.parent.glob("rescue-base-*.img*"):
             old.unlink(missing_ok=True)
         partial = image.with_suffix(".img.partial")
-        _build_image(partial)
+        # No log of its own: a failing step raises with that command's stderr.
+        with announced(f"rescue lab: building the base disk image {image.name}",
+                       log=None, expect="about 10 s"):
+            _build_image(partial)
         partial.rename(image)
     return image
 
