@@ -30,9 +30,9 @@ from aiokafka.errors import TopicAuthorizationFailedError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from secure_kafka import GROUP, LITERAL, PREFIXED, READ, TOPIC, WRITE, Acl, create_acls
 
+from devstack import localstack
 from services.auth.app import build
 from services.auth.settings import AuthSettings
-from services.runtime import localstack
 from services.runtime.kafka_admin import cluster_metadata, ensure_topics
 from services.runtime.kafka_credentials import init_kafka_credentials
 from services.runtime.kafka_security import kafka_security_options
