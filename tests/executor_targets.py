@@ -89,7 +89,12 @@ class EventBus(BusRecorder):
             if len(found) >= n:
                 return found
             if asyncio.get_running_loop().time() > deadline:
-                seen = [getattr(e, "event_type", "?") for e in self.of(ticket_id)]
+                events = self.of(ticket_id)
+                seen = [getattr(e, "event_type", "?") for e in events]
+                # Why it stopped where it did (a reason, a manual step's title), to debug from
+                # the failure alone.
+                why = [str(getattr(e, "reason", None) or getattr(e, "title", ""))[:300]
+                       for e in events[-2:]]
                 raise AssertionError(f"{ticket_id}: {len(found)} of {n} {event_type} in "
-                                     f"{timeout}s; seen {seen}")
+                                     f"{timeout}s; seen {seen}; last: {why}")
             await asyncio.sleep(0.1)

@@ -150,6 +150,16 @@ def select_access(server: ServerFacts, category: Category, probe: Probe) -> Acce
                    f"for it ({probe.detail or 'see the audit trail'}); the connection was "
                    "refused. An engineer must confirm a reinstall or a key change before "
                    "anyone logs in.")
+    if category in OFFLINE_CATEGORIES:
+        # A repair of the offline OS never logs in over the network: rescue reads the key
+        # from the server's own disk, so an unpinned network key does not stop it.
+        return _offline(server, category, f"{category.replace('_', ' ')} needs the system "
+                        "offline")
+    if probe.outcome == "host_key_unpinned" and category == "root_password_reset":
+        # The customer's password is not sent to an unverified key, and a reset needs no
+        # login: rescue reads the server's key from its own disk.
+        return _offline(server, category, f"its {ssh_name} host key is not pinned, so the "
+                        "password is reset offline, never sent to an unverified server")
     if probe.outcome == "host_key_unpinned":
         return AccessDecision(
             method=ssh, mode="engineer", disposition="hand_over",
@@ -158,9 +168,6 @@ def select_access(server: ServerFacts, category: Category, probe: Probe) -> Acce
                    "pinned in the inventory, and its key is not trusted on first use (the "
                    "customer's credentials would go to whoever answers on its address). An "
                    "engineer confirms the host key (and adds it to the inventory) first.")
-    if category in OFFLINE_CATEGORIES:
-        return _offline(server, category, f"{category.replace('_', ' ')} needs the system "
-                        "offline")
     if category in LOCKOUT_CATEGORIES:
         if probe.outcome == "ok":
             return AccessDecision(

@@ -98,8 +98,9 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     # (Published after the restart, so its deadline does not run out with the on-site step's.)
     review = make(category="diagnostics", review_required=True,
                   review_reason="3 interventions in 30 days",
+                  # A plain sshd target: no rescue, so its key may be trusted on first use.
                   server=resolved_server(service_id="SRV-MREV", ip="127.0.0.1",
-                                         ssh_port=ssh_targets.port))
+                                         ssh_port=ssh_targets.port, rescue=False))
 
     first = start_executor(stack, executors)
     for event in (windows, onsite):

@@ -220,7 +220,13 @@ async def test_root_password_reset_in_rescue_against_local_provider_api_stand_in
     assert isinstance(started, InterventionStarted)
     assert (started.access_method, started.runbook) == ("rescue", "rescue.root_password_reset")
     failed = [r.data for r in await rig.audit(event.ticket_id) if r.kind == "ssh_connect_failed"]
-    assert "cannot log in" in started.reason, (failed, lab.console()[-800:])
+    # The lab server can be booted into rescue and has no key in the inventory: the forgotten
+    # password is never offered to the key its network address presents (issue 15), the
+    # probe stops at the key exchange, and the reset goes to rescue, which reads the key
+    # from the server's disk.
+    assert "never sent to an unverified server" in started.reason, (failed,
+                                                                   lab.console()[-800:])
+    assert [f["outcome"] for f in failed] == ["host_key_unpinned"]
     assert_rescue_round_trip(completed)
     assert completed.new_credentials_issued
     tag = f"{event.ticket_id}-r1"

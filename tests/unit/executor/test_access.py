@@ -154,8 +154,22 @@ def test_a_rescue_capable_server_without_an_inventory_key_is_not_trusted_on_firs
     assert first_use_allowed(VPS, None)  # no rescue: nothing better than first use exists
 
 
-@pytest.mark.parametrize("category", ["diagnostics", "service_restart", "network_recovery",
-                                      "root_password_reset"])
+def test_an_unpinned_server_gets_its_password_reset_from_rescue_never_over_the_network(
+        ) -> None:
+    decision = select_access(DED_KVM_RESCUE, "root_password_reset",
+                             Probe(outcome="host_key_unpinned"))
+    assert (decision.method, decision.mode) == ("rescue", "automated")
+    assert "never sent to an unverified server" in decision.reason
+
+
+@pytest.mark.parametrize("category", ["boot_repair", "filesystem_repair"])
+def test_an_offline_repair_is_not_stopped_by_an_unpinned_network_key(category: str) -> None:
+    decision = select_access(DED_KVM_RESCUE, category,  # type: ignore[arg-type]
+                             Probe(outcome="host_key_unpinned"))
+    assert (decision.method, decision.mode) == ("rescue", "automated")
+
+
+@pytest.mark.parametrize("category", ["diagnostics", "service_restart", "network_recovery"])
 def test_an_unpinned_rescue_capable_server_goes_to_an_engineer(category: str) -> None:
     decision = select_access(DED_KVM_RESCUE, category,  # type: ignore[arg-type]
                              Probe(outcome="host_key_unpinned"))
