@@ -33,6 +33,7 @@ def key_files() -> dict[str, list[str]]:
     from services.executor.settings import ExecutorSettings
     from services.intake.integrations import key_path
     from services.intake.settings import IntakeSettings
+    from services.runtime.keys import audit_private_file
 
     def names(*paths: Path) -> list[str]:
         assert all(str(p.parent) == KEYS_DIR for p in paths), paths
@@ -44,16 +45,20 @@ def key_files() -> dict[str, list[str]]:
     executor = ExecutorSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 executor_sealing_keys=None,
                                                 executor_verify_keys=None)
+    def audit(service: str) -> Path:  # each service signs its own audit records
+        return Path(KEYS_DIR) / audit_private_file(service)
+
     return {
-        "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR))),
-        "auth": names(auth.signing_key_path),
-        "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths),
-        "notifier": [],
+        "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR)), audit("intake")),
+        "auth": names(auth.signing_key_path, audit("auth")),
+        "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths,
+                          audit("executor")),
+        "notifier": names(audit("notifier")),
     }
 
 
 def code_topology() -> dict[str, Any]:
-    from schemas.topics import CATALOGUE
+    from schemas.topics import AUDIT_TOPICS, CATALOGUE
     from services.cli.commands_docs import service_runtimes
 
     keys = key_files()
@@ -68,7 +73,10 @@ def code_topology() -> dict[str, Any]:
                 "produces": sorted(runtime.produced_topics),
                 "keys": keys[name],
             }
-    return {"topics": sorted(spec.name for spec in CATALOGUE), "services": services}
+    return {"topics": sorted(spec.name for spec in CATALOGUE),
+            # Compacted, no DLQ: the audit heads anchored outside the store.
+            "audit_topics": sorted(spec.name for spec in AUDIT_TOPICS),
+            "services": services}
 
 
 def render(topology: dict[str, Any]) -> str:
