@@ -55,6 +55,7 @@ ALLOWED_LABELS = {
     "outcome", "reason", "le", "state", "age", "clock", "timeline", "page_kind", "channel",
     "tier", "category", "access_method", "mode", "dry_run", "component", "severity",
     "runbook", "step", "result", "otel_scope_name", "otel_scope_version",
+    "dependency",  # intervention_dependency_up: kafka or mongodb, a fixed pair
     "otel_scope_schema_url",
     # target_info: the process's resource, one series.
     "service_name", "service_namespace", "service_instance_id", "telemetry_sdk_language",
