@@ -150,8 +150,10 @@ async def test_service_round_trip_over_sasl_ssl_with_scram(
         # The runtime's topics (the one it consumes, its DLQ) exist on the secure broker:
         # nothing is left to create.
         specs = runtime.topic_specs()
-        assert [s.name for s in specs] == [physical(topic, prefix),
-                                           physical(topic + DLQ_SUFFIX, prefix)]
+        # (and the audit anchors it publishes its heads to)
+        assert sorted(s.name for s in specs) == sorted([
+            physical(topic, prefix), physical(topic + DLQ_SUFFIX, prefix),
+            physical(AUDIT_ANCHORED, prefix)])
         assert await ensure_topics(settings.kafka_bootstrap_servers, specs=specs,
                                    settings=settings) == []
     finally:
@@ -385,7 +387,7 @@ async def test_a_missing_topic_or_acl_stops_a_service_naming_them(
     missing = topic_for(AuthorizationRejected)  # not created; its ACL is granted
     unlisted = topic_for(ClarificationRequested)  # created; no ACL for auth
     service_topics = [topic_for(TicketSubmitted), topic_for(TicketSubmitted) + DLQ_SUFFIX,
-                      *topics_produced_by("auth")]
+                      *topics_produced_by("auth"), AUDIT_ANCHORED]
     await ensure_topics(admin.kafka_bootstrap_servers, settings=admin, specs=[
         TopicSpec(name=physical(t, prefix)) for t in service_topics if t != missing])
     await create_acls(admin, f"User:{SERVICE_USERNAME}", _auth_acls(prefix, skip=(unlisted,)))
