@@ -21,6 +21,15 @@ from devstack import localstack
 from devstack.demo.targets import free_port
 
 
+def install_missing() -> None:
+    """Fetch the broker's jars and build FerretDB into the cache when missing (what
+    ``intervene up`` does on a fresh machine), so a clean clone runs the chaos suite."""
+    if not any(localstack.kafka_libs().glob("kafka_2.13-*.jar")):
+        localstack.install_kafka()
+    if not localstack.ferretdb_binary().exists():
+        localstack.install_ferretdb()
+
+
 def unavailable() -> str | None:
     """Why a private stack cannot start here, or None."""
     if not any(localstack.kafka_libs().glob("kafka_2.13-*.jar")):

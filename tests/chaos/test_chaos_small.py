@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_sixty_tickets_through_six_kills_lose_nothing_and_do_nothing_twice() -> None:
+    private_stack.install_missing()
     reason = targets.available() or private_stack.unavailable()
     if reason is not None:
         # A missing real part is a failure, never a skip: the run proves nothing without it.
