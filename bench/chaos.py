@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pipeline  # noqa: E402
 import httpx  # noqa: E402
-from private_stack import PrivateStack, unavailable  # noqa: E402
+from private_stack import PrivateStack, install_missing, unavailable  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
 from devstack.demo import targets  # noqa: E402
@@ -485,6 +485,7 @@ async def run_chaos(args: argparse.Namespace) -> Report:
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     args = parse_args(argv)
+    install_missing()
     reason = targets.available() or unavailable()
     if reason is not None:
         print(f"chaos: cannot run here: {reason}", file=sys.stderr)
