@@ -9,6 +9,7 @@ topics, the audit record of every published event — is decided here once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterable
@@ -98,6 +99,8 @@ class ServiceRuntime:
         self.dependencies = Dependencies()
         self.metrics.watch_dependencies(self.dependencies)
         self._on_start: list[Callable[[], object]] = []
+        # The health probe's store ping still in flight (services.runtime.ops.health).
+        self.store_ping: asyncio.Future[object] | None = None
 
     def consumes(self, topic: str) -> None:
         """Record that the service consumes the catalogue ``topic`` (and writes its DLQ)."""
@@ -118,6 +121,7 @@ class ServiceRuntime:
         ``KAFKA_CREATE_TOPICS=true`` creates the service's missing topics; ``false`` only
         checks them, and a missing one stops the start with a :class:`TopicsError`.
         """
+        install_task_dump()
         await self.audit.ensure_indexes()
         await self.processed.ensure_indexes()
         bootstrap = self.settings.kafka_bootstrap_servers
@@ -177,6 +181,33 @@ class ServiceRuntime:
             encode(event), topic=physical(topic, self.settings.kafka_topic_prefix), key=key,  # type: ignore[arg-type]
         )
         self.metrics.published(topic)
+
+
+def install_task_dump() -> None:
+    """``kill -USR1 <pid>`` logs every asyncio task's stack: what a service that is up but
+    not progressing is waiting for (an operator's first question after an outage)."""
+    import signal
+
+    def chain(task: asyncio.Task[object]) -> str:
+        # Follow the await chain down from the task's coroutine: the innermost line is
+        # what it waits for.
+        lines = []
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                             f"{frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom",
+                                                                      None)
+        return "\n".join(lines) or "  (no frames)"
+
+    def dump() -> None:
+        for task in asyncio.all_tasks():
+            log.warning("task %s:\n%s", task.get_name(), chain(task))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
 def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:
