@@ -166,8 +166,12 @@ class PrivateStack:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         stack = cls(kafka=PrivateKafka(name="kafka", directory=directory / "kafka"),
                     ferret=PrivateFerret(name="ferretdb", directory=directory / "ferretdb"))
-        stack.ferret.start()
-        stack.kafka.start()
+        try:
+            stack.ferret.start()
+            stack.kafka.start()
+        except BaseException:
+            stack.stop()  # nothing of a failed start is left running
+            raise
         return stack
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ import private_stack
 
 from services.demo import targets
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 
 async def test_sixty_tickets_through_six_kills_lose_nothing_and_do_nothing_twice() -> None:
