@@ -37,6 +37,6 @@ async def test_sixty_tickets_through_six_kills_lose_nothing_and_do_nothing_twice
     assert (report.accepted, report.lost, report.duplicate, report.missing_updates) == (
         60, 0, 0, 0), report.line()
     assert (report.double_executed, report.dlq, report.canary, report.stuck,
-            report.exited) == (0, 0, 0, 0), report.line()
+            report.exited) == (0, 0, 0, 0, 0), report.line()
     assert report.audit_ok, report.line()
     assert report.ok
