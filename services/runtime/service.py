@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.envelope import EventEnvelope
 from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import DLQ_SUFFIX, TopicSpec, physical
+from services.runtime import mongo_patch
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Decoded, DecodeError
 from services.runtime.dependencies import Dependencies
@@ -43,6 +44,9 @@ from services.runtime.telemetry import (
 )
 
 log = logging.getLogger(__name__)
+
+# Before any client exists: pymongo's condition waits made safe to cancel (see the module).
+mongo_patch.apply()
 
 E = TypeVar("E", bound=EventEnvelope)
 
