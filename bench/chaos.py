@@ -101,6 +101,7 @@ class Kill:
     healthy_at: float = 0.0
     # Each service's /healthz during the outage: (status code, body).
     health: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    health_at: float = 0.0  # when those answers were in
 
     @property
     def recovery_s(self) -> float:
@@ -305,6 +306,7 @@ class Chaos:
             if self.args.down >= 2 * HEALTH_SAMPLE_AFTER_S:
                 await asyncio.sleep(HEALTH_SAMPLE_AFTER_S)
                 kill.health = await self.health()
+                kill.health_at = time.time()
                 await asyncio.sleep(self.args.down - HEALTH_SAMPLE_AFTER_S)
             else:
                 await asyncio.sleep(self.args.down)
@@ -320,16 +322,19 @@ class Chaos:
         return kill
 
     async def health(self) -> dict[str, tuple[int, dict[str, Any]]]:
-        """Every service's ``/healthz`` answer now."""
-        answers: dict[str, tuple[int, dict[str, Any]]] = {}
+        """Every service's ``/healthz`` answer now (asked all at once)."""
+        async def ask(client: httpx.AsyncClient, proc: ServiceProcess
+                      ) -> tuple[int, dict[str, Any]]:
+            try:
+                response = await client.get(f"http://127.0.0.1:{proc.health_port}/healthz")
+                return response.status_code, response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return 0, {"error": f"{type(exc).__name__}: {exc}"}
+
         async with httpx.AsyncClient(timeout=15) as client:
-            for name, proc in self.services.items():
-                try:
-                    response = await client.get(f"http://127.0.0.1:{proc.health_port}/healthz")
-                    answers[name] = (response.status_code, response.json())
-                except (httpx.HTTPError, ValueError) as exc:
-                    answers[name] = (0, {"error": f"{type(exc).__name__}: {exc}"})
-        return answers
+            names = list(self.services)
+            answers = await asyncio.gather(*(ask(client, self.services[n]) for n in names))
+        return dict(zip(names, answers, strict=True))
 
     async def chaos(self) -> None:
         await asyncio.sleep(self.args.first_kill)
