@@ -1,5 +1,9 @@
 # The two commands a newcomer needs are `make run` and `make test` (README).
-PY ?= python3
+# Everything runs from the project's virtual environment `.venv`, which the bootstrap creates
+# with the first python3 >= 3.11 on PATH (or $PYTHON) and keeps installed; the system
+# interpreter is never installed into.
+VENV := .venv
+BIN := $(VENV)/bin
 
 .PHONY: bootstrap run test lint unit down
 
@@ -8,22 +12,22 @@ bootstrap:
 
 # The whole lifecycle on this machine: stack, services, Synapse, demo servers, tickets.
 run: bootstrap
-	intervene demo
+	$(BIN)/intervene demo
 
-down:
-	intervene down
+down: bootstrap
+	$(BIN)/intervene down
 
 lint: bootstrap
-	ruff check .
-	mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 unit: bootstrap
-	$(PY) -m pytest tests/unit tests/contract -q
+	$(BIN)/python -m pytest tests/unit tests/contract -q
 
 # Lint, types, then every suite against the real Kafka and FerretDB. pytest exits 5 when
 # it collects nothing, and make fails on that like on any other failure.
 test: lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider
 
-chaos:
-	$(PY) bench/chaos.py
+chaos: bootstrap
+	$(BIN)/python bench/chaos.py

@@ -1,4 +1,7 @@
-"""What an audit append costs, against a plain ``insert_one`` on the same store.
+"""What an audit append costs, against a plain ``insert_one`` on the same store, and what
+signing each record with the service's audit key and noting its head for the Kafka anchors
+adds (unsigned and signed appends measured in the same run, alternating in rounds so that
+the store's drift hits both alike).
 
 Run from the repository root with the store up (``intervene up --no-services``)::
 
@@ -26,7 +29,15 @@ from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
-from services.runtime.audit import AuditLog, verify_chain
+from services.runtime.audit import (
+    AUDIT_SIGNATURE_CONTEXT,
+    AuditLog,
+    AuditSigner,
+    check_signature,
+    verify_chain,
+)
+from services.runtime.audit_anchors import AnchorBook
+from services.runtime.crypto import SigningKey
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -70,6 +81,56 @@ async def throughput(writers: int, per_writer: int,
     return writers * per_writer / (time.perf_counter() - start)
 
 
+async def keyed_cost(db: Any, appends: int) -> None:
+    """Per-append cost before (unsigned) and after (signed + anchor noted), same run."""
+    signer = AuditSigner(service="executor",
+                         key=SigningKey.generate(key_id_prefix="audit-executor"))
+
+    async def nowhere(ticket: str, value: bytes) -> None:
+        return None
+
+    book = AnchorBook(service="executor", signer=signer, publish=nowhere)
+    plain = AuditLog(db, collection="audit_keyed")
+    keyed = AuditLog(db, collection="audit_keyed", signer=signer, on_append=book.note)
+    await plain.ensure_indexes()
+    before: list[float] = []
+    after: list[float] = []
+    rounds = 10
+    for r in range(rounds):  # alternate, so both see the same store state
+        before += await timed(appends // rounds, lambda i, r=r: plain.append(
+            f"UNSIGNED-{r}", record_id=f"e{i}", kind="command", actor="executor:b",
+            data=PAYLOAD))
+        after += await timed(appends // rounds, lambda i, r=r: keyed.append(
+            f"SIGNED-{r}", record_id=f"e{i}", kind="command", actor="executor:b",
+            data=PAYLOAD))
+    print("keyed records (one writer, sequential, same run):")
+    unsigned = latency_summary("append, unsigned (before)", before)
+    signed = latency_summary("append, signed + anchor noted (after)", after)
+    print(f"  added per append: {(signed - unsigned) * 1e3:+.3f} ms "
+          f"({(signed / unsigned - 1) * 100:+.1f} %)")
+    n = 2000
+    start = time.perf_counter()
+    for i in range(n):
+        signer.sign(f"intervention-audit-record:v1:{i:064d}".encode())
+    sign_us = (time.perf_counter() - start) / n * 1e6
+    records = await keyed.records("SIGNED-0")
+    keys = {signer.key.key_id: ("executor", signer.key.verify_key)}
+    start = time.perf_counter()
+    for record in records:
+        check_signature(AUDIT_SIGNATURE_CONTEXT + record.hash.encode(), record.key_id,
+                        record.signature, keys)
+    verify_us = (time.perf_counter() - start) / len(records) * 1e6
+    print(f"  Ed25519 signature alone: {sign_us:.1f} us per record to sign, "
+          f"{verify_us:.1f} us to verify")
+    report_start = time.perf_counter()
+    report = await verify_chain(db, collection="audit_keyed", keys=keys)
+    took = time.perf_counter() - report_start
+    unsigned_tickets = sum(1 for b in report.broken if "unsigned" in b.reason)
+    print(f"  verify with keys: {report.records_checked} records in {took:.2f} s "
+          f"({report.records_checked / took:.0f} records/s); {unsigned_tickets} unsigned "
+          "ticket(s) named, as expected")
+
+
 async def main(uri: str, appends: int, writers: int) -> None:
     db_name = f"bench_audit_{uuid.uuid4().hex[:8]}"
     clients: list[Client] = [AsyncMongoClient(uri) for _ in range(writers)]
@@ -94,6 +155,8 @@ async def main(uri: str, appends: int, writers: int) -> None:
             appends, lambda i: plain.insert_one({"ticket_id": "SEQ-1", "seq": i,
                                                  "data": dict(PAYLOAD)})))
         print(f"  ratio chain/baseline: {chain / base:.2f}x latency")
+
+        await keyed_cost(clients[0][db_name], appends)
 
         per_writer = max(1, appends // writers)
         print(f"{writers} concurrent writers ({writers} clients), {per_writer} each:")

@@ -40,11 +40,15 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
 from schemas.topics import HELPDESK_REQUESTS, TopicSpec, event_topic
+from services.intake.accounts import AccountMap
+from services.intake.accounts import Mapping as AccountRow
 from services.intake.bootstrap import IntakeService
 from services.intake.examples import example_request
 from services.intake.http import create_app
+from services.intake.integrations import IntegrationKeyFile, IntegrationRegistry
 from services.intake.sealing import load_recipient, seal_request
 from services.intake.settings import IntakeSettings
+from services.intake.signing import Signer
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import init_keys, key_set_paths
 
@@ -104,8 +108,25 @@ async def consume_until(bootstrap: str, topic: str, keys: set[bytes], *, ready: 
         await consumer.stop()
 
 
-async def bench_http(service: IntakeService, app: FastAPI, n: int, concurrency: int
-                     ) -> tuple[float, float]:
+async def helpdesk(service: IntakeService, keys_dir: Path) -> Signer:
+    """The benchmark's helpdesk: a registered integration whose portal customers
+    ``portal:ACC-<i>`` are the accounts ``ACC-<i>`` (as ``intervene accounts import``)."""
+    key = IntegrationKeyFile(keys_dir, create=True)
+    _, secret = await IntegrationRegistry(service.runtime.db, key).add(
+        "bench-desk", kind="api", scopes=("submit",))
+    await AccountMap(service.runtime.db, key).upsert(
+        "bench-desk", [AccountRow(customer=f"portal:ACC-{i}", account_id=f"ACC-{i}")
+                       for i in range(50)])
+    return Signer(integration="bench-desk", secret=secret)
+
+
+def as_customer(signer: Signer, document: dict[str, Any]) -> Signer:
+    return Signer(integration=signer.integration, secret=signer.secret,
+                  customer=f"portal:{document['account_id']}")
+
+
+async def bench_http(service: IntakeService, app: FastAPI, n: int, concurrency: int,
+                     signer: Signer) -> tuple[float, float]:
     run = uuid.uuid4().hex[:6]
     documents = [example_request(
         ticket_id=f"BH-{run}-{i}", account_id=f"ACC-{i % 50}",
@@ -114,7 +135,9 @@ async def bench_http(service: IntakeService, app: FastAPI, n: int, concurrency: 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://intake.bench") as http:
         async def submit(i: int) -> None:
-            response = await http.post("/v1/tickets", json=documents[i])
+            body = json.dumps(documents[i]).encode()
+            response = await http.post("/v1/tickets", content=body, headers=as_customer(
+                signer, documents[i]).headers("POST", "/v1/tickets", body))
             if response.status_code != 202:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
 
@@ -141,7 +164,7 @@ async def bench_http(service: IntakeService, app: FastAPI, n: int, concurrency: 
 
 
 async def bench_kafka(service: IntakeService, keys_dir: Path, n: int, bootstrap: str,
-                      prefix: str) -> tuple[float, float]:
+                      prefix: str, signer: Signer) -> tuple[float, float]:
     run = uuid.uuid4().hex[:6]
     recipient = load_recipient(key_set_paths(keys_dir).sealing_public)
     bodies = {
@@ -159,8 +182,10 @@ async def bench_kafka(service: IntakeService, keys_dir: Path, n: int, bootstrap:
             bootstrap, prefix + event_topic("TicketSubmitted"), set(bodies), ready=ready))
         await ready.wait()
         began = time.perf_counter()
-        sends = [await producer.send(prefix + HELPDESK_REQUESTS, body, key=key)
-                 for key, body in bodies.items()]
+        sends = [await producer.send(
+            prefix + HELPDESK_REQUESTS, body, key=key,
+            headers=as_customer(signer, json.loads(body)).kafka_headers(HELPDESK_REQUESTS, body))
+            for key, body in bodies.items()]
         await asyncio.gather(*sends)
         done = await waiter
         intake_rate = summary("intake helpdesk topic -> TicketSubmitted", n, done - began)
@@ -220,11 +245,13 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {}
     try:
         async with app.router.lifespan_context(app):
+            signer = await helpdesk(service, keys_dir)
             print("HTTP (in-process ASGI):")
-            results["http"] = await bench_http(service, app, args.requests, args.concurrency)
+            results["http"] = await bench_http(service, app, args.requests, args.concurrency,
+                                               signer)
             print("Kafka:")
             results["kafka"] = await bench_kafka(service, keys_dir, args.requests, bootstrap,
-                                                 prefix)
+                                                 prefix, signer)
     finally:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()

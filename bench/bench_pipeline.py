@@ -53,19 +53,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
-from schemas.registry import parse_event  # noqa: E402
-from schemas.topics import TopicSpec  # noqa: E402
-from services.demo import targets  # noqa: E402
-from services.demo.launch import (  # noqa: E402
+from devstack import localstack  # noqa: E402
+from devstack.demo import targets  # noqa: E402
+from devstack.demo.launch import (  # noqa: E402
     service_ports,
     start_services,
     stop_services,
     wait_healthy,
 )
-from services.demo.operator import intervene  # noqa: E402
-from services.demo.progress import BusRecorder  # noqa: E402
+from devstack.demo.operator import intervene  # noqa: E402
+from devstack.demo.progress import BusRecorder  # noqa: E402
+from schemas.registry import parse_event  # noqa: E402
+from schemas.topics import HELPDESK_REQUESTS, TopicSpec  # noqa: E402
 from services.intake.sealing import seal_request  # noqa: E402
-from services.runtime import localstack  # noqa: E402
+from services.intake.signing import Signer  # noqa: E402
 from services.runtime.kafka_admin import (  # noqa: E402
     delete_topics_with_prefix,
     ensure_topics,
@@ -145,9 +146,10 @@ def request(ticket: str, server: str, account: str, user: targets.ThrowawayUser
 
 
 async def publish_all(bootstrap: str, topic: str, messages: Sequence[tuple[str, bytes]],
-                      rate: float | None = None) -> dict[str, float]:
+                      rate: float | None = None, signer: Signer | None = None
+                      ) -> dict[str, float]:
     """Publish keyed messages — all at once, or ``rate`` per second — and return the send
-    time of each."""
+    time of each; signed as the helpdesk's integration when ``signer`` is given."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
                                 linger_ms=0)
     await producer.start()
@@ -159,7 +161,9 @@ async def publish_all(bootstrap: str, topic: str, messages: Sequence[tuple[str, 
             if rate:
                 await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
             sent[key] = time.time()
-            futures.append(await producer.send(topic, value, key=key.encode()))
+            headers = signer.kafka_headers(HELPDESK_REQUESTS, value) if signer else None
+            futures.append(await producer.send(topic, value, key=key.encode(),
+                                               headers=headers))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -167,14 +171,14 @@ async def publish_all(bootstrap: str, topic: str, messages: Sequence[tuple[str, 
 
 
 async def run_pipeline(bootstrap: str, prefix: str, sealed: list[dict[str, Any]],
-                       timeout: float, rate: float | None = None) -> Result:
+                       timeout: float, rate: float | None = None, *, signer: Signer) -> Result:
     recorder = BusRecorder(bootstrap, prefix, from_beginning=False)
     await recorder.start()
     try:
         tickets = [str(r["ticket_id"]) for r in sealed]
         sent = await publish_all(bootstrap, f"{prefix}helpdesk.ticket-requests",
                                  [(str(r["ticket_id"]), json.dumps(r).encode())
-                                  for r in sealed], rate)
+                                  for r in sealed], rate, signer)
         stalled = await recorder.wait_for(tickets, timeout=timeout)
         if stalled:
             raise RuntimeError(f"{len(stalled)} tickets did not settle, e.g. {stalled[0]}: "
@@ -326,6 +330,19 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         done = intervene(["servers", "import", str(inventory)], env)
         if done.returncode != 0:
             raise RuntimeError(done.stdout + done.stderr)
+        # The benchmark's helpdesk: a registered integration whose portal customer is the
+        # account, as a provider sets one up.
+        added = intervene(["integrations", "add", f"bench-{run}"], env)
+        if added.returncode != 0:
+            raise RuntimeError(added.stdout + added.stderr)
+        accounts = workdir / "accounts.csv"
+        accounts.write_text(f"customer,account_id\nportal:{account},{account}\n")
+        done = intervene(["accounts", "import", str(accounts), "--integration", f"bench-{run}"],
+                         env)
+        if done.returncode != 0:
+            raise RuntimeError(done.stdout + done.stderr)
+        signer = Signer(integration=f"bench-{run}", secret=added.stdout.strip().splitlines()[-1],
+                        customer=f"portal:{account}")
         services = start_services(
             env, log_dir=workdir / "logs", ports=service_ports(),
             commands={"executor": [sys.executable, str(ROOT / "bench" / "noop_executor.py")]})
@@ -338,11 +355,13 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
                                  recipient=recipient) for n in range(count)]
 
         print(f"warming up ({len(hosts)} tickets) ...", flush=True)
-        await run_pipeline(bootstrap, prefix, sealed(len(hosts), "w"), args.timeout)
+        await run_pipeline(bootstrap, prefix, sealed(len(hosts), "w"), args.timeout,
+                           signer=signer)
         tickets = sealed(args.tickets, "t")
         size = statistics.mean(len(json.dumps(t)) for t in tickets)
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
-        pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout, args.rate)
+        pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout, args.rate,
+                                      signer=signer)
         print(f"raw floor: {args.tickets} messages through {HOPS} aiokafka hops ...",
               flush=True)
         floor = await run_floor(bootstrap, prefix, [(str(t["ticket_id"]),

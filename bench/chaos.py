@@ -63,11 +63,12 @@ import httpx  # noqa: E402
 from private_stack import PrivateStack, unavailable  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
+from devstack.demo import targets  # noqa: E402
+from devstack.demo.launch import ServiceProcess, start_services, wait_healthy  # noqa: E402
+from devstack.demo.operator import intervene  # noqa: E402
+from devstack.demo.progress import BusRecorder  # noqa: E402
 from schemas.registry import EventDecodeError, parse_event  # noqa: E402
-from services.demo import targets  # noqa: E402
-from services.demo.launch import ServiceProcess, start_services, wait_healthy  # noqa: E402
-from services.demo.operator import intervene  # noqa: E402
-from services.demo.progress import BusRecorder  # noqa: E402
+from services.intake.signing import Signer  # noqa: E402
 from services.runtime.kafka_admin import ensure_topics  # noqa: E402
 from services.runtime.keys import init_keys  # noqa: E402
 
@@ -207,6 +208,19 @@ class Chaos:
         done = intervene(["servers", "import", str(inventory)], self.env())
         if done.returncode != 0:
             raise RuntimeError(done.stdout + done.stderr)
+        # The helpdesk stand-in is a registered integration for the chaos account.
+        added = intervene(["integrations", "add", f"chaos-{self.run}"], self.env())
+        if added.returncode != 0:
+            raise RuntimeError(added.stdout + added.stderr)
+        accounts = self.workdir / "accounts.csv"
+        accounts.write_text(f"customer,account_id\nportal:{self.account},{self.account}\n")
+        done = intervene(["accounts", "import", str(accounts), "--integration",
+                          f"chaos-{self.run}"], self.env())
+        if done.returncode != 0:
+            raise RuntimeError(done.stdout + done.stderr)
+        self.signer = Signer(integration=f"chaos-{self.run}",
+                             secret=added.stdout.strip().splitlines()[-1],
+                             customer=f"portal:{self.account}")
         for name in SERVICES:
             self.start_service(name)
         await asyncio.to_thread(wait_healthy, list(self.services.values()), timeout=120)
@@ -259,7 +273,11 @@ class Chaos:
         while time.monotonic() < deadline:
             sub.attempts += 1
             try:
-                response = await client.post(url, json=sub.body)
+                # Signed anew for every attempt: a retry carries a fresh nonce.
+                body = json.dumps(sub.body).encode()
+                response = await client.post(url, content=body, headers={
+                    "Content-Type": "application/json",
+                    **self.signer.headers("POST", "/v1/tickets", body)})
             except httpx.HTTPError:
                 response = None
             if response is not None and response.status_code == 202:

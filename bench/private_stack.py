@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.demo.targets import free_port
-from services.runtime import localstack
+from devstack import localstack
+from devstack.demo.targets import free_port
 
 
 def unavailable() -> str | None:

@@ -22,7 +22,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     ValidationError,
+    WithJsonSchema,
 )
 
 STRICT_MODEL = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -37,6 +39,15 @@ RUNBOOK_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 PARAMETER_KEY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # Key type, base64 body, optional comment: one line of an OpenSSH known_hosts/authorized_keys.
 SSH_PUBLIC_KEY_PATTERN = r"^[a-z0-9@.-]{3,64} [A-Za-z0-9+/]{16,8192}={0,3}( [ -~]{0,256})?$"
+
+# pydantic describes IPvAnyAddress with its own format name ("ipvanyaddress"), which no JSON
+# Schema validator knows (Ajv in strict mode rejects it): the published schemas say what it
+# accepts in the standard formats instead.
+IpAddress = Annotated[
+    IPvAnyAddress,
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "ipv4"},
+                              {"type": "string", "format": "ipv6"}]}),
+]
 
 TicketId = Annotated[
     str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, Field, IPvAnyAddress, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.canonical import canonical_json
 from schemas.common import (
@@ -19,6 +19,7 @@ from schemas.common import (
     AccountId,
     EngineerId,
     FieldError,
+    IpAddress,
     Label,
     LongText,
     Notes,
@@ -62,6 +63,7 @@ AuthorizationRejectionReason = Literal[
     "credentials_missing",
     "scope_not_included",
     "revision_stale",
+    "account_not_vouched",
 ]
 
 TicketUpdateKind = Literal[
@@ -83,17 +85,32 @@ NonEmptyTexts = Annotated[tuple[Paragraph, ...], Field(min_length=1, max_length=
 # --- intake ----------------------------------------------------------------------------
 
 
+class Vouch(BaseModel):
+    """Which registered helpdesk integration authenticated the customer, and as whom: the
+    account of a ticket is that integration's mapping of this identity (docs/security.md)."""
+
+    model_config = STRICT_MODEL
+
+    integration: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+                                      description="The integration's registered name.")]
+    customer: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9:._@+-]{0,127}$",
+                                   description="The helpdesk's authenticated customer "
+                                               "identity, e.g. client:17.")]
+
+
 class TicketSubmitted(EventEnvelope):
     """A structurally valid request that passed intake's rules, credentials sealed.
 
     ``category`` is always set: the form's choice (``category_source="form"``) or intake's
     classification of the description (``"classified"``; ``confidence="low"`` asks an
     engineer to check). ``form_category`` keeps what the customer picked when the classifier
-    overrode it. ``scope`` is always ``scope_of(category)``.
+    overrode it. ``scope`` is always ``scope_of(category)``. ``vouched_by`` (version 2) names
+    the integration that authenticated the customer whose account this is; auth refuses a
+    ticket nobody vouched for.
     """
 
     event_type: Literal["TicketSubmitted"]
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     producer: Literal["intake"]
 
     account_id: AccountId
@@ -111,6 +128,7 @@ class TicketSubmitted(EventEnvelope):
     parameters: Parameters = Field(default_factory=dict)
     credentials: SealedCredentials
     authorization: WrittenAuthorization
+    vouched_by: Vouch | None = None
 
     @model_validator(mode="after")
     def _scope_matches_category(self) -> Self:
@@ -147,7 +165,7 @@ class ResolvedServer(BaseModel):
 
     service_id: ServiceId
     service_name: ServiceName
-    ip: IPvAnyAddress = Field(description="The address to reach the server at.")
+    ip: IpAddress = Field(description="The address to reach the server at.")
     type: Literal["dedicated", "vps"]
     os_family: Literal["linux", "windows"]
     ipkvm: bool
@@ -213,7 +231,7 @@ class AuthorizationRejected(EventEnvelope):
     engineers (the notifier words the customer's message from the codes)."""
 
     event_type: Literal["AuthorizationRejected"]
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     producer: Literal["auth"]
 
     reasons: AuthorizationRejectionReasons

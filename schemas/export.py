@@ -4,8 +4,11 @@
     python -m schemas.export --check    # exit 1 listing files that differ
 
 Validation-mode schemas: they describe what a consumer accepts, which is what a producer
-in another language needs to know. The folder holds only generated files, so files for
-models that no longer exist are removed on write and reported by ``--check``.
+in another language needs to know. Each is a JSON Schema 2020-12 document (``$schema``) with
+its own ``$id`` (:data:`SCHEMA_ID_BASE` + file name), so validators (Ajv in strict mode, in
+tests/contract/test_document_linters.py) know the dialect and can tell them apart. The folder
+holds only generated files, so files for models that no longer exist are removed on write
+and reported by ``--check``.
 """
 
 from __future__ import annotations
@@ -20,14 +23,20 @@ from schemas.registry import ROUTES
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
 FIX_COMMAND = "python -m schemas.export"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# A URN, not a URL: the schemas are published with the repository, at no web address; an id
+# only has to be a stable, absolute URI for validators to tell the documents apart.
+SCHEMA_ID_BASE = "urn:os-intervention:schemas:json:"
 
 
 def schema_documents() -> dict[str, str]:
     """File name -> file text for every routed message, generated in memory."""
     docs: dict[str, str] = {}
     for route in ROUTES:
-        schema = route.model.model_json_schema(mode="validation")
-        docs[f"{route.event_type}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        name = f"{route.event_type}.json"
+        schema = {"$schema": DIALECT, "$id": SCHEMA_ID_BASE + name,
+                  **route.model.model_json_schema(mode="validation")}
+        docs[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return docs
 
 

@@ -24,7 +24,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    IPvAnyAddress,
     JsonValue,
     SecretStr,
     Tag,
@@ -38,6 +37,7 @@ from schemas.common import (
     STRICT_MODEL,
     AccountId,
     FieldError,
+    IpAddress,
     Label,
     LongText,
     OsUsername,
@@ -72,7 +72,7 @@ class ServerRef(BaseModel):
 
     model_config = STRICT_MODEL
 
-    ip: IPvAnyAddress | None = None
+    ip: IpAddress | None = None
     service_id: ServiceId | None = None
     service_name: ServiceName | None = None
 

@@ -11,6 +11,11 @@ import re
 from dataclasses import dataclass, field
 
 HELPDESK_REQUESTS = "helpdesk.ticket-requests"
+# Heads of the audit log's per-ticket chains, published by every service that appends to it
+# (services.runtime.audit_anchors) and read by ``intervene audit verify``. Compacted: the
+# newest anchor of each ticket is kept for good, not for the retention period. No consumer
+# group reads it, so it has no DLQ.
+AUDIT_ANCHORED = "intervention.audit-anchored"
 DLQ_SUFFIX = ".dlq"
 # Three partitions: three consumers per service group can share the load. Test runs set
 # KAFKA_TOPIC_PARTITIONS=1: each run creates its own ~60 topics, and a broker's open files
@@ -51,12 +56,27 @@ EVENT_TYPES: tuple[str, ...] = (
 class TopicSpec:
     name: str
     partitions: int = field(default_factory=default_partitions)
+    configs: tuple[tuple[str, str], ...] = ()  # topic configs set when it is created
+    dlq: bool = True  # consumed by a service, so it has a dead-letter topic
 
 
+# The topics of events (one model each, see schemas.registry).
 CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(name=HELPDESK_REQUESTS),
     *(TopicSpec(name=event_topic(t)) for t in EVENT_TYPES),
 )
+# Topics that carry no event model: the audit log's anchors.
+AUDIT_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(name=AUDIT_ANCHORED, configs=(("cleanup.policy", "compact"),), dlq=False),
+)
+
+
+def spec_for(name: str, prefix: str | None = None) -> TopicSpec:
+    """The physical spec of a catalogue topic (or of a DLQ): its configs kept."""
+    for spec in (*CATALOGUE, *AUDIT_TOPICS):
+        if spec.name == name:
+            return TopicSpec(name=physical(name, prefix), configs=spec.configs, dlq=spec.dlq)
+    return TopicSpec(name=physical(name, prefix))
 
 
 def topic_prefix() -> str:
@@ -69,10 +89,12 @@ def physical(name: str, prefix: str | None = None) -> str:
 
 
 def all_topics(prefix: str | None = None) -> list[TopicSpec]:
-    """Catalogue topics plus their dead-letter topics, with the prefix applied."""
+    """Catalogue topics plus their dead-letter topics, and the audit topics, with the prefix
+    applied."""
     specs: list[TopicSpec] = []
-    for spec in CATALOGUE:
+    for spec in (*CATALOGUE, *AUDIT_TOPICS):
         # Partition counts are resolved now, not at import (see default_partitions).
-        specs.append(TopicSpec(name=physical(spec.name, prefix)))
-        specs.append(TopicSpec(name=physical(spec.name + DLQ_SUFFIX, prefix)))
+        specs.append(spec_for(spec.name, prefix))
+        if spec.dlq:
+            specs.append(TopicSpec(name=physical(spec.name + DLQ_SUFFIX, prefix)))
     return specs

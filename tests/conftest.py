@@ -24,7 +24,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.runtime import localstack
+from devstack import localstack
 from services.runtime.kafka_admin import delete_topics_with_prefix, ensure_topics
 
 

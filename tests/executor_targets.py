@@ -2,7 +2,7 @@
 loopback with private configs, throwaway users, a throwaway SysV service and a local apt
 repository of throwaway packages.
 
-They live in :mod:`services.demo.targets` (``intervene demo`` and the end-to-end tests build
+They live in :mod:`devstack.demo.targets` (``intervene demo`` and the end-to-end tests build
 their servers from the same classes); this module re-exports them under the names the
 executor's tests use, and adds what only tests need: :func:`processes_with` and
 :class:`EventBus`.
@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from services.demo.progress import BusRecorder
-from services.demo.targets import (
+from devstack.demo.progress import BusRecorder
+from devstack.demo.targets import (
     SSHD,
     AptRepo,
     Sshd,

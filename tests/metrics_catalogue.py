@@ -41,8 +41,10 @@ RULES = ROOT / "deploy" / "prometheus" / "rules"
 # Series Prometheus makes itself for every scrape target: not exported by any service.
 PROMETHEUS_SERIES = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
-# Grafana's built-in variables, as any valid duration.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "6h"}
+# Grafana's built-in variables, as any valid duration, and the dashboard's own job and
+# instance variables at their default ("All", whose value the linter requires to be ".+").
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "6h",
+                     "$job": ".+", "$instance": ".+"}
 
 
 @dataclass(frozen=True)

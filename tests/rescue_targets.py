@@ -1,5 +1,5 @@
 """Real rescue-mode targets for the executor's rescue tests: the rescue lab of the demo
-(:mod:`services.demo.rescue_lab` — servers booting from real disk images, the rescue system,
+(:mod:`devstack.demo.rescue_lab` — servers booting from real disk images, the rescue system,
 the provider API stand-in), plus the ways of breaking a server only the tests use.
 
 ``intervene demo`` locks ``edge-01`` out with :func:`break_firewall`; the tests break the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 
-from services.demo.rescue_lab import (
+from devstack.demo.rescue_lab import (
     KERNEL_VERSION,
     OPERATOR,
     LabServer,

@@ -13,8 +13,14 @@ a question whose answer would still be refused.
 
 What each check means:
 
-- **Server.** An IP or service id names one server globally: none is ``server_unknown``,
-  one the account may not act on is ``not_owner``. A service name is a customer's own label,
+- **Vouched.** The ticket names the registered helpdesk integration that authenticated the
+  customer (``vouched_by``; intake checked that the account is that integration's mapping
+  of the customer). A ticket nobody vouched for is ``account_not_vouched``: its account is
+  only what someone typed.
+- **Server.** An IP or service id names one server globally: none, or one the account may
+  not act on, is ``server_unknown`` - the same answer, so a customer cannot learn which
+  addresses the provider hosts for others (the details for engineers and auth's log say
+  which it was). A service name is a customer's own label,
   so it is looked up among the servers the account owns or is an authorized contact of
   (another customer's ``web-01`` is neither a match nor worth mentioning): none is
   ``server_unknown``, several is a clarification listing only the customer's own servers.
@@ -61,12 +67,13 @@ from schemas.events import (
     ResolvedServer,
     TicketSubmitted,
 )
-from services.auth.inventory import ServerRecord
+from services.auth.server_record import ServerRecord
 
 Reason = AuthorizationRejectionReason
 
 # The order reasons are reported in: the most fundamental first.
 REASON_ORDER: Final[tuple[Reason, ...]] = (
+    "account_not_vouched",
     "revision_stale",
     "channel_not_allowed",
     "wrong_department",
@@ -189,9 +196,10 @@ def resolve_server(ticket: TicketSubmitted, candidates: Sequence[ServerRecord]) 
         return Resolution(
             server=None,
             problem=_Finding(
-                reason="not_owner",
+                reason="server_unknown",
                 details=f"Account {account} neither owns the server with "
-                f"{_kind_text(ref.kind)} {ref.value} nor is an authorized contact of it.",
+                f"{_kind_text(ref.kind)} {ref.value} nor is an authorized contact of it "
+                "(told to the customer as unknown: no inventory oracle).",
             ),
         )
     if all(c.may_act(account) for c in candidates):
@@ -304,6 +312,15 @@ def _findings(
     ticket: TicketSubmitted, facts: Facts, resolution: Resolution, now: datetime, policy: Policy
 ) -> list[_Finding]:
     findings: list[_Finding] = []
+    if ticket.vouched_by is None:
+        findings.append(
+            _Finding(
+                reason="account_not_vouched",
+                details="No registered helpdesk integration vouched for the customer's "
+                "account; only tickets accepted by intake from an authenticated integration "
+                "are acted on.",
+            )
+        )
     if facts.latest_revision is not None and ticket.revision < facts.latest_revision:
         findings.append(
             _Finding(

@@ -1,4 +1,4 @@
-"""``intervene demo``: the whole procedure on this machine (see :mod:`services.demo.runner`).
+"""``intervene demo``: the whole procedure on this machine (see :mod:`devstack.demo.runner`).
 
 Exit status: 0 every ticket settled as expected; 1 a ticket stalled or ended elsewhere
 (each is named with the reason); 2 the demo could not start; 130 interrupted.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.demo import DEFAULT_TIMEOUT_S
+from devstack.demo import DEFAULT_TIMEOUT_S
 
 
 def register(sub: Any) -> None:
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo.runner import DemoError, run_demo, stop_demo
+    from devstack.demo.runner import DemoError, run_demo, stop_demo
 
     try:
         if args.stop:

@@ -13,6 +13,13 @@ subscribers are the real ones), with two additions the services do not declare t
   deduplicates and dead-letters), so each received message's payload is set to the event
   model of its topic (``helpdesk.ticket-requests``: the helpdesk's request).
 
+FastStream writes AsyncAPI 3.0 and knows nothing of the bus's conventions, so the document
+is then completed (:func:`_complete`) with what every service does through the shared
+runtime: AsyncAPI 3.1; every message keyed by ``ticket_id`` (Kafka message binding) and
+carrying the W3C trace headers; the dead-letter channel ``<topic>.dlq`` of every consumed
+topic with its ``x-dlq-*`` headers (docs/architecture.md §7); the consumer groups; and a
+description on every operation.
+
 Nothing is connected: the apps are built with their default settings and a throwaway key
 set, so the documents never depend on the machine that generates them. A contract test
 regenerates both and compares them with the committed files; ``intervene docs --check``
@@ -127,6 +134,13 @@ def asyncapi_document() -> dict[str, Any]:
     from schemas.registry import topic_for
 
     with service_brokers() as brokers:
+        # channel name -> the consumer groups reading it (the notifier reads ticket-submitted
+        # in two groups; group ids carry KAFKA_TOPIC_PREFIX, empty here).
+        groups: dict[str, list[str]] = {}
+        for service, broker in brokers.items():
+            for subscriber in broker.subscribers:
+                for topic in subscriber.topic_names:
+                    groups.setdefault(f"{service}:{topic}", []).append(subscriber.group_id)
         for service, broker in brokers.items():
             for model in EVENT_MODELS:
                 if service in producers_of(model):
@@ -143,6 +157,7 @@ def asyncapi_document() -> dict[str, Any]:
                 *brokers.values(), title=TITLE, version=_version(), description=DESCRIPTION,
             ).to_specification().to_jsonable()
     _set_received_payloads(document)
+    _complete(document, groups)
     # FastStream keeps a broker's publishers unordered: sort the named sections so the
     # document (and its drift test) is the same on every run.
     components = document.get("components", {})
@@ -170,6 +185,137 @@ def _set_received_payloads(document: dict[str, Any]) -> None:
             message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
     if not any("EmptyPayload" in json.dumps(m) for m in components.get("messages", {}).values()):
         schemas.pop("EmptyPayload", None)
+
+
+ASYNCAPI_VERSION = "3.1.0"
+KAFKA_BINDING_VERSION = "0.5.0"
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+DLQ_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "x-dlq-reason": {"type": "string", "enum": ["decode", "handler"],
+                     "description": "decode: not a valid message of the topic; handler: its "
+                                    "handler still failed after the bounded retries."},
+    "x-dlq-error-class": {"type": "string", "description": "The error's class name."},
+    "x-dlq-error-message": {"type": "string", "maxLength": 2000,
+                            "description": "What went wrong: never an input value; known "
+                                           "secrets redacted."},
+    "x-dlq-original-topic": {"type": "string",
+                             "description": "The topic the message was read from (with "
+                                            "KAFKA_TOPIC_PREFIX)."},
+    "x-dlq-original-partition": {"type": "string", "pattern": "^[0-9]+$",
+                                 "description": "Its partition, in decimal."},
+    "x-dlq-original-offset": {"type": "string", "pattern": "^[0-9]+$",
+                              "description": "Its offset, in decimal."},
+    "x-dlq-consumer-group": {"type": "string",
+                             "description": "The consumer group that gave up on it."},
+    "x-dlq-attempts": {"type": "string", "pattern": "^[0-9]+$",
+                       "description": "Handler attempts made (0 when it did not decode)."},
+    "x-dlq-failed-at": {"type": "string", "format": "date-time",
+                        "description": "When it was dead-lettered (UTC, ISO 8601)."},
+}
+
+
+def _complete(document: dict[str, Any], groups: dict[str, list[str]]) -> None:
+    """Add what the shared runtime does on every topic (module docstring) to FastStream's
+    document, in place."""
+    from schemas.common import IDENTIFIER_PATTERN
+    from schemas.registry import model_for_topic
+    from schemas.topics import DEFAULT_PARTITIONS, DLQ_SUFFIX
+    from services.runtime.consumer import DLQ_HEADERS
+
+    document["asyncapi"] = ASYNCAPI_VERSION
+    components = document["components"]
+    schemas, messages = components["schemas"], components["messages"]
+    schemas["TicketKey"] = {
+        "type": "string", "pattern": IDENTIFIER_PATTERN,
+        "description": "The message key: the ticket_id of the ticket the message belongs to, "
+                       "so one ticket's messages stay in order on every topic."}
+    schemas["MessageHeaders"] = {
+        "type": "object",
+        "description": "Kafka headers on every message. Trace context (W3C) is never in the "
+                       "payload.",
+        "properties": {
+            "traceparent": {"type": "string", "pattern": TRACEPARENT_PATTERN,
+                            "description": "W3C trace context of the span that published "
+                                           "it: one trace per ticket."},
+            "tracestate": {"type": "string", "description": "W3C vendor trace state."},
+            "correlation_id": {"type": "string",
+                               "description": "FastStream's correlation id."},
+        },
+    }
+    if set(DLQ_HEADER_SCHEMAS) != set(DLQ_HEADERS):
+        raise RuntimeError("DLQ_HEADER_SCHEMAS must describe exactly consumer.DLQ_HEADERS")
+    schemas["DeadLetterHeaders"] = {
+        "allOf": [{"$ref": "#/components/schemas/MessageHeaders"}, {
+            "type": "object", "required": list(DLQ_HEADERS),
+            "properties": {name: DLQ_HEADER_SCHEMAS[name] for name in DLQ_HEADERS}}],
+        "description": "A dead-lettered message's headers: its trace headers, and why and "
+                       "where from it was dead-lettered (docs/architecture.md §7).",
+    }
+    kafka_key = {"kafka": {"key": {"$ref": "#/components/schemas/TicketKey"},
+                           "bindingVersion": KAFKA_BINDING_VERSION}}
+    for message in messages.values():
+        message["headers"] = {"$ref": "#/components/schemas/MessageHeaders"}
+        message["bindings"] = kafka_key
+    for channel in document["channels"].values():
+        channel["bindings"] = {"kafka": {"topic": channel["address"],
+                                         "partitions": DEFAULT_PARTITIONS,
+                                         "bindingVersion": KAFKA_BINDING_VERSION}}
+    for name, operation in list(document["operations"].items()):
+        topic = document["channels"][operation["channel"]["$ref"].rsplit("/", 1)[1]]["address"]
+        service = name.split(":", 1)[0]
+        model = model_for_topic(topic)
+        summary = " ".join((model.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        if operation["action"] == "send":
+            operation["description"] = (
+                f"{service} publishes {model.__name__} to {topic}, keyed by ticket_id: "
+                f"{summary}.")
+            continue
+        group_ids = sorted(set(groups[name]))
+        operation["description"] = (
+            f"{service} consumes {topic} in consumer group {' and '.join(group_ids)}: "
+            f"{summary}. Offsets are committed once the handler's effects are durable; a "
+            f"duplicate event_id has no second effect; a message that cannot be decoded or "
+            f"handled goes to {topic}{DLQ_SUFFIX}.")
+        operation["bindings"] = {"kafka": {
+            "groupId": {"type": "string", "enum": group_ids},
+            "bindingVersion": KAFKA_BINDING_VERSION}}
+        _add_dead_letter(document, service, topic)
+
+
+def _add_dead_letter(document: dict[str, Any], service: str, topic: str) -> None:
+    from schemas.topics import DEFAULT_PARTITIONS, DLQ_SUFFIX, HELPDESK_REQUESTS
+
+    dlq = topic + DLQ_SUFFIX
+    name = f"{service}:{dlq}:publish"
+    scrubbed = (" Copies from the helpdesk topic have every credential removed first."
+                if topic == HELPDESK_REQUESTS else "")
+    document["components"]["messages"][f"{name}:Message"] = {
+        "title": f"{name}:Message",
+        "name": "DeadLetter",
+        "summary": f"A {topic} message {service} could not decode or handle.",
+        "headers": {"$ref": "#/components/schemas/DeadLetterHeaders"},
+        "payload": {"description": "The original message's bytes and key, unchanged (they "
+                                   "may not be valid: the message failed to decode, or its "
+                                   f"handler failed).{scrubbed}"},
+        "bindings": {"kafka": {"key": {"$ref": "#/components/schemas/TicketKey"},
+                               "bindingVersion": KAFKA_BINDING_VERSION}},
+    }
+    document["channels"][name] = {
+        "address": dlq,
+        "description": f"Dead letters of {topic}: read by operators, never by a service.",
+        "servers": [{"$ref": "#/servers/development"}],
+        "messages": {"Message": {"$ref": f"#/components/messages/{name}:Message"}},
+        "bindings": {"kafka": {"topic": dlq, "partitions": DEFAULT_PARTITIONS,
+                               "bindingVersion": KAFKA_BINDING_VERSION}},
+    }
+    document["operations"][name] = {
+        "action": "send",
+        "channel": {"$ref": f"#/channels/{name}"},
+        "messages": [{"$ref": f"#/channels/{name}/messages/Message"}],
+        "description": f"{service} dead-letters a {topic} message it cannot decode, or whose "
+                       "handler still fails after the bounded retries, with the reason in "
+                       "x-dlq-* headers, and moves on to the next message.",
+    }
 
 
 def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:

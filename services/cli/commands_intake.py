@@ -7,7 +7,11 @@ shell history would keep it), and is never printed.
 
 ``submit FILE`` sends a §4.1 request document: to intake's HTTP API (default; plaintext
 credentials are fine there, intake seals them), or with ``--via kafka`` straight onto the
-helpdesk topic, sealing plaintext credentials first.
+helpdesk topic, sealing plaintext credentials first. Either way it is signed as a registered
+integration (``--integration`` or ``$INTAKE_INTEGRATION``; the secret from
+``$INTAKE_INTEGRATION_SECRET`` or ``--secret-file``, never the command line) acting for the
+helpdesk customer ``--customer`` (``$INTAKE_CUSTOMER``), whom the integration's account map
+must map to the request's ``account_id``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from services.intake.signing import Signer
 
 if TYPE_CHECKING:
     from services.runtime.settings import RuntimeSettings
@@ -63,6 +69,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                       "http://$INTAKE_HTTP_HOST:$INTAKE_HTTP_PORT)")
     submit.add_argument("--public-key", type=Path, help="for --via kafka: the public "
                         "sealing key file (default as for `intervene seal`)")
+    submit.add_argument("--integration", default=os.environ.get("INTAKE_INTEGRATION"),
+                        help="the integration to sign as (default: $INTAKE_INTEGRATION)")
+    submit.add_argument("--secret-file", type=Path, help="file holding the integration's "
+                        "secret (default: $INTAKE_INTEGRATION_SECRET)")
+    submit.add_argument("--customer", default=os.environ.get("INTAKE_CUSTOMER", ""),
+                        help="the helpdesk's authenticated customer identity, e.g. client:17 "
+                             "(default: $INTAKE_CUSTOMER)")
     submit.set_defaults(func=_cmd_submit)
 
 
@@ -123,22 +136,39 @@ def intake_url() -> str:
     return f"http://{host}:{port}"
 
 
+def _signer(args: argparse.Namespace) -> Signer:
+    if not args.integration:
+        raise ValueError("name the integration to sign as: --integration or "
+                         "$INTAKE_INTEGRATION (see `intervene integrations add`)")
+    if args.secret_file is not None:
+        secret = args.secret_file.read_text(encoding="utf-8").strip()
+    else:
+        secret = os.environ.get("INTAKE_INTEGRATION_SECRET", "").strip()
+    if not secret:
+        raise ValueError("the integration's secret is needed: $INTAKE_INTEGRATION_SECRET or "
+                         "--secret-file (never on the command line)")
+    return Signer(integration=args.integration, secret=secret, customer=args.customer)
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     try:
         document = _load_document(args.file)
+        signer = _signer(args)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if args.via == "kafka":
-        return _submit_kafka(document, args.public_key)
-    return _submit_http(document, args.url or intake_url())
+        return _submit_kafka(document, args.public_key, signer)
+    return _submit_http(document, args.url or intake_url(), signer)
 
 
-def _submit_http(document: dict[str, Any], url: str) -> int:
+def _submit_http(document: dict[str, Any], url: str, signer: Signer) -> int:
     # The standard library's client: the CLI needs no HTTP dependency beyond the server's.
+    payload = json.dumps(document).encode()
     request = urllib.request.Request(  # noqa: S310 - the URL is the operator's own intake
-        f"{url}/v1/tickets", data=json.dumps(document).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
+        f"{url}/v1/tickets", data=payload, method="POST",
+        headers={"Content-Type": "application/json",
+                 **signer.headers("POST", "/v1/tickets", payload)},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -165,7 +195,7 @@ def _submit_http(document: dict[str, Any], url: str) -> int:
     return EXIT_REFUSED if 400 <= status < 500 else EXIT_ERROR
 
 
-def _submit_kafka(document: dict[str, Any], public_key: Path | None) -> int:
+def _submit_kafka(document: dict[str, Any], public_key: Path | None, signer: Signer) -> int:
     from services.intake.sealing import load_recipient, seal_request
     from services.runtime.kafka_security import KafkaConnectError
     from services.runtime.keys import KeyFileError
@@ -183,7 +213,7 @@ def _submit_kafka(document: dict[str, Any], public_key: Path | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        topic = asyncio.run(publish_request(sealed, settings=settings))
+        topic = asyncio.run(publish_request(sealed, settings=settings, signer=signer))
     except KafkaConnectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -194,8 +224,10 @@ def _submit_kafka(document: dict[str, Any], public_key: Path | None) -> int:
 
 async def publish_request(document: dict[str, Any], *, bootstrap: str | None = None,
                           prefix: str | None = None,
-                          settings: RuntimeSettings | None = None) -> str:
-    """Publish a (sealed) request document on the helpdesk topic, keyed by its ticket id.
+                          settings: RuntimeSettings | None = None,
+                          signer: Signer | None = None) -> str:
+    """Publish a (sealed) request document on the helpdesk topic, keyed by its ticket id,
+    signed by ``signer`` in Kafka headers (intake dead-letters unsigned messages).
 
     ``settings`` (default: from the environment) give the bootstrap servers and the Kafka
     TLS/SASL options; ``bootstrap`` overrides the servers only.
@@ -215,7 +247,9 @@ async def publish_request(document: dict[str, Any], *, bootstrap: str | None = N
     await start_client(producer.start, producer.stop, options["bootstrap_servers"], settings)
     try:
         key = str(document.get("ticket_id", "")).encode("utf-8", "surrogatepass")
-        await producer.send_and_wait(topic, json.dumps(document).encode(), key=key)
+        body = json.dumps(document).encode()
+        headers = [] if signer is None else signer.kafka_headers(HELPDESK_REQUESTS, body)
+        await producer.send_and_wait(topic, body, key=key, headers=headers)
     finally:
         await producer.stop()
     return topic

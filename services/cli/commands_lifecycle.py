@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from services.runtime.audit import AuditLog, AuditRecord
-from services.runtime.localstack import span_file
 from services.runtime.redaction import Redactor
 from services.runtime.settings import RuntimeSettings
+from services.runtime.telemetry import SPAN_FILE_ENV
 
 
 @dataclass
@@ -112,13 +113,22 @@ def render_audit_timing(records: list[AuditRecord]) -> list[str]:
     return out
 
 
+def _span_file() -> Path:
+    """``$INTERVENE_SPAN_FILE``, else the local stack's span file (a source checkout)."""
+    if os.environ.get(SPAN_FILE_ENV):
+        return Path(os.environ[SPAN_FILE_ENV])
+    from devstack.localstack import span_file  # development tooling, not shipped
+
+    return span_file()
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     records = asyncio.run(ticket_records(args.ticket))
     if not records:
         print(f"no audit records for ticket {args.ticket}")
         return 1
     ids = trace_ids(records)
-    path = Path(args.spans) if args.spans else span_file()
+    path = Path(args.spans) if args.spans else _span_file()
     spans = load_spans(path, set(ids))
     if spans:
         count = len(ids)

@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.runtime import localstack
-
-COMMAND_MODULES = ("intake", "auth", "executor", "notifier", "audit", "lifecycle", "demo",
-                   "docs")
+COMMAND_MODULES = ("intake", "integrations", "auth", "executor", "notifier", "audit",
+                   "lifecycle", "demo", "docs")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    # The local stack is development tooling (devstack/, not shipped with the services):
+    # imported by the commands that drive it, so the rest of `intervene` works without it.
+    from devstack import localstack
+
     began = time.monotonic()
     for line in localstack.up(with_services=not args.no_services):
         print(line, flush=True)
@@ -26,6 +28,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
+    from devstack import localstack
+
     for line in localstack.down():
         print(line, flush=True)
     return 0
@@ -80,6 +84,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         from services.cli.ticket_status import print_ticket_status
 
         return print_ticket_status(args.ticket)
+    from devstack import localstack
+
     rows = localstack.status()
     for row in rows:
         print(row.line())
@@ -87,12 +93,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if infra_ok else 1
 
 
+def _local_bootstrap() -> str:
+    """The local stack's broker (a source checkout), else the settings' default."""
+    try:
+        from devstack import localstack
+    except ModuleNotFoundError as exc:
+        if not _devstack_missing(exc):
+            raise
+        from services.runtime.settings import RuntimeSettings
+
+        return str(RuntimeSettings.model_fields["kafka_bootstrap_servers"].default)
+    return localstack.kafka_bootstrap()
+
+
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from services.runtime.kafka_admin import TopicsError, ensure_topics
     from services.runtime.kafka_security import KafkaConnectError
     from services.runtime.settings import RuntimeSettings, SettingsError
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", localstack.kafka_bootstrap())
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _local_bootstrap()
     try:
         # The Kafka TLS/SASL variables (an administrator's principal, with Create), and
         # KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS for the new topics.
@@ -113,20 +132,42 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys_init(args: argparse.Namespace) -> int:
-    from services.runtime.keys import KeyFileError, default_keys_dir, init_keys
+def _write_key_files(args: argparse.Namespace, what: str,
+                     write: Callable[[Path, bool], object]) -> int:
+    """``intervene keys init|kafka``: write into ``--dir`` (or the keys dir), list it."""
+    from services.runtime.keys import KeyFileError, default_keys_dir
 
     directory = Path(args.dir) if args.dir else default_keys_dir()
     try:
-        paths = init_keys(directory, force=args.force)
+        write(directory, args.force)
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"dev key set written to {directory}:")
+    print(f"{what} written to {directory}:")
     for path in sorted(directory.iterdir()):
         print(f"  {path.name}")
-    del paths
     return 0
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from services.intake.integrations import load_integration_key
+    from services.runtime.keys import init_keys
+
+    def write(directory: Path, force: bool) -> None:
+        init_keys(directory, force=force)
+        # Intake's integration key is kept even with --force: replacing it would void every
+        # registered integration's secret and account map.
+        load_integration_key(directory, create=True)
+
+    return _write_key_files(args, "dev key set", write)
+
+
+def _cmd_keys_kafka(args: argparse.Namespace) -> int:
+    from services.runtime.kafka_credentials import init_kafka_credentials
+
+    return _write_key_files(args, "Kafka credentials for deploy/compose.yaml",
+                            lambda directory, force: init_kafka_credentials(directory,
+                                                                            force=force))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,21 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key sets").add_subparsers(dest="keys_command",
                                                                   required=True)
-    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing)")
+    init = keys.add_parser("init", help="create a dev key set (executor sealing, auth signing, "
+                                        "one audit key per service)")
     init.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
     init.add_argument("--force", action="store_true", help="replace an existing key set")
     init.set_defaults(func=_cmd_keys_init)
+    kafka = keys.add_parser("kafka", help="create the Kafka SASL credentials of a Compose "
+                                          "deployment (one principal per service, admin, "
+                                          "auditor) and the broker's JAAS file")
+    kafka.add_argument("--dir", help="key directory (default: $INTERVENTION_KEYS_DIR or var/keys)")
+    kafka.add_argument("--force", action="store_true", help="replace existing credentials")
+    kafka.set_defaults(func=_cmd_keys_kafka)
     # Each area's commands live in their own module (services/cli/commands_<area>.py) with a
     # `register(sub)` function, so areas evolve without editing this file together.
     for area in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"services.cli.commands_{area}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"services.cli.commands_{area}":
+            # An installed distribution has no devstack/: no `intervene demo` there.
+            if exc.name != f"services.cli.commands_{area}" and not _devstack_missing(exc):
                 raise
             continue
         module.register(sub)
     return parser
+
+
+def _devstack_missing(exc: ModuleNotFoundError) -> bool:
+    return (exc.name or "").split(".")[0] == "devstack"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,10 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except localstack.StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        # A local-stack failure: raised only once devstack.localstack is imported.
+        stack = sys.modules.get("devstack.localstack")
+        if stack is not None and isinstance(exc, stack.StackError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, ModuleNotFoundError) and _devstack_missing(exc):
+            print("error: this command drives the local stack, which is development tooling "
+                  "(devstack/): run it from a source checkout", file=sys.stderr)
+            return 2
         # Impossible settings (the Kafka TLS/SASL variables are validated by every command's
         # settings, even one that only reads the store) are an operator's fix: one line,
         # exit 2, as `topics create` and `submit` say it. Imported here: the settings

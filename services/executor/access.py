@@ -25,6 +25,7 @@ ProbeOutcome = Literal[
     "ssh_error",        # TCP worked but the SSH handshake did not
     "auth_failed",      # the customer's credentials were refused
     "host_key_mismatch",  # the server presented another key than the pinned one
+    "host_key_unpinned",  # no pinned key, and this server's key may not be trusted on first use
     "not_attempted",
 ]
 Disposition = Literal["run", "hand_over", "refuse", "clarify"]
@@ -76,6 +77,20 @@ class AccessDecision:
     reason: str
     timeline: Timeline = "standard"
     question: str | None = None  # for "clarify": what to ask the customer
+
+
+def first_use_allowed(server: ServerFacts, inventory_key: str | None) -> bool:
+    """May the executor trust the host key a server offers on first contact?
+
+    Not for a server that can be booted into rescue: its real key can be read from its own
+    disk through the provider-authenticated rescue system, so a key merely offered over
+    the network (by whoever answers on its address) is never trusted with the customer's
+    password. Such a server needs its key in the inventory (or pinned from its disk by an
+    earlier rescue run); without one the probe stops at ``host_key_unpinned`` and an
+    engineer confirms the key. Servers without rescue keep trust on first use: nothing
+    better exists for them.
+    """
+    return not server.rescue or bool(inventory_key)
 
 
 def needs_probe(category: Category) -> bool:
@@ -135,6 +150,14 @@ def select_access(server: ServerFacts, category: Category, probe: Probe) -> Acce
                    f"for it ({probe.detail or 'see the audit trail'}); the connection was "
                    "refused. An engineer must confirm a reinstall or a key change before "
                    "anyone logs in.")
+    if probe.outcome == "host_key_unpinned":
+        return AccessDecision(
+            method=ssh, mode="engineer", disposition="hand_over",
+            runbook=f"engineer.{category}",
+            reason=f"the server can be booted into rescue mode but has no {ssh_name} host key "
+                   "pinned in the inventory, and its key is not trusted on first use (the "
+                   "customer's credentials would go to whoever answers on its address). An "
+                   "engineer confirms the host key (and adds it to the inventory) first.")
     if category in OFFLINE_CATEGORIES:
         return _offline(server, category, f"{category.replace('_', ' ')} needs the system "
                         "offline")

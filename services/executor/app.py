@@ -27,7 +27,7 @@ from schemas.registry import topic_for, topics_produced_by
 from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
-from services.executor.manual import ManualReports, ManualSteps
+from services.executor.manual import ManualReports, ManualSteps, ManualSweep
 from services.executor.rescue.provider import HttpRescueProvider, RescueProvider
 from services.executor.settings import ExecutorSettings
 from services.executor.ssh import HostKeyPins, SshConnector
@@ -54,6 +54,7 @@ class ExecutorService:
     owner: Owner
     manual: ManualSteps
     reports: ManualReports
+    sweep: ManualSweep
 
     async def start_worker(self) -> None:
         await self.worker.start()
@@ -106,8 +107,10 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
         sealing_keys=sealing_keys, verify_keys=verify_keys, settings=settings, owner=owner,
         manual=manual, pins=pins, rescue=_rescue_provider(settings, runtime)))
 
+    sweep = ManualSweep(steps=manual, claims=claims, audit=runtime.audit, owner=owner)
+
     async def scan() -> list[str]:
-        await reports.sweep()
+        await sweep.sweep()  # re-opens claims whose step has a result: listed just below
         return await claims.open_claim_ids()
 
     worker = Worker(interventions.run, concurrency=settings.executor_concurrency,
@@ -116,7 +119,6 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     runtime.metrics.watch_work(
         queued=lambda: worker._queue.qsize(), running=lambda: worker.running,
         concurrency=settings.executor_concurrency, queue_size=settings.executor_queue_size)
-    interventions.offer = worker.offer
     reports = ManualReports(steps=manual, claims=claims, audit=runtime.audit, owner=owner,
                             offer=worker.offer)
     acceptance = Acceptance(
@@ -135,7 +137,8 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     )
     return ExecutorService(runtime=runtime, settings=settings, claims=claims, worker=worker,
                            interventions=interventions, acceptance=acceptance, vault=vault,
-                           owner=owner, manual=manual, reports=reports)
+                           owner=owner, manual=manual, reports=reports,
+                           sweep=sweep)
 
 
 def _rescue_provider(settings: ExecutorSettings, runtime: ServiceRuntime) -> RescueProvider | None:

@@ -154,7 +154,7 @@ def disk_of(name: str) -> str:
     """``sda3`` -> ``sda``; ``nvme0n1p2`` -> ``nvme0n1``: the disk a partition lives on."""
     if name.startswith(("md", "dm-", "loop")):
         return name
-    match = _PARTITION.match(name)
+    match = _PARTITION.fullmatch(name)
     return match.group(1) if match else name
 
 
@@ -304,7 +304,7 @@ def parse_edac_counts(text: str) -> list[Evidence]:
     labels: dict[tuple[str, str], str] = {}
     counters: dict[tuple[str, str | None], dict[str, int]] = {}
     for line in text.splitlines():
-        match = _EDAC_LINE.match(line.strip())
+        match = _EDAC_LINE.fullmatch(line.strip())
         if match is None:
             continue
         mc, unit, name, value = match["mc"], match["unit"], match["file"], match["value"].strip()

@@ -13,7 +13,7 @@ equality down, see :mod:`services.executor.claims`):
   FerretDB 1.24: the inserter's decision is then copied onto the step by whoever gets
   there, the same values every time;
 - ``executor_manual_waiting``: one small marker per step whose result the claim has not
-  consumed yet. :meth:`ManualReports.sweep` scans only these markers — every
+  consumed yet. :meth:`ManualSweep.sweep` scans only these markers — every
   ``EXECUTOR_RESCAN_S`` in every executor — to time out steps past their deadline and to
   re-open claims whose report arrived while they were being parked, or before a crash.
   The claim deletes the marker once it has closed with the result.
@@ -168,15 +168,24 @@ class ManualSteps:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ManualReports:
-    """Entry points: the ManualStepCompleted subscriber and the periodic sweep."""
+class _Audited:
+    audit: AuditLog
+    owner: Owner
+
+    async def _audit(self, ticket_id: str, record_id: str, kind: str,
+                     data: dict[str, Any]) -> None:
+        await self.audit.append(ticket_id, record_id=record_id, kind=kind,
+                                actor=f"executor:{self.owner.id}", data=data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManualReports(_Audited):
+    """The ManualStepCompleted subscriber: the first report decides; its claim is re-opened
+    and offered to the worker at once."""
 
     steps: ManualSteps
     claims: ClaimStore
-    audit: AuditLog
-    owner: Owner
     offer: Callable[[str], bool]
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def accept(self, event: ManualStepCompleted, delivery: Delivery) -> None:
         wait, decided = await self.steps.report(event)
@@ -196,7 +205,19 @@ class ManualReports:
             return
         await self._audit(event.ticket_id, f"manual-reported:{wait.id}", "manual_step_reported",
                           data)
-        await self._resume(wait.claim_id)
+        if await self.claims.reopen(wait.claim_id):
+            self.offer(wait.claim_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManualSweep(_Audited):
+    """The periodic sweep, run by the worker's scan of open claims before it lists them: it
+    times out overdue steps and re-opens claims whose step has a result, which that same scan
+    then offers (so the sweep needs no worker)."""
+
+    steps: ManualSteps
+    claims: ClaimStore
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def sweep(self) -> int:
         """Time out overdue steps; re-open claims whose step has a result. Returns how many
@@ -216,19 +237,8 @@ class ManualReports:
                                       {"revision": wait.revision, "step_id": wait.step_id,
                                        "deadline": wait.deadline.isoformat()})
             if wait is not None and wait.status != "waiting":
-                reopened += await self._resume(wait.claim_id)
+                reopened += await self.claims.reopen(wait.claim_id)
         return reopened
-
-    async def _resume(self, claim_id: str) -> int:
-        if await self.claims.reopen(claim_id):
-            self.offer(claim_id)
-            return 1
-        return 0
-
-    async def _audit(self, ticket_id: str, record_id: str, kind: str,
-                     data: dict[str, Any]) -> None:
-        await self.audit.append(ticket_id, record_id=record_id, kind=kind,
-                                actor=f"executor:{self.owner.id}", data=data)
 
 
 def deadline_after(timeout_s: float, now: datetime | None = None) -> datetime:

@@ -8,13 +8,17 @@ something changed but not everything succeeded (or a hardware fault was found),
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from schemas.events import Outcome
+from schemas.events import AccessMethod, Outcome
+from services.executor import hardware
 from services.executor.hardware import Escalation
-from services.executor.runbooks.engine import RunResult
-from services.executor.runbooks.model import BackupNote
+from services.executor.rescue.runbooks import INCIDENTAL_STEPS
+from services.executor.runbooks.diagnostics import evidence, findings
+from services.executor.runbooks.model import BackupNote, StepResult
+from services.executor.runbooks.results import ActionRecord, RunResult, StepOutcome
 
 VERIFY_ACCESS = "Check that you can log in and that your services work as expected."
 REVIEW = ("Review the action summary on this ticket, and your system logs and configuration, "
@@ -86,3 +90,82 @@ def backups_advice(backups: Sequence[BackupNote]) -> list[str]:
     return [f"Copies of everything changed were kept on your server ({', '.join(places)}); "
             "the action summary lists each. Review them, and delete them once you are "
             "satisfied."]
+
+
+def default_advice() -> tuple[str, ...]:
+    """After-care for a revision closed without running anything on the server."""
+    return recommendations(credentials_shared=True, new_credentials=False, hardware=False,
+                           dry_run=False)
+
+
+def finish_run(run: RunResult, *, dry_run: bool, rescue: bool,
+               ) -> tuple[list[Escalation], Verdict, tuple[str, ...]]:
+    """A finished runbook run: the hardware faults its facts show, the outcome, the advice.
+    Rescue runs do not count getting in and out of the rescue system as a repair."""
+    found = hardware.escalations(evidence(run.facts))
+    verdict = decide_outcome(run, found, dry_run=dry_run,
+                             incidental=INCIDENTAL_STEPS if rescue else ())
+    advice = recommendations(
+        credentials_shared=True, new_credentials=run.new_credentials_issued,
+        hardware=bool(found), dry_run=dry_run,
+        findings=[*findings(run.facts), *backups_advice(run.backups)])
+    return found, verdict, advice
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completion:
+    outcome: Outcome
+    reason: str | None
+    access_method: AccessMethod | None
+    run: RunResult
+    advice: tuple[str, ...]
+
+
+def manual_completion(record: Mapping[str, Any], *,
+                      status: Literal["done", "failed", "timed_out"],
+                      report: Mapping[str, Any], before: RunResult, elapsed_ms: int,
+                      deadline: str = "?") -> Completion:
+    """The completion of a revision an engineer worked on: the automation's steps before
+    the hand-over, then the engineer's step as reported (or not, by the deadline)."""
+    method = record.get("method")
+    title = str(record.get("title") or record.get("step") or "manual step")
+    changed = any(s.result == "changed" for s in before.steps)
+    result: StepResult
+    outcome: Outcome
+    reason: str | None
+    if status == "timed_out":
+        result, outcome = "failed", "partially_resolved" if changed else "unresolved"
+        command = f"no engineer reported by the deadline {deadline}"
+        reason = (f"No engineer reported on manual step {record.get('step_id')} ({title}) "
+                  f"by its deadline {deadline}; the ticket is back with the support team, "
+                  "who follow up with you.")
+    elif status == "done":
+        result, outcome, reason = "changed", "resolved", None
+        command = engineer_line(report, str(method))
+    else:
+        result, outcome = "failed", "partially_resolved" if changed else "unresolved"
+        command = engineer_line(report, str(method))
+        reason = (f"The engineer reported manual step {record.get('step_id')} ({title}) as "
+                  "failed" + (f": {report.get('notes')}" if report.get("notes") else "."))
+    manual = StepOutcome(index=-1, name="manual", result=result, reason=reason, facts={},
+                         action=ActionRecord(step=f"{title} (engineer, {method})",
+                                             command=command, exit_status=None,
+                                             duration_ms=elapsed_ms, result=result))
+    run = RunResult(steps=(*before.steps, manual), facts=before.facts)
+    advice = recommendations(credentials_shared=True,
+                             new_credentials=run.new_credentials_issued, hardware=False,
+                             dry_run=False,
+                             findings=[*findings(run.facts), *backups_advice(run.backups)])
+    return Completion(outcome=outcome, reason=reason, access_method=method, run=run,
+                      advice=advice)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split()) or "-"
+
+
+def engineer_line(report: Mapping[str, Any], method: str) -> str:
+    who = report.get("display_name") or report.get("engineer_id") or "an engineer"
+    notes = one_line(str(report.get("notes") or "")) if report.get("notes") else ""
+    line = f"reported {report.get('status')} by {who} via {report.get('channel')} ({method})"
+    return f"{line}: {notes}" if notes else line

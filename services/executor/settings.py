@@ -26,7 +26,13 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
 - ``EXECUTOR_SERVICE_SETTLE_S`` = 3: wait after a service restart before checking that it
   stayed up (a crash-looping daemon looks "active" for its first second).
 - ``EXECUTOR_RESCUE_API_URL``, ``EXECUTOR_RESCUE_API_TOKEN``: the provider's rescue API
-  (:mod:`services.executor.rescue.provider`); unset, rescue repairs go to the console.
+  (:mod:`services.executor.rescue.provider`); unset, rescue repairs go to the console. The
+  URL must be ``https://`` (``http://`` only to a loopback address, for the lab): anything
+  else stops the executor at start naming the variable.
+- ``EXECUTOR_RESCUE_MANAGEMENT_SOURCES``: comma-separated addresses or CIDR ranges of the
+  provider's management network (where the executor and engineers connect from). A firewall
+  repair accepts SSH from these (and from the sources the customer's own rules already
+  allowed), never from the whole Internet when the customer had restricted it.
 - ``EXECUTOR_RESCUE_HTTP_TIMEOUT_S`` = 15: one call to the provider API.
 - ``EXECUTOR_RESCUE_BOOT_TIMEOUT_S`` = 900: a boot into rescue or back to disk, from the
   request to "succeeded"; past it the run ends with a clear outcome.
@@ -42,10 +48,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from services.executor.rescue.provider import check_provider_url
+from services.executor.rescue.runbooks.firewall import management_sources
 from services.runtime.keys import SEALING_PRIVATE_FILE, SIGNING_PUBLIC_FILE, default_keys_dir
-from services.runtime.settings import RuntimeSettings
+from services.runtime.settings import RuntimeSettings, SettingsError
 
 
 def _paths(value: str | None, default: Path) -> tuple[Path, ...]:
@@ -72,12 +80,32 @@ class ExecutorSettings(RuntimeSettings):
     executor_service_settle_s: float = Field(default=3.0, ge=0, le=300)
     executor_rescue_api_url: str | None = None
     executor_rescue_api_token: str | None = Field(default=None, repr=False)
+    executor_rescue_management_sources: str | None = None
     executor_rescue_http_timeout_s: float = Field(default=15.0, gt=0, le=300)
     executor_rescue_boot_timeout_s: float = Field(default=900.0, gt=0, le=86400)
     executor_rescue_poll_s: float = Field(default=5.0, gt=0, le=600)
     executor_rescue_ssh_wait_s: float = Field(default=120.0, ge=0, le=3600)
     executor_manual_step_timeout_s: float = Field(default=14400.0, gt=0, le=30 * 86400)
     executor_datacenter_step_timeout_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
+
+    @model_validator(mode="after")
+    def _check_rescue(self) -> ExecutorSettings:
+        # SettingsError (not ValueError) so pydantic does not wrap it with the raw input.
+        if self.executor_rescue_api_url:
+            try:
+                check_provider_url(self.executor_rescue_api_url)
+            except ValueError as exc:
+                raise SettingsError(f"EXECUTOR_RESCUE_API_URL: {exc}") from None
+        try:
+            self.rescue_management_sources  # noqa: B018 - parsed for its errors
+        except ValueError as exc:
+            raise SettingsError(f"EXECUTOR_RESCUE_MANAGEMENT_SOURCES: {exc}") from None
+        return self
+
+    @property
+    def rescue_management_sources(self) -> tuple[str, ...]:
+        """The provider's management networks, normalised (``192.0.2.0/28``)."""
+        return management_sources(self.executor_rescue_management_sources or "")
 
     def _keys_dir(self) -> Path:
         if self.intervention_keys_dir:

@@ -41,6 +41,7 @@ from services.executor.runbooks.model import (
     Platform,
     powershell,
 )
+from services.runtime.redaction import Redactor, default_redactor
 
 MAX_STDOUT_CHARS = 256 * 1024
 MAX_STDERR_CHARS = 64 * 1024
@@ -74,6 +75,9 @@ class SshTarget:
     port: int
     service_id: str  # pins are kept per server, so a renumbered server keeps its key
     inventory_key: str | None = None  # OpenSSH public key line from the inventory
+    # False for servers whose key must come from the inventory or their own disk
+    # (access.first_use_allowed): an unknown key is refused, not pinned.
+    trust_first_use: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +100,9 @@ def key_line(key: asyncssh.SSHKey) -> str:
     return " ".join(key.export_public_key("openssh").decode("ascii").split()[:2])
 
 
+DISK_SOURCE = "server disk (rescue)"
+
+
 class HostKeyPins:
     """Trust-on-first-use pins, one document per server keyed by ``_id`` (FerretDB pushes
     only ``_id`` equality down)."""
@@ -108,6 +115,12 @@ class HostKeyPins:
     async def get(self, service_id: str) -> str | None:
         doc = await self._coll.find_one({"_id": service_id})
         return str(doc["key"]) if doc else None
+
+    async def get_from_disk(self, service_id: str) -> str | None:
+        """The pin only if it was read from the server's own disk (:meth:`replace`), not
+        trusted on first use."""
+        doc = await self._coll.find_one({"_id": service_id})
+        return str(doc["key"]) if doc and doc.get("source") == DISK_SOURCE else None
 
     async def pin(self, service_id: str, line: str, *, host: str, port: int,
                   fingerprint: str, ticket_id: str | None) -> str:
@@ -130,7 +143,7 @@ class HostKeyPins:
         await self._coll.replace_one({"_id": service_id}, {
             "_id": service_id, "key": line, "fingerprint": key.get_fingerprint(), "host": host,
             "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
-            "source": "server disk (rescue)"}, upsert=True)
+            "source": DISK_SOURCE}, upsert=True)
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -150,8 +163,12 @@ class _HostKeyCheck(asyncssh.SSHClient):
 
 class SshConnector:
     def __init__(self, *, pins: HostKeyPins, connect_timeout_s: float, command_timeout_s: float,
-                 per_host_connects: int, global_connects: int) -> None:
+                 per_host_connects: int, global_connects: int,
+                 redactor: Redactor | None = None) -> None:
         self._pins = pins
+        # Output is redacted here, before it is cut to size: a secret straddling the cut
+        # would otherwise be kept half in clear by everything downstream.
+        self.redactor = redactor or default_redactor()
         self._connect_timeout = connect_timeout_s
         self._command_timeout = command_timeout_s
         self._per_host = per_host_connects
@@ -184,8 +201,35 @@ class SshConnector:
     async def _expected_key(self, target: SshTarget) -> tuple[str | None, HostKeySource]:
         if target.inventory_key:
             return target.inventory_key, "inventory"
+        if not target.trust_first_use:
+            from_disk = await self._pins.get_from_disk(target.service_id)
+            if from_disk:
+                return from_disk, "pinned"
+            # Only the key exchange, no login (no credential leaves this process): an
+            # unreachable server is reported as unreachable (the access decision differs), a
+            # reachable one names the key it offers, for the engineer who confirms it.
+            offered = await self._offered_key(target)
+            raise SshError("host_key_unpinned",
+                           f"{target.host}:{target.port} offers host key {offered} but has "
+                           "none pinned from the inventory or its disk, and may not be "
+                           "trusted on first use")
         pinned = await self._pins.get(target.service_id)
         return (pinned, "pinned") if pinned else (None, "first_use")
+
+    async def _offered_key(self, target: SshTarget) -> str:
+        async with self._host_slot(target.host, target.port), self._global:
+            try:
+                key = await asyncio.wait_for(asyncssh.get_server_host_key(
+                    target.host, target.port, config=None), self._connect_timeout)
+            except (TimeoutError, OSError) as exc:
+                raise SshError("unreachable", f"{target.host}:{target.port} not reachable: "
+                               f"{type(exc).__name__}") from None
+            except asyncssh.Error as exc:
+                raise SshError("ssh_error", f"SSH with {target.host}:{target.port} failed: "
+                               f"{exc.reason}") from None
+        if key is None:  # pragma: no cover - asyncssh always has one after kex
+            raise SshError("ssh_error", "no host key offered")
+        return str(key.get_fingerprint())
 
     async def _connect(self, target: SshTarget, username: str, credential: Credential | None,
                        expected: str | None, source: HostKeySource, *,
@@ -367,12 +411,18 @@ class SshSession:
         elapsed = int((time.perf_counter() - began) * 1000)
         status = completed.exit_status
         if status is None and completed.exit_signal is not None:
-            return CommandResult(exit_status=None, stdout=_tail(completed.stdout, MAX_STDOUT_CHARS),
-                                 stderr=_tail(completed.stderr, MAX_STDERR_CHARS),
+            return CommandResult(exit_status=None, stdout=self._tail(completed.stdout,
+                                                                     MAX_STDOUT_CHARS),
+                                 stderr=self._tail(completed.stderr, MAX_STDERR_CHARS),
                                  error=f"killed by signal {completed.exit_signal[0]}",
                                  duration_ms=elapsed)
-        return CommandResult(exit_status=status, stdout=_tail(completed.stdout, MAX_STDOUT_CHARS),
-                             stderr=_tail(completed.stderr, MAX_STDERR_CHARS), duration_ms=elapsed)
+        return CommandResult(exit_status=status,
+                             stdout=self._tail(completed.stdout, MAX_STDOUT_CHARS),
+                             stderr=self._tail(completed.stderr, MAX_STDERR_CHARS),
+                             duration_ms=elapsed)
+
+    def _tail(self, value: str | bytes | None, limit: int) -> str:
+        return tail(value, limit, self._connector.redactor)
 
     async def fresh_login(self, username: str, password: str) -> CommandResult:
         return await self._connector.fresh_login(self.target, self.host_key, username, password)
@@ -386,8 +436,7 @@ class SshSession:
             await self._conn.wait_closed()
 
 
-def _tail(value: str | bytes | None, limit: int) -> str:
+def tail(value: str | bytes | None, limit: int, redactor: Redactor) -> str:
+    """A command's output as kept: redacted first, then its last ``limit`` characters."""
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
-    if len(text) <= limit:
-        return text
-    return f"[… {len(text) - limit} earlier characters cut …]\n" + text[-limit:]
+    return redactor.redact_tail(text, limit)

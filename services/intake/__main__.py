@@ -1,6 +1,7 @@
 """``python -m services.intake``: the HTTP API and the helpdesk topic consumer in one process.
 
-Listens on ``INTAKE_HTTP_HOST``:``INTAKE_HTTP_PORT`` (default 127.0.0.1:8080). With
+Listens on ``INTAKE_HTTP_HOST``:``INTAKE_HTTP_PORT`` (default 127.0.0.1:8080), and serves
+``/healthz`` and ``/metrics`` on ``OPS_HTTP_HOST``:``OPS_HTTP_PORT`` (127.0.0.1:9100). With
 ``--export-openapi FILE`` it writes the OpenAPI document instead (no broker or store
 needed), which is how ``docs/openapi.json`` is regenerated.
 
@@ -26,6 +27,7 @@ from services.intake.http import create_app
 from services.intake.openapi import write_openapi
 from services.intake.settings import IntakeSettings
 from services.runtime.keys import KeyFileError
+from services.runtime.ops import OpsServer
 from services.runtime.redaction import RedactingFilter, install_log_redaction
 from services.runtime.service import OPERATOR_ERRORS, refused
 from services.runtime.telemetry import configure_logging
@@ -87,9 +89,17 @@ async def _serve(service: IntakeService, server: uvicorn.Server) -> None:
         with contextlib.suppress(Exception):  # the cause is the start's error, not this
             await service.stop()
         raise
+    ops: OpsServer | None = None
     try:
+        settings = service.settings
+        if settings.ops_http_port is not None:
+            ops = OpsServer(service.runtime, settings.ops_http_host, settings.ops_http_port,
+                            health=service.health)
+            await ops.start()
         await server.serve()
     finally:
+        if ops is not None:
+            await ops.stop()
         if service.running:  # uvicorn stopped before its lifespan ran
             await service.stop()
 

@@ -1,35 +1,47 @@
-"""Helpdesk adapters: WHMCS ticket hooks and Zammad webhooks -> a §4.1 request document.
+"""Helpdesk adapters: Zammad trigger webhooks and the shipped WHMCS hook -> a §4.1 request.
 
 Thin on purpose. Each adapter only *moves* fields into the shape of
 :class:`~schemas.request.HelpdeskTicketRequest`; it judges nothing, so the result goes
 through the very same validation as ``POST /v1/tickets`` and the helpdesk topic, and a
 missing form field is reported under its §4.1 name.
 
-The intervention form. Both helpdesks collect the procedure's fields in custom ticket
-fields (WHMCS: the department's custom fields, sent by our hook as ``customfields``; Zammad:
-ticket object attributes, sent in the ``ticket`` object). Their names:
+Who the customer is. A form field is text the customer typed, so it never names the
+account. Each adapter reports the helpdesk's *authenticated* customer identities in
+:attr:`Mapped.customers` (most specific first) and leaves ``account_id`` out of the
+document: the caller fills it from the integration's account map. The account the customer
+typed (``intervention_account``) comes back as :attr:`Mapped.stated_account`, only for the
+caller to compare with the mapped one (``account_mismatch``).
 
-``account_id``, ``server_ip`` | ``service_id`` | ``service_name``, ``category``,
-``language``, ``channel``, ``error_messages`` (one per line), ``parameters`` (JSON),
-``os_username`` with ``os_password`` or ``os_private_key`` - or ``sealed_credentials``
-(the JSON ``intervene seal`` prints) -, ``authorization_statement``,
-``accepts_backup_responsibility``, ``accepts_service_interruption``,
-``accepts_data_loss_disclaimer`` (checkboxes), ``signed_by``, ``signed_at``.
+The intervention form: custom fields with one vocabulary in both helpdesks (Zammad refuses
+attribute names ending in ``_id``/``_ids``, so none of them does; see
+``deploy/helpdesk/README.md`` for how to create them):
+
+``intervention_server_ip`` | ``intervention_service`` (the service id, e.g. ``SRV-1001``)
+| ``intervention_service_name`` - exactly one; ``intervention_category`` (empty: intake
+classifies), ``intervention_language``, ``intervention_error_messages`` (one per line),
+``intervention_parameters`` (JSON), ``intervention_credentials`` (the sealed JSON
+``intervene seal`` prints; recommended, both helpdesks store fields in clear) - or
+``intervention_os_username`` with ``intervention_os_password`` or
+``intervention_os_private_key`` -, ``intervention_authorization`` (the statement),
+``intervention_accepts_backup``, ``intervention_accepts_interruption``,
+``intervention_accepts_data_loss`` (checkboxes), ``intervention_signed_by`` (default: the
+helpdesk's name of the customer) and ``intervention_account`` (stated account, compared
+only).
 
 Neither helpdesk numbers revisions: the caller gives each delivery one (see
-:class:`services.intake.store.RevisionBook`), keyed by :attr:`Mapped.delivery` - WHMCS has
-no delivery id, so it is derived from ``ticketid``/``replyid``; Zammad's
-``X-Zammad-Delivery`` is stable across its retries.
+:class:`services.intake.store.RevisionBook`), keyed by :attr:`Mapped.delivery`. Zammad:
+``article:<article.id>`` - one customer message is one delivery whatever
+``X-Zammad-Delivery`` says, so Zammad's retries and a body replayed under a new delivery
+id both land on the revision of that article. WHMCS: ``ticket:<ticketid>`` for
+``TicketOpen``, ``reply:<replyid>`` for ``TicketUserReply``.
 
-Authenticity: Zammad signs the body with HMAC-SHA1 (``X-Hub-Signature: sha1=<hex>``); our
-WHMCS hook signs it with HMAC-SHA256 (``X-Intake-Signature: sha256=<hex>``, PHP:
-``hash_hmac('sha256', $body, $secret)``). Both are checked in constant time before the body
-is even parsed.
+Authenticity: Zammad can only sign the body (HMAC-SHA1, ``X-Hub-Signature: sha1=<hex>``,
+checked by :func:`verify_zammad_signature`); the shipped WHMCS hook signs with the
+integration scheme of :mod:`services.intake.signing`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import html
 import json
@@ -42,6 +54,17 @@ from typing import Any, Literal
 from schemas.common import FieldError
 
 Source = Literal["whmcs", "zammad"]
+
+FORM_PREFIX = "intervention_"
+STATED_ACCOUNT_FIELD = "intervention_account"
+FORM_FIELDS = tuple(FORM_PREFIX + name for name in (
+    "server_ip", "service", "service_name", "category", "language", "error_messages",
+    "parameters", "credentials", "os_username", "os_password", "os_private_key",
+    "authorization", "accepts_backup", "accepts_interruption", "accepts_data_loss",
+    "signed_by", "account",
+))
+"""Every custom field the adapters read, in both helpdesks (documented in
+``deploy/helpdesk/README.md``)."""
 
 
 class SignatureMismatch(Exception):
@@ -56,13 +79,31 @@ class AdapterError(ValueError):
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
 
 
+class Ignored(Exception):
+    """A well-formed delivery that is not a customer's request (an agent's note, a system
+    message, a ticket change without an article): answered 202 ``ignored`` and audited."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclass(frozen=True, kw_only=True)
 class Mapped:
-    """A helpdesk request document without its revision, and the delivery it came in."""
+    """A helpdesk request document without its revision and account, and who sent it.
+
+    ``customers``: the helpdesk's authenticated identities of the customer, most specific
+    first (``customer:7``, ``organization:3``; ``client:55``) - the caller maps the first
+    one its account map knows to the account. ``stated_account``: what the customer typed
+    as their account, if anything - only ever compared with the mapped account.
+    """
 
     document: dict[str, Any]
     ticket_id: str
     delivery: str
+    customers: tuple[str, ...]
+    stated_account: str | None
 
     def with_revision(self, revision: int) -> dict[str, Any]:
         return {**self.document, "revision": revision}
@@ -87,16 +128,6 @@ def verify_zammad_signature(body: bytes, header: str | None, secret: bytes) -> N
     _verify(body, header, secret, "sha1")
 
 
-def verify_whmcs_signature(body: bytes, header: str | None, secret: bytes) -> None:
-    """Check our WHMCS hook's ``X-Intake-Signature`` (HMAC-SHA256 of the raw body)."""
-    _verify(body, header, secret, "sha256")
-
-
-def sign_whmcs(body: bytes, secret: bytes) -> str:
-    """The ``X-Intake-Signature`` value for ``body`` (what the PHP hook computes)."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 # --- the shared form -------------------------------------------------------------------
 
 _TRUE = frozenset({"1", "true", "yes", "y", "on", "si", "sì", "checked"})
@@ -113,7 +144,7 @@ def _consent(value: Any) -> bool:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
-        return value
+        return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
@@ -130,43 +161,46 @@ def _json_field(value: Any) -> Any:
     return value
 
 
+def _server(form: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, name in (("ip", "server_ip"), ("service_id", "service"),
+                          ("service_name", "service_name"))
+        if (value := _text(form.get(FORM_PREFIX + name))) is not None
+    }
+
+
 def _form_request(form: Mapping[str, Any]) -> dict[str, Any]:
     """The §4.1 fields the intervention form provides (absent ones left out)."""
     doc: dict[str, Any] = {}
-    for name in ("account_id", "category", "language", "channel"):
-        if (value := _text(form.get(name))) is not None:
-            doc[name] = value
-    server = {
-        key: value
-        for key, name in (("ip", "server_ip"), ("service_id", "service_id"),
-                          ("service_name", "service_name"))
-        if (value := _text(form.get(name))) is not None
-    }
-    if server:
+    for key in ("category", "language"):
+        if (value := _text(form.get(FORM_PREFIX + key))) is not None:
+            doc[key] = value
+    if server := _server(form):
         doc["server"] = server
-    errors = form.get("error_messages")
+    errors = form.get(FORM_PREFIX + "error_messages")
     if isinstance(errors, str):
         doc["error_messages"] = [line for line in errors.splitlines() if line.strip()]
     elif isinstance(errors, list):
         doc["error_messages"] = errors
-    if (parameters := form.get("parameters")) not in (None, ""):
+    if (parameters := form.get(FORM_PREFIX + "parameters")) not in (None, ""):
         doc["parameters"] = _json_field(parameters)
-    if (sealed := form.get("sealed_credentials")) not in (None, ""):
+    if (sealed := form.get(FORM_PREFIX + "credentials")) not in (None, ""):
         doc["credentials"] = _json_field(sealed)
-    elif _text(form.get("os_username")) is not None:
-        credentials: dict[str, Any] = {"username": form["os_username"]}
-        for key, name in (("password", "os_password"), ("private_key", "os_private_key")):
-            if form.get(name) not in (None, ""):
-                credentials[key] = form[name]
+    elif (username := _text(form.get(FORM_PREFIX + "os_username"))) is not None:
+        credentials: dict[str, Any] = {"username": username}
+        for key in ("password", "private_key"):
+            if (secret := form.get(f"{FORM_PREFIX}os_{key}")) not in (None, ""):
+                credentials[key] = secret
         doc["credentials"] = credentials
     authorization: dict[str, Any] = {
-        name: _consent(form.get(name))
-        for name in ("accepts_backup_responsibility", "accepts_service_interruption",
-                     "accepts_data_loss_disclaimer")
+        flag: _consent(form.get(FORM_PREFIX + name))
+        for flag, name in (("accepts_backup_responsibility", "accepts_backup"),
+                           ("accepts_service_interruption", "accepts_interruption"),
+                           ("accepts_data_loss_disclaimer", "accepts_data_loss"))
     }
-    for key, name in (("statement", "authorization_statement"), ("signed_by", "signed_by"),
-                      ("signed_at", "signed_at")):
-        if (value := _text(form.get(name))) is not None:
+    for key, name in (("statement", "authorization"), ("signed_by", "signed_by")):
+        if (value := _text(form.get(FORM_PREFIX + name))) is not None:
             authorization[key] = value
     doc["authorization"] = authorization
     return doc
@@ -177,12 +211,8 @@ def _describe(subject: Any, message: Any) -> str | None:
     return "\n\n".join(parts) or None
 
 
-def _require(payload: Mapping[str, Any], name: str, what: str) -> Any:
-    value = payload.get(name)
-    if value is None or value == "":
-        raise AdapterError([FieldError(field=name, message=f"is required: {what}",
-                                       code="missing")])
-    return value
+def _missing(field: str, what: str, code: str = "missing") -> AdapterError:
+    return AdapterError([FieldError(field=field, message=f"is required: {what}", code=code)])
 
 
 def _person(first: Any, last: Any) -> str | None:
@@ -199,64 +229,108 @@ def _complete(doc: dict[str, Any], *, department: Any, description: str | None,
     authorization = doc["authorization"]
     if signed_by is not None:
         authorization.setdefault("signed_by", signed_by)
-    authorization.setdefault("signed_at", signed_at)
+    authorization["signed_at"] = signed_at
     return doc
+
+
+def _identity(value: Any) -> str | None:
+    """A helpdesk's numeric record id (an int, or digits as text); 0 is "nobody"."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip() if isinstance(value, int | str) else ""
+    return text if text.isdigit() and int(text) > 0 else None
 
 
 # --- WHMCS -----------------------------------------------------------------------------
 
 
-def _whmcs_customfields(value: Any) -> dict[str, Any]:
-    # WHMCS's own API lists custom fields as [{"id", "name", "value"}]; a hook may also
-    # send a plain name -> value object.
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, list):
-        return {
-            str(item["name"]): item.get("value")
-            for item in value
-            if isinstance(item, Mapping) and "name" in item
-        }
-    return {}
+def _whmcs_form(value: Any) -> dict[str, Any]:
+    """The hook's ``customfields``: ``[{"id", "name", "type", "value"}]`` as WHMCS stores
+    them.
+
+    As in WHMCS, a field name or a drop-down option may carry a display text after ``|``
+    (``intervention_server_ip|Server IP``, ``network_recovery|Network unreachable``); only
+    the part before it counts. Names compare case-insensitively.
+    """
+    if not isinstance(value, list):
+        return {}
+    form: dict[str, Any] = {}
+    for item in value:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        answer = item.get("value")
+        if item.get("type") == "dropdown" and isinstance(answer, str):
+            answer = answer.partition("|")[0]
+        form[item["name"].partition("|")[0].strip().casefold()] = answer
+    return form
 
 
 def from_whmcs(payload: Mapping[str, Any], *, received_at: datetime) -> Mapped:
-    """A WHMCS ``TicketOpen`` / ``TicketUserReply`` hook payload (its variables, plus the
-    ticket's ``customfields`` and optionally ``client`` with first and last name)."""
-    hook = payload.get("hook", "TicketUserReply" if "replyid" in payload else "TicketOpen")
+    """The body the shipped hook (``deploy/helpdesk/whmcs/os_intervention.php``) sends.
+
+    That is the hook's documented variables as WHMCS passed them, plus ``hook``
+    (``TicketOpen`` | ``TicketUserReply``), ``ticket`` (``tid`` and ``userid`` from
+    ``GetTicket``: a reply carries no ``ticketmask``), ``client`` (``firstname``,
+    ``lastname`` from ``GetClientsDetails``) and ``customfields`` (the ticket's custom
+    fields by name). Only a logged-in client's ticket maps: WHMCS's ``userid`` is then the
+    authenticated identity (``client:<userid>``); a guest's ticket (``userid`` 0) is an
+    :class:`AdapterError`, and so is a reply by anyone but the ticket's client.
+    """
+    hook = payload.get("hook")
     if hook not in ("TicketOpen", "TicketUserReply"):
         raise AdapterError([FieldError(
             field="hook", message="must be TicketOpen or TicketUserReply", code="unknown_hook"
         )])
-    ticket_number = _require(payload, "ticketid", "the WHMCS ticket id")
-    reply = payload.get("replyid") if hook == "TicketUserReply" else None
-    if hook == "TicketUserReply" and reply in (None, ""):
-        raise AdapterError([FieldError(field="replyid", message="is required for a reply",
-                                       code="missing")])
-    form = _whmcs_customfields(payload.get("customfields"))
+    ticket_number = _identity(payload.get("ticketid"))
+    if ticket_number is None:
+        raise _missing("ticketid", "the WHMCS ticket id")
+    reply = None
+    if hook == "TicketUserReply" and (reply := _identity(payload.get("replyid"))) is None:
+        raise _missing("replyid", "the WHMCS reply id of a TicketUserReply")
+    ticket = payload.get("ticket")
+    ticket = ticket if isinstance(ticket, Mapping) else {}
+    mask = _text(ticket.get("tid"))
+    if mask is None:
+        raise _missing("ticket.tid", "the ticket's mask (GetTicket's tid), which every "
+                       "revision of the ticket is filed under")
+    if "ticketmask" in payload and _text(payload.get("ticketmask")) != mask:
+        raise AdapterError([FieldError(field="ticketmask", message="differs from GetTicket's "
+                                       "tid of the same ticket", code="mask_mismatch")])
+    client = _identity(payload.get("userid"))
+    if client is None:
+        raise AdapterError([FieldError(
+            field="userid", message="must be the WHMCS client who wrote: tickets of guests "
+            "(no client login) cannot ask for an intervention", code="not_a_client")])
+    if _identity(ticket.get("userid")) != client:
+        raise AdapterError([FieldError(
+            field="userid", message="is not the client the ticket belongs to",
+            code="not_ticket_owner")])
+    form = _whmcs_form(payload.get("customfields"))
     doc = _form_request(form)
-    ticket_id = _text(payload.get("ticketmask")) or str(ticket_number)
-    doc["ticket_id"] = ticket_id
-    if "account_id" not in doc and (user := _text(payload.get("userid"))) is not None:
-        doc["account_id"] = user
-    doc.setdefault("channel", "client_area")
+    doc["ticket_id"] = mask
+    doc["channel"] = "client_area"
     doc.setdefault("language", "en")
-    client = payload.get("client")
-    client = client if isinstance(client, Mapping) else {}
+    person = payload.get("client")
+    person = person if isinstance(person, Mapping) else {}
     _complete(
         doc,
         department=payload.get("deptname"),
         description=_describe(payload.get("subject"), payload.get("message")),
-        signed_by=_person(client.get("firstname"), client.get("lastname")),
+        signed_by=_person(person.get("firstname"), person.get("lastname")),
         signed_at=received_at.isoformat(),
     )
-    delivery = f"ticket:{ticket_number}" if reply is None else f"reply:{reply}"
-    return Mapped(document=doc, ticket_id=ticket_id, delivery=delivery)
+    return Mapped(
+        document=doc, ticket_id=mask,
+        delivery=f"ticket:{ticket_number}" if reply is None else f"reply:{reply}",
+        customers=(f"client:{client}",),
+        stated_account=_text(form.get(STATED_ACCOUNT_FIELD)),
+    )
 
 
 # --- Zammad ----------------------------------------------------------------------------
 
-_ZAMMAD_CHANNELS = {"web": "client_area", "email": "email", "chat": "live_chat"}
+_ZAMMAD_CHANNELS = {"web": "client_area", "chat": "live_chat"}
+_LOGGED_IN_TYPES = frozenset(_ZAMMAD_CHANNELS)
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -268,35 +342,76 @@ def _plain_body(article: Mapping[str, Any]) -> Any:
     return body
 
 
+def _customer_article(article: Any) -> Mapping[str, Any]:
+    """The article if it is the customer's own, visible message; else :class:`Ignored`.
+
+    Zammad sends ``"article": {}`` when the trigger fired on a ticket change without an
+    article (an agent edited a field, a time-based trigger): nobody asked for anything.
+    ``sender`` is the name Zammad resolves ``sender_id`` to; anything but exactly
+    ``Customer`` with ``internal`` exactly ``false`` is somebody else speaking.
+    """
+    if not isinstance(article, Mapping) or not article:
+        raise Ignored("no_article", "the delivery carries no article: a ticket change is "
+                      "not a customer's request")
+    if article.get("sender") != "Customer":
+        raise Ignored("not_customer", "the article was not written by the customer (sender "
+                      "is not Customer): agents' and system messages ask for nothing")
+    if article.get("internal") is not False:
+        raise Ignored("internal_article", "the article is internal: an internal note is "
+                      "never the customer's request")
+    return article
+
+
 def from_zammad(payload: Mapping[str, Any], *, delivery: str, received_at: datetime) -> Mapped:
-    """A Zammad webhook body ``{ticket, article}``; ``delivery`` is ``X-Zammad-Delivery``."""
+    """A Zammad trigger webhook body ``{ticket, article}`` (Zammad's default payload).
+
+    ``delivery`` is ``X-Zammad-Delivery``; it is only quoted in errors, because the
+    revision key is the article itself (see the module docstring). The customer is
+    ``ticket.customer_id`` (and ``ticket.organization_id`` when set): Zammad's ids of the
+    user and organization whose login Zammad checked.
+    """
     ticket = payload.get("ticket")
-    if not isinstance(ticket, Mapping):
-        raise AdapterError([FieldError(field="ticket", message="is required: the Zammad ticket",
-                                       code="missing")])
-    article = payload.get("article")
-    article = article if isinstance(article, Mapping) else {}
-    number = _require(ticket, "number", "the Zammad ticket number")
+    if not isinstance(ticket, Mapping) or not ticket:
+        raise _missing("ticket", "the Zammad ticket (use the webhook's default payload)")
+    article = _customer_article(payload.get("article"))
+    number = _text(ticket.get("number"))
+    if number is None:
+        raise _missing("ticket.number", "the Zammad ticket number")
+    article_id = _identity(article.get("id"))
+    if article_id is None:
+        raise _missing("article.id", f"the Zammad article id (delivery {delivery[:64]!r})")
+    customer = _identity(ticket.get("customer_id"))
+    if customer is None:
+        raise _missing("ticket.customer_id", "the Zammad customer the ticket belongs to")
+    customers = [f"customer:{customer}"]
+    if (organization := _identity(ticket.get("organization_id"))) is not None:
+        customers.append(f"organization:{organization}")
     doc = _form_request(ticket)
-    ticket_id = str(number)
+    ticket_id = number
     doc["ticket_id"] = ticket_id
-    if "account_id" not in doc and (customer_id := _text(ticket.get("customer_id"))) is not None:
-        doc["account_id"] = customer_id
-    if "channel" not in doc:
-        kind = article.get("type")
-        doc["channel"] = _ZAMMAD_CHANNELS.get(kind if isinstance(kind, str) else "", "api")
+    kind = article.get("type")
+    if kind not in _LOGGED_IN_TYPES:
+        # An e-mail's sender is whatever its From: header says, and a phone note is an
+        # agent's word: neither is the customer's login, so neither may choose an account.
+        raise Ignored("not_logged_in", "only an article the customer wrote while logged in "
+                      "to Zammad (type web or chat) requests an intervention; an e-mail's "
+                      "sender can be forged - ask the customer to use the customer portal")
+    doc["channel"] = _ZAMMAD_CHANNELS[kind]
     doc.setdefault("language", "en")
     group = ticket.get("group")
     if isinstance(group, Mapping):
         group = group.get("name")
-    customer = ticket.get("customer")
-    customer = customer if isinstance(customer, Mapping) else {}
-    created = _text(article.get("created_at"))
+    person = ticket.get("customer")
+    person = person if isinstance(person, Mapping) else {}
     _complete(
         doc,
         department=group,
         description=_describe(ticket.get("title"), _plain_body(article)),
-        signed_by=_person(customer.get("firstname"), customer.get("lastname")),
-        signed_at=created or received_at.isoformat(),
+        signed_by=_person(person.get("firstname"), person.get("lastname")),
+        signed_at=_text(article.get("created_at")) or received_at.isoformat(),
     )
-    return Mapped(document=doc, ticket_id=ticket_id, delivery=delivery)
+    return Mapped(
+        document=doc, ticket_id=ticket_id, delivery=f"article:{article_id}",
+        customers=tuple(customers),
+        stated_account=_text(ticket.get(STATED_ACCOUNT_FIELD)),
+    )

@@ -15,6 +15,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from schemas.registry import topics_produced_by
 from services.intake import app as subscribers
+from services.intake.accounts import AccountMap
+from services.intake.edge import EdgeGuard
+from services.intake.integrations import IntegrationKeyFile, IntegrationRegistry, keys_dir_of
 from services.intake.metrics import IntakeMetrics
 from services.intake.outbox import MongoOutbox
 from services.intake.ratelimit import RateLimiter
@@ -52,7 +55,8 @@ class IntakeService:
         self.settings = settings or IntakeSettings()
         self.metrics = IntakeMetrics()
         telemetry = setup_telemetry(
-            SERVICE_NAME, span_exporter=span_exporter, metric_readers=[self.metrics.otel_reader]
+            SERVICE_NAME, span_exporter=span_exporter, metric_readers=[self.metrics.otel_reader],
+            registry=self.metrics.registry,
         )
         self.runtime = ServiceRuntime(
             SERVICE_NAME, self.settings, telemetry=telemetry,
@@ -72,7 +76,15 @@ class IntakeService:
             outbox=MongoOutbox(self.runtime.db),
             claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
         )
-        subscribers.register(self.runtime, self.intake, self.metrics)
+        # Intake's own key (integration secrets, account map MACs): read at start, and made
+        # on a fresh machine's first start so `intervene up` works before any integration.
+        self.integration_key = IntegrationKeyFile(
+            keys_dir_of(self.settings.intervention_keys_dir),
+            create=self.settings.intake_create_integration_key)
+        self.guard = EdgeGuard(
+            self.runtime.db, IntegrationRegistry(self.runtime.db, self.integration_key),
+            AccountMap(self.runtime.db, self.integration_key), self.runtime.audit)
+        subscribers.register(self.runtime, self.intake, self.metrics, self.guard)
         self.running = False
         self.started = datetime.now(UTC)
 
@@ -80,6 +92,7 @@ class IntakeService:
         # The key first: without it intake could accept but never seal, so fail fast.
         recipient = load_recipient(self.settings.sealing_key_path)
         self.intake.use_sealer(Sealer(recipient, self.runtime.redactor))
+        self.integration_key()
         await self.store.ensure_indexes()
         await self.runtime.start()
         self.intake.relay.start()  # publishes what a previous process accepted, then loops

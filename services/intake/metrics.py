@@ -25,6 +25,9 @@ Outcome = Literal[
     "rate_limited",
     "bad_signature",
     "unnamed",
+    "unauthenticated",
+    "forbidden",
+    "ignored",
 ]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"

@@ -17,17 +17,21 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   recently used are dropped), so hostile account ids cannot grow memory without bound.
 - ``INTAKE_CLAIM_LEASE_S`` = 30: a submission still "pending" after this long is taken to
   have crashed half-way, and a retry of the same request finishes it.
-- ``INTAKE_ZAMMAD_SECRET``: the HMAC-SHA1 secret of the Zammad webhook; unset disables
-  ``POST /v1/webhooks/zammad``.
-- ``INTAKE_WHMCS_SECRET``: the HMAC-SHA256 secret the WHMCS hook signs its body with
-  (``X-Intake-Signature: sha256=<hex>``); unset disables ``POST /v1/webhooks/whmcs``.
+- ``OPS_HTTP_HOST`` = ``127.0.0.1``, ``OPS_HTTP_PORT`` = ``9100``: ``/healthz`` and
+  ``/metrics``, on their own listener as for every service (never on the public API).
+- ``INTAKE_CREATE_INTEGRATION_KEY`` = ``true``: create intake's integration key
+  (``intake-integrations.key`` in the keys directory) at start when it is missing; set
+  ``false`` where the key is mounted (Kubernetes), so a missing mount stops the start.
+
+Who may call is not a setting: integrations are registered in the store with
+``intervene integrations add`` (docs/security.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from services.runtime.keys import SEALING_PUBLIC_FILE, default_keys_dir
 from services.runtime.settings import RuntimeSettings
@@ -42,8 +46,8 @@ class IntakeSettings(RuntimeSettings):
     intake_rate_limit_burst: int = Field(default=10, ge=1)
     intake_rate_limit_accounts: int = Field(default=10_000, ge=1)
     intake_claim_lease_s: float = Field(default=30.0, gt=0)
-    intake_zammad_secret: SecretStr | None = None
-    intake_whmcs_secret: SecretStr | None = None
+    intake_create_integration_key: bool = True
+    ops_http_port: int | None = Field(default=9100, ge=0, le=65535)
 
     @property
     def sealing_key_path(self) -> Path:

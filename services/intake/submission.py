@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from schemas.common import IDENTIFIER_PATTERN, FieldError
-from schemas.events import TicketRejected, TicketSubmitted
+from schemas.events import TicketRejected, TicketSubmitted, Vouch
 from schemas.request import (
     HelpdeskTicketRequest,
     Language,
@@ -320,8 +320,11 @@ class Intake:
     # -- every door ---------------------------------------------------------------------
 
     async def submit(
-        self, request: HelpdeskTicketRequest, *, source: Source, edge: Edge
+        self, request: HelpdeskTicketRequest, *, source: Source, edge: Edge,
+        vouched_by: Vouch | None = None,
     ) -> Outcome:
+        """``vouched_by``: the integration that authenticated the customer (the edge checked
+        that the request's account is that integration's mapping of the customer)."""
         if isinstance(request.credentials, PlainCredentials):
             self.learn([request.credentials.secret_value()])
         now = self._clock()
@@ -344,12 +347,14 @@ class Intake:
         prior = await self._store.claim(claim)
         fault_point("after_claim")
         if prior is not None:
-            return await self._again(prior, claim, request, classification, now=now)
-        return await self._accept(claim, request, classification, fresh=True)
+            return await self._again(prior, claim, request, classification, now=now,
+                                     vouched_by=vouched_by)
+        return await self._accept(claim, request, classification, fresh=True,
+                                  vouched_by=vouched_by)
 
     async def _again(
         self, prior: Claim, claim: Claim, request: HelpdeskTicketRequest,
-        classification: Classification, *, now: datetime,
+        classification: Classification, *, now: datetime, vouched_by: Vouch | None,
     ) -> Outcome:
         """The revision is claimed already: a duplicate, a conflict, or an attempt that
         never made it durable (its writer crashed or failed before the outbox entry)."""
@@ -367,12 +372,14 @@ class Intake:
             await self._store.release(prior)
             if (again := await self._store.claim(claim)) is not None:
                 return await self._conflict(again)
-            return await self._accept(claim, request, classification, fresh=True)
+            return await self._accept(claim, request, classification, fresh=True,
+                                      vouched_by=vouched_by)
         # Same content, still pending: durable only if its outbox entry exists, and writing
         # the entry is first-wins, so this request simply finishes the job: either its entry
         # lands, or the original's is there already (a duplicate). Never "duplicate" for a
         # request that nothing durable records.
-        return await self._accept(prior, request, classification, fresh=False)
+        return await self._accept(prior, request, classification, fresh=False,
+                                  vouched_by=vouched_by)
 
     async def _conflict(self, claim: Claim) -> Refused:
         latest = await self._store.latest_revision(claim.ticket_id) or claim.revision
@@ -389,7 +396,7 @@ class Intake:
 
     async def _accept(
         self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
-        *, fresh: bool,
+        *, fresh: bool, vouched_by: Vouch | None,
     ) -> Outcome:
         """Make the claimed revision durable (its outbox entry), then publish it inline.
 
@@ -402,7 +409,7 @@ class Intake:
                 if fresh:
                     await self._release(claim)
                 return _stale(request.ticket_id, request.revision, latest)
-            event = self._event(claim, request, classification)
+            event = self._event(claim, request, classification, vouched_by)
             entry = Entry.of(claim, event, at=self._clock())
             existing = await self._outbox.put(entry)
         except BaseException:
@@ -417,6 +424,12 @@ class Intake:
             # case the original's process is gone).
             self.relay.wake()
             return _accepted(claim, duplicate=True)
+        if not fresh and (now := await self._store.get(claim.ticket_id, claim.revision)
+                          ) is not None and now.status == "submitted":
+            # The original was published (and its entry removed) while this retry read the
+            # claim as pending: this entry is a leftover, and the retry a duplicate.
+            await self._outbox.remove(entry.key)
+            return _accepted(now, duplicate=True)
         # Durable now: the 202 stands whatever the broker does next. Publish inline for
         # latency; on a broker outage the relay keeps trying.
         await self.relay.publish_inline(entry)
@@ -431,7 +444,8 @@ class Intake:
         return _accepted(claim, duplicate=False)
 
     def _event(
-        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification
+        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
+        vouched_by: Vouch | None,
     ) -> TicketSubmitted:
         credentials = request.credentials
         if isinstance(credentials, PlainCredentials):
@@ -448,7 +462,7 @@ class Intake:
             form_category=classification.form_category, scope=claim.scope,
             description=request.description, error_messages=request.error_messages,
             parameters=request.parameters, credentials=credentials,
-            authorization=request.authorization,
+            authorization=request.authorization, vouched_by=vouched_by,
         )
 
     async def _release(self, claim: Claim) -> None:
@@ -460,12 +474,14 @@ class Intake:
 
     # -- the helpdesk topic -------------------------------------------------------------
 
-    async def receive(self, message: TopicRequest, *, rejected_event_id: uuid.UUID) -> Outcome:
+    async def receive(self, message: TopicRequest, *, rejected_event_id: uuid.UUID,
+                      vouched_by: Vouch | None = None) -> Outcome:
         """Handle one topic message: TicketSubmitted, TicketRejected, or audited refusal."""
         self.learn(message.plaintext)
         outcome: Outcome
         if message.request is not None:
-            outcome = await self.submit(message.request, source="topic", edge="topic")
+            outcome = await self.submit(message.request, source="topic", edge="topic",
+                                        vouched_by=vouched_by)
         else:
             outcome = Rejected(errors=list(message.errors), ticket_id=message.ticket_id,
                                revision=message.revision, language=message.language)

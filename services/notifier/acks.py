@@ -37,6 +37,7 @@ from schemas.events import ChatChannel, EngineerAcknowledged, ManualStepComplete
 from services.notifier.claims import Claim, Claims
 from services.notifier.ids import derived_id
 from services.notifier.sla import PageKind, TicketState
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class EngineerDesk:
         whose parent is the event that opened the page (chat callbacks carry no context)."""
         parent = propagate.extract(dict(page.trace_carrier))
         with self._tracer.start_as_current_span(span_name, context=parent, attributes={
-                "intervention.ticket_id": page.ticket_id, "intervention.page_kind": page.kind,
+                TICKET_ID_ATTRIBUTE: page.ticket_id, "intervention.page_kind": page.kind,
                 "intervention.engineer_id": engineer_id}):
             await self._publish(event)
 

@@ -50,7 +50,7 @@ from services.notifier.bots.telegram import TelegramBot
 from services.notifier.claims import Claims
 from services.notifier.deadlines import ALERT_CLAIMS, Deadlines, Sweeper, utc_now
 from services.notifier.delivery import DeliveryWorker, Outbox
-from services.notifier.handlers import Collaborators, Notifier
+from services.notifier.handlers import ClosedPages, Collaborators, Notifier
 from services.notifier.http import create_http_app
 from services.notifier.ledger import TicketLedger
 from services.notifier.metrics import NotifierMetrics, TicketProjection
@@ -181,16 +181,15 @@ def build(
     projection = TicketProjection(
         db=db, board=TicketBoard(db, ledger, policy),
         metrics=NotifierMetrics(runtime.telemetry.meter_provider, policy), clock=clock)
-    notifier = Notifier(Collaborators(
-        publish=runtime.publish, ledger=ledger, deadlines=deadlines, pages=pages,
-        directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
-        projection=projection))
     desk = EngineerDesk(
         directory=directory, pages=pages, closures=Claims(db, CLOSURES, lease=lease),
         step_reports=Claims(db, STEP_REPORTS, lease=lease), state_of=deadlines.state,
-        publish=runtime.publish, on_closed=notifier.page_closed, clock=clock,
+        publish=runtime.publish, on_closed=ClosedPages(outbox), clock=clock,
         tracer=runtime.telemetry.tracer())
-    notifier.desk = desk
+    notifier = Notifier(Collaborators(
+        publish=runtime.publish, ledger=ledger, deadlines=deadlines, pages=pages,
+        directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
+        projection=projection), desk=desk)
     sweeper = Sweeper(ledger=ledger, deadlines=deadlines,
                       claims=Claims(db, ALERT_CLAIMS, lease=lease), policy=policy,
                       fire=notifier.fire, clock=clock,

@@ -97,10 +97,25 @@ class Collaborators:
     projection: TicketProjection | None = None  # metrics and the open-ticket board
 
 
+@dataclass(frozen=True)
+class ClosedPages:
+    """The desk's ``on_closed``: when a page is closed (ack or resolve), edit its chat
+    message to say who and how. Built before the desk and the notifier, so neither needs
+    the other to exist first."""
+
+    outbox: Outbox
+
+    async def __call__(self, page: PageRecord, closure: Closure) -> None:
+        await self.outbox.enqueue(ChatPost(
+            post_id=f"{page.post_id}:closed", ticket_id=page.ticket_id, page_id=page.page_id,
+            text=chat.closed(page.text, closure.describe()), edit_of=page.post_id,
+            actions=_actions(page, acknowledged=True)))
+
+
 class Notifier:
-    def __init__(self, parts: Collaborators) -> None:
+    def __init__(self, parts: Collaborators, *, desk: EngineerDesk) -> None:
         self.parts = parts
-        self.desk: EngineerDesk | None = None  # set by the bootstrap (the desk needs us too)
+        self.desk = desk
 
     # -- events --------------------------------------------------------------------------------
 
@@ -181,18 +196,11 @@ class Notifier:
             actions=_actions(record, acknowledged=False),
             mentions=await self._mentions(p.policy.tier_for(0))))
 
-    async def page_closed(self, page: PageRecord, closure: Closure) -> None:
-        """The desk closed a page (ack or resolve): edit its message to say who and how."""
-        await self.parts.outbox.enqueue(ChatPost(
-            post_id=f"{page.post_id}:closed", ticket_id=page.ticket_id, page_id=page.page_id,
-            text=chat.closed(page.text, closure.describe()), edit_of=page.post_id,
-            actions=_actions(page, acknowledged=True)))
-
     async def _step_reported(self, event: ManualStepCompleted) -> None:
         page = await self.parts.pages.get(str(event.causation_id)) if event.causation_id else None
         if page is None:
             return
-        closure = await self._desk().closure(page.page_id)
+        closure = await self.desk.closure(page.page_id)
         if closure is None or closure.how != "acknowledged":
             return  # the page is resolved by the report itself: that edit says it all
         text = chat.closed(chat.closed(page.text, closure.describe()),
@@ -214,17 +222,12 @@ class Notifier:
             record = await self.parts.pages.get(page.page_id)
             if record is not None:
                 reason = _reason(event) if closed_here else RESOLVED[page.closed_cause]
-                await self._desk().resolve(record, reason)
+                await self.desk.resolve(record, reason)
 
     async def _mentions(self, tier: int) -> tuple[Mention, ...]:
         engineers = await self.parts.directory.up_to_tier(tier)
         return tuple(Mention(channel=channel, identity=identity, display_name=e.display_name)
                      for e in engineers for channel, identity in e.identities.items())
-
-    def _desk(self) -> EngineerDesk:
-        if self.desk is None:
-            raise RuntimeError("the notifier's desk is not wired")
-        return self.desk
 
     # -- alerts --------------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class Notifier:
     async def _escalate(self, alert: Alert, now: datetime) -> FireResult:
         page = alert.page
         assert page is not None
-        desk = self._desk()
+        desk = self.desk
         if await desk.closure(page.page_id) is not None:
             # Closed by an ack whose EngineerAcknowledged is not in the ledger yet: it will
             # be in a moment (or, if its winner died before publishing it, once the claim's

@@ -43,16 +43,23 @@ Slack: ``SLACK_WEBHOOK_URL`` (incoming webhook), ``SLACK_SIGNING_SECRET``.
 
 Telegram: ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``TELEGRAM_WEBHOOK_SECRET``,
 ``TELEGRAM_API_URL`` = ``https://api.telegram.org``.
+
+``SLACK_SIGNING_SECRET`` and ``TELEGRAM_WEBHOOK_SECRET`` are all that stands between the
+Internet and an engineer's acknowledgement: set but empty or shorter than
+:data:`MIN_CHAT_SECRET` (16) characters, they stop the notifier at start naming the variable
+(an empty one would otherwise enable an endpoint anyone can sign for).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from services.notifier.sla import SlaPolicy
-from services.runtime.settings import RuntimeSettings
+from services.runtime.settings import RuntimeSettings, SettingsError
+
+MIN_CHAT_SECRET = 16  # Slack's signing secrets are 32 hex characters; Telegram allows 256
 
 
 class NotifierSettings(RuntimeSettings):
@@ -91,6 +98,18 @@ class NotifierSettings(RuntimeSettings):
     telegram_chat_id: str | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
+
+    @model_validator(mode="after")
+    def _check_chat_secrets(self) -> NotifierSettings:
+        # SettingsError, not ValueError: pydantic would echo the raw (secret) input.
+        for name, value in (("SLACK_SIGNING_SECRET", self.slack_signing_secret),
+                            ("TELEGRAM_WEBHOOK_SECRET", self.telegram_webhook_secret)):
+            if value is not None and len(value.get_secret_value().strip()) < MIN_CHAT_SECRET:
+                raise SettingsError(
+                    f"{name} is empty or shorter than {MIN_CHAT_SECRET} characters: anyone "
+                    "could sign an engineer's acknowledgement. Set a long random secret, or "
+                    "unset it to disable the endpoint.")
+        return self
 
     def sla_policy(self) -> SlaPolicy:
         return SlaPolicy(

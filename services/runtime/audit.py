@@ -21,8 +21,25 @@ second collection (``<collection>_heads``) keeps each ticket's head (``seq`` and
 durable. Writers start from the head, so the common append never reads the records
 collection. The verifier treats a head behind the last record as a crash between the two
 writes (harmless); a head past the last record, or disagreeing with the record at its
-``seq``, is tampering. Someone who can rewrite both collections can still forge a
-consistent history: anchoring heads outside MongoDB is what would stop that.
+``seq``, is tampering.
+
+Against someone who can write the database (issue 15), two more things:
+
+- **Keyed records.** A service appends with its own Ed25519 audit key
+  (``audit-<service>.key``, :class:`AuditSigner`): the record carries ``key_id`` and
+  ``signature`` = Ed25519 over ``b"intervention-audit-record:v1:" + hash`` (the hash covers
+  every content field and ``prev_hash``). The verifier, given the public keys
+  (:func:`services.runtime.keys.load_audit_verify_keys`), refuses unsigned records, bad
+  signatures, unknown keys and a record whose ``actor`` (its part before ``:``) is not the
+  service the key belongs to. Another service's database credential, or a re-hash of an
+  edited chain, cannot produce those signatures.
+- **Anchors.** Services publish each ticket's head (``seq``, ``hash``), signed likewise, to
+  the compacted Kafka topic ``intervention.audit-anchored`` keyed by ticket
+  (:mod:`services.runtime.audit_anchors`): periodically and at a ticket's final event. The
+  verifier checks the store against them (:class:`Anchor`): a record at an anchored ``seq``
+  with another hash is a rewritten history (even if re-hashed consistently); a chain or
+  head ending before an anchored ``seq`` is a truncated tail or a rolled-back head; an
+  anchored ticket with neither records nor head had both deleted.
 
 Data is redacted (secrets by value, sensitive field names) before it is hashed or stored,
 so the stored hash covers exactly what anyone can read back.
@@ -31,16 +48,20 @@ so the stored hash covers exactly what anyone can read back.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import math
 import random
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal, NamedTuple, Protocol
 
+import nacl.exceptions
+import nacl.signing
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 from pymongo.asynchronous.collection import AsyncCollection
@@ -48,18 +69,25 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.canonical import canonical_json
+from services.runtime.crypto import SigningKey, VerifyKey
+from services.runtime.redaction import default_redactor
 
 __all__ = [
+    "AUDIT_SIGNATURE_CONTEXT",
     "DEFAULT_COLLECTION",
     "GENESIS_HASH",
+    "Anchor",
     "AuditContentionError",
     "AuditError",
+    "AuditKeys",
     "AuditLog",
     "AuditRecord",
+    "AuditSigner",
     "ChainBreak",
     "ChainReport",
     "DataRedactor",
     "TicketChainCheck",
+    "actor_service",
     "format_at",
     "heads_collection",
     "normalise_at",
@@ -216,6 +244,73 @@ def storable_data(data: Mapping[str, Any], redactor: DataRedactor) -> dict[str, 
     return result
 
 
+# --- keys (pure) ---------------------------------------------------------------------------
+
+AUDIT_SIGNATURE_CONTEXT = b"intervention-audit-record:v1:"
+# key id -> (the service it belongs to, its public key); see keys.load_audit_verify_keys.
+AuditKeys = Mapping[str, tuple[str, VerifyKey]]
+
+
+def actor_service(actor: str) -> str:
+    """The service an ``actor`` names: ``executor:<owner>`` -> ``executor``."""
+    return actor.split(":", 1)[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSigner:
+    """A service's audit key: signs what that service appends, and only as that service."""
+
+    service: str
+    key: SigningKey
+
+    def __post_init__(self) -> None:
+        # The private key is held as an object, so signing costs no key expansion.
+        object.__setattr__(self, "_nacl", nacl.signing.SigningKey(self.key.seed))
+
+    def sign(self, message: bytes) -> str:
+        signer: nacl.signing.SigningKey = object.__getattribute__(self, "_nacl")
+        return base64.b64encode(signer.sign(message).signature).decode("ascii")
+
+
+def _signed_message(digest: str) -> bytes:
+    return AUDIT_SIGNATURE_CONTEXT + digest.encode("ascii")
+
+
+def check_signature(message: bytes, key_id: str | None, signature: str | None,
+                    keys: AuditKeys) -> str | None:
+    """Why ``signature`` by ``key_id`` over ``message`` does not hold (None: it does), and
+    otherwise the service of the key (prefixed ``ok:``)."""
+    if not key_id or not signature:
+        return "unsigned"
+    known = keys.get(key_id)
+    if known is None:
+        return f"signed by unknown key {key_id!r}"
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        nacl.signing.VerifyKey(known[1].public_key).verify(message, raw)
+    except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError):
+        return "bad signature"
+    return "ok:" + known[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Anchor:
+    """A ticket's head as a service saw it after an append, published outside the store."""
+
+    ticket_id: str
+    seq: int
+    hash: str
+    service: str
+    anchored_at: str
+    key_id: str | None = None
+    signature: str | None = None
+
+    def content(self) -> bytes:
+        return b"intervention-audit-anchor:v1:" + canonical_json({
+            "ticket_id": self.ticket_id, "seq": self.seq, "hash": self.hash,
+            "service": self.service, "anchored_at": self.anchored_at})
+
+
 # --- the record --------------------------------------------------------------------------
 
 
@@ -233,6 +328,10 @@ class AuditRecord(BaseModel):
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    # The writing service's audit key and its Ed25519 signature over the hash (base64);
+    # None on records written without a key (before keys existed, or a keyless service).
+    key_id: str | None = None
+    signature: str | None = None
 
     def expected_hash(self) -> str:
         return record_hash(
@@ -241,7 +340,11 @@ class AuditRecord(BaseModel):
         )
 
     def to_document(self) -> Document:
-        return self.model_dump()
+        doc = self.model_dump()
+        for name in ("key_id", "signature"):  # unsigned records keep the original layout
+            if doc[name] is None:
+                del doc[name]
+        return doc
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> AuditRecord:
@@ -263,6 +366,7 @@ def _new_record(
     actor: str,
     at: datetime,
     data: dict[str, Any],
+    signer: AuditSigner | None = None,
 ) -> AuditRecord:
     digest = record_hash(
         ticket_id=ticket_id, seq=seq, record_id=record_id, kind=kind, actor=actor, at=at,
@@ -271,6 +375,8 @@ def _new_record(
     return AuditRecord(
         ticket_id=ticket_id, seq=seq, record_id=record_id, kind=kind, actor=actor, at=at,
         data=data, prev_hash=prev_hash, hash=digest,
+        key_id=signer.key.key_id if signer else None,
+        signature=signer.sign(_signed_message(digest)) if signer else None,
     )
 
 
@@ -336,11 +442,15 @@ class AuditLog:
         max_attempts: int = 50,
         backoff_base: float = 0.001,
         backoff_cap: float = 0.05,
+        signer: AuditSigner | None = None,
+        on_append: Callable[[AuditRecord], None] | None = None,
     ) -> None:
+        """``signer``: the writing service's audit key (records are then signed, and an
+        ``actor`` of another service is refused). ``on_append``: told of every record this
+        log wrote or found already written (the anchors keep the newest per ticket)."""
+        self.signer = signer
+        self._on_append = on_append
         if redactor is None:
-            # Imported here so this module has no import-time tie to the redaction policy.
-            from services.runtime.redaction import default_redactor
-
             redactor = default_redactor()
         self._records: AsyncCollection[Document] = db[collection]
         self._heads: AsyncCollection[Document] = db[heads_collection(collection)]
@@ -387,6 +497,9 @@ class AuditLog:
                             ("actor", actor)):
             if not value:
                 raise ValueError(f"audit record needs a non-empty {name}")
+        if self.signer is not None and actor_service(actor) != self.signer.service:
+            raise ValueError(f"the {self.signer.service} audit key cannot sign a record of "
+                             f"actor {actor!r}")
         if not self._indexes_ready:
             # Without the unique indexes concurrent writers would fork the chain silently.
             await self.ensure_indexes()
@@ -400,6 +513,7 @@ class AuditLog:
                 record = _new_record(
                     ticket_id=ticket_id, seq=position.seq + 1, prev_hash=position.hash,
                     record_id=record_id, kind=kind, actor=actor, at=when, data=stored,
+                    signer=self.signer,
                 )
                 try:
                     await self._records.insert_one(
@@ -425,16 +539,22 @@ class AuditLog:
                     if isinstance(found, AuditRecord):
                         # Redelivery: finish what the first delivery may not have (the head).
                         await self._advance_head(found)
+                        self._appended(found)
                         return found
                     position = found
                     continue
                 await self._advance_head(record)
+                self._appended(record)
                 return record
         raise AuditContentionError(
             ticket_id,
             f"record {record_id!r} lost the race for the next seq {self._max_attempts} times; "
             "too many concurrent writers on one ticket (retry later or raise max_attempts)",
         )
+
+    def _appended(self, record: AuditRecord) -> None:
+        if self._on_append is not None:
+            self._on_append(record)
 
     async def records(self, ticket_id: str) -> list[AuditRecord]:
         """The ticket's records in chain order."""
@@ -550,8 +670,13 @@ class TicketChainCheck:
 
     ticket_id: str
     head: Mapping[str, Any] | None = None
+    # With keys: every record must be signed by a known audit key of its actor's service.
+    keys: AuditKeys | None = None
+    # The ticket's anchors read from Kafka (already checked as signed, when keys are given).
+    anchors: Sequence[Anchor] = ()
     records_checked: int = 0
     _prev_hash: str = field(default=GENESIS_HASH, init=False)
+    _hashes: dict[int, str] = field(default_factory=dict, init=False)
 
     def check(self, doc: Mapping[str, Any]) -> ChainBreak | None:
         """Check the next record; a break means the walk should stop."""
@@ -574,28 +699,70 @@ class TicketChainCheck:
             return self._broken(seq, f"malformed record: {_first_error(exc)}")
         if record.expected_hash() != record.hash:
             return self._broken(seq, "hash mismatch: record edited")
+        if self.keys is not None and (failure := self._check_key(record)) is not None:
+            return self._broken(seq, failure)
+        if self.anchors:
+            self._hashes[seq] = record.hash
         head = _head_position(self.head)
         if head is not None and head[0] == seq and head[1] != record.hash:
             return self._broken(seq, f"head hash does not match record {seq}: chain rewritten")
         self._prev_hash = record.hash
         return None
 
+    def _check_key(self, record: AuditRecord) -> str | None:
+        assert self.keys is not None
+        verdict = check_signature(_signed_message(record.hash), record.key_id,
+                                  record.signature, self.keys)
+        if verdict == "unsigned":
+            return ("unsigned record: written without a service's audit key (by someone "
+                    "with database access?)")
+        if verdict is None or not verdict.startswith("ok:"):
+            return f"{verdict}: record forged, or edited and re-hashed"
+        signer = verdict[3:]
+        if actor_service(record.actor) != signer:
+            return (f"written by the wrong service: actor {record.actor!r} but signed with "
+                    f"the {signer} audit key")
+        return None
+
     def finish(self) -> ChainBreak | None:
-        """After the last record: is anything the head knows about missing?"""
+        """After the last record: is anything the head, or an anchor, knows about missing?"""
         head = _head_position(self.head)
-        if head is None:
-            # No head yet: the first append crashed before writing it.
-            return None
-        if head[0] < 1:
+        if head is not None and head[0] < 1:
             return self._broken(self.records_checked + 1, "malformed head document")
-        if head[0] > self.records_checked:
+        if head is not None and head[0] > self.records_checked:
             return self._broken(
                 self.records_checked + 1, "head points past the last record: tail deleted"
             )
+        # A missing head alone is a first append that crashed before writing it.
+        return self._check_anchors(head)
+
+    def _check_anchors(self, head: tuple[int, str] | None) -> ChainBreak | None:
+        for anchor in sorted(self.anchors, key=lambda a: -a.seq):
+            where = f"anchored by {anchor.service} at {anchor.anchored_at}"
+            if self.records_checked == 0 and head is None:
+                return self._broken(anchor.seq, f"ticket deleted: records and head are gone, "
+                                                f"but record {anchor.seq} was {where}")
+            if anchor.seq > self.records_checked:
+                return self._broken(
+                    self.records_checked + 1,
+                    f"truncated: the chain ends at record {self.records_checked}, but record "
+                    f"{anchor.seq} was {where} (tail deleted or head rolled back)")
+            if self._hashes.get(anchor.seq) != anchor.hash:
+                return self._broken(
+                    anchor.seq, f"history rewritten: record {anchor.seq} is not the one {where} "
+                                "(even though the chain is consistently re-hashed)")
+            if head is not None and head[0] < anchor.seq:
+                return self._broken(
+                    head[0], f"head rolled back to record {head[0]}, behind record "
+                             f"{anchor.seq} {where}")
         return None
 
     def _broken(self, seq: int, reason: str) -> ChainBreak:
         return ChainBreak(self.ticket_id, seq, reason)
+
+
+def _anchors_of(anchors: Mapping[str, Sequence[Anchor]] | None, ticket: Any) -> Sequence[Anchor]:
+    return anchors.get(ticket, ()) if anchors is not None and isinstance(ticket, str) else ()
 
 
 def _first_error(exc: ValueError) -> str:
@@ -612,8 +779,14 @@ async def verify_chain(
     ticket_id: str | None = None,
     *,
     collection: str = DEFAULT_COLLECTION,
+    keys: AuditKeys | None = None,
+    anchors: Mapping[str, Sequence[Anchor]] | None = None,
 ) -> ChainReport:
     """Walk one ticket's chain, or every ticket's, and name the first broken record of each.
+
+    With ``keys`` every record's signature and actor are checked; with ``anchors`` (ticket
+    -> its anchors from Kafka) the store is checked against them, anchored tickets with
+    nothing left in the store included.
 
     Heads are read before records: a head only moves after its record is durable, so
     records read afterwards can only be ahead of it and concurrent appends never look like
@@ -639,14 +812,19 @@ async def verify_chain(
             ticket = doc.get("ticket_id")
             walk = walks.get(ticket)
             if walk is None:
-                walk = walks[ticket] = TicketChainCheck(str(ticket), head=known.get(ticket))
+                walk = walks[ticket] = TicketChainCheck(
+                    str(ticket), head=known.get(ticket), keys=keys,
+                    anchors=_anchors_of(anchors, ticket))
             if ticket not in broken and (failure := walk.check(doc)) is not None:
                 broken[ticket] = failure
     finally:
         await cursor.close()
-    for ticket, head in known.items():
-        # A ticket whose every record was deleted survives only as its head.
-        walk = walks.setdefault(ticket, TicketChainCheck(str(ticket), head=head))
+    anchored = [t for t in (anchors or {}) if ticket_id is None or t == ticket_id]
+    for ticket in [*known, *anchored]:
+        # A ticket whose every record was deleted survives only as its head, or its anchor.
+        walk = walks.setdefault(ticket, TicketChainCheck(
+            str(ticket), head=known.get(ticket), keys=keys, anchors=_anchors_of(anchors, ticket)))
+    for ticket, walk in walks.items():
         if ticket not in broken and (failure := walk.finish()) is not None:
             broken[ticket] = failure
     return ChainReport(

@@ -30,22 +30,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, TypeVar
 
+from aiokafka import ConsumerRecord
 from aiokafka.errors import CommitFailedError
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from faststream.message import StreamMessage
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
+from services.runtime.decoding import Decoded, DecodeError, Decoder
 from services.runtime.dependencies import outage_of
-from services.runtime.telemetry import current_ticket
+from services.runtime.kafka_telemetry import CONSUMER_GROUP
+from services.runtime.service import ServiceRuntime
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
-if TYPE_CHECKING:
-    from aiokafka import ConsumerRecord
-
-    from services.runtime.service import ServiceRuntime
+__all__ = ["DLQ_HEADERS", "DecodeError", "Decoded", "Decoder", "Delivery", "Handler", "subscribe"]
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +75,6 @@ DLQ_HEADERS = (
 )
 
 
-class DecodeError(Exception):
-    """The message is not a valid instance of what the topic carries.
-
-    ``message`` must be safe to publish: no input values (they may hold secrets), only
-    field paths and what is wrong with them.
-    """
-
-    def __init__(self, message: str, *, error_class: str | None = None) -> None:
-        super().__init__(message)
-        self.error_class = error_class or type(self).__name__
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decoded(Generic[T]):
-    value: T
-    key: str  # idempotency key
-    ticket_id: str | None
-
-
-Decoder = Callable[[bytes], Decoded[T]]
 
 
 @dataclass(kw_only=True)
@@ -106,6 +88,8 @@ class Delivery:
     key: str
     ticket_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
+    caller: Any = None
+    """What ``subscribe(authenticate=...)`` returned for this message (who sent it)."""
 
     def derive_event_id(self, what: str) -> uuid.UUID:
         """A stable id for the event this delivery causes: the same on every redelivery."""
@@ -144,6 +128,7 @@ def subscribe(
     max_attempts: int | None = None,
     backoff_s: float | None = None,
     on_duplicate: Handler[T] | None = None,
+    authenticate: Callable[[bytes, dict[str, str]], Awaitable[Any]] | None = None,
 ) -> None:
     """Register ``handler`` for the catalogue ``topic`` on the runtime's broker.
 
@@ -151,6 +136,9 @@ def subscribe(
     copies to its DLQ; the default copies the original bytes unchanged. ``on_duplicate``
     is called (once, errors logged) for a message dropped as already processed, for
     consumers that must record replays (the executor audits replayed verdicts).
+    ``authenticate(body, headers)`` runs before the handler (a topic written by outside
+    producers checks who signed each message): a :class:`DecodeError` from it dead-letters
+    the message with reason ``unauthenticated``; its result is ``Delivery.caller``.
     """
     settings = runtime.settings
     # The topic prefix isolates groups too: test runs and demos sharing a broker must not
@@ -185,6 +173,10 @@ def subscribe(
                                   partition=record.partition, offset=record.offset,
                                   consumer=msg.consumer)
         body: bytes = msg.body
+        # FastStream's process span: it does not know the group, and the key may not be
+        # the ticket (an integration's bug), the decoded message is.
+        span = trace.get_current_span()
+        span.set_attribute(CONSUMER_GROUP, group_id)
         try:
             decoded = decoder(body)
         except DecodeError as exc:
@@ -198,12 +190,22 @@ def subscribe(
             await to_dlq(record, body, reason="decode", exc=exc, attempts=0)
             await msg.ack()
             return
+        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+        caller: Any = None
+        if authenticate is not None:
+            try:
+                caller = await authenticate(body, headers)
+            except DecodeError as exc:
+                await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
+                await msg.ack()
+                return
+        if decoded.ticket_id is not None:
+            span.set_attribute(TICKET_ID_ATTRIBUTE, decoded.ticket_id)
         token = current_ticket.set(decoded.ticket_id)
         try:
             delivery = Delivery(
                 runtime=runtime, topic=topic, partition=record.partition, offset=record.offset,
-                key=decoded.key, ticket_id=decoded.ticket_id,
-                headers={k: v.decode(errors="replace") for k, v in (record.headers or ())},
+                key=decoded.key, ticket_id=decoded.ticket_id, headers=headers, caller=caller,
             )
             if await runtime.processed.seen(group_id, decoded.key):
                 runtime.metrics.duplicate(topic)

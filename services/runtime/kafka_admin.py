@@ -122,7 +122,7 @@ async def ensure_topics(
             return []
         response = await admin.create_topics(
             [NewTopic(name=s.name, num_partitions=s.partitions,
-                      replication_factor=replication, topic_configs=configs)
+                      replication_factor=replication, topic_configs={**configs, **dict(s.configs)})
              for s in absent],
             timeout_ms=30000,
         )

@@ -25,7 +25,7 @@ import ssl
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 from faststream.security import (
     BaseSecurity,
@@ -33,11 +33,39 @@ from faststream.security import (
     SASLScram256,
     SASLScram512,
 )
+from pydantic import SecretStr
 
 from services.runtime.redaction import mask_sasl_payloads, masked_sasl_request
 
-if TYPE_CHECKING:
-    from services.runtime.settings import RuntimeSettings
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaClientSettings(Protocol):
+    """The Kafka connection settings this module reads (``RuntimeSettings`` has them)."""
+
+    @property
+    def kafka_bootstrap_servers(self) -> str: ...
+
+    @property
+    def kafka_security_protocol(self) -> KafkaSecurityProtocol: ...
+
+    @property
+    def kafka_sasl_mechanism_effective(self) -> KafkaSaslMechanism | None: ...
+
+    @property
+    def kafka_sasl_username(self) -> str | None: ...
+
+    def kafka_sasl_secret(self) -> SecretStr | None: ...
+
+    @property
+    def kafka_ssl_cafile(self) -> Path | None: ...
+
+    @property
+    def kafka_ssl_certfile(self) -> Path | None: ...
+
+    @property
+    def kafka_ssl_keyfile(self) -> Path | None: ...
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +172,7 @@ def _build_ssl_context(cafile: Path | None, certfile: Path | None,
     return context
 
 
-def check_tls_files(settings: RuntimeSettings) -> None:
+def check_tls_files(settings: KafkaClientSettings) -> None:
     """Raise ``ValueError`` naming the variable when a TLS file is missing or not PEM.
 
     Warns (:func:`warn_if_exposed`) when the client key is readable by group or others.
@@ -162,11 +190,11 @@ def check_tls_files(settings: RuntimeSettings) -> None:
                        settings.kafka_ssl_keyfile)
 
 
-def uses_tls(settings: RuntimeSettings) -> bool:
+def uses_tls(settings: KafkaClientSettings) -> bool:
     return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
 
 
-def ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
+def ssl_context(settings: KafkaClientSettings) -> ssl.SSLContext | None:
     """The client TLS context (CA, optional client certificate), None without TLS."""
     if not uses_tls(settings):
         return None
@@ -177,7 +205,7 @@ def ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
         raise KafkaConnectError(str(exc)) from None
 
 
-def kafka_security_options(settings: RuntimeSettings | None) -> dict[str, Any]:
+def kafka_security_options(settings: KafkaClientSettings | None) -> dict[str, Any]:
     """``security_protocol``, ``ssl_context`` and the SASL options of any aiokafka client.
 
     Empty for ``None`` (the client's PLAINTEXT default).
@@ -195,13 +223,13 @@ def kafka_security_options(settings: RuntimeSettings | None) -> dict[str, Any]:
     return options
 
 
-def kafka_client_options(settings: RuntimeSettings) -> dict[str, Any]:
+def kafka_client_options(settings: KafkaClientSettings) -> dict[str, Any]:
     """:func:`kafka_security_options` plus ``bootstrap_servers``: ``AIOKafkaProducer(**…)``."""
     return {"bootstrap_servers": settings.kafka_bootstrap_servers,
             **kafka_security_options(settings)}
 
 
-def faststream_security(settings: RuntimeSettings) -> BaseSecurity | None:
+def faststream_security(settings: KafkaClientSettings) -> BaseSecurity | None:
     """The FastStream ``KafkaBroker(security=…)`` object; None for PLAINTEXT."""
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
@@ -217,7 +245,7 @@ def faststream_security(settings: RuntimeSettings) -> BaseSecurity | None:
     )
 
 
-def describe(settings: RuntimeSettings | None) -> str:
+def describe(settings: KafkaClientSettings | None) -> str:
     """How the clients connect, for messages: protocol, mechanism and user, never the password."""
     if settings is None or settings.kafka_security_protocol == "PLAINTEXT":
         return "PLAINTEXT"
@@ -234,7 +262,7 @@ def describe(settings: RuntimeSettings | None) -> str:
 
 
 async def start_client(start: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]],
-                       bootstrap: str, settings: RuntimeSettings | None) -> None:
+                       bootstrap: str, settings: KafkaClientSettings | None) -> None:
     """Start an aiokafka client (``start``); when it cannot bootstrap, ``close`` it and raise
     a :class:`KafkaConnectError` saying why (:func:`connect_failure`), not aiokafka's
     "Unable to bootstrap"."""
@@ -247,7 +275,7 @@ async def start_client(start: Callable[[], Awaitable[None]], close: Callable[[],
         raise await connect_failure(bootstrap, settings) from None
 
 
-async def connect_failure(bootstrap: str, settings: RuntimeSettings | None, *,
+async def connect_failure(bootstrap: str, settings: KafkaClientSettings | None, *,
                           timeout: float = 10.0) -> KafkaConnectError:
     """Why no client can bootstrap from ``bootstrap``: one probe connection per address.
 

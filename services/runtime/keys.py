@@ -1,11 +1,18 @@
 """Key files: the dev key set `intervene keys init` creates, and the loaders services use.
 
-A key set is four small JSON files in one directory::
+A key set is small JSON files in one directory::
 
     executor-sealing.key  {"key_id", "algorithm": "x25519-sealedbox", "private_key"}  0600
     executor-sealing.pub  {"key_id", "algorithm": "x25519-sealedbox", "public_key"}
     auth-signing.key      {"key_id", "algorithm": "ed25519", "private_key"}  0600
     auth-signing.pub      {"key_id", "algorithm": "ed25519", "public_key"}
+    audit-<service>.key   {"key_id", "algorithm": "ed25519", "service", "private_key"}  0600
+    audit-<service>.pub   {"key_id", "algorithm": "ed25519", "service", "public_key"}
+
+one audit pair per service that writes the audit log (intake, auth, executor, notifier):
+each service signs its own records with its ``.key``, and ``intervene audit verify`` checks
+them against the ``.pub`` files, whose ``service`` must be the record's actor. A service's
+database credential therefore cannot write records that pass as another's.
 
 Keys are standard base64. An Ed25519 ``private_key`` is the 32-byte RFC 8032 seed. Who
 reads what: intake and ``intervene seal`` the sealing ``.pub``; the executor the sealing
@@ -43,6 +50,7 @@ from services.runtime.crypto import (
 )
 
 __all__ = [
+    "AUDIT_SERVICES",
     "KEYS_DIR_ENV",
     "SEALING_PRIVATE_FILE",
     "SEALING_PUBLIC_FILE",
@@ -51,9 +59,13 @@ __all__ = [
     "KeyFileError",
     "KeyFileExistsError",
     "KeySetPaths",
+    "audit_private_file",
+    "audit_public_file",
     "default_keys_dir",
     "init_keys",
     "key_set_paths",
+    "load_audit_signing_key",
+    "load_audit_verify_keys",
     "load_sealing_keyring",
     "load_sealing_public",
     "load_signing_key",
@@ -66,6 +78,16 @@ SEALING_PRIVATE_FILE = "executor-sealing.key"
 SEALING_PUBLIC_FILE = "executor-sealing.pub"
 SIGNING_PRIVATE_FILE = "auth-signing.key"
 SIGNING_PUBLIC_FILE = "auth-signing.pub"
+# The services that append to the audit log, each with its own audit signing key.
+AUDIT_SERVICES: tuple[str, ...] = ("intake", "auth", "executor", "notifier")
+
+
+def audit_private_file(service: str) -> str:
+    return f"audit-{service}.key"
+
+
+def audit_public_file(service: str) -> str:
+    return f"audit-{service}.pub"
 
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
@@ -94,6 +116,16 @@ class KeySetPaths:
     sealing_public: Path
     signing_private: Path
     signing_public: Path
+
+    def audit_private(self, service: str) -> Path:
+        return self.directory / audit_private_file(service)
+
+    def audit_public(self, service: str) -> Path:
+        return self.directory / audit_public_file(service)
+
+    def audit_files(self) -> list[Path]:
+        return [path for service in AUDIT_SERVICES
+                for path in (self.audit_private(service), self.audit_public(service))]
 
     def all(self) -> tuple[Path, Path, Path, Path]:
         return (
@@ -138,6 +170,10 @@ def _b64(raw: bytes) -> str:
 
 
 def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
+    _write_text_atomically(path, json.dumps(document, indent=2) + "\n", mode)
+
+
+def _write_text_atomically(path: Path, text: str, mode: int) -> None:
     """Write via a temp file and rename, so a crash never leaves a half-written key.
 
     The temp file is created 0600 by ``mkstemp`` (so the private key is never briefly
@@ -146,8 +182,7 @@ def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp_name, mode)
@@ -158,13 +193,20 @@ def _write_atomically(path: Path, document: dict[str, str], mode: int) -> None:
 
 
 def init_keys(directory: Path, *, force: bool = False) -> KeySetPaths:
-    """Create a fresh key set (sealing + signing) in ``directory``.
+    """Create a fresh key set (sealing + signing + one audit pair per service) in
+    ``directory``.
 
     Refuses to replace existing key files unless ``force``: replacing the sealing key
-    makes every secret sealed to the old one unreadable.
+    makes every secret sealed to the old one unreadable. A complete older key set without
+    audit keys gets the missing audit pairs added and nothing else touched.
     """
     paths = key_set_paths(directory)
     existing = [p for p in paths.all() if p.exists()]
+    if not force and len(existing) == len(paths.all()) and any(
+            not p.exists() for p in paths.audit_files()):
+        _init_audit_keys(paths, only_missing=True)
+        return paths
+    existing += [p for p in paths.audit_files() if p.exists()]
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
         raise KeyFileExistsError(
@@ -196,7 +238,20 @@ def init_keys(directory: Path, *, force: bool = False) -> KeySetPaths:
         {**signing_doc, "public_key": _b64(signing.verify_key.public_key)},
         _PUBLIC_MODE,
     )
+    _init_audit_keys(paths, only_missing=False)
     return paths
+
+
+def _init_audit_keys(paths: KeySetPaths, *, only_missing: bool) -> None:
+    for service in AUDIT_SERVICES:
+        private, public = paths.audit_private(service), paths.audit_public(service)
+        if only_missing and private.exists() and public.exists():
+            continue
+        key = SigningKey.generate(key_id_prefix=f"audit-{service}")
+        doc = {"key_id": key.key_id, "algorithm": SIGNING_ALGORITHM, "service": service}
+        _write_atomically(private, {**doc, "private_key": _b64(key.seed)}, _PRIVATE_MODE)
+        _write_atomically(public, {**doc, "public_key": _b64(key.verify_key.public_key)},
+                          _PUBLIC_MODE)
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -331,3 +386,36 @@ def _keyring(keys: list[_K], paths: tuple[Path, ...]) -> dict[str, _K]:
     except ValueError as exc:
         names = ", ".join(str(p) for p in paths)
         raise KeyFileError(f"{exc} (files: {names})") from None
+
+
+# --- audit keys ----------------------------------------------------------------------------
+
+
+def _service_of(path: Path, expected: str | None) -> str:
+    document = _read_document(path, private=path.suffix == ".key")
+    service = _field(document, "service", path)
+    if expected is not None and service != expected:
+        raise KeyFileError(f"audit key file {path} belongs to {service!r}, not {expected!r}")
+    return service
+
+
+def load_audit_signing_key(path: Path, service: str) -> SigningKey:
+    """``service``'s private audit key (``audit-<service>.key``): it signs the records the
+    service appends. The file must name that service."""
+    _service_of(path, service)
+    return _load(path, algorithm=SIGNING_ALGORITHM, material="private_key",
+                 build=lambda key_id, raw: SigningKey(key_id=key_id, seed=raw))
+
+
+def load_audit_verify_keys(directory: Path) -> dict[str, tuple[str, VerifyKey]]:
+    """Every ``audit-*.pub`` in ``directory``: key id -> (service, public key). Empty when
+    there are none (the verifier then says that signatures were not checked)."""
+    found: dict[str, tuple[str, VerifyKey]] = {}
+    for path in sorted(directory.glob("audit-*.pub")) if directory.is_dir() else ():
+        service = _service_of(path, None)
+        key = _load(path, algorithm=SIGNING_ALGORITHM, material="public_key",
+                    build=lambda key_id, raw: VerifyKey(key_id=key_id, public_key=raw))
+        if key.key_id in found and found[key.key_id] != (service, key):
+            raise KeyFileError(f"two audit key files share the key id {key.key_id!r} ({path})")
+        found[key.key_id] = (service, key)
+    return found

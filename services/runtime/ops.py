@@ -12,23 +12,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
 from prometheus_client import generate_latest
+from pymongo.asynchronous.database import AsyncDatabase
 
-from services.runtime.dependencies import Status
-
-if TYPE_CHECKING:
-    from services.runtime.service import ServiceRuntime
+from services.runtime.dependencies import Dependencies, Status
+from services.runtime.telemetry import Telemetry
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, bool]:
+class Operated(Protocol):
+    """What the endpoint looks at: a :class:`~services.runtime.service.ServiceRuntime`
+    (a Protocol, so this module does not import the runtime that serves it)."""
+
+    @property
+    def service_name(self) -> str: ...
+
+    @property
+    def broker(self) -> KafkaBroker: ...
+
+    @property
+    def db(self) -> AsyncDatabase[Any]: ...
+
+    @property
+    def telemetry(self) -> Telemetry: ...
+
+    @property
+    def dependencies(self) -> Dependencies: ...
+
+    store_ping: asyncio.Future[object] | None
+    """The health probe's store ping still in flight (never cancelled: :func:`health`)."""
+
+
+async def health(runtime: Operated, *, timeout: float = 3.0) -> dict[str, bool]:
     """Probe each dependency now (and record the answer in ``runtime.dependencies``)."""
     async def broker_ok() -> bool:
         try:
@@ -65,7 +88,7 @@ async def health(runtime: ServiceRuntime, *, timeout: float = 3.0) -> dict[str, 
     return checks
 
 
-async def health_report(runtime: ServiceRuntime, extra: Mapping[str, Status] | None = None
+async def health_report(runtime: Operated, extra: Mapping[str, Status] | None = None
                         ) -> tuple[bool, dict[str, Any]]:
     """``/healthz``'s body: ``checks`` (a bool per dependency, as always) and
     ``dependencies``: for each, ``ok``, ``since`` (when it last changed) and the last
@@ -80,13 +103,17 @@ async def health_report(runtime: ServiceRuntime, extra: Mapping[str, Status] | N
                 "dependencies": {name: status.as_json() for name, status in details.items()}}
 
 
-def ops_app(runtime: ServiceRuntime) -> FastAPI:
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+"""A service's own ``/healthz`` report (intake adds its sealing key and outbox relay)."""
+
+
+def ops_app(runtime: Operated, health: HealthCheck | None = None) -> FastAPI:
     app = FastAPI(title=f"{runtime.service_name} operations", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        ok, body = await health_report(runtime)
+        ok, body = await (health() if health is not None else health_report(runtime))
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -101,8 +128,10 @@ def ops_app(runtime: ServiceRuntime) -> FastAPI:
 class OpsServer:
     """uvicorn serving :func:`ops_app` as a task of the running event loop."""
 
-    def __init__(self, runtime: ServiceRuntime, host: str, port: int) -> None:
-        config = uvicorn.Config(ops_app(runtime), host=host, port=port, log_level="warning",
+    def __init__(self, runtime: Operated, host: str, port: int,
+                 health: HealthCheck | None = None) -> None:
+        config = uvicorn.Config(ops_app(runtime, health), host=host, port=port,
+                                log_level="warning",
                                 lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

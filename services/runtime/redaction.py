@@ -5,16 +5,23 @@ output, a private key inside an exception message, a credential in a URL - so a
 :class:`Redactor` *learns* secret values and masks every occurrence of them, and of the
 encodings a secret typically takes on its way into output or logs (base64, also inside a
 longer base64 stream such as HTTP basic auth; URL encoding; JSON string escaping; shell
-quoting). Structured data additionally has values under sensitive field names
-(``password``, ``private_key``, ``token``, ``Authorization`` ...) masked whether learnt or not,
-and PEM private key blocks are masked in any text.
+quoting; hex, as ``xxd -p`` or ``od`` print it), also when a line break was inserted
+anywhere in it (a wrapped base64 block, a terminal-width hex dump). Structured data
+additionally has values under sensitive field names (``password``, ``private_key``,
+``token``, ``Authorization`` ...) masked whether learnt or not, and PEM private key blocks are
+masked in any text.
 
 ``crypto.seal`` and ``crypto.open_sealed`` teach the process-wide :func:`default_redactor`
 every plaintext they handle, so a service cannot forget to; code that obtains a secret
 any other way (e.g. a newly generated password) calls ``default_redactor().add(...)``.
 A bounded redactor forgets its oldest learnt secrets; the process's own credentials, which
 live as long as the process (the Kafka SASL password, an API token, chat bot tokens), are
-learnt with :meth:`Redactor.pin` instead and never forgotten.
+learnt with :meth:`Redactor.pin` instead and never forgotten, and the secrets of a running
+intervention are held for as long as it runs (:meth:`Redactor.holding`), however many
+other tickets' secrets arrive meanwhile.
+
+Output is redacted *before* it is cut to a size (:meth:`Redactor.redact_tail`): a secret
+straddling the cut would otherwise be stored half in clear.
 
 Kafka SASL authentication payloads are masked whatever the secrets learnt: aiokafka logs
 every request it sends at DEBUG, and a PLAIN ``SaslAuthenticateRequest`` carries
@@ -27,6 +34,9 @@ Values shorter than ``min_length`` (4) characters are not learnt: masking every 
 from __future__ import annotations
 
 import base64
+import bisect
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -34,7 +44,7 @@ import re
 import shlex
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -155,6 +165,9 @@ def _forms(secret: str, min_length: int) -> frozenset[str]:
         # quotes and non-ASCII characters escaped.
         repr(secret)[1:-1],
         repr(secret.encode("utf-8"))[2:-1],
+        # Hex dumps (xxd -p, od -An -tx1 without spaces, sha-like tokens printed as hex).
+        secret.encode("utf-8").hex(),
+        secret.encode("utf-8").hex().upper(),
     }
     forms |= _base64_forms(secret.encode("utf-8"))
     if "\n" in secret:
@@ -206,6 +219,41 @@ def _forms_pattern(forms: Iterable[str]) -> re.Pattern[str]:
 
 _GROUP_SIZE = 16
 _PINNED_GROUP = -1  # the pattern of the pinned secrets (see Redactor.pin)
+# A line break a tool inserted: base64 -w76, a hex dump, a terminal wrapping a long value
+# (the next line may be indented). Masking across one costs a second pass over the text
+# with the breaks removed; matches found there map back onto the original characters.
+_LINE_BREAK = re.compile(r"\r?\n[ \t]*")
+# Longest form a straddling secret can have: the window searched before a cut keeps this
+# much before the cut point, so a secret crossing the cut is still seen whole.
+_TAIL_MARGIN = 64 * 1024
+_HOLDER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "redaction_holder", default=None)
+
+
+def _joined(text: str) -> tuple[str, list[int], list[int]] | None:
+    """``text`` without line breaks, plus the map back: segment starts in the joined text
+    and the original offsets they came from. None when there is no break."""
+    if "\n" not in text:
+        return None
+    pieces: list[str] = []
+    joined_starts: list[int] = []
+    original_starts: list[int] = []
+    at = length = 0
+    for match in _LINE_BREAK.finditer(text):
+        joined_starts.append(length)
+        original_starts.append(at)
+        pieces.append(text[at:match.start()])
+        length += match.start() - at
+        at = match.end()
+    joined_starts.append(length)
+    original_starts.append(at)
+    pieces.append(text[at:])
+    return "".join(pieces), joined_starts, original_starts
+
+
+def _to_original(pos: int, joined_starts: list[int], original_starts: list[int]) -> int:
+    i = bisect.bisect_right(joined_starts, pos) - 1
+    return original_starts[i] + pos - joined_starts[i]
 
 
 class Redactor:
@@ -238,6 +286,9 @@ class Redactor:
         # Pinned secrets -> their forms; compiled as one group of their own, _PINNED_GROUP.
         self._pinned: dict[str, frozenset[str]] = {}
         self._arrivals = 0
+        # Secrets held by running interventions (holder -> secrets), never evicted while
+        # held; see holding().
+        self._holds: dict[str, set[str]] = {}
         self._patterns: dict[int, re.Pattern[str]] = {}
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
@@ -262,9 +313,12 @@ class Redactor:
         if len(secret) < self.min_length:
             return
         forms = _forms(secret, self.min_length)
+        holder = _HOLDER.get()
         with self._lock:
             if secret in self._pinned:
                 return
+            if holder is not None:
+                self._holds.setdefault(holder, set()).add(secret)
             if secret in self._secrets:
                 self._secrets.move_to_end(secret)
                 return
@@ -272,10 +326,38 @@ class Redactor:
             self._arrivals += 1
             self._secrets[secret] = (group, forms)
             self._dirty.add(group)
-            if self.max_secrets is not None:
-                while len(self._secrets) > self.max_secrets:
-                    _, (old_group, _) = self._secrets.popitem(last=False)
-                    self._dirty.add(old_group)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest secrets beyond ``max_secrets``, skipping held ones (a long
+        rescue run's password must stay masked however many tickets arrive meanwhile)."""
+        if self.max_secrets is None or len(self._secrets) <= self.max_secrets:
+            return
+        held = set().union(*self._holds.values()) if self._holds else set()
+        excess = len(self._secrets) - self.max_secrets
+        for secret in [s for s in self._secrets if s not in held][:excess]:
+            old_group, _ = self._secrets.pop(secret)
+            self._dirty.add(old_group)
+
+    @contextlib.contextmanager
+    def holding(self, holder: str) -> Iterator[None]:
+        """Hold every secret learnt (or learnt again) inside this block, in this task or
+        thread, under ``holder`` (a claim id): ``max_secrets`` does not evict them until the
+        block ends. Around one intervention's run, so its secrets stay masked for as long
+        as it can print them. Afterwards they are ordinary learnt secrets again."""
+        token = _HOLDER.set(holder)
+        try:
+            yield
+        finally:
+            _HOLDER.reset(token)
+            with self._lock:
+                self._holds.pop(holder, None)
+                self._evict()
+
+    def held(self, holder: str) -> frozenset[str]:
+        """The secrets ``holder`` holds now (for tests and diagnostics: never logged)."""
+        with self._lock:
+            return frozenset(self._holds.get(holder, ()))
 
     def add_all(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
@@ -324,15 +406,12 @@ class Redactor:
                 self._dirty.clear()
             return list(self._patterns.values())
 
-    def redact_text(self, text: str) -> str:
-        """``text`` with every learnt secret, its encodings, PEM private keys and Kafka SASL
-        authentication payloads masked."""
-        if "PRIVATE KEY-----" in text:
-            text = _PEM_PRIVATE_KEY.sub(self.placeholder, text)
-        text = mask_sasl_payloads(text, self.placeholder)
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Where learnt secrets are in ``text``: sorted, merged ``(start, end)`` spans,
+        also across inserted line breaks."""
         patterns = self._current_patterns()
         if not patterns:
-            return text
+            return []
         # Matches are searched from every start position, not just after the previous
         # match, and overlapping ones (also across groups) merged: with secrets "abcdef"
         # and "defghi" a plain re.sub on "abcdefghi" would leave "ghi" in the clear.
@@ -342,20 +421,67 @@ class Redactor:
             while match is not None:
                 spans.append(match.span())
                 match = pattern.search(text, match.start() + 1)
+        joined = _joined(text)
+        if joined is not None:
+            flat, joined_starts, original_starts = joined
+            for pattern in patterns:
+                match = pattern.search(flat)
+                while match is not None:
+                    start, end = match.span()
+                    spans.append((_to_original(start, joined_starts, original_starts),
+                                  _to_original(end - 1, joined_starts, original_starts) + 1))
+                    match = pattern.search(flat, start + 1)
         if not spans:
-            return text
+            return []
         spans.sort()
-        pieces: list[str] = []
-        emitted = 0
-        span_start, span_end = spans[0]
+        merged = [spans[0]]
         for start, end in spans[1:]:
-            if start > span_end:
-                pieces += [text[emitted:span_start], self.placeholder]
-                emitted = span_end
-                span_start = start
-            span_end = max(span_end, end)
-        pieces += [text[emitted:span_start], self.placeholder, text[span_end:]]
+            last_start, last_end = merged[-1]
+            if start > last_end:
+                merged.append((start, end))
+            else:
+                merged[-1] = (last_start, max(last_end, end))
+        return merged
+
+    def _render(self, text: str, spans: list[tuple[int, int]], begin: int = 0) -> str:
+        """``text[begin:]`` with every span that reaches past ``begin`` masked whole."""
+        pieces: list[str] = []
+        emitted = begin
+        for start, end in spans:
+            if end <= begin:
+                continue
+            pieces += [text[emitted:max(start, emitted)], self.placeholder]
+            emitted = end
+        pieces.append(text[emitted:])
         return "".join(pieces)
+
+    def _prepare(self, text: str) -> str:
+        if "PRIVATE KEY-----" in text:
+            text = _PEM_PRIVATE_KEY.sub(self.placeholder, text)
+        return mask_sasl_payloads(text, self.placeholder)
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every learnt secret, its encodings, PEM private keys and Kafka SASL
+        authentication payloads masked."""
+        text = self._prepare(text)
+        spans = self._spans(text)
+        return self._render(text, spans) if spans else text
+
+    def redact_tail(self, text: str, limit: int, *, cut_note: bool = True) -> str:
+        """The last ``limit`` characters of ``text``, redacted *before* the cut: a secret
+        crossing the cut point is masked whole, never kept half in clear. Only the last
+        ``limit`` characters plus a margin (longer than any form of a secret) are searched,
+        so a huge output costs no more than a big one."""
+        if len(text) <= limit:
+            return self.redact_text(text)
+        window = text[-(limit + _TAIL_MARGIN):]
+        cut = len(text) - limit
+        # Searched with the margin in front; kept from the cut point on. PEM and SASL
+        # masks run on the window as a whole for the same reason.
+        window_text = self._prepare(window)
+        begin = max(0, len(window_text) - limit)
+        kept = self._render(window_text, self._spans(window_text), begin)
+        return f"[… {cut} earlier characters cut …]\n{kept}" if cut_note else kept
 
     def redact(self, value: Any) -> Any:
         """A redacted copy of ``value``: strings by value, mappings also by field name.

@@ -13,25 +13,33 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
-from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.envelope import EventEnvelope
 from schemas.registry import EventDecodeError, encode, parse_event, topic_for
-from schemas.topics import DLQ_SUFFIX, TopicSpec, physical
+from schemas.topics import AUDIT_ANCHORED, DLQ_SUFFIX, TopicSpec, physical, spec_for
 from services.runtime import mongo_patch
-from services.runtime.audit import AuditLog
-from services.runtime.consumer import Decoded, DecodeError
+from services.runtime.audit import AuditLog, AuditSigner
+from services.runtime.audit_anchors import FINAL_EVENT_TYPES, AnchorBook
+from services.runtime.decoding import Decoded, DecodeError
 from services.runtime.dependencies import Dependencies
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.kafka_admin import TopicsError, ensure_topics, require_topics
 from services.runtime.kafka_security import KafkaConnectError, faststream_security
+from services.runtime.kafka_telemetry import kafka_telemetry_middleware
+from services.runtime.keys import (
+    KeyFileError,
+    audit_private_file,
+    default_keys_dir,
+    load_audit_signing_key,
+)
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
@@ -67,7 +75,8 @@ class ServiceRuntime:
         service ensures (or checks) at start: :meth:`topic_specs`."""
         self.service_name = service_name
         self.settings = settings
-        self.produced_topics: set[str] = set(produces)
+        # Every service anchors the heads of the audit chains it appends to.
+        self.produced_topics: set[str] = {*produces, AUDIT_ANCHORED}
         self.consumed_topics: set[str] = set()
         self.telemetry = telemetry or setup_telemetry(service_name)
         self.redactor = redactor or default_redactor()
@@ -87,22 +96,25 @@ class ServiceRuntime:
             enable_idempotence=True,
             allow_auto_create_topics=False,
             graceful_timeout=settings.graceful_timeout_s,
-            middlewares=[KafkaTelemetryMiddleware(
-                tracer_provider=self.telemetry.tracer_provider,
-                meter_provider=self.telemetry.meter_provider,
-            )],
+            middlewares=[kafka_telemetry_middleware(
+                self.telemetry.tracer_provider, self.telemetry.meter_provider)],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
         self.mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
             settings.mongodb_uri, tz_aware=True
         )
         self.db: AsyncDatabase[dict[str, object]] = self.mongo[settings.mongodb_database]
-        self.audit = AuditLog(self.db, redactor=self.redactor)
+        # The audit key is read in prepare() (construction does no I/O); from then on the
+        # service's records and anchors are signed with it.
+        self.anchors = AnchorBook(service=service_name, signer=None,
+                                  publish=self._publish_anchor)
+        self.audit = AuditLog(self.db, redactor=self.redactor, on_append=self.anchors.note)
         self.processed = ProcessedEvents(self.db)
         # Up or down since when, per dependency: /healthz says it, consumers report to it.
         self.dependencies = Dependencies()
         self.metrics.watch_dependencies(self.dependencies)
         self._on_start: list[Callable[[], object]] = []
+        self._anchoring: asyncio.Task[None] | None = None
         # The health probe's store ping still in flight (services.runtime.ops.health).
         self.store_ping: asyncio.Future[object] | None = None
 
@@ -116,8 +128,7 @@ class ServiceRuntime:
         per-service ACLs a service never needs rights on another's topics."""
         names = (self.consumed_topics | {t + DLQ_SUFFIX for t in self.consumed_topics}
                  | self.produced_topics)
-        return [TopicSpec(name=physical(name, self.settings.kafka_topic_prefix))
-                for name in sorted(names)]
+        return [spec_for(name, self.settings.kafka_topic_prefix) for name in sorted(names)]
 
     async def prepare(self) -> None:
         """Indexes and topics exist before the first message is consumed.
@@ -126,6 +137,7 @@ class ServiceRuntime:
         checks them, and a missing one stops the start with a :class:`TopicsError`.
         """
         install_task_dump()
+        self.use_audit_signer(audit_signer(self.service_name, self.settings))
         await self.audit.ensure_indexes()
         await self.processed.ensure_indexes()
         bootstrap = self.settings.kafka_bootstrap_servers
@@ -137,8 +149,10 @@ class ServiceRuntime:
     async def start(self) -> None:
         await self.prepare()
         await self.broker.start()
+        self.start_anchoring()
 
     async def stop(self) -> None:
+        await self.stop_anchoring()
         await self.broker.stop()
         await self.mongo.close()
         self.telemetry.shutdown()
@@ -155,8 +169,13 @@ class ServiceRuntime:
                 await server.start()
                 ops.append(server)
 
+        @app.after_startup
+        async def _start_anchoring() -> None:
+            self.start_anchoring()
+
         @app.on_shutdown
         async def _stop_ops() -> None:
+            await self.stop_anchoring()  # the last heads go out while the broker is up
             for server in ops:
                 await server.stop()
 
@@ -166,6 +185,30 @@ class ServiceRuntime:
             self.telemetry.shutdown()
 
         return app
+
+    def use_audit_signer(self, signer: AuditSigner | None) -> None:
+        self.audit.signer = signer
+        self.anchors.signer = signer
+
+    def start_anchoring(self) -> None:
+        """Publish audit heads every ``AUDIT_ANCHOR_INTERVAL_S`` (idempotent)."""
+        if self._anchoring is None or self._anchoring.done():
+            self._anchoring = asyncio.create_task(
+                self.anchors.run(self.settings.audit_anchor_interval_s),
+                name=f"{self.service_name}-audit-anchors")
+
+    async def stop_anchoring(self) -> None:
+        task, self._anchoring = self._anchoring, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.anchors.flush()
+
+    async def _publish_anchor(self, ticket_id: str, value: bytes) -> None:
+        await self.broker.publish(
+            value, topic=physical(AUDIT_ANCHORED, self.settings.kafka_topic_prefix),
+            key=ticket_id.encode())
 
     async def publish(self, event: BaseModel) -> None:
         """Audit, then publish: both are idempotent on the event id, so a retry is safe."""
@@ -185,6 +228,23 @@ class ServiceRuntime:
             encode(event), topic=physical(topic, self.settings.kafka_topic_prefix), key=key,  # type: ignore[arg-type]
         )
         self.metrics.published(topic)
+        if isinstance(event, EventEnvelope) and event.EVENT_TYPE in FINAL_EVENT_TYPES:
+            # The ticket's last word: its head goes outside the store now, not in a minute.
+            await self.anchors.flush(event.ticket_id)
+
+
+def audit_signer(service_name: str, settings: RuntimeSettings) -> AuditSigner | None:
+    """The service's audit key from the keys directory, or None (with a WARNING) when the
+    file is absent: records are then unsigned, which the verifier reports once audit keys
+    exist. A present but unusable file (mode, content) is an operator's error."""
+    directory = (Path(settings.intervention_keys_dir).expanduser()
+                 if settings.intervention_keys_dir else default_keys_dir())
+    path = directory / audit_private_file(service_name)
+    if not path.exists():
+        log.warning("no audit key %s: %s writes unsigned audit records (`intervene keys "
+                    "init` creates it)", path, service_name)
+        return None
+    return AuditSigner(service=service_name, key=load_audit_signing_key(path, service_name))
 
 
 def install_task_dump() -> None:
@@ -229,7 +289,8 @@ def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:
 
 # An operator's fix, not a bug: impossible settings, an unreachable or refusing Kafka
 # (credentials, TLS trust), missing topics or topics it may not create (ACLs).
-OPERATOR_ERRORS: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError)
+OPERATOR_ERRORS: tuple[type[Exception], ...] = (SettingsError, KafkaConnectError, TopicsError,
+                                                 KeyFileError)
 
 
 def refused(service_name: str, exc: Exception) -> int:

@@ -11,6 +11,11 @@ Environment variables (ARCHITECTURE §3), with their defaults:
 - ``HANDLER_RETRY_BACKOFF_S`` = 0.5 s, doubled after each failed try (with jitter)
 - ``OPS_HTTP_HOST`` = ``127.0.0.1``, ``OPS_HTTP_PORT`` = unset (no endpoint): the
   service's ``/healthz`` and ``/metrics``
+- ``AUDIT_ANCHOR_INTERVAL_S`` = 60: how often the heads of the audit chains this process
+  appended to are published to ``intervention.audit-anchored`` (also at once at a ticket's
+  final event). The service signs its audit records with ``audit-<service>.key`` from the
+  keys directory; without that file it writes unsigned records (with a WARNING), which
+  ``intervene audit verify`` reports once audit keys exist.
 - ``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the other standard ``OTEL_*``
   variables are read by the OpenTelemetry SDK itself.
 
@@ -52,13 +57,17 @@ process at start with a :class:`SettingsError` naming the variable (never its se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+from services.runtime.kafka_security import (
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    check_tls_files,
+    warn_if_exposed,
+)
 
 
 class SettingsError(Exception):
@@ -108,6 +117,7 @@ class RuntimeSettings(BaseSettings):
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "intervention"
     intervention_keys_dir: str | None = None
+    audit_anchor_interval_s: float = Field(default=60.0, gt=0, le=86400)
     handler_max_attempts: int = Field(default=3, ge=1, le=10)
     # Bounded: attempts x backoff must stay far below aiokafka's max.poll.interval (5 min).
     handler_retry_backoff_s: float = Field(default=0.5, ge=0.0, le=10.0)
@@ -124,8 +134,6 @@ class RuntimeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> RuntimeSettings:
-        from services.runtime.kafka_security import check_tls_files
-
         protocol = self.kafka_security_protocol
         sasl = protocol.startswith("SASL_")
         tls = protocol in ("SSL", "SASL_SSL")
@@ -200,8 +208,6 @@ def _read_password_file(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(
             f"KAFKA_SASL_PASSWORD_FILE {path} cannot be read: {type(exc).__name__}") from None
-    from services.runtime.kafka_security import warn_if_exposed
-
     warn_if_exposed("KAFKA_SASL_PASSWORD_FILE", path)
     # A secret mounted from a file usually ends with one newline; the password does not.
     if text.endswith("\r\n"):

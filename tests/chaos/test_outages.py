@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import chaos
 import private_stack
 
-from services.demo import targets
+from devstack.demo import targets
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

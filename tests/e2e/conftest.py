@@ -5,9 +5,9 @@ rescue lab server with the provider's rescue API stand-in for the lock-out).
 Set-up goes through the operator's commands (``intervene servers import``, ``executor
 vault-key``, ``engineers add``); the tickets go through the public doors only — intake's
 HTTP API and the helpdesk topic — and the engineer acts in the Matrix room. Every scenario
-of ``intervene demo`` (:mod:`services.demo.scenarios`) is submitted at once when the first
+of ``intervene demo`` (:mod:`devstack.demo.scenarios`) is submitted at once when the first
 test asks, and the tests then read what the system did: the records on every topic
-(:class:`~services.demo.progress.BusRecorder`), the audit log, the span file, the room, the
+(:class:`~devstack.demo.progress.BusRecorder`), the audit log, the span file, the room, the
 service logs and the servers themselves.
 
 The session's topics live under ``<session prefix>e2e.`` (deleted with the session's), its
@@ -31,20 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_system import Submitted, System
 from synapse_fixture import Homeserver, synapse_homeserver_fixture  # noqa: F401
 
-from services.demo import rescue_lab, targets
-from services.demo.chat import OnCallRoom, open_on_call_room
-from services.demo.estate import Estate, build_estate
-from services.demo.helpdesk import HttpAnswer, post_ticket, publish_sealed
-from services.demo.launch import (
+from devstack.demo import rescue_lab, targets
+from devstack.demo.chat import OnCallRoom, open_on_call_room
+from devstack.demo.estate import Estate, build_estate
+from devstack.demo.helpdesk import HttpAnswer, post_ticket, publish_sealed
+from devstack.demo.launch import (
     service_ports,
     start_services,
     stop_services,
     wait_healthy,
 )
-from services.demo.manifest import Manifest
-from services.demo.operator import set_up_customer
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import SCENARIOS, Scenario
+from devstack.demo.manifest import Manifest
+from devstack.demo.operator import helpdesk_signer, set_up_customer
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import SCENARIOS, Scenario
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import init_keys, load_sealing_public
 
@@ -114,7 +114,8 @@ def system(real_parts: Any, topic_prefix: str, database_name: str, estate: Estat
         yield System(prefix=prefix, database=database, mongodb_uri=real_parts.mongodb_uri,
                      bootstrap=real_parts.bootstrap, env=env, workdir=workdir,
                      span_file=span_file, log_dir=log_dir,
-                     intake_url=f"http://127.0.0.1:{ports['intake']}", services=services)
+                     intake_url=f"http://127.0.0.1:{ports['intake']}", services=services,
+                     signer=helpdesk_signer(estate, workdir))
     finally:
         stop_services(services)
         # Here rather than in e2e_db: the database exists even when no test got that far.
@@ -150,9 +151,9 @@ async def submitted(system: System, bus: BusRecorder, estate: Estate) -> Submitt
     async def submit(scenario: Scenario) -> HttpAnswer | str:
         request = requests[scenario.key]
         if scenario.door == "http":
-            return await post_ticket(system.intake_url, request)
-        return await publish_sealed(request, recipient=recipient,
-                                    bootstrap=system.bootstrap, prefix=system.prefix)
+            return await post_ticket(system.intake_url, request, signer=system.signer)
+        return await publish_sealed(request, recipient=recipient, bootstrap=system.bootstrap,
+                                    prefix=system.prefix, signer=system.signer)
 
     answers = await asyncio.gather(*(submit(s) for s in SCENARIOS))
     result = Submitted(scenarios=scenarios, requests=requests,

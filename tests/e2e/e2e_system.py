@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.demo.helpdesk import HttpAnswer
-from services.demo.launch import ServiceProcess
-from services.demo.scenarios import Scenario
+from devstack.demo.helpdesk import HttpAnswer
+from devstack.demo.launch import ServiceProcess
+from devstack.demo.scenarios import Scenario
+from services.intake.signing import Signer
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class System:
     log_dir: Path
     intake_url: str
     services: list[ServiceProcess]
+    signer: Signer
+    """How the demo's helpdesk signs (its registered integration, for the demo customer)."""
 
 
 @dataclass

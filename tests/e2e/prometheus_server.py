@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from services.demo.targets import free_port
+from devstack.demo.targets import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

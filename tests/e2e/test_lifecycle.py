@@ -23,6 +23,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from polling import eventually
 
+from devstack.demo import rescue_lab
+from devstack.demo.chat import OnCallRoom
+from devstack.demo.estate import Estate
+from devstack.demo.helpdesk import HttpAnswer
+from devstack.demo.operator import VAULT_PRIVATE, intervene
+from devstack.demo.progress import BusRecorder
+from devstack.demo.scenarios import SCENARIOS
 from schemas.events import (
     AuthorizationRejected,
     EngineerAcknowledged,
@@ -34,13 +41,6 @@ from schemas.events import (
     TicketSubmitted,
 )
 from schemas.topics import HELPDESK_REQUESTS, event_topic
-from services.demo import rescue_lab
-from services.demo.chat import OnCallRoom
-from services.demo.estate import Estate
-from services.demo.helpdesk import HttpAnswer
-from services.demo.operator import VAULT_PRIVATE, intervene
-from services.demo.progress import BusRecorder
-from services.demo.scenarios import SCENARIOS
 from services.executor.vault import MongoCredentialVault, open_deposit
 from services.runtime.audit import AuditLog
 from services.runtime.keys import load_sealing_keyring

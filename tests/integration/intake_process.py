@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,15 +32,19 @@ class IntakeProcess:
     env: dict[str, str]
     logs: Path
     port: int = field(default_factory=free_port)
+    ops_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    desk: Any = None
+    """The registered helpdesk integration a test signs as (``signed_requests.Registered``)."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, **extra: str) -> IntakeProcess:
-        env = {**self.env, "INTAKE_HTTP_PORT": str(self.port), **extra}
+        env = {**self.env, "INTAKE_HTTP_PORT": str(self.port),
+               "OPS_HTTP_PORT": str(self.ops_port), **extra}
         log = self.logs / f"intake-{self.starts}.log"
         self.starts += 1
         with log.open("wb") as out:
@@ -56,7 +61,8 @@ class IntakeProcess:
                 raise AssertionError(f"intake exited with {self.process.returncode}: "
                                      f"{self.last_log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.ops_port}/healthz",
+                             timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

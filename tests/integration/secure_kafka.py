@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.runtime import localstack
+from devstack import localstack
 from services.runtime.kafka_admin import cluster_metadata
 from services.runtime.settings import RuntimeSettings
 

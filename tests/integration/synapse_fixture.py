@@ -9,7 +9,7 @@ a process-wide singleton keeps it to one even if several modules import the fixt
 The runner itself — base config made once in ``var/synapse/base``, a fresh run directory
 per start with ``deploy/local/synapse/homeserver.overrides.yaml`` merged in, readiness on
 ``/_matrix/client/versions``, users through the shared-secret admin API — is
-:mod:`services.demo.synapse`, which ``intervene demo`` uses too.
+:mod:`devstack.demo.synapse`, which ``intervene demo`` uses too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.demo.synapse import Homeserver, MatrixUser, start_homeserver
+from devstack.demo.synapse import Homeserver, MatrixUser, start_homeserver
 
 __all__ = ["Homeserver", "MatrixUser", "start_homeserver", "synapse_homeserver_fixture"]
 

@@ -244,7 +244,7 @@ async def test_refusals_and_questions_go_out_on_their_own_topics(auth: Auth) -> 
 
     (rejected,) = await auth.bus.verdicts(not_mine.ticket_id)
     assert isinstance(rejected, AuthorizationRejected)
-    assert rejected.reasons == ("not_owner",)
+    assert rejected.reasons == ("server_unknown",)  # never "not yours": no oracle
     (question,) = await auth.bus.verdicts(ambiguous.ticket_id)
     assert isinstance(question, ClarificationRequested)
     assert "SRV-A1" in question.question

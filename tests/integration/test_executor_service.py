@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
 import executor_targets as targets
+import span_conformance as conformance
 from executor_verdicts import resolved_server, verdict
 
 from schemas.events import (
@@ -49,7 +50,7 @@ from services.runtime.crypto import (
 )
 from services.runtime.kafka_admin import ensure_topics
 from services.runtime.keys import init_keys, load_sealing_public, load_signing_key
-from services.runtime.telemetry import setup_telemetry
+from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, setup_telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,10 @@ class Rig:
     def verdict(self, *, username: str | None = None, password: str | None = None,
                 server: dict[str, Any] | None = None, signing: SigningKey | None = None,
                 **kw: Any) -> AuthorizationVerified:
-        fields = {"ip": "127.0.0.1", "ssh_port": self.ssh.port, "service_id": "SRV-E1"}
+        # A plain sshd target: no provider rescue, so its key may be trusted on first use
+        # (a rescue-capable server needs its key in the inventory: access.first_use_allowed).
+        fields = {"ip": "127.0.0.1", "ssh_port": self.ssh.port, "service_id": "SRV-E1",
+                  "rescue": False}
         fields.update(server or {})
         return verdict(signing_key=signing or self.signing, sealing_key=self.sealing,
                        username=username or self.ssh.admin.name,
@@ -191,7 +195,7 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
                   and s.attributes and s.attributes.get("runbook") == "diagnostics"]
     intervention = [s for s in rig.spans.get_finished_spans()
                     if s.name == "executor intervention" and s.attributes
-                    and s.attributes.get("ticket.id") == event.ticket_id]
+                    and s.attributes.get(TICKET_ID_ATTRIBUTE) == event.ticket_id]
     assert intervention
     trace_id = intervention[0].context.trace_id
     mine = [s for s in step_spans if s.context.trace_id == trace_id]
@@ -200,6 +204,12 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
     consume = [s for s in rig.spans.get_finished_spans()
                if s.context.trace_id == trace_id and "process" in s.name]
     assert consume, "the Kafka consume span and the intervention share one trace"
+    # Every span of the ticket's run (Kafka in and out, the claim, SSH, each step) follows
+    # the attribute list (tests/span_conformance.py).
+    ticket_spans = [conformance.from_sdk(s) for s in rig.spans.get_finished_spans()
+                    if s.context.trace_id == trace_id]
+    assert {s["kind"] for s in ticket_spans} >= {"CONSUMER", "PRODUCER", "CLIENT"}
+    assert conformance.problems(ticket_spans, event.ticket_id) == []
 
 
 async def test_forged_altered_unsigned_and_stale_verdicts_are_refused_and_audited(
@@ -326,6 +336,24 @@ async def test_wrong_host_key_refuses_the_intervention(rig: Rig) -> None:
     assert mismatch
     assert mismatch[0].data["refused"] is True
     assert mismatch[0].data["pinned_by"] == "inventory"
+
+
+async def test_rescue_capable_server_without_a_pinned_key_is_never_logged_into(
+        rig: Rig) -> None:
+    # Its real key could be read from its disk through the provider's rescue system, so a
+    # key merely offered over the network is not trusted with the customer's password: an
+    # engineer confirms it first (issue 15: no trust on first use for rescue-capable servers).
+    event = rig.verdict(server={"service_id": "SRV-E5", "rescue": True})
+    await rig.publish(event)
+    [started] = await rig.bus.wait(event.ticket_id, "InterventionStarted")
+    assert isinstance(started, InterventionStarted)
+    assert started.mode == "engineer"
+    assert "no SSH host key pinned" in started.reason
+    records = await rig.audit(event.ticket_id)
+    assert [r for r in records if r.kind in ("host_key", "command")] == []
+    failed = [r for r in records if r.kind == "ssh_connect_failed"]
+    assert failed
+    assert failed[0].data["outcome"] == "host_key_unpinned"
 
 
 async def test_unreachable_servers_are_handed_to_a_console_engineer(rig: Rig) -> None:

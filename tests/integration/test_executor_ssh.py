@@ -177,3 +177,26 @@ async def test_handshakes_per_host_are_bounded(ssh_targets: Any,
         await session.aclose()
     assert len(sessions) == 6
     assert max(in_flight) <= 2
+
+
+async def test_a_server_that_may_not_be_trusted_on_first_use_is_refused_unpinned(
+        ssh_targets: Any, mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
+    # A rescue-capable server (access.first_use_allowed is False) without an inventory key:
+    # no password is sent to whoever answers, nothing is pinned, and an earlier
+    # trust-on-first-use pin does not count either; a key pinned from its disk does.
+    where = target(ssh_targets, trust_first_use=False)
+    with pytest.raises(SshError) as caught:
+        await connector(mongo_db).open(where, admin(ssh_targets), platform="linux")
+    assert caught.value.outcome == "host_key_unpinned"
+    pins = HostKeyPins(mongo_db)
+    assert await pins.get(where.service_id) is None
+    await pins.pin(where.service_id, ssh_targets.sshd.host_key_line, host="127.0.0.1",
+                   port=ssh_targets.port, fingerprint="fp", ticket_id=None)
+    with pytest.raises(SshError) as again:
+        await connector(mongo_db).open(where, admin(ssh_targets), platform="linux")
+    assert again.value.outcome == "host_key_unpinned"
+    await pins.replace(where.service_id, ssh_targets.sshd.host_key_line, host="127.0.0.1",
+                       port=ssh_targets.port, ticket_id=None)
+    session = await connector(mongo_db).open(where, admin(ssh_targets), platform="linux")
+    await session.aclose()
+    assert session.host_key.source == "pinned"

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from intake_process import REPO, IntakeProcess
 from polling import eventually
+from signed_requests import register
 
 from schemas.topics import HELPDESK_REQUESTS, event_topic
 from services.intake.examples import example_request
@@ -54,6 +55,8 @@ async def intake(kafka_bootstrap: str, topic_prefix: str, database_name: str, re
                 "INTERVENTION_KEYS_DIR": str(keys.directory), "PYTHONPATH": str(REPO),
                 "HANDLER_RETRY_BACKOFF_S": "0.05"})
     process = IntakeProcess(env=env, logs=tmp_path)
+    process.desk = await register(mongo_client[database], keys.directory, "crash-desk",
+                                  accounts={"portal:ACC-1001": "ACC-1001"})
     try:
         yield process
     finally:
@@ -88,8 +91,11 @@ def request(ticket_id: str) -> dict[str, Any]:
 
 
 async def post(intake: IntakeProcess, body: dict[str, Any]) -> httpx.Response:
+    payload = json.dumps(body).encode()  # signed anew (a fresh nonce) on every retry
     async with httpx.AsyncClient(timeout=30) as client:
-        return await client.post(f"{intake.url}/v1/tickets", json=body)
+        return await client.post(f"{intake.url}/v1/tickets", content=payload, headers={
+            "Content-Type": "application/json",
+            **intake.desk.headers("POST", "/v1/tickets", payload, "portal:ACC-1001")})
 
 
 def assert_published_once(records: list[bytes], ticket_id: str) -> None:
@@ -137,8 +143,9 @@ async def test_topic_request_killed_at_each_point_is_published_exactly_once_afte
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(prefix + HELPDESK_REQUESTS, json.dumps(sealed).encode(),
-                                     key=tid.encode())
+        body = json.dumps(sealed).encode()
+        await producer.send_and_wait(prefix + HELPDESK_REQUESTS, body, key=tid.encode(),
+                                     headers=await intake.desk.topic_headers(body))
     finally:
         await producer.stop()
     assert await asyncio.to_thread(intake.wait_exit, 60) == -9

@@ -9,161 +9,41 @@ each test filters it by its own ticket ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
 import json
 import logging
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from signed_requests import register
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "intake"))
+from intake_rig import DLQ, REJECTED, SUBMITTED, Intake, assigned, start_intake
 from pymongo.asynchronous.database import AsyncDatabase
+from test_intake_adapters import zammad_delivery, zammad_payload
 
 from schemas import SealedSecret, TicketRejected, TicketSubmitted, parse_event
-from schemas.topics import DLQ_SUFFIX, HELPDESK_REQUESTS, event_topic
-from services.intake.adapters import sign_whmcs
-from services.intake.bootstrap import IntakeService
+from schemas.topics import HELPDESK_REQUESTS
 from services.intake.examples import example_request
-from services.intake.http import create_app
 from services.intake.ratelimit import RateLimiter
 from services.intake.sealing import load_recipient, seal_request
-from services.intake.settings import IntakeSettings
 from services.runtime.crypto import PrivateSealingKey, UnknownKeyError, open_text
-from services.runtime.keys import init_keys, key_set_paths, load_sealing_keyring
-
-pytestmark = pytest.mark.integration
-
-ZAMMAD_SECRET = "zammad-test-secret"
-WHMCS_SECRET = "whmcs-test-secret"
-SUBMITTED = event_topic("TicketSubmitted")
-REJECTED = event_topic("TicketRejected")
-DLQ = HELPDESK_REQUESTS + DLQ_SUFFIX
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class Tap:
-    """Everything on intake's output topics and the helpdesk DLQ since the module started."""
-
-    prefix: str
-    records: list[Rec] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def on(self, topic: str, ticket_id: str | None = None) -> list[Rec]:
-        return [r for r in self.records if r.topic == self.prefix + topic
-                and (ticket_id is None or r.key == ticket_id.encode())]
-
-    async def wait(self, check: Callable[[], list[Rec]], n: int = 1, timeout: float = 30
-                   ) -> list[Rec]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(got := check()) < n:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise AssertionError(f"{len(got)} of {n} records after {timeout}s")
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), min(remaining, 0.5))
-        return got
-
-    async def event(self, topic: str, ticket_id: str) -> Any:
-        (rec, *_) = await self.wait(lambda: self.on(topic, ticket_id))
-        return parse_event(rec.value)
-
-
-@dataclass
-class Intake:
-    service: IntakeService
-    app: FastAPI
-    http: httpx.AsyncClient
-    tap: Tap
-    producer: AIOKafkaProducer
-    keys: Path
-    spans: InMemorySpanExporter
-
-    @property
-    def prefix(self) -> str:
-        return self.service.settings.kafka_topic_prefix
-
-    async def publish(self, body: bytes, key: str) -> tuple[int, int]:
-        meta = await self.producer.send_and_wait(self.prefix + HELPDESK_REQUESTS, body,
-                                                 key=key.encode())
-        return meta.partition, meta.offset
-
-    def sealed(self, **changes: Any) -> dict[str, Any]:
-        return seal_request(example_request(**changes),
-                            recipient=load_recipient(key_set_paths(self.keys).sealing_public))
-
-
-async def _assigned(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    await consumer._client.force_metadata_update()
-    return [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+from services.runtime.keys import key_set_paths, load_sealing_keyring
+from services.runtime.ops import ops_app
 
 
 @pytest.fixture(scope="module")
-async def intake(
-    kafka_bootstrap: str, topic_prefix: str, database_name: str, real_parts: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Intake]:
-    keys = tmp_path_factory.mktemp("intake") / "keys"
-    init_keys(keys)
-    settings = IntakeSettings(
-        kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=topic_prefix,
-        mongodb_uri=real_parts.mongodb_uri, mongodb_database=database_name,
-        intervention_keys_dir=str(keys), handler_retry_backoff_s=0.05,
-        intake_rate_limit_per_minute=1_000_000, intake_rate_limit_burst=1_000_000,
-        intake_zammad_secret=ZAMMAD_SECRET, intake_whmcs_secret=WHMCS_SECRET,
-    )
-    spans = InMemorySpanExporter()
-    service = IntakeService(settings, span_exporter=spans)
-    app = create_app(service)
-    tap = Tap(prefix=topic_prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
-    await consumer.start()
-    await producer.start()
-    parts = await _assigned(consumer, [topic_prefix + t for t in (SUBMITTED, REJECTED, DLQ)])
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
-
-    async def pump() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                tap.records.extend(
-                    Rec(r.topic, r.partition, r.offset, r.key, r.value,
-                        {k: v.decode() for k, v in r.headers}) for r in records)
-            if batch:
-                tap.arrived.set()
-
-    task = asyncio.create_task(pump())
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://intake.test"
-    ) as http:
-        yield Intake(service=service, app=app, http=http, tap=tap, producer=producer,
-                     keys=keys, spans=spans)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await consumer.stop()
-    await producer.stop()
+async def intake(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_parts: Any,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Intake]:
+    async for running in start_intake(kafka_bootstrap, topic_prefix, database_name,
+                                      real_parts, tmp_path_factory):
+        yield running
 
 
 def ticket_id(unique: str, n: int = 1) -> str:
@@ -273,15 +153,16 @@ async def test_http_limits_body_size_and_account_rate(intake: Intake, unique: st
     assert too_large.status_code == 413
     assert "larger than 262144 bytes" in too_large.json()["errors"][0]["message"]
 
-    original = intake.service.limiter
-    intake.service.limiter = RateLimiter(per_minute=1, burst=2)
+    doors = intake.app.state.doors
+    original = doors.limiter
+    doors.limiter = RateLimiter(per_minute=1, burst=2)
     try:
         answers = [await intake.http.post("/v1/tickets", json=example_request(
             ticket_id=ticket_id(unique, n), account_id=f"ACC-{unique}")) for n in range(3)]
         other_account = await intake.http.post("/v1/tickets", json=example_request(
             ticket_id=ticket_id(unique, 9), account_id=f"ACC-{unique}-other"))
     finally:
-        intake.service.limiter = original
+        doors.limiter = original
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert int(answers[2].headers["retry-after"]) >= 1
     assert answers[2].json()["errors"][0]["code"] == "rate_limited"
@@ -314,15 +195,20 @@ async def test_ticket_status_shows_the_timeline_without_secrets(
     assert bad.status_code == 422
 
 
-async def test_health_and_metrics(intake: Intake) -> None:
-    health = await intake.http.get("/healthz")
+async def test_health_and_metrics_are_on_the_ops_listener_only(intake: Intake) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=ops_app(intake.service.runtime, intake.service.health)),
+            base_url="http://ops.test") as ops:
+        health = await ops.get("/healthz")
+        metrics = await ops.get("/metrics")
     assert health.status_code == 200
     body = health.json()
     assert (body["status"], body["ok"]) == ("ok", True)
     assert body["checks"] == {"sealing_key": True, "kafka": True, "mongodb": True,
                               "outbox": True}
     assert {name: d["ok"] for name, d in body["dependencies"].items()} == body["checks"]
-    metrics = await intake.http.get("/metrics")
+    for path in ("/healthz", "/metrics"):  # never on the public API
+        assert (await intake.http.get(path)).status_code == 404
     assert metrics.status_code == 200
     text = metrics.text
     assert 'intake_requests_total{outcome="submitted",source="http"}' in text
@@ -437,67 +323,6 @@ async def test_http_and_topic_share_one_submission_per_revision(
 # --- helpdesk webhooks -----------------------------------------------------------------
 
 
-def zammad_body(number: str) -> bytes:
-    return json.dumps({
-        "ticket": {
-            "number": number, "title": "Server irraggiungibile",
-            "group": "Technical Issues", "customer": {"firstname": "Mario", "lastname": "Rossi"},
-            "account_id": "ACC-1001", "server_ip": "203.0.113.10", "language": "it",
-            "os_username": "root", "os_password": f"Pw-{uuid.uuid4().hex}",
-            "authorization_statement": "Autorizzo il supporto a intervenire sul server.",
-            "accepts_backup_responsibility": True, "accepts_service_interruption": True,
-            "accepts_data_loss_disclaimer": True,
-        },
-        "article": {"type": "web", "body": "Dopo le regole del firewall il server non è "
-                                           "raggiungibile, nessuna connettività."},
-    }).encode()
-
-
-async def test_zammad_webhook_is_verified_and_retries_are_one_submission(
-    intake: Intake, unique: str
-) -> None:
-    number = f"Z{unique}"
-    body = zammad_body(number)
-    signature = "sha1=" + hmac.new(ZAMMAD_SECRET.encode(), body, hashlib.sha1).hexdigest()
-    headers = {"X-Hub-Signature": signature, "X-Zammad-Delivery": f"delivery-{unique}",
-               "Content-Type": "application/json"}
-    forged = await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        **headers, "X-Hub-Signature": "sha1=" + "0" * 40})
-    assert forged.status_code == 401
-    assert forged.json()["errors"][0]["field"] == "X-Hub-Signature"
-    first = await intake.http.post("/v1/webhooks/zammad", content=body, headers=headers)
-    retry = await intake.http.post("/v1/webhooks/zammad", content=body, headers=headers)
-    assert first.status_code == 202, first.text
-    assert (first.json()["revision"], retry.json()["revision"]) == (1, 1)
-    assert retry.json()["duplicate"] is True
-    event = await intake.tap.event(SUBMITTED, number)
-    assert (event.category, event.language, event.channel) == (
-        "network_recovery", "it", "client_area")
-    next_delivery = await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        **headers, "X-Zammad-Delivery": f"delivery-{unique}-2"})
-    assert next_delivery.json()["revision"] == 2
-
-
-async def test_whmcs_hook_is_verified_and_mapped(intake: Intake, unique: str) -> None:
-    body = json.dumps({
-        "hook": "TicketOpen", "ticketid": 9001, "ticketmask": f"W{unique}", "userid": 77,
-        "deptname": "Technical Issues", "subject": "Cannot log in",
-        "message": "I forgot the root password of my VPS.",
-        "customfields": {"account_id": "ACC-1001", "service_id": "SRV-1001",
-                         "os_username": "root", "os_password": f"Pw-{uuid.uuid4().hex}",
-                         "authorization_statement": "I authorize the intervention.",
-                         "accepts_backup_responsibility": "on",
-                         "accepts_service_interruption": "on",
-                         "accepts_data_loss_disclaimer": "on", "signed_by": "Jane Doe"},
-    }).encode()
-    unsigned = await intake.http.post("/v1/webhooks/whmcs", content=body)
-    assert unsigned.status_code == 401
-    signed = await intake.http.post("/v1/webhooks/whmcs", content=body, headers={
-        "X-Intake-Signature": sign_whmcs(body, WHMCS_SECRET.encode())})
-    assert signed.status_code == 202, signed.text
-    assert signed.json()["category"] == "root_password_reset"
-
-
 # --- the canary: one secret, looked for everywhere -------------------------------------
 
 
@@ -513,7 +338,7 @@ async def _every_message(bootstrap: str, prefix: str
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = await _assigned(consumer, topics)
+        parts = await assigned(consumer, topics)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
@@ -555,18 +380,22 @@ async def test_canary_password_is_absent_from_topics_store_logs_spans_and_metric
     published.append(await intake.publish(json.dumps({"credentials": plain}).encode(),
                                           ticket_id(unique, 3)))
     theirs = {(topic, partition, offset) for topic in ours for partition, offset in published}
-    body = zammad_body(f"Z{unique}").replace(b'"os_password": "Pw-', b'"os_password": "'
-                                             + canary.encode() + b'-')
-    await intake.http.post("/v1/webhooks/zammad", content=body, headers={
-        "X-Hub-Signature": "sha1=" + hmac.new(ZAMMAD_SECRET.encode(), body,
-                                              hashlib.sha1).hexdigest(),
-        "X-Zammad-Delivery": f"canary-{unique}"})
+    zammad = await register(intake.service.runtime.db, intake.keys, f"zammad-{unique}",
+                            kind="zammad", accounts={"customer:7": "ACC-1001"})
+    body, headers = zammad_delivery(zammad_payload(
+        number=f"Z{unique}", intervention_os_password=canary), secret=zammad.secret.encode(),
+        delivery=f"canary-{unique}")
+    zammad_answer = await intake.http.post(f"/v1/webhooks/zammad/{zammad.name}", content=body,
+                                           headers=headers)
+    assert zammad_answer.status_code == 202, zammad_answer.text
     await intake.tap.event(SUBMITTED, ticket_id(unique, 1))
     await intake.tap.event(REJECTED, ticket_id(unique, 3))
     await intake.tap.event(REJECTED, ticket_id(unique, 4))
     await intake.tap.wait(lambda: intake.tap.on(DLQ, ticket_id(unique, 3)))
     status = await intake.http.get(f"/v1/tickets/{ticket_id(unique, 1)}")
-    metrics = await intake.http.get("/metrics")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=ops_app(intake.service.runtime)), base_url="http://ops.test") as ops:
+        metrics = await ops.get("/metrics")
 
     needle = canary.encode()
     messages = await _every_message(kafka_bootstrap, intake.prefix)
@@ -588,7 +417,7 @@ async def test_canary_password_is_absent_from_topics_store_logs_spans_and_metric
     spans = repr([(s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {}))
                                                       for e in s.events], s.status.description)
                   for s in intake.spans.get_finished_spans()])
-    assert "intake HTTP POST /v1/tickets" in spans
+    assert "POST /v1/tickets" in spans  # the SERVER span of the request
     assert canary not in spans
     assert canary not in metrics.text
     assert canary not in status.text

@@ -52,7 +52,14 @@ from schemas.events import (
     TicketUpdated,
 )
 from schemas.registry import encode, topic_for, topics_produced_by
-from schemas.topics import DLQ_SUFFIX, HELPDESK_REQUESTS, TopicSpec, all_topics, physical
+from schemas.topics import (
+    AUDIT_ANCHORED,
+    DLQ_SUFFIX,
+    HELPDESK_REQUESTS,
+    TopicSpec,
+    all_topics,
+    physical,
+)
 from services.auth.app import build as build_auth
 from services.auth.settings import AuthSettings
 from services.cli.commands_intake import publish_request
@@ -281,13 +288,14 @@ def test_settings_never_show_the_password(secure_broker: SecureBroker, tmp_path:
 
 def _auth_acls(prefix: str, *, skip: tuple[str, ...] = ()) -> list[Acl]:
     """Auth's ACLs as docs/operations.md lists them: Read on what it consumes, Write on its
-    DLQ and on what it produces (each implies Describe), Read on its consumer groups."""
+    DLQ, on what it produces and on the audit anchors (each implies Describe), Read on its
+    consumer groups."""
     submitted = topic_for(TicketSubmitted)
     acls = [Acl(resource_type=TOPIC, name=physical(submitted, prefix), operation=READ),
             Acl(resource_type=TOPIC, name=physical(submitted + DLQ_SUFFIX, prefix),
                 operation=WRITE),
             *(Acl(resource_type=TOPIC, name=physical(t, prefix), operation=WRITE)
-              for t in topics_produced_by("auth")),
+              for t in (*topics_produced_by("auth"), AUDIT_ANCHORED)),
             Acl(resource_type=GROUP, name=f"{prefix}auth", operation=READ, pattern=PREFIXED)]
     return [a for a in acls if a.name.removeprefix(prefix) not in skip]
 

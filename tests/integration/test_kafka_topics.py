@@ -16,6 +16,7 @@ on the broker with an authorizer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.registry import topic_for, topics_produced_by
-from schemas.topics import DLQ_SUFFIX, TopicSpec, all_topics, physical
+from schemas.topics import AUDIT_ANCHORED, DLQ_SUFFIX, TopicSpec, all_topics, physical
 from services.auth.app import AuthService, build
 from services.auth.settings import AuthSettings
 from services.cli.main import main as intervene
@@ -41,6 +42,7 @@ AUTH_TOPICS = sorted({
     "intervention.ticket-submitted", "intervention.ticket-submitted" + DLQ_SUFFIX,
     "intervention.authorization-verified", "intervention.authorization-rejected",
     "intervention.clarification-requested",
+    AUDIT_ANCHORED,  # every service anchors the heads of its audit chains
 })
 
 
@@ -55,6 +57,16 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
 async def _topics_under(admin: AIOKafkaAdminClient, prefix: str) -> list[str]:
     return sorted(t.removeprefix(prefix) for t in await admin.list_topics()
                   if t.startswith(prefix))
+
+
+async def _visible(admin: AIOKafkaAdminClient, prefix: str, names: list[str]) -> None:
+    """Wait until the broker's metadata lists topics just created (it lags the creation a
+    moment; a start checking them in between would find one "missing")."""
+    for _ in range(100):
+        if await _topics_under(admin, prefix) == sorted(names):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"topics under {prefix} never became visible")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def _auth(kafka_bootstrap: str, prefix: str, real_parts: Any, database_name: str
 def test_auth_declares_exactly_the_topics_it_uses() -> None:
     # What auth consumes (with its DLQ) and what the schemas say it produces.
     assert sorted(topics_produced_by("auth")) == sorted(
-        t for t in AUTH_TOPICS if "ticket-submitted" not in t)
+        t for t in AUTH_TOPICS if "ticket-submitted" not in t and t != AUDIT_ANCHORED)
     assert topic_for("TicketSubmitted") in AUTH_TOPICS
 
 
@@ -87,6 +99,7 @@ async def test_without_creation_a_missing_topic_stops_the_start_naming_it(
     present = [t for t in AUTH_TOPICS if t != missing]
     await ensure_topics(kafka_bootstrap, specs=[TopicSpec(name=physical(t, prefix))
                                                 for t in present])
+    await _visible(admin, prefix, present)
     service = _auth(kafka_bootstrap, prefix, real_parts, database_name, keys_dir,
                     kafka_create_topics=False)
     try:
@@ -113,6 +126,7 @@ async def test_without_creation_a_service_with_its_topics_starts_and_creates_not
     prefix = f"{topic_prefix}ok{unique}."
     await ensure_topics(kafka_bootstrap, specs=[TopicSpec(name=physical(t, prefix))
                                                 for t in AUTH_TOPICS])
+    await _visible(admin, prefix, AUTH_TOPICS)
     service = _auth(kafka_bootstrap, prefix, real_parts, database_name, keys_dir,
                     kafka_create_topics=False)
     await service.start()
@@ -144,6 +158,13 @@ async def test_with_creation_a_service_creates_only_its_own_topics(
         [entry] = resource["config_entries"]
         assert entry["config_value"] == "1"
         assert entry["config_source"] == 1  # DYNAMIC_TOPIC_CONFIG: set on the topic itself
+    # The audit anchors are compacted: the newest head of every ticket is kept for good.
+    [described] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, physical(AUDIT_ANCHORED, prefix),
+                        {"cleanup.policy": None})])
+    [resource] = described.to_object()["resources"]
+    [entry] = resource["config_entries"]
+    assert entry["config_value"] == "compact"
 
 
 async def test_a_replication_factor_the_cluster_cannot_honour_is_one_clear_error(

@@ -177,3 +177,18 @@ async def test_unsigned_expired_and_forged_presses_are_refused_against_local_sla
     await stack.bus.settle()
     assert stack.bus.of(ticket.ticket_id, EngineerAcknowledged) == []
     assert slack.to("/actions/9") == []
+
+
+async def test_ticket_values_cannot_become_slack_markup_against_local_slack_api_stand_in(
+    stack: Stack, slack: SlackStandIn,
+) -> None:
+    # A service name is the customer's text: "<!channel>" must not page the whole channel,
+    # nor "<https://evil.example|bank>" become a disguised link.
+    ticket = submitted(at=datetime.now(UTC), text="<!channel>&<https://evil.example|bank>")
+    await stack.bus.publish(ticket)
+    message = await page_posted(slack, ticket.ticket_id)
+    for text in (message["text"], message["blocks"][0]["text"]["text"]):
+        assert "<!channel>" not in text
+        assert "<https://evil" not in text
+        assert "web-&lt;!channel&gt;&amp;&lt;https://evil.example|bank&gt;" in text
+    assert "<@U0000001>" in message["text"]  # the bot's own mentions stay markup

@@ -160,3 +160,25 @@ async def test_webhook_calls_without_the_secret_are_refused_against_local_telegr
                                 headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
     assert answer.status_code == 200
     assert len(telegram.calls("answerCallbackQuery")) == answered
+
+
+async def test_the_webhook_answers_200_once_the_ack_ran_though_the_toast_failed_against_local_telegram_api_stand_in(  # noqa: E501
+    stack: Stack, telegram: TelegramStandIn, webhook: httpx.AsyncClient,
+) -> None:
+    # A 500 would make Telegram resend the update; the resent press would then be told
+    # "already acknowledged" by its own ack.
+    ticket = submitted(at=datetime.now(UTC))
+    await stack.bus.publish(ticket)
+    await posted(telegram, ticket.ticket_id)
+    tried = len(telegram.calls("answerCallbackQuery"))
+    telegram.failing.add("answerCallbackQuery")
+    try:
+        answer = await webhook.post("/telegram/webhook",
+                                    json=callback(7001, "a:" + ticket.event_id.hex, 100),
+                                    headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    finally:
+        telegram.failing.discard("answerCallbackQuery")
+    assert answer.status_code == 200
+    [ack] = await stack.bus.wait(ticket.ticket_id, EngineerAcknowledged)
+    assert ack.engineer_id == "ENG-G1"
+    assert len(telegram.calls("answerCallbackQuery")) > tried  # it was tried, and failed

@@ -38,6 +38,7 @@ import rescue_targets as rt
 from executor_verdicts import resolved_server, verdict
 from polling import eventually
 
+from devstack.demo.rescue_lab import in_pid_namespaces, namespace_init
 from schemas.events import (
     AuthorizationVerified,
     HardwareEscalated,
@@ -46,7 +47,6 @@ from schemas.events import (
 )
 from schemas.registry import encode, topic_for
 from schemas.topics import physical
-from services.demo.rescue_lab import in_pid_namespaces, namespace_init
 from services.executor.app import ExecutorService, build
 from services.executor.settings import ExecutorSettings
 from services.executor.vault import open_deposit
@@ -417,6 +417,35 @@ async def test_firewall_and_network_recovery_in_rescue_against_local_provider_ap
         assert "ens3" in (root / f"root/os-intervention/{tag}/etc/network/interfaces").read_text()
         assert "customer: close ssh" in (
             root / f"root/os-intervention/{tag}/nftables-ruleset-before.nft").read_text()
+
+
+async def test_restricted_ssh_stays_restricted_in_rescue_against_local_provider_api_stand_in(
+        rig: Rig, lab: rt.LabServer) -> None:
+    # The customer accepts SSH only from their office (here the address the provider's side
+    # connects from) and a drop in front of it locks them out. The repair must accept SSH
+    # first from that address only, never from the whole Internet.
+    with lab.mounted() as root:
+        conf = root / "etc/nftables.conf"
+        conf.write_text(conf.read_text().replace(
+            "tcp dport { 22, 80, 443 } accept",
+            f"tcp dport {{ 80, 443 }} accept\n\t\tip saddr {lab.gateway} tcp dport 22 accept"))
+    rt.break_firewall(lab, nic=None)
+    lab.boot_disk()
+    assert not lab.wait_ssh(1.5), "SSH is dropped"
+    event = rig.verdict(lab, category="network_recovery")
+    completed = await rig.run(event)
+    assert completed.outcome == "resolved", completed.reason
+    assert await ssh_login(rig, lab, event.ticket_id, rt.OPERATOR,
+                           OPERATOR_PASSWORD) == rt.OPERATOR
+    ruleset = rt.run("ip", "netns", "exec", lab.netns, "nft", "list", "ruleset").stdout
+    lines = [line.strip() for line in ruleset.splitlines()]
+    first = lines.index("type filter hook input priority filter; policy drop;") + 1
+    assert lines[first].startswith(f"ip saddr {lab.gateway} tcp dport 22 accept")
+    assert not any(line.startswith("tcp dport 22 accept") for line in lines)
+    # The customer's update says exactly what changed.
+    assert any(f"now accepted first only from {lab.gateway} (already allowed by your rules)"
+               in advice for advice in completed.recommendations)
+    lab.power_off()
 
 
 async def test_a_failing_disk_is_escalated_and_not_written_against_local_provider_api_stand_in(

@@ -147,15 +147,157 @@ def test_no_secret_or_key_material_in_environment_values(services):
                 assert value.startswith("/"), f"{name}.{key} inlines a secret"
 
 
+# Every secret and who may receive it: a service's own keys and its own Kafka password; the
+# broker's JAAS file to the broker; the administrator's credentials to the one-shots that
+# create topics and ACLs (and to the broker, for its authenticated health check).
+SECRET_OWNERS: dict[str, set[str]] = {
+    "auth-signing-private-key": {"auth"},
+    "executor-sealing-private-key": {"executor"},
+    "intake-integrations-key": {"intake"},
+    **{f"audit-{s}-private-key": {s} for s in APP_SERVICES},
+    **{f"kafka-{s}-password": {s} for s in APP_SERVICES},
+    "kafka-admin-password": {"topics"},
+    "kafka-broker-jaas": {"kafka"},
+    "kafka-admin-properties": {"kafka", "acls"},
+}
+
+
 def test_private_keys_reach_only_their_owner_and_only_as_secrets(compose, services):
-    owners = {"auth-signing-private-key": "auth", "executor-sealing-private-key": "executor"}
+    owners = SECRET_OWNERS
     assert set(compose.get("secrets", {})) == set(owners)
     for name, service in services.items():
         received = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
-        assert received == {s for s, owner in owners.items() if owner == name}, name
+        assert received == {s for s, owner in owners.items() if name in owner}, name
         for mount in service.get("volumes", []):
             source = mount.get("source", "") if isinstance(mount, dict) else mount.split(":")[0]
             # The key folder is never bind-mounted whole: that would hand out every private key.
             assert "keys" not in source, f"{name} mounts {mount}"
     for secret in compose["secrets"].values():
         assert "file" in secret, "a secret comes from a file, never from an inline value"
+
+
+
+# --- Kafka with SASL and per-service ACLs ---------------------------------------------------
+
+SERVICE_PRINCIPALS = {s: f"intervention-{s}" for s in APP_SERVICES}
+GRANT = re.compile(r"^\s*grant (\S+) (Read|Write) (literal|prefixed) (topic|group) (\S+)\s*$")
+
+
+def _grants(services: dict[str, dict[str, Any]]) -> set[tuple[str, str, str, str, str]]:
+    script = "\n".join(services["acls"]["command"])
+    return {m.groups() for line in script.splitlines() if (m := GRANT.match(line))}  # type: ignore[misc]
+
+
+def _doc_acls() -> set[tuple[str, str, str]]:
+    """(principal, Read|Write, topic) from the ACL table of docs/operations.md."""
+    lines = (DEPLOY.parent / "docs" / "operations.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if "| principal | Read (topics) | Write (topics) |" in line)
+    grants: set[tuple[str, str, str]] = set()
+
+    def full(name: str) -> str:
+        return name if "." in name else f"intervention.{name}"
+
+    for line in lines[start + 2:]:
+        if not line.strip().startswith("|"):
+            break
+        who, read, write = (c.strip() for c in line.strip().strip("|").split("|"))
+        if who.startswith("every service"):
+            principals = list(SERVICE_PRINCIPALS.values())
+        elif who.startswith("the auditor"):
+            principals = ["intervention-auditor"]
+        else:
+            principals = [SERVICE_PRINCIPALS[who]]
+        reads = [full(n) for n in re.findall(r"`([a-z][a-z.-]+)`", read)]
+        writes = [full(n) for n in re.findall(r"`([a-z][a-z.-]+)`", write) if n != ".dlq"]
+        if "`.dlq`" in write:  # "its .dlq" / "their .dlq": of the topics it reads
+            writes += [t + ".dlq" for t in reads]
+        for principal in principals:
+            grants |= {(principal, "Read", t) for t in reads}
+            grants |= {(principal, "Write", t) for t in writes}
+    return grants
+
+
+def test_the_broker_authenticates_every_listener_and_authorizes_by_acl(services):
+    env = _environment(services["kafka"])
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+                     .split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, "no PLAINTEXT listener at all"
+    for listener in env["KAFKA_LISTENERS"].split(","):
+        assert listener.split("://")[0] in protocols
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "SASL_PLAINTEXT://kafka:9092"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:intervention-admin"  # no service is a super user
+    assert "/run/secrets/kafka-broker-jaas.conf" in env["KAFKA_OPTS"]
+    assert "--command-config /run/secrets/kafka-admin.properties" in " ".join(
+        services["kafka"]["healthcheck"]["test"])
+
+
+def test_each_service_connects_as_its_own_principal_with_its_own_password(services):
+    for name in APP_SERVICES:
+        env = _environment(services[name])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["KAFKA_SASL_USERNAME"] == SERVICE_PRINCIPALS[name]
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka-password"
+        targets = {s["source"]: s["target"] for s in services[name]["secrets"]}
+        assert targets[f"kafka-{name}-password"] == "kafka-password"
+        assert targets[f"audit-{name}-private-key"] == f"/keys/audit-{name}.key"
+    topics = _environment(services["topics"])
+    assert topics["KAFKA_SASL_USERNAME"] == "intervention-admin"  # only it creates topics
+
+
+def test_the_acl_one_shot_grants_exactly_the_documented_table(services):
+    grants = _grants(services)
+    topics = {(p, op, name) for p, op, pattern, kind, name in grants if kind == "topic"}
+    assert all(pattern == "literal" for _, _, pattern, kind, _ in grants if kind == "topic")
+    assert topics == _doc_acls()
+    groups = {(p, name) for p, op, pattern, kind, name in grants
+              if kind == "group" and op == "Read" and pattern == "prefixed"}
+    assert groups == {(principal, name) for name, principal in SERVICE_PRINCIPALS.items()}
+
+
+def test_the_documented_acls_are_what_each_service_uses():
+    # The table in docs/operations.md is what the services ensure at start: Read on what
+    # they consume, Write on those topics' DLQs and on what they produce (anchors included).
+    from schemas.topics import DLQ_SUFFIX
+    from services.cli.commands_docs import service_runtimes
+
+    documented = _doc_acls()
+    with service_runtimes() as runtimes:
+        for name, runtime in runtimes.items():
+            principal = SERVICE_PRINCIPALS[name]
+            reads = {t for p, op, t in documented if p == principal and op == "Read"}
+            writes = {t for p, op, t in documented if p == principal and op == "Write"}
+            assert reads == runtime.consumed_topics, name
+            assert writes == (runtime.produced_topics
+                              | {t + DLQ_SUFFIX for t in runtime.consumed_topics}), name
+
+
+def test_services_start_after_the_acls_are_granted(services):
+    assert _depends_on(services["acls"])["topics"]["condition"] == \
+        "service_completed_successfully"
+    for name in APP_SERVICES:
+        assert _depends_on(services[name])["acls"]["condition"] == \
+            "service_completed_successfully", name
+
+
+def test_keys_kafka_writes_every_credential_file_compose_mounts(compose, tmp_path):
+    from services.cli.main import main
+
+    # What an operator runs: `intervene keys init` (with intake's integration key), then
+    # `intervene keys kafka`.
+    assert main(["keys", "init", "--dir", str(tmp_path)]) == 0
+    from services.runtime.kafka_credentials import init_kafka_credentials
+
+    written = {p.name for p in init_kafka_credentials(tmp_path)}
+    for name, secret in compose["secrets"].items():
+        assert (tmp_path / Path(secret["file"]).name).is_file(), name
+    jaas = (tmp_path / "kafka-broker-jaas.conf").read_text()
+    for principal in [*SERVICE_PRINCIPALS.values(), "intervention-admin",
+                      "intervention-auditor"]:
+        assert f'user_{principal}="' in jaas
+    assert "kafka-admin.properties" in written
+    for path in tmp_path.glob("kafka-*"):
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by others"

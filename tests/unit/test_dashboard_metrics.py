@@ -46,17 +46,56 @@ def known(exported: catalogue.Exported) -> set[str]:
 def test_the_dashboard_has_panels_with_queries_on_the_provisioned_data_source() -> None:
     [file] = catalogue.dashboard_files()
     board = json.loads(file.read_text(encoding="utf-8"))
-    uids = {d["uid"] for f in DATASOURCES.glob("*.yml")
-            for d in yaml.safe_load(f.read_text(encoding="utf-8"))["datasources"]}
+    provisioned = {d["uid"]: d["type"] for f in DATASOURCES.glob("*.yml")
+                   for d in yaml.safe_load(f.read_text(encoding="utf-8"))["datasources"]}
+    # One data source variable, of the provisioned data source's type and defaulting to it,
+    # so an operator with another Prometheus picks it without editing the JSON.
+    [variable] = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert provisioned.get(variable["current"]["value"]) == variable["query"] == "prometheus"
+    uses_variable = {"type": "prometheus", "uid": "${" + variable["name"] + "}"}
     panels = [p for p in catalogue._panels(board["panels"]) if p["type"] != "row"]
     assert len(panels) >= 20
     ids = [p["id"] for p in catalogue._panels(board["panels"])]
     assert len(ids) == len(set(ids)), "panel ids are unique"
     for panel in panels:
         assert panel.get("targets"), f"{panel['title']} has no query"
-        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert panel["datasource"] == uses_variable, panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] in uids, panel["title"]
+            assert target["datasource"] == uses_variable, panel["title"]
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            assert variable["datasource"] == uses_variable, variable["name"]
+
+
+def test_sla_compliance_panels_count_from_the_first_occurrence() -> None:
+    """A series that appears only when first incremented shows in ``increase()`` from its
+    second sample (issue 19): share-of-clocks stat panels must use counters the notifier
+    exports at zero from its start (intervention_sla_met/breaches_total), never histogram
+    buckets of series that appear on first use."""
+    [file] = catalogue.dashboard_files()
+    board = json.loads(file.read_text(encoding="utf-8"))
+    shares = [p for p in catalogue._panels(board["panels"])
+              if p["type"] == "stat" and p["fieldConfig"]["defaults"].get("unit") == "percentunit"]
+    assert len(shares) >= 4
+    targets = catalogue.dashboard_targets(file)  # Grafana's variables replaced
+    for panel in shares:
+        names = {s.name for t in targets if t.panel == panel["title"]
+                 for s in catalogue.selectors(t.expr)}
+        assert names == {"intervention_sla_met_total", "intervention_sla_breaches_total"}, (
+            panel["title"], names)
+
+
+def test_stat_panels_over_the_dashboard_range_are_instant_queries() -> None:
+    [file] = catalogue.dashboard_files()
+    board = json.loads(file.read_text(encoding="utf-8"))
+    single_value = [p for p in catalogue._panels(board["panels"])
+                    if p["type"] in ("stat", "bargauge", "table")]
+    assert single_value
+    for panel in single_value:
+        for target in panel["targets"]:
+            where = (panel["title"], target["refId"])
+            assert target.get("instant") is True, where
+            assert target.get("range") is False, where
 
 
 def test_every_panel_query_parses_as_promql(tmp_path: Path) -> None:
@@ -81,7 +120,6 @@ def test_every_histogram_bound_a_panel_asks_for_is_an_exported_bucket(
 ) -> None:
     asked = [(t, s, m) for t, s in catalogue.dashboard_selectors()
              for m in s.matchers if m.label == "le"]
-    assert asked, "the SLA share panels select buckets"
     for target, selector, matcher in asked:
         assert matcher.op == "=", f"{target.panel}: select one bucket exactly"
         assert matcher.value in exported.buckets.get(selector.name, set()), (

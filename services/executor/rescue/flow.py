@@ -27,158 +27,48 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from opentelemetry import trace
-
 from schemas.events import AuthorizationVerified
 from schemas.values import SealedSecret
-from services.executor.claims import Claim, ClaimStore, Owner
+from services.executor.claims import Claim
+from services.executor.rescue.phases import (
+    RecordingIssuer,
+    journal_outcomes,
+    outcome_from,
+    outcome_json,
+    phase_outcome,
+)
+from services.executor.rescue.ports import (
+    RescueFailed,
+    RescuePorts,
+    RescueResult,
+    RescueTiming,
+)
 from services.executor.rescue.provider import (
     ProviderAction,
     ProviderError,
     RescueAccess,
-    RescueProvider,
 )
 from services.executor.rescue.runbooks import RESCUE_RUNBOOKS, rescue_params
 from services.executor.runbooks.engine import (
-    ActionRecord,
     CredentialIssuer,
-    Engine,
     Handover,
-    JournalEntry,
     RunResult,
     StepOutcome,
 )
 from services.executor.runbooks.model import StepResult
 from services.executor.ssh import (
     Credential,
-    HostKeyPins,
-    SshConnector,
     SshError,
     SshSession,
     SshTarget,
 )
+from services.runtime.telemetry import client_span
 
-AuditFn = Callable[[Claim, str, str, Mapping[str, Any]], Awaitable[None]]
-EngineFactory = Callable[[SshSession, CredentialIssuer], Engine]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RescueTiming:
-    boot_timeout_s: float = 900.0
-    poll_s: float = 5.0
-    ssh_wait_s: float = 120.0  # for the rescue system's sshd, and the server's after boot-back
-
-
-@dataclass(kw_only=True)
-class RescuePorts:
-    """What the flow needs from the executor, wired by :mod:`services.executor.intervention`."""
-
-    provider: RescueProvider
-    claims: ClaimStore
-    owner: Owner
-    connector: SshConnector
-    pins: HostKeyPins
-    audit: AuditFn
-    engine: EngineFactory
-    seal: Callable[[str], SealedSecret]
-    unseal: Callable[[SealedSecret], str]
-    tracer: trace.Tracer
-    timing: RescueTiming = field(default_factory=RescueTiming)
-
-
-class RescueFailed(Exception):
-    def __init__(self, phase: str, reason: str) -> None:
-        super().__init__(reason)
-        self.phase = phase
-        self.reason = reason
-
-
-@dataclass(frozen=True, kw_only=True)
-class RescueResult:
-    run: RunResult
-    handover: Handover | None = None
-
-
-class RecordingIssuer:
-    """Passes deposits through to the vault and remembers the activated secret in memory,
-    so the verification after boot-back can log in with it. Never stored anywhere."""
-
-    def __init__(self, inner: CredentialIssuer) -> None:
-        self._inner = inner
-        self._pending: dict[str, tuple[str, str]] = {}
-        self.issued: tuple[str, str] | None = None  # (account, secret)
-
-    async def unavailable(self) -> str | None:
-        return await self._inner.unavailable()
-
-    async def deposit(self, *, step_key: str, account: str, secret: str) -> str:
-        deposit_id = await self._inner.deposit(step_key=step_key, account=account, secret=secret)
-        self._pending[deposit_id] = (account, secret)
-        return deposit_id
-
-    async def activate(self, deposit_id: str) -> None:
-        await self._inner.activate(deposit_id)
-        self.issued = self._pending.pop(deposit_id, self.issued)
-
-    async def discard(self, deposit_id: str) -> None:
-        self._pending.pop(deposit_id, None)
-        await self._inner.discard(deposit_id)
-
-
-_PHASE_TITLES = {
-    "boot_rescue": "Boot the server into the provider's rescue system",
-    "access": "Receive the rescue system's one-time access",
-    "connect": "Log in to the rescue system over SSH",
-    "boot_disk": "Boot the server back from its own disk",
-    "verify": "Verify SSH access to the server from outside",
-}
-
-
-def _phase(name: str, result: StepResult, *, command: str, duration_ms: int = 0,
-           reason: str | None = None, facts: Mapping[str, Any] | None = None) -> StepOutcome:
-    return StepOutcome(index=-1, name=f"rescue_{name}", result=result, reason=reason,
-                       action=ActionRecord(step=_PHASE_TITLES[name], command=command[:2000],
-                                           exit_status=None, duration_ms=duration_ms,
-                                           result=result),
-                       facts=dict(facts or {}))
-
-
-def _outcome_from(data: Mapping[str, Any]) -> StepOutcome:
-    action = ActionRecord.from_json(data["action"])
-    return StepOutcome(index=-1, name=str(data["name"]), result=data["result"],
-                       reason=data.get("reason"), action=action,
-                       facts=dict(data.get("facts") or {}))
-
-
-def _outcome_json(outcome: StepOutcome) -> dict[str, Any]:
-    return {"name": outcome.name, "result": outcome.result, "reason": outcome.reason,
-            "action": outcome.action.to_json(), "facts": outcome.facts}
-
-
-def journal_outcomes(claim: Claim, *, with_rescue: bool = False) -> RunResult:
-    """The runbook's finished steps as the journal has them (a resumed run that is past
-    the runbook reports them without reconnecting to a rescue system that is gone); with
-    ``with_rescue``, framed by the provider phases the claim recorded."""
-    steps = []
-    facts: dict[str, Any] = {}
-    phases = {k: _outcome_from(v["outcome"]) for k, v in claim.rescue.items()
-              if with_rescue and isinstance(v, dict) and v.get("outcome")}
-    for key in sorted(claim.steps):
-        entry = JournalEntry.from_json(claim.steps[key])
-        facts.update(entry.facts)
-        if entry.state == "done" and entry.action is not None and entry.result is not None:
-            steps.append(StepOutcome(index=int(key), name=entry.name, result=entry.result,
-                                     reason=entry.reason, action=entry.action,
-                                     facts=entry.facts, credential_issued=entry.credential_active,
-                                     backups=entry.backups))
-    first = [phases[k] for k in ("boot_rescue",) if k in phases]
-    last = [phases[k] for k in ("boot_disk", "verify") if k in phases]
-    return RunResult(steps=(*first, *steps, *last), facts=facts)
+__all__ = ["RescueFailed", "RescuePorts", "RescueResult", "RescueRun", "RescueTiming"]
 
 
 class RescueRun:
@@ -194,6 +84,16 @@ class RescueRun:
     # --- the procedure -------------------------------------------------------------------
 
     async def run(self) -> RescueResult:
+        # A rescue run lasts minutes to hours (boots, fsck); other tickets' secrets arriving
+        # meanwhile must not push this run's out of a bounded redactor while its output
+        # can still show them. Secrets opened before the run are taught again to be held.
+        with self._p.redactor.holding(self._claim.id):
+            for secret in (self._credential.password, self._credential.private_key):
+                if secret:
+                    self._p.redactor.add(secret)
+            return await self._run()
+
+    async def _run(self) -> RescueResult:
         before: list[StepOutcome] = []
         run = RunResult(steps=(), facts={})
         try:
@@ -214,8 +114,8 @@ class RescueRun:
                                         handover=self._rescue_handover(run.handover))
                 await self._record("runbook", {"done": True})
         except RescueFailed as exc:
-            before.append(_phase(exc.phase, "failed", command=self._command(exc.phase),
-                                 reason=exc.reason))
+            before.append(phase_outcome(exc.phase, "failed",
+                                        command=self._command(exc.phase), reason=exc.reason))
             # Whatever failed, the automation never leaves a server in the rescue system
             # (or switched off): it asks for the disk, and says if that failed too.
             return RescueResult(run=self._combine(before, run, await self._back(None)))
@@ -228,9 +128,9 @@ class RescueRun:
         try:
             outcomes = [await self._boot("boot_disk")]
         except RescueFailed as exc:
-            return [_phase("boot_disk", "failed", command=self._command("boot_disk"),
-                           reason=f"{exc.reason}; the server may still be in the rescue "
-                                  "system: support follows up")]
+            return [phase_outcome("boot_disk", "failed", command=self._command("boot_disk"),
+                                  reason=f"{exc.reason}; the server may still be in the "
+                                         "rescue system: support follows up")]
         if verify is not None:
             outcomes.append(await self._verify(verify))
         return outcomes
@@ -256,7 +156,7 @@ class RescueRun:
     async def _boot(self, phase: Literal["boot_rescue", "boot_disk"]) -> StepOutcome:
         done = self._state.get(phase)
         if done and done.get("outcome"):
-            return _outcome_from(done["outcome"])
+            return outcome_from(done["outcome"])
         server_id = self._verdict.server.service_id
         began = time.monotonic()
         with self._p.tracer.start_as_current_span(f"rescue {phase}", attributes={
@@ -281,11 +181,12 @@ class RescueRun:
                                                          "server_id": server_id,
                                                          "provider_message": action.message})
             action = await self._wait(phase, str(action_id), str(requested_at))
-        outcome = _phase(phase, "changed", duration_ms=int((time.monotonic() - began) * 1000),
-                         command=f"{self._command(phase)} (provider action {action.id}: "
-                                 f"{action.message or action.status})")
+        outcome = phase_outcome(
+            phase, "changed", duration_ms=int((time.monotonic() - began) * 1000),
+            command=f"{self._command(phase)} (provider action {action.id}: "
+                    f"{action.message or action.status})")
         await self._record(phase, {"action_id": action_id, "requested_at": requested_at,
-                                   "outcome": _outcome_json(outcome)})
+                                   "outcome": outcome_json(outcome)})
         return outcome
 
     async def _wait(self, phase: str, action_id: str, requested_at: str) -> ProviderAction:
@@ -350,8 +251,8 @@ class RescueRun:
         credential = Credential(username=access.username, password=access.password)
         began = time.monotonic()
         deadline = began + self._p.timing.ssh_wait_s
-        with self._p.tracer.start_as_current_span("rescue ssh connect", attributes={
-                "net.peer.name": target.host, "net.peer.port": target.port}):
+        with client_span(self._p.tracer, "rescue ssh connect", host=target.host,
+                         port=target.port):
             while True:
                 try:
                     session = await self._p.connector.open(target, credential, platform="linux",
@@ -372,15 +273,15 @@ class RescueRun:
         if session.privilege == "none":
             await session.aclose()
             raise RescueFailed("connect", "the rescue system's account has no root rights")
-        return session, _phase("connect", "ok", command=f"ssh {access.username}@{target.host}"
-                                                       f":{target.port} (host key "
-                                                       f"{session.host_key.fingerprint}, "
-                                                       "from the provider)",
-                               duration_ms=int((time.monotonic() - began) * 1000))
+        return session, phase_outcome(
+            "connect", "ok", command=f"ssh {access.username}@{target.host}:{target.port} "
+                                     f"(host key {session.host_key.fingerprint}, from the "
+                                     "provider)",
+            duration_ms=int((time.monotonic() - began) * 1000))
 
     async def _runbook(self, session: SshSession) -> RunResult:
         runbook = RESCUE_RUNBOOKS[f"rescue.{self._verdict.ticket.category}"]
-        params = runbook.parse_params(rescue_params(self._verdict))
+        params = runbook.parse_params(rescue_params(self._verdict, self._p.management_sources))
         engine = self._p.engine(session, self._issuer)
         return await engine.run(runbook, params)
 
@@ -401,7 +302,7 @@ class RescueRun:
     async def _verify(self, run: RunResult) -> StepOutcome:
         done = self._state.get("verify")
         if done and done.get("outcome"):
-            return _outcome_from(done["outcome"])
+            return outcome_from(done["outcome"])
         server = self._verdict.server
         keys = [k for k in run.facts.get("server_host_keys") or [] if isinstance(k, str)]
         expected = self._expected_key(keys)
@@ -414,14 +315,16 @@ class RescueRun:
                                  "inventory": server.ssh_host_key, "on_disk": keys})
         target = SshTarget(host=str(server.ip), port=server.ssh_port,
                            service_id=server.service_id,
-                           inventory_key=expected or server.ssh_host_key)
+                           inventory_key=expected or server.ssh_host_key,
+                           # A server with rescue: its key comes from its disk or the
+                           # inventory, never first use.
+                           trust_first_use=False)
         credential, what = self._verification_credential(run)
         began = time.monotonic()
         deadline = began + self._p.timing.ssh_wait_s
         result: StepResult = "failed"
         note = ""
-        with self._p.tracer.start_as_current_span("rescue verify", attributes={
-                "net.peer.name": target.host, "net.peer.port": target.port}):
+        with client_span(self._p.tracer, "rescue verify", host=target.host, port=target.port):
             while True:
                 try:
                     session = await self._p.connector.open(target, credential,
@@ -448,12 +351,13 @@ class RescueRun:
                 break
         if result == "ok" and expected is not None:
             await self._pin(expected, keys)
-        outcome = _phase("verify", result, command=f"{self._command('verify')}: {note}",
-                         reason=None if result == "ok" else note,
-                         duration_ms=int((time.monotonic() - began) * 1000),
-                         facts={"findings_verify": [note]} if result == "ok" and
-                         "refused" in note else {})
-        await self._record("verify", {"outcome": _outcome_json(outcome)})
+        outcome = phase_outcome("verify", result,
+                                command=f"{self._command('verify')}: {note}",
+                                reason=None if result == "ok" else note,
+                                duration_ms=int((time.monotonic() - began) * 1000),
+                                facts={"findings_verify": [note]} if result == "ok" and
+                                "refused" in note else {})
+        await self._record("verify", {"outcome": outcome_json(outcome)})
         return outcome
 
     def _verification_credential(self, run: RunResult) -> tuple[Credential, str]:

@@ -38,6 +38,7 @@ import ipaddress
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -97,7 +98,7 @@ def parse_action(data: Any) -> ProviderAction:
         raise ProviderError("invalid", "the provider's action is not an object")
     action_id, kind, status = data.get("id"), data.get("kind"), data.get("status")
     progress, message = data.get("progress", 0), data.get("message") or ""
-    if not isinstance(action_id, str) or not _ACTION_ID.match(action_id):
+    if not isinstance(action_id, str) or not _ACTION_ID.fullmatch(action_id):
         raise ProviderError("invalid", "the provider's action has no valid id")
     if kind not in ("boot_rescue", "boot_disk"):
         raise ProviderError("invalid", f"unknown action kind {str(kind)[:40]!r}")
@@ -122,16 +123,51 @@ def parse_access(data: Any) -> RescueAccess:
                             ) from None
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ProviderError("invalid", "the rescue system's SSH port is not valid")
-    if not isinstance(username, str) or not _USERNAME.match(username):
+    if not isinstance(username, str) or not _USERNAME.fullmatch(username):
         raise ProviderError("invalid", "the rescue system's user name is not valid")
     if not isinstance(password, str) or not 8 <= len(password) <= 256:
         raise ProviderError("invalid", "the rescue system's password is missing or not valid")
     # Without the host key the executor would send the password to whoever answers.
-    if not isinstance(host_key, str) or not _HOST_KEY.match(" ".join(host_key.split()[:2])):
+    if not isinstance(host_key, str) or not _HOST_KEY.fullmatch(" ".join(host_key.split()[:2])):
         raise ProviderError("invalid", "the provider did not give the rescue system's SSH "
                                        "host key, so it cannot be authenticated")
     return RescueAccess(address=str(address), port=port, username=username, password=password,
                         host_key=" ".join(host_key.split()[:2]))
+
+
+def check_provider_url(url: str) -> str:
+    """``url`` if the provider API may be called there, else a ``ValueError`` saying why.
+
+    The API carries the bearer token and the rescue system's one-time root password, so it
+    is HTTPS only; plain ``http://`` is allowed to a loopback address alone (the lab's
+    stand-in on 127.0.0.1), where nothing crosses a network.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return url
+    if parsed.scheme == "http" and parsed.hostname:
+        host = parsed.hostname
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback:
+            return url
+        raise ValueError("the rescue provider URL must be https:// (plain http:// only to a "
+                         "loopback address)")
+    raise ValueError("the rescue provider URL must be an https:// URL")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following one would send the bearer token to another place,
+    possibly over plain HTTP."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class HttpRescueProvider:
@@ -139,8 +175,7 @@ class HttpRescueProvider:
     bounded by ``timeout_s``; no call is retried here (the caller's poll loop is the retry)."""
 
     def __init__(self, base_url: str, *, token: str, timeout_s: float = 15.0) -> None:
-        if not base_url.startswith(("https://", "http://")):
-            raise ValueError("the rescue provider URL must be http(s)")
+        check_provider_url(base_url)
         self._base = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout_s
@@ -176,7 +211,7 @@ class HttpRescueProvider:
             headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json",
                      **({"Content-Type": "application/json"} if data is not None else {})})
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self._timeout) as response:
                 raw = response.read(MAX_BODY + 1)
         except urllib.error.HTTPError as exc:
             detail = _error_text(exc.read(MAX_BODY))

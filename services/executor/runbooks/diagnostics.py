@@ -123,18 +123,18 @@ def _smart_devices(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     devices = []
     for line in _out(results).splitlines():
         parts = line.split("#")[0].split()
-        if not parts or not _DEVICE.match(parts[0]):
+        if not parts or not _DEVICE.fullmatch(parts[0]):
             continue
         kind = parts[2] if len(parts) >= 3 and parts[1] == "-d" else "auto"
-        if _DEVICE_TYPE.match(kind):
+        if _DEVICE_TYPE.fullmatch(kind):
             devices.append({"device": parts[0], "type": kind})
     return {"smart_devices": devices[:MAX_SMART_DEVICES]}
 
 
 def _smart_device_list(ctx: Ctx) -> list[tuple[str, str]]:
     return [(str(d["device"]), str(d["type"])) for d in ctx.facts.get("smart_devices") or []
-            if isinstance(d, dict) and _DEVICE.match(str(d.get("device", "")))
-            and _DEVICE_TYPE.match(str(d.get("type", "")))]
+            if isinstance(d, dict) and _DEVICE.fullmatch(str(d.get("device", "")))
+            and _DEVICE_TYPE.fullmatch(str(d.get("type", "")))]
 
 
 def _smart_commands(ctx: Ctx) -> list[Command]:

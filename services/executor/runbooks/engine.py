@@ -19,181 +19,50 @@ claim gets :class:`LeaseLost` there and stops before touching the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import string
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from opentelemetry import trace
 
+from services.executor.procedure import step as steps
 from services.executor.runbooks.model import (
     BackupNote,
-    Command,
     CommandResult,
     Context,
     FreshLogin,
     Operation,
     Phase,
-    Platform,
     Results,
     Runbook,
     RunOptions,
     Step,
     StepResult,
 )
+from services.executor.runbooks.results import (
+    ActionRecord,
+    BackupLog,
+    CommandLog,
+    CredentialIssuer,
+    Handover,
+    Host,
+    JournalEntry,
+    JournalState,
+    LeaseLost,
+    RunResult,
+    SecretSink,
+    StepJournal,
+    StepOutcome,
+)
 
-JournalState = Literal["changing", "changed", "done"]
-
-
-class LeaseLost(Exception):
-    """This executor no longer owns the claim; another one may be running it."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ActionRecord:
-    """The customer-facing line for one step (becomes a schemas ``Action``)."""
-
-    step: str
-    command: str
-    exit_status: int | None
-    duration_ms: int
-    result: StepResult
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "command": self.command, "exit_status": self.exit_status,
-                "duration_ms": self.duration_ms, "result": self.result}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ActionRecord:
-        return cls(step=str(data["step"]), command=str(data["command"]),
-                   exit_status=data.get("exit_status"),
-                   duration_ms=int(data.get("duration_ms") or 0), result=data["result"])
-
-
-@dataclass(frozen=True, kw_only=True)
-class JournalEntry:
-    name: str
-    state: JournalState
-    result: StepResult | None = None
-    reason: str | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
-    action: ActionRecord | None = None
-    credential: str | None = None  # deposit id of a credential this step issued
-    credential_active: bool = False
-    backups: tuple[BackupNote, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "result": self.result,
-                "reason": self.reason, "facts": self.facts,
-                "action": self.action.to_json() if self.action else None,
-                "credential": self.credential, "credential_active": self.credential_active,
-                "backups": [b.to_json() for b in self.backups],
-                "at": datetime.now(UTC).isoformat()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JournalEntry:
-        action = data.get("action")
-        return cls(name=str(data["name"]), state=data["state"], result=data.get("result"),
-                   reason=data.get("reason"), facts=dict(data.get("facts") or {}),
-                   action=ActionRecord.from_json(action) if action else None,
-                   credential=data.get("credential"),
-                   credential_active=bool(data.get("credential_active")),
-                   backups=tuple(BackupNote(location=str(b["location"]),
-                                            description=str(b["description"]))
-                                 for b in data.get("backups") or ()))
-
-
-class StepJournal(Protocol):
-    def entry(self, index: int) -> JournalEntry | None: ...
-
-    async def record(self, index: int, entry: JournalEntry) -> None:
-        """Durably store ``entry``; raise :class:`LeaseLost` if the claim is not ours."""
-
-
-class CommandLog(Protocol):
-    async def command(self, *, index: int, step: str, phase: Phase, n: int, display: str,
-                      root: bool, result: CommandResult) -> None:
-        """Audit one command as it happened (display and output get redacted there)."""
-
-
-class Host(Protocol):
-    @property
-    def platform(self) -> Platform: ...
-
-    @property
-    def privileged(self) -> bool: ...
-
-    async def run(self, command: Command) -> CommandResult: ...
-
-    async def fresh_login(self, username: str, password: str) -> CommandResult: ...
-
-
-class CredentialIssuer(Protocol):
-    async def unavailable(self) -> str | None:
-        """Why a new credential cannot be deposited for the customer (None: it can)."""
-
-    async def deposit(self, *, step_key: str, account: str, secret: str) -> str:
-        """Store ``secret`` sealed to the customer, pending; return the deposit id."""
-
-    async def activate(self, deposit_id: str) -> None: ...
-
-    async def discard(self, deposit_id: str) -> None: ...
-
-
-class SecretSink(Protocol):
-    def add(self, secret: str) -> None: ...
-
-
-class BackupLog(Protocol):
-    async def backup(self, *, index: int, step: str, notes: Sequence[BackupNote]) -> None:
-        """Audit the copies a step made, with their locations (idempotent per step)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Handover:
-    """A step the automation stops at; an engineer takes it from here (ManualStepRequested)."""
-
-    index: int
-    step: str
-    title: str
-    reason: str
-    instructions: tuple[str, ...]
-    verification: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class StepOutcome:
-    index: int
-    name: str
-    result: StepResult
-    reason: str | None
-    action: ActionRecord
-    facts: dict[str, Any]
-    credential_issued: bool = False
-    backups: tuple[BackupNote, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    steps: tuple[StepOutcome, ...]
-    facts: dict[str, Any]
-    handover: Handover | None = None
-
-    @property
-    def new_credentials_issued(self) -> bool:
-        return any(s.credential_issued for s in self.steps)
-
-    @property
-    def actions(self) -> tuple[ActionRecord, ...]:
-        return tuple(s.action for s in self.steps)
-
-    @property
-    def backups(self) -> tuple[BackupNote, ...]:
-        return tuple(b for s in self.steps for b in s.backups)
-
+__all__ = [
+    "PASSWORD_LENGTH", "ActionRecord", "BackupLog", "CommandLog", "CredentialIssuer",
+    "Engine", "Handover", "Host", "JournalEntry", "JournalState", "LeaseLost", "RunResult",
+    "SecretSink", "StepJournal", "StepOutcome", "generate_password",
+]
 
 PASSWORD_LENGTH = 24
 # No characters that shells, chpasswd (":") or people (l/1/I/O/0) trip over.
@@ -268,30 +137,38 @@ class Engine:
 
     async def _step(self, index: int, step: Step[Any], ctx: Context[Any],
                     prior: JournalEntry | None) -> StepOutcome | Handover:
-        if prior is not None and prior.state == "done":
+        """Step k: each choice of what comes next is :mod:`services.executor.procedure.step`."""
+        resume: JournalState | None = prior.state if prior is not None else None
+        if prior is not None and prior.state != "done":
+            ctx.resuming = True
             ctx.facts.update(prior.facts)
+        elif prior is None:
+            ctx.resuming = False
+
+        def missing() -> list[str]:
+            return [r for r in step.requires if not ctx.satisfies(r)]
+
+        edge = steps.on_entry(journalled=resume, rerunnable=lambda: step.is_rerunnable(ctx),
+                              missing=lambda: bool(missing()))
+        if edge.target == "done" and edge.result is None:  # journalled done: replay it
+            assert prior is not None
             assert prior.result is not None
             assert prior.action is not None
+            ctx.facts.update(prior.facts)
             return StepOutcome(index=index, name=step.name, result=prior.result,
                                reason=prior.reason, action=prior.action, facts=prior.facts,
                                credential_issued=prior.credential_active,
                                backups=prior.backups)
-        resume: JournalState | None = prior.state if prior is not None else None
-        ctx.resuming = resume is not None
-        if prior is not None:
-            ctx.facts.update(prior.facts)
-        if resume == "changing" and not step.is_rerunnable(ctx):
+        if edge.target == "handed_over":
             return self._handover(index, step, "the executor stopped while this step was "
                                   "changing the server, and the step cannot be proven safe to "
                                   "repeat")
-        missing = [r for r in step.requires if not ctx.satisfies(r)]
-        if missing:
+        if edge.target == "done":
             return await self._done(index, step, ctx, "skipped",
-                                    reason=f"not available on this server: {', '.join(missing)}",
-                                    ops=(), results=())
+                                    reason=f"not available on this server: "
+                                           f"{', '.join(missing())}", ops=(), results=())
         learnt: dict[str, Any] = dict(prior.facts) if prior is not None else {}
 
-        # Pre-check: always, also when resuming, because it decides.
         pre_ops = tuple(step.precheck(ctx)) if step.precheck else ()
         pre = await self._run_all(index, step, "precheck", pre_ops)
         if step.learn is not None:
@@ -299,66 +176,65 @@ class Engine:
             learnt.update(new)
             ctx.facts.update(new)
         broken = _first_failure(pre_ops, pre)
-        if broken is not None:
-            return await self._done(index, step, ctx, "failed", reason=f"pre-check: {broken}",
-                                    ops=pre_ops, results=pre, facts=learnt)
-        if step.refuse is not None and (reason := step.refuse(pre, ctx)) is not None:
-            return await self._done(index, step, ctx, "failed", reason=reason, ops=pre_ops,
-                                    results=pre, facts=learnt)
-        if step.change is None:
-            return await self._done(index, step, ctx, "ok", ops=pre_ops, results=pre,
-                                    facts=learnt)
-
+        refusal = step.refuse(pre, ctx) if broken is None and step.refuse is not None else None
         redo_credential = step.issues_credential is not None and resume is not None
+        edge = steps.after_precheck(failed=broken is not None, refused=refusal is not None,
+                                    has_change=step.change is not None, journalled=resume,
+                                    redo_credential=redo_credential,
+                                    needed=lambda: step.needed(pre, ctx))
+        if edge.target == "done":
+            reason = (f"pre-check: {broken}" if broken is not None else refusal)
+            return await self._done(index, step, ctx, _result(edge), reason=reason,
+                                    ops=pre_ops, results=pre, facts=learnt)
         deposit: str | None = None
         change_ops: tuple[Operation, ...] = ()
         change_results: Results = ()
-        if resume == "changed" and not redo_credential:
-            pass  # the change went through before the interruption: verify it only
-        elif not step.needed(pre, ctx) and not redo_credential:
-            if resume == "changing":
-                pass  # the interrupted change had applied: verify it
-            else:
-                return await self._done(index, step, ctx, "no_change_needed", ops=pre_ops,
-                                        results=pre, facts=learnt)
-        else:
+        if edge.target == "simulate":
+            assert step.change is not None
             sim_ops = tuple(step.simulate(ctx)) if step.simulate else ()
             sim = await self._run_all(index, step, "simulate", sim_ops)
             broken = _first_failure(sim_ops, sim)
-            if broken is not None:
+            edge = steps.after_simulate(failed=broken is not None,
+                                        dry_run=self._options.dry_run,
+                                        issues_credential=step.issues_credential is not None)
+            if edge.result == "failed":
                 return await self._done(index, step, ctx, "failed",
                                         reason=f"simulation: {broken}", ops=sim_ops,
                                         results=sim, facts=learnt)
-            if self._options.dry_run:
+            if edge.result == "planned":
                 if step.issues_credential is not None:
                     ctx.secrets["new_password"] = _DRY_RUN_SECRET
                 planned = tuple(step.change(ctx))
                 return await self._done(index, step, ctx, "planned",
                                         reason="dry run: not changed", ops=planned, results=(),
                                         facts=learnt)
-            if step.issues_credential is not None:
+            if edge.target == "credential":
                 if (prior is not None and prior.credential and not prior.credential_active
                         and self._issuer is not None):
                     # The interrupted attempt's deposit never reached the server for sure.
                     await self._issuer.discard(prior.credential)
                 outcome = await self._prepare_credential(index, step, ctx, learnt)
-                if isinstance(outcome, StepOutcome):
+                edge = steps.after_credential(deposited=isinstance(outcome, str))
+                if edge.target == "done":
+                    assert isinstance(outcome, StepOutcome)
                     return outcome
+                assert isinstance(outcome, str)
                 deposit = outcome
             # The intent is durable (and our lease checked) before the server is touched.
-            await self._journal.record(index, JournalEntry(
+            await self._record(index, JournalEntry(
                 name=step.name, state="changing", facts=learnt, credential=deposit))
             change_ops = tuple(step.change(ctx))
             change_results = await self._run_all(index, step, "change", change_ops)
             broken = _first_failure(change_ops, change_results)
-            if broken is not None:
+            edge = steps.after_change(failed=broken is not None)
+            if edge.target == "rollback":
                 if deposit is not None and self._issuer is not None:
                     await self._issuer.discard(deposit)
                 return await self._roll_back(index, step, ctx, learnt, change_ops,
                                              change_results, f"change: {broken}")
             if deposit is not None and self._issuer is not None:
                 await self._issuer.activate(deposit)
-            await self._journal.record(index, JournalEntry(
+            await self._record(index, JournalEntry(
                 name=step.name, state="changed", facts=learnt, credential=deposit,
                 credential_active=deposit is not None,
                 action=_action(step, change_ops, change_results, "changed")))
@@ -371,7 +247,11 @@ class Engine:
                                           and not redo_credential)
         shown_ops = change_ops or ver_ops
         shown_results = change_results or ver
-        if not ver_ops or (_first_failure(ver_ops, ver) is None and step.verified(ver, ctx)):
+        edge = steps.after_verify(
+            verified=not ver_ops or (_first_failure(ver_ops, ver) is None
+                                     and step.verified(ver, ctx)),
+            issues_credential=step.issues_credential is not None)
+        if edge.result == "changed":
             notes = tuple(step.backups(ctx)) if step.backups is not None else ()
             if notes and self._backups is not None:
                 await self._backups.backup(index=index, step=step.name, notes=notes)
@@ -379,9 +259,7 @@ class Engine:
                                     results=shown_results, facts=learnt,
                                     credential=deposit, credential_active=issued,
                                     backups=notes)
-        if step.issues_credential is not None:
-            # A password cannot be rolled back (the old one is unknown); the deposit stays
-            # active because the server has the new one.
+        if edge.result == "failed":
             return await self._done(index, step, ctx, "failed",
                                     reason="the change went through but verification failed",
                                     ops=shown_ops, results=shown_results, facts=learnt,
@@ -411,17 +289,17 @@ class Engine:
                          learnt: dict[str, Any], ops: Sequence[Operation], results: Results,
                          reason: str) -> StepOutcome:
         if step.rollback is None:
-            return await self._done(index, step, ctx, "failed", reason=reason, ops=ops,
+            edge = steps.after_rollback(has_rollback=False, failed=True)
+            return await self._done(index, step, ctx, _result(edge), reason=reason, ops=ops,
                                     results=results, facts=learnt)
         back_ops = tuple(step.rollback(ctx))
         back = await self._run_all(index, step, "rollback", back_ops)
         broken = _first_failure(back_ops, back)
+        edge = steps.after_rollback(has_rollback=True, failed=broken is not None)
         if broken is not None:
-            return await self._done(index, step, ctx, "failed",
-                                    reason=f"{reason}; rollback failed: {broken}", ops=back_ops,
-                                    results=back, facts=learnt)
-        return await self._done(index, step, ctx, "rolled_back", reason=reason, ops=back_ops,
-                                results=back, facts=learnt)
+            reason = f"{reason}; rollback failed: {broken}"
+        return await self._done(index, step, ctx, _result(edge), reason=reason,
+                                ops=back_ops, results=back, facts=learnt)
 
     def _handover(self, index: int, step: Step[Any], reason: str) -> Handover:
         instructions = step.manual_instructions or (
@@ -442,11 +320,26 @@ class Engine:
         outcome = StepOutcome(index=index, name=step.name, result=result, reason=reason,
                               action=action, facts=dict(facts or {}),
                               credential_issued=credential_active, backups=backups)
-        await self._journal.record(index, JournalEntry(
+        await self._record(index, JournalEntry(
             name=step.name, state="done", result=result, reason=reason,
             facts=outcome.facts, action=action, credential=credential,
             credential_active=credential_active, backups=backups))
         return outcome
+
+    async def _record(self, index: int, entry: JournalEntry) -> None:
+        """Journal ``entry`` redacted: the claim journal is stored like the audit log, and
+        a failure reason or a fact may quote command output holding a secret."""
+        redact = self._sink.redact
+        action = entry.action
+        if action is not None:
+            action = dataclasses.replace(action, step=str(redact(action.step)),
+                                         command=str(redact(action.command)))
+        await self._journal.record(index, dataclasses.replace(
+            entry, reason=None if entry.reason is None else str(redact(entry.reason)),
+            facts=dict(redact(entry.facts)), action=action,
+            backups=tuple(BackupNote(location=str(redact(b.location)),
+                                     description=str(redact(b.description)))
+                          for b in entry.backups)))
 
     # --- commands ----------------------------------------------------------------------
 
@@ -475,6 +368,11 @@ class Engine:
             if not _accepted(op, result):
                 break  # later commands of the phase assume the earlier ones worked
         return tuple(results)
+
+
+def _result(edge: steps.StepEdge) -> StepResult:
+    assert edge.result is not None, f"{edge} ends no step"
+    return edge.result
 
 
 def _accepted(op: Operation, result: CommandResult) -> bool:

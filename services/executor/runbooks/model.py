@@ -19,6 +19,7 @@ Rules every declaration follows, because the engine relies on them:
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,10 +84,16 @@ def sh(script: str, *args: str, root: bool = False,
     return Command(argv=("sh", "-c", script, "sh", *args), root=root, ok_exit=ok_exit)
 
 
+# PowerShell reads five characters as a single quote (its tokenizer's IsSingleQuote):
+# ASCII ' and the typographic U+2018, U+2019, U+201A, U+201B. Any of them, unescaped, ends a
+# single-quoted literal, so each is doubled.
+_PS_SINGLE_QUOTES = re.compile("['\u2018\u2019\u201a\u201b]")
+
+
 def ps_quote(value: str) -> str:
-    """A PowerShell single-quoted string literal (only ``'`` is special inside one)."""
-    return "'" + value.replace("'", "''").replace("\u2018", "\u2018\u2018").replace(
-        "\u2019", "\u2019\u2019") + "'"
+    """A PowerShell single-quoted string literal (only single quotes are special inside one,
+    in all five of the forms PowerShell accepts)."""
+    return "'" + _PS_SINGLE_QUOTES.sub(lambda m: m.group(0) * 2, value) + "'"
 
 
 def powershell(script: str, *, root: bool = False, stdin: str | None = None,

@@ -53,7 +53,7 @@ def _refuse_missing(results: Results, ctx: Ctx) -> str | None:
 
 
 def _linux(params: PasswordResetParams) -> tuple[Step[PasswordResetParams], ...]:
-    if not re.match(LINUX_ACCOUNT, params.account):
+    if not re.fullmatch(LINUX_ACCOUNT, params.account):
         raise ParameterError("root_password_reset", "account: not a valid Linux user name")
     account = params.account
 
@@ -74,7 +74,7 @@ def _linux(params: PasswordResetParams) -> tuple[Step[PasswordResetParams], ...]
 
 
 def _windows(params: PasswordResetParams) -> tuple[Step[PasswordResetParams], ...]:
-    if not re.match(WINDOWS_ACCOUNT, params.account):
+    if not re.fullmatch(WINDOWS_ACCOUNT, params.account):
         raise ParameterError("root_password_reset", "account: not a valid Windows account name")
     account = "Administrator" if params.account == "root" else params.account
     name = ps_quote(account)

@@ -35,6 +35,13 @@ from services.executor.runbooks.model import (
 # systemd unit names: letters, digits and ":-_.\@" (systemd.unit(5)); a template instance
 # may add "@instance". No "/" and no leading "-" or ".": the name is also an init script path.
 UNIT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9@._:+-]{0,127}$"
+# Unit types other than services (systemd.unit(5)). systemctl acts on a name with one of
+# these suffixes as that unit: "restart poweroff.target" powers the server off, and
+# "restart reboot.target" reboots it. A name without a known suffix is a service to systemd
+# ("php8.2-fpm" is php8.2-fpm.service), so only these suffixes are refused.
+NON_SERVICE_UNIT_TYPES = frozenset({
+    "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice",
+    "scope"})
 
 
 class ServiceParams(BaseModel):
@@ -47,6 +54,11 @@ class ServiceParams(BaseModel):
     def _no_dots_only(cls, value: str) -> str:
         if ".." in value:
             raise ValueError("must not contain '..'")
+        suffix = value.rpartition(".")[2] if "." in value else ""
+        if suffix in NON_SERVICE_UNIT_TYPES:
+            raise ValueError(f"must be a service, not a .{suffix} unit")
+        if value.endswith("@.service") or value.endswith("@"):
+            raise ValueError("must be a service, not a template without an instance")
         return value
 
     @property
@@ -81,7 +93,7 @@ def config_check_for(base: str) -> tuple[str, ...] | None:
     """The configuration check of a known daemon, or None."""
     if base in CONFIG_CHECKS:
         return CONFIG_CHECKS[base]
-    match = _PHP_FPM.match(base)
+    match = _PHP_FPM.fullmatch(base)
     return (f"php-fpm{match.group(1)}", "-t") if match else None
 
 

@@ -41,7 +41,7 @@ Command = AckCommand | StepCommand
 
 
 def parse_command(text: str) -> Command | None:
-    match = _COMMAND.match(text)
+    match = _COMMAND.fullmatch(text)
     if match is None:
         return None
     verb = match["verb"].lower()

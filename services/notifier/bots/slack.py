@@ -13,6 +13,12 @@ is even parsed (a captured request cannot be replayed later). The endpoint answe
 and sends the engineer's answer to ``response_url`` in the background (Slack wants an HTTP
 answer within 3 s; its retries, ``X-Slack-Retry-Num``, are harmless: acks are
 compare-and-set).
+
+Text: every text posted is Slack mrkdwn, in which ``<...>`` is markup (``<!channel>``,
+``<@U123>``, ``<https://evil|your bank>``). Texts carry values from tickets and servers (a
+service name, hardware evidence, an engineer's notes), so each is escaped with
+:func:`slack_escape` (``&``, ``<``, ``>``, as Slack documents) after redaction; only the
+mentions this bot adds itself are markup.
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ def verify_slack_request(secret: str, headers: Mapping[str, str], body: bytes, *
         raise SlackAuthError("expired")
     if not hmac.compare_digest(slack_signature(secret, timestamp, body), signature):
         raise SlackAuthError("forged")
+
+
+def slack_escape(text: str) -> str:
+    """``text`` as literal mrkdwn: the three control characters Slack wants escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _blocks(post: ChatPost, text: str) -> list[dict[str, Any]]:
@@ -147,7 +158,7 @@ class SlackBot:
         await self._http.close()
 
     async def post(self, post: ChatPost) -> Sent:
-        text = self._redact(post.text)
+        text = slack_escape(self._redact(post.text))
         mentions = post.mentions_for("slack")
         if mentions:
             text += "\n" + " ".join(f"<@{m.identity}>" for m in mentions)
@@ -182,12 +193,13 @@ class SlackBot:
             closure = await self._desk.closure(page_id)
             text = (chat.closed(page.text, closure.describe())
                     if page is not None and closure is not None else answer.text)
-            reply: dict[str, Any] = {"replace_original": True, "text": self._redact(text),
+            shown = slack_escape(self._redact(text))
+            reply: dict[str, Any] = {"replace_original": True, "text": shown,
                                      "blocks": _blocks(ChatPost(post_id="", ticket_id="",
-                                                                text=text), self._redact(text))}
+                                                                text=text), shown)}
         else:
             reply = {"response_type": "ephemeral", "replace_original": False,
-                     "text": self._redact(answer.text)}
+                     "text": slack_escape(self._redact(answer.text))}
         task = asyncio.create_task(self._respond(response_url, reply))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

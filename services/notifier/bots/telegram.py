@@ -10,6 +10,10 @@ with 401 (compared in constant time). A button press (``callback_query``) is ans
 ``answerCallbackQuery`` (the engineer's toast: acknowledged, or who was first) and the page's
 message is edited by the delivery worker like in every chat; ``/ack``, ``/done`` and
 ``/failed`` text commands are answered in the chat.
+
+Once the action has run (the ack recorded, the report published), the webhook answers 200
+even if the answer to the engineer cannot be sent: a 5xx would make Telegram deliver the
+update again, and the engineer would see "someone else was first" for their own press.
 """
 
 from __future__ import annotations
@@ -149,9 +153,9 @@ class TelegramBot:
         except (ValueError, KeyError, TypeError):
             return
         answer = await run_action(self._desk, kind, page_id, channel="telegram", identity=user)
-        await with_retries(lambda: self.call("answerCallbackQuery", {
+        await self._answer("answerCallbackQuery", {
             "callback_query_id": query.get("id"), "text": self._redact(answer.text)[:200],
-            "show_alert": not answer.changed}), attempts=3, backoff_s=0.5)
+            "show_alert": not answer.changed})
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         text = message.get("text")
@@ -162,6 +166,14 @@ class TelegramBot:
         answer = await run_command(self._desk, command, channel="telegram",
                                    identity=str(sender))
         chat_id = (message.get("chat") or {}).get("id", self._chat_id)
-        await with_retries(lambda: self.call("sendMessage", {
+        await self._answer("sendMessage", {
             "chat_id": chat_id, "text": self._redact(answer.text),
-            "reply_to_message_id": message.get("message_id")}), attempts=3, backoff_s=0.5)
+            "reply_to_message_id": message.get("message_id")})
+
+    async def _answer(self, method: str, payload: dict[str, Any]) -> None:
+        """Tell the engineer how their action went. The action itself has run, so a failure
+        here is logged, never turned into an error answer that makes Telegram resend."""
+        try:
+            await with_retries(lambda: self.call(method, payload), attempts=3, backoff_s=0.5)
+        except (DeliveryError, PermanentDeliveryError, RateLimited) as exc:
+            log.warning("telegram %s failed after the action ran: %s", method, exc)

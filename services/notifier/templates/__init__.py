@@ -1,28 +1,20 @@
-"""Customer message templates, English and Italian (the procedure's languages).
+"""Customer message templates: one renderer, one gettext catalogue per language.
 
 :func:`render` is pure: an allow-listed context in (see :mod:`.context`), the text the
-helpdesk posts verbatim out. Each language is one module with one function per update kind,
-so a reviewer reads a message the way the customer will.
+helpdesk posts verbatim out. The texts are written once, in English, in :mod:`.messages`;
+each other language is a ``locale/<language>.po`` catalogue (:mod:`.catalogues`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
-
-from schemas.request import Language
-from services.notifier.templates import en, it
+from services.notifier.templates.catalogues import languages, translations
 from services.notifier.templates.context import UpdateContext, kind_of
-
-CATALOGUES: Final[dict[Language, Callable[[UpdateContext], str]]] = {
-    "en": en.render,
-    "it": it.render,
-}
+from services.notifier.templates.messages import Messages
 
 
-def render(context: UpdateContext, language: Language) -> str:
+def render(context: UpdateContext, language: str) -> str:
     """The message for ``context`` in ``language``."""
-    return CATALOGUES[language](context)
+    return Messages(translations(language)).render(context)
 
 
-__all__ = ["CATALOGUES", "UpdateContext", "kind_of", "render"]
+__all__ = ["UpdateContext", "kind_of", "languages", "render"]

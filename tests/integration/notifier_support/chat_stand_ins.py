@@ -109,6 +109,7 @@ class TelegramStandIn(StandIn):
         super().__init__()
         self.token = token
         self._ids = itertools.count(100)
+        self.failing: set[str] = set()  # Bot API methods answered with HTTP 500
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/bot{token}/{method}", self._method)
@@ -129,6 +130,9 @@ class TelegramStandIn(StandIn):
                  "description": f"Too Many Requests: retry after {self.retry_after}",
                  "parameters": {"retry_after": self.retry_after}}, status=429)
         self.record(method, body)
+        if method in self.failing:
+            return web.json_response({"ok": False, "error_code": 500,
+                                      "description": "Internal Server Error"}, status=500)
         if method == "sendMessage":
             return web.json_response({"ok": True, "result": {
                 "message_id": next(self._ids), "chat": {"id": int(body["chat_id"])},

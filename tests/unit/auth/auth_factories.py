@@ -17,6 +17,7 @@ from schemas import (
     WrittenAuthorization,
     scope_of,
 )
+from schemas.events import Vouch
 from services.auth.inventory import ServerRecord
 from services.runtime.crypto import PrivateSealingKey, SigningKey, seal
 
@@ -70,6 +71,7 @@ def ticket(
         "description": "Server answers ping but SSH times out since this morning.",
         "credentials": credentials(),
         "authorization": authorization(signed_at=at - timedelta(minutes=3)),
+        "vouched_by": Vouch(integration="test-helpdesk", customer="client:1"),
     }
     fields.update(overrides)
     fields.setdefault("scope", scope_of(fields["category"]))

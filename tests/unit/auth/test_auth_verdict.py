@@ -71,10 +71,17 @@ CASES = [
         ("server_unknown",),
     ),
     Case(
-        "not owner nor contact",
+        # The same reason as an unknown address: a customer cannot probe the inventory.
+        "another account's server is reported unknown, not 'not yours'",
         ticket(account_id="ACC-7"),
         expect="rejected",
-        reasons=("not_owner",),
+        reasons=("server_unknown",),
+    ),
+    Case(
+        "a ticket no integration vouched for is refused",
+        ticket(vouched_by=None),
+        expect="rejected",
+        reasons=("account_not_vouched",),
     ),
     Case(
         "two of the customer's servers share the name",
@@ -213,7 +220,7 @@ CASES = [
         "a fixable and an unfixable problem: rejected with both",
         ticket(account_id="ACC-7", credentials=credentials(b"")),
         expect="rejected",
-        reasons=("not_owner", "credentials_missing"),
+        reasons=("server_unknown", "credentials_missing"),
     ),
     Case(
         "two fixable problems: one clarification",
@@ -227,6 +234,7 @@ CASES = [
         ticket(
             revision=1,
             account_id="ACC-7",
+            vouched_by=None,
             channel="live_chat",
             department="sales",
             category="malware_removal",
@@ -237,10 +245,11 @@ CASES = [
         ),
         expect="rejected",
         reasons=(
+            "account_not_vouched",
             "revision_stale",
             "channel_not_allowed",
             "wrong_department",
-            "not_owner",
+            "server_unknown",
             "authorization_not_explicit",
             "authorization_not_bound",
             "credentials_missing",

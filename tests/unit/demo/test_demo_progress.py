@@ -20,9 +20,9 @@ from notifier_factories import (
     submitted,
 )
 
+from devstack.demo.progress import TicketProgress
 from schemas.envelope import EventEnvelope
 from schemas.events import AuthorizationVerified, Event, TicketUpdated
-from services.demo.progress import TicketProgress
 
 
 def told(cause: EventEnvelope, kind: str = "other") -> TicketUpdated:

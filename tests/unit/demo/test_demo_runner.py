@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from services.demo import rescue_lab, runner
-from services.demo.manifest import Manifest
-from services.runtime.localstack import Component
+from devstack.demo import rescue_lab, runner
+from devstack.demo.manifest import Manifest
+from devstack.localstack import Component
 
 
 class Recorded(Component):
@@ -60,3 +60,14 @@ def test_the_image_key_covers_every_function_that_shapes_the_image() -> None:
     # without costing a rebuild.
     for other in ("BOOT_SCRIPT", "RESCUE_SCRIPT", "class LabServer", "class ProviderStandIn"):
         assert other not in source, other
+
+
+def test_where_to_look_names_the_venv_script_when_intervene_is_not_on_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `make run` starts .venv/bin/intervene without activating .venv: a bare `intervene`
+    # in the hints would not be found (or would be another checkout's).
+    monkeypatch.setenv("PATH", "/nonexistent")
+    command = runner.intervene_command()
+    assert command != "intervene"
+    assert command.endswith("bin/intervene")
+    assert os.path.exists(command)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo import targets
+from devstack.demo.estate import DemoServer, Estate
+from devstack.demo.manifest import Manifest
+from devstack.demo.rescue_lab import LabServer, ProviderApi
+from devstack.demo.scenarios import SCENARIOS
 from schemas.request import parse_helpdesk_request
 from schemas.scope import scope_of
-from services.demo import targets
-from services.demo.estate import DemoServer, Estate
-from services.demo.manifest import Manifest
-from services.demo.rescue_lab import LabServer, ProviderApi
-from services.demo.scenarios import SCENARIOS
 
 
 @pytest.fixture

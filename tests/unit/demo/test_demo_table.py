@@ -9,8 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notifier"))
 from notifier_factories import started, submitted
 
-from services.demo.progress import TicketProgress
-from services.demo.table import Display, Row, render
+from devstack.demo.progress import TicketProgress
+from devstack.demo.table import Display, Row, render
 
 
 class Terminal(io.StringIO):

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.executor.runbooks.engine import Engine, JournalEntry, LeaseLost
 from services.executor.runbooks.model import Command, CommandResult, FreshLogin, RunOptions
+from services.runtime.redaction import Redactor
 
 Responder = Callable[[Command], CommandResult]
 
@@ -89,10 +90,17 @@ class FakeIssuer:
 
 @dataclass
 class FakeSink:
+    """Records what the engine teaches, and redacts with a real redactor of its own."""
+
     secrets: list[str] = field(default_factory=list)
+    redactor: Redactor = field(default_factory=Redactor)
 
     def add(self, secret: str) -> None:
         self.secrets.append(secret)
+        self.redactor.add(secret)
+
+    def redact(self, value: Any) -> Any:
+        return self.redactor.redact(value)
 
 
 @dataclass

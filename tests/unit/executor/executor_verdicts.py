@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auth"))
 from auth_factories import authorization
 
 from schemas import SealedCredentials, ServerRef, TicketSubmitted, scope_of
-from schemas.events import AuthorizationVerified, ResolvedServer
+from schemas.events import AuthorizationVerified, ResolvedServer, Vouch
 from services.runtime.crypto import PublicSealingKey, SigningKey, seal_text, sign
 
 
@@ -43,6 +43,7 @@ def verdict(*, signing_key: SigningKey | None, sealing_key: PublicSealingKey, us
         credentials=SealedCredentials(username=username, kind="password",
                                       sealed=seal_text(password, sealing_key)),
         authorization=authorization(signed_at=now - timedelta(minutes=5)),
+        vouched_by=Vouch(integration="test-helpdesk", customer=f"portal:{account_id}"),
     )
     event = AuthorizationVerified.caused_by(
         ticket, account_id=account_id, ticket=ticket, server=server or resolved_server(),

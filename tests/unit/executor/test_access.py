@@ -143,3 +143,21 @@ def test_offline_repairs_do_not_probe_ssh() -> None:
 
 def test_reason_names_the_mismatch_detail() -> None:
     assert "SHA256:b" in select_access(DED_KVM_RESCUE, "diagnostics", MISMATCH).reason
+
+
+def test_a_rescue_capable_server_without_an_inventory_key_is_not_trusted_on_first_use() -> None:
+    from services.executor.access import first_use_allowed
+
+    assert not first_use_allowed(DED_KVM_RESCUE, None)
+    assert not first_use_allowed(VPS_RESCUE, "")
+    assert first_use_allowed(DED_KVM_RESCUE, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB")
+    assert first_use_allowed(VPS, None)  # no rescue: nothing better than first use exists
+
+
+@pytest.mark.parametrize("category", ["diagnostics", "service_restart", "network_recovery",
+                                      "root_password_reset"])
+def test_an_unpinned_rescue_capable_server_goes_to_an_engineer(category: str) -> None:
+    decision = select_access(DED_KVM_RESCUE, category,  # type: ignore[arg-type]
+                             Probe(outcome="host_key_unpinned"))
+    assert (decision.mode, decision.disposition) == ("engineer", "hand_over")
+    assert "not trusted on first use" in decision.reason

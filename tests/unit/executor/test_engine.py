@@ -366,3 +366,22 @@ def test_generated_passwords_are_strong_and_safe_for_chpasswd() -> None:
         assert any(c.isupper() for c in password)
         assert any(c.isdigit() for c in password)
         assert any(not c.isalnum() for c in password)
+
+
+async def test_journal_writes_are_redacted() -> None:
+    # A reason or a fact can quote command output; the claim journal is stored, so it is
+    # redacted like the audit log (the secret is one the process knows).
+    leaked = "customer-pw-Zq81!x"
+    r = rig(FakeHost(lambda command: ok(f"error: bad password {leaked}\n", exit_status=1)))
+    r.sink.add(leaked)
+    step = Step[NoParams](
+        name="probe", title="Probe",
+        precheck=lambda ctx: [cmd("probe", ok_exit=frozenset({0, 1}))],
+        learn=lambda results, ctx: {"probe_output": results[0].stdout},
+        refuse=lambda results, ctx: f"the server said: {results[0].stdout.strip()}")
+    await run(r, step)
+    entry = r.journal.entries[0]
+    assert entry.reason is not None
+    assert "[REDACTED]" in entry.reason
+    assert leaked not in repr(entry.to_json())
+    assert entry.facts["probe_output"] == "error: bad password [REDACTED]\n"

@@ -238,3 +238,47 @@ async def test_diagnostics_skip_what_the_host_lacks_and_collect_evidence() -> No
     assert ("raid", "md1") in components
     assert any("/ uses 95%" in f for f in findings(result.facts))
     assert not any(c.root for c in r.host.ran if c.argv[0] in ("cat", "df", "uname"))
+
+
+@pytest.mark.parametrize("unit", ["poweroff.target", "reboot.target", "ctrl-alt-del.target",
+                                  "sshd.socket", "data.mount", "apt-daily.timer",
+                                  "user.slice", "getty@.service"])
+def test_service_restart_refuses_units_that_are_not_services(unit: str) -> None:
+    # "systemctl restart poweroff.target" would power the customer's server off.
+    with pytest.raises(ParameterError):
+        RUNBOOKS["service_restart"].parse_params({"unit": unit})
+
+
+@pytest.mark.parametrize("unit", ["nginx", "nginx.service", "php8.2-fpm", "getty@tty1.service",
+                                  "systemd-resolved"])
+def test_service_restart_accepts_service_units(unit: str) -> None:
+    assert RUNBOOKS["service_restart"].parse_params({"unit": unit}).unit == unit
+
+
+@pytest.mark.parametrize("platform", ["linux", "windows"])
+def test_account_names_with_a_trailing_newline_are_refused(platform: str) -> None:
+    # re.match with "$" accepts "root\n"; every check is a fullmatch.
+    book = RUNBOOKS["root_password_reset"]
+    with pytest.raises(ParameterError):
+        book.steps(book.parse_params({"account": "admin\n"}), platform)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("quote", ["'", "\u2018", "\u2019", "\u201a", "\u201b"])
+def test_powershell_quoting_doubles_every_single_quote_form(quote: str) -> None:
+    # PowerShell ends a single-quoted string at any of the five; doubled, it is one literal
+    # character, so "x<q>; Stop-Computer; <q>" cannot break out.
+    value = f"x{quote}; Stop-Computer; {quote}"
+    assert ps_quote(value) == f"'x{quote}{quote}; Stop-Computer; {quote}{quote}'"
+
+
+def test_ssh_output_is_redacted_before_it_is_cut() -> None:
+    from services.executor.ssh import MAX_STDERR_CHARS, tail
+    from services.runtime.redaction import Redactor
+
+    redactor = Redactor()
+    secret = "Cust0mer-Passw0rd-value"
+    redactor.add(secret)
+    output = ("x" * MAX_STDERR_CHARS + secret + "y" * (MAX_STDERR_CHARS - 10)).encode()
+    kept = tail(output, MAX_STDERR_CHARS, redactor)
+    assert secret[-10:] not in kept
+    assert "[REDACTED]" in kept

@@ -89,8 +89,26 @@ def test_seal_without_a_key_set_says_how_to_make_one(
 
 
 def test_submit_reports_an_unreachable_intake(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ticket.json"
+    path.write_text(json.dumps(example_request()))
+    monkeypatch.setenv("INTAKE_INTEGRATION_SECRET", "osi_test")
+    assert main(["submit", str(path), "--url", "http://127.0.0.1:9",
+                 "--integration", "desk"]) == 2
+    assert "did not answer" in capsys.readouterr().err
+
+
+def test_submit_refuses_to_send_unsigned(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INTAKE_INTEGRATION", raising=False)
+    monkeypatch.delenv("INTAKE_INTEGRATION_SECRET", raising=False)
     path = tmp_path / "ticket.json"
     path.write_text(json.dumps(example_request()))
     assert main(["submit", str(path), "--url", "http://127.0.0.1:9"]) == 2
-    assert "did not answer" in capsys.readouterr().err
+    assert "--integration" in capsys.readouterr().err
+    assert main(["submit", str(path), "--url", "http://127.0.0.1:9",
+                 "--integration", "desk"]) == 2
+    err = capsys.readouterr().err
+    assert "INTAKE_INTEGRATION_SECRET" in err
+    assert "never on the command line" in err

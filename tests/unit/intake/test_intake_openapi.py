@@ -16,9 +16,16 @@ def test_exported_openapi_document_has_not_drifted() -> None:
 
 def test_document_lists_the_surfaces_of_architecture_section_6() -> None:
     paths = openapi_document()["paths"]
-    assert set(paths) >= {"/v1/tickets", "/v1/tickets/{ticket_id}", "/healthz", "/metrics"}
+    assert set(paths) >= {"/v1/tickets", "/v1/tickets/{ticket_id}"}
+    # Operations endpoints live on the ops listener, never on the public API.
+    assert not set(paths) & {"/healthz", "/metrics"}
     submit = paths["/v1/tickets"]["post"]
-    assert set(submit["responses"]) >= {"202", "409", "413", "422", "429", "503"}
+    assert set(submit["responses"]) >= {"202", "401", "403", "409", "413", "422", "429", "503"}
+    assert submit["security"] == [{"IntegrationSignature": []}]
+    assert paths["/v1/tickets/{ticket_id}"]["get"]["security"] == [{"IntegrationSignature": []}]
+    scheme = openapi_document()["components"]["securitySchemes"]["IntegrationSignature"]
+    assert scheme["in"] == "header"
+    assert scheme["name"] == "X-Intervention-Signature"
 
 
 def test_request_schema_is_the_helpdesk_request_with_resolvable_references() -> None:

@@ -143,3 +143,26 @@ async def test_retries_give_up_after_attempts_and_never_retry_a_permanent_refusa
     with pytest.raises(PermanentDeliveryError):
         await with_retries(refused, attempts=3, backoff_s=0, sleep=sleep)
     assert calls == 1
+
+
+def test_slack_text_escapes_its_three_control_characters() -> None:
+    from services.notifier.bots.slack import slack_escape
+
+    assert slack_escape("<!channel> & <https://x|y>") == \
+        "&lt;!channel&gt; &amp; &lt;https://x|y&gt;"
+
+
+@pytest.mark.parametrize(("field", "variable"), [
+    ("slack_signing_secret", "SLACK_SIGNING_SECRET"),
+    ("telegram_webhook_secret", "TELEGRAM_WEBHOOK_SECRET"),
+])
+@pytest.mark.parametrize("value", ["", "   ", "short-secret"])
+def test_empty_or_short_chat_secrets_stop_the_notifier_naming_the_variable(
+        field: str, variable: str, value: str) -> None:
+    from services.notifier.settings import NotifierSettings
+    from services.runtime.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=variable) as caught:
+        NotifierSettings(**{field: value})
+    assert value.strip() == "" or value not in str(caught.value)
+    assert NotifierSettings(**{field: SECRET}).model_dump()[field] is not None

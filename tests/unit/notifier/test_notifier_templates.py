@@ -23,13 +23,19 @@ from notifier_factories import (
 )
 
 from schemas.events import Event, TicketUpdateKind
-from services.notifier.templates import chat
-from services.notifier.templates.context import Extension
-from services.notifier.templates.en import render as render_en
-from services.notifier.templates.it import render as render_it
+from services.notifier.templates import chat, render
+from services.notifier.templates.context import Extension, UpdateContext
 from services.notifier.updates import contexts_for, customer_updates, overdue_update
 
 LANGUAGES = ("en", "it")
+
+
+def render_en(context: UpdateContext) -> str:
+    return render(context, "en")
+
+
+def render_it(context: UpdateContext) -> str:
+    return render(context, "it")
 
 
 def canary() -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime import localstack
+from devstack import localstack
 
 
 def _leader(code: str) -> subprocess.Popen[bytes]:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_MODELS
 from schemas.registry import producers_of, topic_for, topics_produced_by
-from schemas.topics import DLQ_SUFFIX, HELPDESK_REQUESTS, all_topics
+from schemas.topics import AUDIT_ANCHORED, DLQ_SUFFIX, HELPDESK_REQUESTS, all_topics
 from services.cli.commands_docs import service_runtimes
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings, SettingsError
@@ -85,12 +85,15 @@ def test_each_service_ensures_only_the_topics_it_uses(
     assert runtime.consumed_topics == EXPECTED_CONSUMED[service]
     produced = {topic_for(m) for m in EVENT_MODELS if service in producers_of(m)}
     assert produced
+    produced.add(AUDIT_ANCHORED)  # every service anchors its audit heads
     assert runtime.produced_topics == produced
     expected = (EXPECTED_CONSUMED[service] | produced
                 | {t + DLQ_SUFFIX for t in EXPECTED_CONSUMED[service]})
     names = [spec.name for spec in runtime.topic_specs()]
     assert names == sorted(expected)  # the default settings: no prefix
     assert set(names) < {spec.name for spec in all_topics("")}
+    [anchors] = [spec for spec in runtime.topic_specs() if spec.name == AUDIT_ANCHORED]
+    assert dict(anchors.configs) == {"cleanup.policy": "compact"}  # kept per ticket for good
 
 
 def test_every_catalogue_topic_is_used_by_some_service_or_the_helpdesk(

@@ -13,12 +13,15 @@ import pytest
 from services.runtime import redaction
 from services.runtime.crypto import open_text, seal_text, sign, verify
 from services.runtime.keys import (
+    AUDIT_SERVICES,
     KEYS_DIR_ENV,
     KeyFileError,
     KeyFileExistsError,
     default_keys_dir,
     init_keys,
     key_set_paths,
+    load_audit_signing_key,
+    load_audit_verify_keys,
     load_sealing_keyring,
     load_sealing_public,
     load_signing_key,
@@ -56,6 +59,8 @@ def test_key_files_follow_the_documented_layout(tmp_path: Path) -> None:
     paths = init_keys(tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "audit-auth.key", "audit-auth.pub", "audit-executor.key", "audit-executor.pub",
+        "audit-intake.key", "audit-intake.pub", "audit-notifier.key", "audit-notifier.pub",
         "auth-signing.key",
         "auth-signing.pub",
         "executor-sealing.key",
@@ -208,3 +213,30 @@ def test_key_set_paths_touch_nothing(tmp_path: Path) -> None:
 
     assert paths.sealing_private == tmp_path / "absent" / "executor-sealing.key"
     assert not (tmp_path / "absent").exists()
+
+
+def test_every_audit_writer_gets_its_own_owner_only_audit_key(tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    keys = load_audit_verify_keys(tmp_path)
+    assert sorted(service for service, _ in keys.values()) == sorted(AUDIT_SERVICES)
+    for service in AUDIT_SERVICES:
+        private = json.loads(paths.audit_private(service).read_text())
+        assert private["service"] == service
+        assert private["key_id"].startswith(f"audit-{service}-")
+        if os.name == "posix":
+            assert _mode(paths.audit_private(service)) == 0o600
+        signing = load_audit_signing_key(paths.audit_private(service), service)
+        assert keys[signing.key_id] == (service, signing.verify_key)
+    # One service's key file cannot be loaded as another's.
+    with pytest.raises(KeyFileError, match="belongs to 'notifier', not 'executor'"):
+        load_audit_signing_key(paths.audit_private("notifier"), "executor")
+
+
+def test_an_older_key_set_gets_audit_keys_without_touching_the_rest(tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    for path in paths.audit_files():
+        path.unlink()
+    before = paths.sealing_private.read_bytes()
+    init_keys(tmp_path)
+    assert paths.sealing_private.read_bytes() == before
+    assert all(path.exists() for path in paths.audit_files())

@@ -521,3 +521,80 @@ def test_overlapping_secrets_in_different_groups_leave_no_fragment() -> None:
     redactor.add_all(f"filler-secret-{i}" for i in range(20))  # push the next into a new group
     redactor.add("first-and-more")
     assert redactor.redact_text("abcdef-first-and-more!") == "[REDACTED]!"
+
+
+SECRET_PW = "Tr0ub4dor&3-horse-battery"
+
+
+def test_hex_forms_of_a_secret_are_masked() -> None:
+    redactor = Redactor()
+    redactor.add(SECRET_PW)
+    raw = SECRET_PW.encode().hex()
+    for text in (f"xxd: {raw}", f"HEX {raw.upper()} end"):
+        redacted = redactor.redact_text(text)
+        assert raw not in redacted.lower()
+        assert PLACEHOLDER in redacted
+
+
+@pytest.mark.parametrize("breaker", ["\n", "\r\n", "\n    ", "\n\t"])
+def test_a_secret_split_across_lines_is_masked(breaker: str) -> None:
+    redactor = Redactor()
+    redactor.add(SECRET_PW)
+    text = f"before {SECRET_PW[:9]}{breaker}{SECRET_PW[9:]} after\nnext line"
+    redacted = redactor.redact_text(text)
+    assert SECRET_PW[:9] not in redacted
+    assert SECRET_PW[9:] not in redacted
+    assert redacted.startswith("before ")
+    assert redacted.endswith(" after\nnext line")
+
+
+def test_a_wrapped_base64_secret_is_masked() -> None:
+    secret = "k" * 10 + "-a-long-api-token-" + "z" * 60
+    redactor = Redactor()
+    redactor.add(secret)
+    encoded = base64.b64encode(secret.encode()).decode()
+    wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    redacted = redactor.redact_text(wrapped)
+    assert all(line not in redacted for line in wrapped.splitlines() if len(line) > 8)
+
+
+def test_output_is_redacted_before_it_is_cut() -> None:
+    redactor = Redactor()
+    redactor.add(SECRET_PW)
+    limit = 1000
+    # The cut falls inside the secret: its second half would survive a cut-then-redact.
+    text = "x" * 5000 + SECRET_PW + "y" * (limit - len(SECRET_PW) // 2)
+    naive = redactor.redact_text(text[-limit:])
+    assert SECRET_PW[len(SECRET_PW) // 2 + 1:] in naive  # the bug this guards against
+    kept = redactor.redact_tail(text, limit)
+    assert SECRET_PW[len(SECRET_PW) // 2 + 1:] not in kept
+    assert kept.startswith("[… 5013 earlier characters cut …]\n" + PLACEHOLDER)
+    assert kept.endswith("y" * 100)
+    assert redactor.redact_tail("short " + SECRET_PW, limit) == "short " + PLACEHOLDER
+
+
+def test_secrets_held_by_a_running_claim_are_never_evicted() -> None:
+    redactor = Redactor(max_secrets=4)
+    with redactor.holding("HD-1:1"):
+        redactor.add(SECRET_PW)
+        for n in range(20):  # other tickets' secrets arrive meanwhile
+            with redactor.holding(f"HD-{n + 2}:1"):
+                redactor.add(f"other-secret-{n:04d}")
+        assert SECRET_PW in redactor.held("HD-1:1")
+        assert redactor.redact_text(f"pw {SECRET_PW}") == f"pw {PLACEHOLDER}"
+        assert redactor.secret_count <= 5
+    # Once the run is over it is an ordinary learnt secret again, bounded like the rest.
+    for n in range(10):
+        redactor.add(f"later-secret-{n:04d}")
+    assert redactor.redact_text(f"pw {SECRET_PW}") == f"pw {SECRET_PW}"
+    assert redactor.held("HD-1:1") == frozenset()
+
+
+def test_a_held_secret_learnt_before_the_run_is_held_when_learnt_again() -> None:
+    redactor = Redactor(max_secrets=2)
+    redactor.add(SECRET_PW)
+    with redactor.holding("HD-1:1"):
+        redactor.add(SECRET_PW)  # the run re-teaches the credential it opened earlier
+        for n in range(5):
+            redactor.add(f"other-secret-{n:04d}")
+        assert redactor.redact_text(SECRET_PW) == PLACEHOLDER

@@ -44,6 +44,7 @@ from schemas import (
     WrittenAuthorization,
     scope_of,
 )
+from schemas.events import Vouch
 
 S = st.SearchStrategy
 
@@ -184,6 +185,9 @@ ticket_submitted: S[TicketSubmitted] = st.fixed_dictionaries(
         "parameters": parameters,
         "credentials": sealed_credentials,
         "authorization": authorizations,
+        "vouched_by": st.none() | st.builds(
+            Vouch, integration=st.from_regex(r"\A[a-z0-9][a-z0-9._-]{0,20}\Z"),
+            customer=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9:._@+-]{0,40}\Z")),
     }
 ).map(lambda kw: TicketSubmitted(**_with_scope(kw)))
 

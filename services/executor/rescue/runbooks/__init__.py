@@ -43,11 +43,14 @@ def backup_tag(ticket_id: str, revision: int) -> str:
     return f"{ticket_id}-r{revision}"
 
 
-def rescue_params(verdict: AuthorizationVerified) -> dict[str, Any]:
-    """The runbook's raw parameters: the ticket's, plus what the executor knows."""
+def rescue_params(verdict: AuthorizationVerified,
+                  management_sources: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The runbook's raw parameters: the ticket's, plus what the executor knows (the
+    provider's management networks among them; never from the ticket)."""
     return {**dict(verdict.ticket.parameters),
             "backup_tag": backup_tag(verdict.ticket_id, verdict.revision),
-            "server_ip": str(verdict.server.ip), "ssh_port": verdict.server.ssh_port}
+            "server_ip": str(verdict.server.ip), "ssh_port": verdict.server.ssh_port,
+            "management_sources": tuple(management_sources)}
 
 
 __all__ = ["INCIDENTAL_STEPS", "RESCUE_CATEGORIES", "RESCUE_RUNBOOKS", "backup_tag",

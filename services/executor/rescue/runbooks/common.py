@@ -46,6 +46,15 @@ class RescueParams(BaseModel):
     backup_tag: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
     server_ip: str
     ssh_port: int = Field(default=22, ge=1, le=65535)
+    # The provider's management networks (EXECUTOR_RESCUE_MANAGEMENT_SOURCES), normalised.
+    management_sources: tuple[str, ...] = ()
+
+    @field_validator("management_sources")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
 
     @field_validator("server_ip")
     @classmethod
@@ -85,7 +94,7 @@ def tag_lines(text: str) -> dict[str, list[str]]:
 
 
 def valid_device(name: str) -> bool:
-    return bool(DEVICE.match(name)) and ".." not in name
+    return bool(DEVICE.fullmatch(name)) and ".." not in name
 
 
 # --- finding and mounting the root filesystem --------------------------------------------
@@ -239,7 +248,7 @@ def _learn_host_keys(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     keys = []
     for line in out(results).splitlines():
         key = " ".join(line.split()[:2])
-        if HOST_KEY.match(key):
+        if HOST_KEY.fullmatch(key):
             keys.append(key)
     return {"server_host_keys": keys}
 

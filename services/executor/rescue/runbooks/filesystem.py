@@ -84,7 +84,7 @@ def _refuse_nothing(results: Results, ctx: Ctx) -> str | None:
 
 
 def _summary(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if _SUMMARY.match(line.strip())]
+    lines = [line.strip() for line in text.splitlines() if _SUMMARY.fullmatch(line.strip())]
     return lines[-1] if lines else ""
 
 

@@ -7,12 +7,21 @@ the server's interface names — never into the rescue system's own, which would
 executor's connection. :func:`chains_blocking_ssh` reads it (``nft -j``): every base chain
 on the input/prerouting (output/postrouting) path that could drop SSH — a drop policy, or
 a drop, reject, jump or goto in a rule that does not plainly spare SSH (another protocol,
-another port) — gets one rule at its top accepting the SSH port (destination port in,
-source port out), and the whole ruleset is written back to
-``/etc/nftables.conf`` from ``nft list ruleset``. Everything else of the customer's policy
-stays as it was (their drops, their open ports, their other tables). Before that, the
-original file(s) and the normalised listing of the ruleset are saved to the backup
-directory; a rewrite that does not load is put back from there.
+another port) — gets rules at its top accepting the SSH port (destination port in, source
+port out), and the whole ruleset is written back to ``/etc/nftables.conf`` from ``nft list
+ruleset``. Everything else of the customer's policy stays as it was (their drops, their open
+ports, their other tables). Before that, the original file(s) and the normalised listing of
+the ruleset are saved to the backup directory; a rewrite that does not load is put back from
+there.
+
+The repair never widens who may connect (:func:`ssh_sources`). A chain where the customer
+accepts SSH only from some sources (``ip saddr 198.51.100.0/24 tcp dport 22 accept``) gets
+accepts for exactly those sources, plus the provider's management network
+(``EXECUTOR_RESCUE_MANAGEMENT_SOURCES``) when one is set. A chain with no SSH accept at all
+gets the management network when set, and an unrestricted accept only when none is set.
+SSH accepted under conditions the automation cannot reproduce (an input interface, say) is
+left alone unless a management network is set. The customer's update lists, chain by chain,
+what is now accepted and from where.
 
 Interfaces (ifupdown). "Obviously broken" is one thing only: the configuration names one
 interface, the server has exactly one other interface, and the configured one does not
@@ -22,6 +31,7 @@ subtler (addresses, netplan, NetworkManager) is reported as a finding, not chang
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -81,17 +91,21 @@ exec unshare --net -- sh -c '
     esac
     set -e
     port=$1 tag=$2 comment=$3; shift 3
-    while [ $# -ge 4 ]; do
+    # Five words per rule: family table chain direction source. The source is "" or a
+    # match built from validated addresses ("ip saddr 198.51.100.0/24"); nft joins its
+    # arguments with spaces before parsing, so it may travel as one argument.
+    while [ $# -ge 5 ]; do
         if [ "$4" = in ]; then field=dport; else field=sport; fi
-        chroot "$mnt" nft insert rule "$1" "$2" "$3" tcp "$field" "$port" accept \
+        chroot "$mnt" nft insert rule "$1" "$2" "$3" "$5" tcp "$field" "$port" accept \
             comment "\"$comment\""
-        shift 4
+        shift 5
     done
     conf=$mnt/etc/nftables.conf
     {
         echo "#!/usr/sbin/nft -f"
         echo "# Rewritten by OS intervention $tag: SSH (port $port) is accepted first in each chain"
-        echo "# that could drop it; the rest is the previous ruleset, unchanged. The previous file"
+        echo "# that could drop it, from the sources in the rules marked os-intervention; the"
+        echo "# rest is the previous ruleset, unchanged. The previous file"
         echo "# is in /root/os-intervention/$tag/etc/nftables.conf."
         echo "flush ruleset"
         echo
@@ -167,21 +181,131 @@ def _spares_ssh(rule: Mapping[str, Any], port: int, direction: str) -> bool:
     return False
 
 
-def _is_ssh_accept(rule: Mapping[str, Any], port: int, direction: str) -> bool:
-    field = "dport" if direction == "in" else "sport"
-    exprs = [e for e in rule.get("expr") or [] if not (isinstance(e, dict) and "counter" in e)]
-    if len(exprs) != 2 or not isinstance(exprs[0], dict) or not isinstance(exprs[1], dict):
-        return False
-    match = exprs[0].get("match")
-    return (isinstance(match, dict) and match.get("op") == "=="
-            and match.get("left") == {"payload": {"protocol": "tcp", "field": field}}
-            and match.get("right") == port and "accept" in exprs[1])
+Source = tuple[str, str]  # ("ip" | "ip6", "198.51.100.0/24" | "a-b" | "@set name")
+_NEUTRAL = ("counter", "log", "limit")  # parts of a rule that do not narrow who it accepts
 
 
-def chains_blocking_ssh(ruleset: str, port: int) -> tuple[list[dict[str, str]], list[str]]:
-    """From ``nft -j list ruleset``: the base chains that could drop SSH and do not accept
-    it first (``family``, ``table``, ``chain``, ``direction`` in/out), and findings for the
-    customer."""
+def management_sources(text: str) -> tuple[str, ...]:
+    """``EXECUTOR_RESCUE_MANAGEMENT_SOURCES``: comma-separated addresses or CIDR ranges,
+    normalised; a ``ValueError`` names a bad one."""
+    found: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(_network_token(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(f"{part[:60]!r} is not an IP address or CIDR range") from None
+    return tuple(dict.fromkeys(found))
+
+
+def _network_token(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    # nft lists a /32 (/128) as the bare address; compare in that form.
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _management(sources: tuple[str, ...]) -> list[Source]:
+    return [("ip" if ipaddress.ip_network(t, strict=False).version == 4 else "ip6", t)
+            for t in sources]
+
+
+def _address_tokens(value: Any, proto: str) -> list[str] | None:
+    """An nft JSON address operand as source tokens; None when it is not one we rebuild."""
+    version = 4 if proto == "ip" else 6
+    try:
+        if isinstance(value, str):
+            if value.startswith("@"):
+                return [value] if NAME.fullmatch(value[1:]) else None
+            net = ipaddress.ip_network(value, strict=False)
+            return [_network_token(net)] if net.version == version else None
+        if isinstance(value, dict) and isinstance(value.get("prefix"), dict):
+            prefix = value["prefix"]
+            net = ipaddress.ip_network(f"{prefix['addr']}/{int(prefix['len'])}", strict=False)
+            return [_network_token(net)] if net.version == version else None
+        if isinstance(value, dict) and "range" in value:
+            low, high = (ipaddress.ip_address(str(v)) for v in value["range"])
+            return [f"{low}-{high}"] if low.version == high.version == version else None
+        if isinstance(value, dict) and isinstance(value.get("set"), list):
+            tokens: list[str] = []
+            for item in value["set"]:
+                part = _address_tokens(item, proto)
+                if part is None:
+                    return None
+                tokens.extend(part)
+            return tokens
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def ssh_sources(rule: Mapping[str, Any], port: int, direction: str
+                ) -> tuple[str, list[Source]] | None:
+    """What an accepting rule means for SSH: ``("open", [])`` accepts SSH from anywhere,
+    ``("scoped", sources)`` only from those addresses, ``("other", [])`` under conditions
+    the automation does not rebuild (an interface, a mark). None: the rule does not accept
+    SSH (no accept, another port) or is not about SSH (``ct state established accept``)."""
+    exprs = [e for e in rule.get("expr") or [] if isinstance(e, dict)]
+    if not any("accept" in e for e in exprs):
+        return None
+    peer = "saddr" if direction == "in" else "daddr"
+    port_field = "dport" if direction == "in" else "sport"
+    sources: list[Source] = []
+    has_port, unknown = False, False
+    for expr in exprs:
+        if "accept" in expr or any(k in expr for k in _NEUTRAL):
+            continue
+        match = expr.get("match")
+        if not isinstance(match, dict) or match.get("op") not in ("==", "in"):
+            unknown = True
+            continue
+        left, right = match.get("left"), match.get("right")
+        payload = left.get("payload") if isinstance(left, dict) else None
+        meta = left.get("meta") if isinstance(left, dict) else None
+        ct = left.get("ct") if isinstance(left, dict) else None
+        if isinstance(payload, dict) and payload.get("protocol") == "tcp" \
+                and payload.get("field") == port_field:
+            ranges = _ports(right)
+            if ranges is None or not any(low <= port <= high for low, high in ranges):
+                return None
+            has_port = True
+        elif isinstance(payload, dict) and payload.get("protocol") in ("ip", "ip6") \
+                and payload.get("field") == peer:
+            tokens = _address_tokens(right, str(payload["protocol"]))
+            if tokens is None:
+                unknown = True
+            else:
+                sources.extend((str(payload["protocol"]), t) for t in tokens)
+        elif not ((isinstance(meta, dict) and meta.get("key") == "l4proto"
+                   and right in ("tcp", 6)) or (isinstance(ct, dict) and ct.get("key") == "state")):
+            # "meta l4proto tcp" and "ct state new" do not narrow who may connect.
+            unknown = True
+    if not has_port and (unknown or not sources):
+        return None  # a general accept (loopback, established): not an SSH rule
+    if unknown:
+        return "other", []
+    return ("scoped", sources) if sources else ("open", [])
+
+
+def _family_protos(family: str) -> tuple[str, ...]:
+    return {"ip": ("ip",), "ip6": ("ip6",)}.get(family, ("ip", "ip6"))
+
+
+def _describe(sources: list[Source], customer: set[Source], management: set[Source]) -> str:
+    parts = []
+    for source in sources:
+        why = [w for w, group in (("already allowed by your rules", customer),
+                                  ("the provider's management network", management))
+               if source in group]
+        parts.append(f"{source[1]} ({', '.join(why)})" if why else source[1])
+    return ", ".join(parts)
+
+
+def chains_blocking_ssh(ruleset: str, port: int, management: tuple[str, ...] = ()
+                        ) -> tuple[list[dict[str, str]], list[str]]:
+    """From ``nft -j list ruleset``: the accept rules to insert at the top of the base chains
+    that could drop SSH (``family``, ``table``, ``chain``, ``direction`` in/out, ``source``:
+    an nft match such as ``ip saddr 198.51.100.0/24``, or empty for any source), and findings
+    for the customer, which say exactly what will be accepted where."""
     items = json.loads(ruleset).get("nftables", [])
     chains: dict[tuple[str, str, str], dict[str, Any]] = {}
     rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -192,6 +316,7 @@ def chains_blocking_ssh(ruleset: str, port: int) -> tuple[list[dict[str, str]], 
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault((r.get("family"), r.get("table"), r.get("chain")), []).append(r)
+    managed = _management(management)
     found: list[dict[str, str]] = []
     findings: list[str] = []
     for key, chain in chains.items():
@@ -214,14 +339,54 @@ def chains_blocking_ssh(ruleset: str, port: int) -> tuple[list[dict[str, str]], 
                     and not _spares_ssh(r, port, direction)]
         if chain.get("policy") != "drop" and not blocking:
             continue
-        if own and _is_ssh_accept(own[0], port, direction):
-            continue
-        if not all(isinstance(v, str) and NAME.match(v) for v in (family, table, name)):
+        if not all(isinstance(v, str) and NAME.fullmatch(v) for v in (family, table, name)):
             findings.append(f"The chain {table}/{name} has a name the automation does not "
                             "edit; check that it lets SSH through.")
             continue
-        found.append({"family": str(family), "table": str(table), "chain": str(name),
-                      "direction": direction})
+        protos = _family_protos(str(family))
+        kinds = [ssh_sources(r, port, direction) for r in own]
+        # The rules already at the top that accept SSH: what they let in needs nothing.
+        leading: list[tuple[str, list[Source]]] = []
+        for kind in kinds:
+            if kind is None or kind[0] == "other":
+                break
+            leading.append(kind)
+        if any(k == "open" for k, _ in leading):
+            continue
+        covered = {s for _, sources in leading for s in sources}
+        customer = {s for k in kinds if k is not None and k[0] == "scoped" for s in k[1]
+                    if s[0] in protos}
+        management_here = {s for s in managed if s[0] in protos}
+        where = f"{family} {table}/{name}"
+        wanted: list[Source] | None  # None: accept from anywhere
+        if any(k is not None and k[0] == "open" for k in kinds):
+            wanted = None  # the customer accepts SSH from anywhere already, further down
+        elif customer or any(k is not None and k[0] == "other" for k in kinds):
+            wanted = sorted(customer | management_here)
+            if not wanted:
+                findings.append(
+                    f"In {where} SSH is accepted only under conditions the automation does "
+                    "not rebuild (such as an input interface); it was not changed, so that "
+                    "no one is let in whom your rules kept out. Review it.")
+                continue
+        else:
+            wanted = sorted(management_here) or None
+        if wanted is not None and set(wanted) <= covered:
+            continue
+        base = {"family": str(family), "table": str(table), "chain": str(name),
+                "direction": direction}
+        peer = "saddr" if direction == "in" else "daddr"
+        if wanted is None:
+            found.append({**base, "source": ""})
+            findings.append(f"In {where} SSH (port {port}) is now accepted first from any "
+                            "address: your rules had no SSH source restriction. Consider "
+                            "limiting it to the addresses you connect from.")
+            continue
+        missing = [s for s in wanted if s not in covered]
+        found.extend({**base, "source": f"{proto} {peer} {token}"} for proto, token in missing)
+        findings.append(f"In {where} SSH (port {port}) is now accepted first only from "
+                        f"{_describe(missing, customer, management_here)}; your other "
+                        "rules, including any source restrictions, are unchanged.")
     return sorted(found, key=lambda c: tuple(c.values())), findings
 
 
@@ -244,7 +409,8 @@ def _learn_firewall(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     elif load.exit_status == 0:
         facts["firewall"] = "nftables"
         try:
-            chains, notes = chains_blocking_ssh(load.stdout, ctx.params.ssh_port)
+            chains, notes = chains_blocking_ssh(load.stdout, ctx.params.ssh_port,
+                                                ctx.params.management_sources)
         except (ValueError, AttributeError, TypeError):
             chains, notes = [], ["The nftables ruleset could not be analysed; not changed."]
         findings.extend(notes)
@@ -260,7 +426,8 @@ def _learn_firewall(results: Results, ctx: Ctx) -> Mapping[str, Any]:
 
 def _verified(results: Results, ctx: Ctx) -> bool:
     try:
-        chains, _ = chains_blocking_ssh(out(results), ctx.params.ssh_port)
+        chains, _ = chains_blocking_ssh(out(results), ctx.params.ssh_port,
+                                        ctx.params.management_sources)
     except (ValueError, AttributeError, TypeError):
         return False
     return not chains
@@ -322,7 +489,7 @@ def _learn_network(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     config, _, rest = text.partition("== end")
     config = config.partition("== interfaces")[2]
     tags = tag_lines(rest)
-    links = [n for n in tags.get("link", []) if NIC.match(n) and n != "lo"]
+    links = [n for n in tags.get("link", []) if NIC.fullmatch(n) and n != "lo"]
     findings = []
     if tags.get("netplan") or tags.get("networkmanager"):
         findings.append("The network is (also) configured by netplan or NetworkManager, which "
@@ -330,7 +497,7 @@ def _learn_network(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     facts: dict[str, Any] = {"nics": links}
     stanzas = {n: m for n, m in parse_interfaces(config).items() if n != "lo"}
     missing = [n for n in stanzas if n not in links]
-    if stanzas and len(stanzas) == 1 and missing and len(links) == 1 and NIC.match(missing[0]):
+    if stanzas and len(stanzas) == 1 and missing and len(links) == 1 and NIC.fullmatch(missing[0]):
         facts["iface_rename"] = [missing[0], links[0]]
         findings.append(f"/etc/network/interfaces configured {missing[0]}, which does not exist "
                         f"on this server; it now configures {links[0]}, the server's only "
@@ -407,8 +574,9 @@ def _steps(params: RescueParams, platform: Platform) -> tuple[Step[RescueParams]
              requires=("fact:ssh_chains",),
              change=lambda ctx: [sh(_SCRATCH, MNT, "rewrite", str(ctx.params.ssh_port),
                                     ctx.params.backup_tag, COMMENT,
-                                    *(chain[k] for chain in ctx.facts["ssh_chains"]
-                                      for k in ("family", "table", "chain", "direction")),
+                                    *(chain.get(k, "") for chain in ctx.facts["ssh_chains"]
+                                      for k in ("family", "table", "chain", "direction",
+                                                "source")),
                                     root=True)],
              verify=lambda ctx: _scratch(ctx, "json"), verified=_verified,
              rollback=lambda ctx: restore_from_backup(ctx, "etc/nftables.conf")),

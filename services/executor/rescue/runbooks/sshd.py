@@ -71,7 +71,7 @@ def _validate(ctx: Ctx) -> list[Command]:
 
 def _learn(results: Results, ctx: Ctx) -> Mapping[str, Any]:
     tags = tagged(results)
-    missing = [k for k in tags.get("missingkey", []) if KEY_PATH.match(k)]
+    missing = [k for k in tags.get("missingkey", []) if KEY_PATH.fullmatch(k)]
     units = [u.split() for u in tags.get("unit", []) if len(u.split()) == 2]
     unit = next(([name, where] for name, where in units if name in UNITS), None)
     enabled = set(tags.get("enabled", []))

@@ -12,6 +12,7 @@ from services.executor.rescue.runbooks.common import RescueParams
 from services.executor.rescue.runbooks.firewall import (
     _learn_network,
     chains_blocking_ssh,
+    management_sources,
     parse_interfaces,
 )
 from services.executor.runbooks.model import CommandResult, Context, RunOptions
@@ -49,8 +50,11 @@ def test_the_customer_lockout_needs_ssh_first_in_input_only() -> None:
     # The input chain drops SSH; the output chain's only drop is outbound mail, which
     # cannot touch SSH replies; forward is not on SSH's path.
     assert chains == [{"family": "inet", "table": "filter", "chain": "input",
-                       "direction": "in"}]
-    assert findings == []
+                       "direction": "in", "source": ""}]
+    # The customer had no SSH source restriction and no management network is set: the
+    # update says SSH is open to any address now.
+    assert len(findings) == 1
+    assert "from any address" in findings[0]
 
 
 def test_a_chain_that_already_accepts_ssh_first_is_left_alone() -> None:
@@ -87,7 +91,7 @@ def test_outbound_ssh_replies_use_the_source_port() -> None:
     text = ruleset(chain("output", "output", "drop"), rule("output", port("dport", 25), DROP))
     chains, _ = chains_blocking_ssh(text, 22)
     assert chains == [{"family": "inet", "table": "filter", "chain": "output",
-                       "direction": "out"}]
+                       "direction": "out", "source": ""}]
     spared = ruleset(chain("output", "output"), rule("output", port("dport", 25), DROP),
                      rule("output", port("dport", 8080), DROP))
     # A drop on a client-side port >= 1024 could hit a reply, so it counts.
@@ -157,3 +161,98 @@ def test_a_matching_configuration_needs_nothing_and_a_foreign_address_is_reporte
     facts = network(INTERFACES, ["lo", "ens3"], ip="198.51.100.9")
     assert "iface_rename" not in facts
     assert any("198.51.100.9" in f for f in facts["findings_network"])
+
+
+def saddr(value: Any, proto: str = "ip") -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                      "right": value}}
+
+
+def prefix(addr: str, length: int) -> dict[str, Any]:
+    return {"prefix": {"addr": addr, "len": length}}
+
+
+RESTRICTED = ruleset(chain("input", "input", "drop"),
+                     rule("input", port("dport", 22), DROP),
+                     rule("input", saddr(prefix("198.51.100.0", 24)), port("dport", 22), ACCEPT))
+
+
+def test_a_source_restricted_ssh_accept_is_kept_restricted() -> None:
+    # The customer lets SSH in from 198.51.100.0/24 only; a drop in front locks them out.
+    # The repair accepts SSH first from that range, never from the whole Internet.
+    chains, findings = chains_blocking_ssh(RESTRICTED, 22)
+    assert chains == [{"family": "inet", "table": "filter", "chain": "input",
+                       "direction": "in", "source": "ip saddr 198.51.100.0/24"}]
+    assert findings == ["In inet filter/input SSH (port 22) is now accepted first only from "
+                        "198.51.100.0/24 (already allowed by your rules); your other rules, "
+                        "including any source restrictions, are unchanged."]
+
+
+def test_the_management_network_is_added_to_the_customers_sources() -> None:
+    chains, findings = chains_blocking_ssh(RESTRICTED, 22, ("192.0.2.0/28", "2001:db8::/64"))
+    assert [c["source"] for c in chains] == ["ip saddr 192.0.2.0/28", "ip saddr 198.51.100.0/24",
+                                             "ip6 saddr 2001:db8::/64"]
+    assert "192.0.2.0/28 (the provider's management network)" in findings[0]
+
+
+def test_without_any_ssh_accept_the_management_network_is_the_only_source() -> None:
+    text = ruleset(chain("input", "input", "drop", family="ip", table="t4"))
+    chains, findings = chains_blocking_ssh(text, 22, ("192.0.2.0/28", "2001:db8::/64"))
+    # An ip-family chain gets only the IPv4 range.
+    assert [c["source"] for c in chains] == ["ip saddr 192.0.2.0/28"]
+    assert "only from 192.0.2.0/28" in findings[0]
+
+
+def test_sets_hosts_and_named_sets_of_the_customer_are_rebuilt() -> None:
+    text = ruleset(chain("input", "input", "drop"),
+                   rule("input", port("dport", 22), DROP),
+                   rule("input", saddr({"set": ["203.0.113.7", prefix("10.0.0.0", 8)]}),
+                        port("dport", {"set": [22, 80]}), ACCEPT),
+                   rule("input", saddr("@admins"), port("dport", 22), ACCEPT))
+    chains, _ = chains_blocking_ssh(text, 22)
+    assert [c["source"] for c in chains] == ["ip saddr 10.0.0.0/8", "ip saddr 203.0.113.7",
+                                             "ip saddr @admins"]
+
+
+def test_the_repaired_ruleset_needs_nothing_more() -> None:
+    # After the inserted scoped accepts lead the chain, the verification finds no chain.
+    text = ruleset(chain("input", "input", "drop"),
+                   rule("input", saddr(prefix("198.51.100.0", 24)), port("dport", 22), ACCEPT),
+                   rule("input", port("dport", 22), DROP),
+                   rule("input", saddr(prefix("198.51.100.0", 24)), port("dport", 22), ACCEPT))
+    assert chains_blocking_ssh(text, 22) == ([], [])
+
+
+def test_ssh_accepted_only_on_an_interface_is_left_alone_without_a_management_network() -> None:
+    iif = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "vpn0"}}
+    text = ruleset(chain("input", "input", "drop"), rule("input", port("dport", 22), DROP),
+                   rule("input", iif, port("dport", 22), ACCEPT))
+    chains, findings = chains_blocking_ssh(text, 22)
+    assert chains == []
+    assert "not changed" in findings[0]
+    chains, _ = chains_blocking_ssh(text, 22, ("192.0.2.1",))
+    assert [c["source"] for c in chains] == ["ip saddr 192.0.2.1"]
+
+
+def test_an_unrestricted_accept_further_down_allows_an_unrestricted_repair() -> None:
+    # The fixture's customer accepts tcp dport {22, 80, 443} from anywhere (after a drop
+    # of 22): accepting SSH from anywhere first widens nothing, management network or not.
+    chains, _ = chains_blocking_ssh(FIXTURE.read_text(), 22, ("192.0.2.0/28",))
+    assert [c["source"] for c in chains] == [""]
+
+
+def test_established_and_loopback_accepts_are_not_ssh_restrictions() -> None:
+    text = ruleset(chain("input", "input", "drop"),
+                   rule("input", {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                                            "right": ["established", "related"]}}, ACCEPT),
+                   rule("input", {"match": {"op": "==", "left": {"meta": {"key": "iif"}},
+                                            "right": "lo"}}, ACCEPT))
+    chains, _ = chains_blocking_ssh(text, 22, ("192.0.2.0/28",))
+    assert [c["source"] for c in chains] == ["ip saddr 192.0.2.0/28"]
+
+
+@pytest.mark.parametrize("bad", ["0.0.0.0/33", "example.net", "192.0.2.1; flush ruleset"])
+def test_management_sources_must_be_addresses_or_ranges(bad: str) -> None:
+    with pytest.raises(ValueError, match="not an IP address or CIDR range"):
+        management_sources(f"192.0.2.0/28,{bad}")
+    assert management_sources(" 192.0.2.5/32 , 2001:db8::/64,") == ("192.0.2.5", "2001:db8::/64")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from services.executor.runbooks.engine import (
 )
 from services.executor.ssh import Credential, HostKeyInfo, SshError, SshTarget
 from services.runtime.crypto import PrivateSealingKey, open_text, seal_text
+from services.runtime.redaction import Redactor
 
 DISK_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIj0Kd+FxChsbL3uWz1ruPEtlntYloMqCIfXtX1iSSSb"
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHDc+tKFJafhnOd3hvVVw+0NBP2eDGDUq45kCrZ4mk6j"
@@ -129,9 +131,14 @@ class FakeEngine:
     issue: tuple[str, str] | None = None
     issuer: CredentialIssuer | None = None
     runs: int = 0
+    during: Callable[[Any], None] | None = None  # called with the params mid-run
+    params: Any = None
 
     async def run(self, runbook: Any, params: Any) -> RunResult:
         self.runs += 1
+        self.params = params
+        if self.during is not None:
+            self.during(params)
         if self.issue is not None and self.issuer is not None:
             deposit = await self.issuer.deposit(step_key="k", account=self.issue[0],
                                                 secret=self.issue[1])
@@ -149,6 +156,8 @@ class Rig:
     audits: list[tuple[str, dict[str, Any]]]
     claim: Claim
     verdict: AuthorizationVerified
+    redactor: Redactor = field(default_factory=Redactor)
+    management_sources: tuple[str, ...] = ()
 
     async def run(self) -> Any:
         async def audit(claim: Claim, record_id: str, kind: str, data: Any) -> None:
@@ -164,7 +173,8 @@ class Rig:
             engine=make_engine, seal=lambda s: seal_text(s, SEALING.public),
             unseal=lambda s: open_text(s, {SEALING.key_id: SEALING}),
             tracer=trace.get_tracer("test"),
-            timing=RescueTiming(boot_timeout_s=0.3, poll_s=0.05, ssh_wait_s=0.2))
+            timing=RescueTiming(boot_timeout_s=0.3, poll_s=0.05, ssh_wait_s=0.2),
+            management_sources=self.management_sources, redactor=self.redactor)
         return await RescueRun(ports, self.claim, self.verdict,
                                Credential(username="operator", password="Cust-pw-1"),
                                FakeIssuer()).run()
@@ -323,3 +333,28 @@ async def test_a_step_unsafe_to_repeat_leaves_the_server_in_rescue_for_an_engine
     assert "rescue system at 192.0.2.50" in result.handover.instructions[0]
     assert result.handover.instructions[-1].startswith("Boot the server back")
     assert "boot_disk" not in rig.provider.calls  # the engineer continues in the rescue system
+
+
+async def test_the_runs_secrets_stay_masked_however_many_others_arrive_meanwhile() -> None:
+    # A bounded redactor forgets its oldest secrets; a long rescue run's must not be among
+    # them while the run can still print them.
+    rig = make_rig()
+    rig.redactor = Redactor(max_secrets=3)
+    rig.redactor.add("Cust-pw-1")  # opened before the run, as the executor does
+    seen: list[str] = []
+
+    def other_tickets_arrive(params: Any) -> None:
+        for n in range(10):
+            rig.redactor.add(f"another-ticket-secret-{n}")
+        seen.append(rig.redactor.redact_text("login Cust-pw-1"))
+
+    rig.engine.during = other_tickets_arrive
+    await rig.run()
+    assert seen == ["login [REDACTED]"]
+
+
+async def test_the_management_network_reaches_the_rescue_runbook() -> None:
+    rig = make_rig(category="network_recovery")
+    rig.management_sources = ("192.0.2.0/28",)
+    await rig.run()
+    assert rig.engine.params.management_sources == ("192.0.2.0/28",)

@@ -57,6 +57,7 @@ class Api:
         self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
         self.seen: list[tuple[str, str, str | None, Any]] = []
         self.delay = 0.0
+        self.location: str | None = None  # sent as Location with every answer when set
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,6 +74,8 @@ class Api:
                 with contextlib.suppress(OSError):  # the client may have given up
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(data)))
+                    if api.location:
+                        self.send_header("Location", api.location)
                     self.end_headers()
                     self.wfile.write(data)
 
@@ -145,3 +148,53 @@ async def test_a_slow_or_absent_api_is_unavailable_not_a_hang(api: Api) -> None:
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="http"):
         HttpRescueProvider("file:///etc/passwd", token="t")
+
+
+@pytest.mark.parametrize("url", ["http://rescue.example.net/api", "http://203.0.113.9:8080",
+                                 "ftp://rescue.example.net", "rescue.example.net", "https://"])
+def test_the_provider_url_must_be_https(url: str) -> None:
+    # The API carries the bearer token and one-time root passwords.
+    with pytest.raises(ValueError, match="https://"):
+        HttpRescueProvider(url, token="t0ken-value")
+
+
+@pytest.mark.parametrize("url", ["https://rescue.example.net/api", "http://127.0.0.1:8089",
+                                 "http://[::1]:8089", "http://localhost:8089"])
+def test_https_and_loopback_provider_urls_are_accepted(url: str) -> None:
+    HttpRescueProvider(url, token="t0ken-value")
+
+
+def test_a_plain_http_provider_url_stops_the_executor_naming_the_variable() -> None:
+    from services.executor.settings import ExecutorSettings
+    from services.runtime.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="EXECUTOR_RESCUE_API_URL"):
+        ExecutorSettings(executor_rescue_api_url="http://rescue.example.net")
+    with pytest.raises(SettingsError, match="EXECUTOR_RESCUE_MANAGEMENT_SOURCES"):
+        ExecutorSettings(executor_rescue_management_sources="192.0.2.0/28,nope")
+    settings = ExecutorSettings(executor_rescue_management_sources="192.0.2.0/28, 192.0.2.9")
+    assert settings.rescue_management_sources == ("192.0.2.0/28", "192.0.2.9")
+
+
+async def test_a_redirect_is_not_followed_with_the_token(api: Api) -> None:
+    # Following it would send the bearer token elsewhere, possibly over plain HTTP.
+    api.location = f"{api.url}/v1/actions/elsewhere"
+    api.routes[("GET", "/v1/actions/act-1")] = (302, {})
+    api.routes[("GET", "/v1/actions/elsewhere")] = (200, {"action": ACTION})
+    provider = HttpRescueProvider(api.url, token="tok-123", timeout_s=2)
+    with pytest.raises(ProviderError) as caught:
+        await provider.action("act-1")
+    assert caught.value.kind == "rejected"
+    assert [path for _, path, _, _ in api.seen] == ["/v1/actions/act-1"]
+
+
+def test_values_with_a_trailing_newline_are_refused() -> None:
+    # re.match with "$" accepts "x\n"; every check is a fullmatch.
+    from services.executor.rescue.runbooks.common import valid_device
+
+    with pytest.raises(ProviderError):
+        parse_action({**ACTION, "id": "act-1\n"})
+    with pytest.raises(ProviderError):
+        parse_access({**ACCESS, "username": "root\n"})
+    assert not valid_device("/dev/sda1\n")
+    assert valid_device("/dev/sda1")

@@ -258,4 +258,15 @@ def test_rescue_params_merge_ticket_parameters_under_the_executors() -> None:
         server=SimpleNamespace(ip="203.0.113.5", ssh_port=2222))
     raw = rescue_params(event)  # type: ignore[arg-type]
     assert raw == {"account": "admin", "backup_tag": "HD-9-r2", "server_ip": "203.0.113.5",
-                   "ssh_port": 2222}
+                   "ssh_port": 2222, "management_sources": ()}
+
+
+def test_a_ticket_cannot_set_the_management_network() -> None:
+    from types import SimpleNamespace
+
+    event = SimpleNamespace(
+        ticket_id="HD-9", revision=2,
+        ticket=SimpleNamespace(parameters={"management_sources": ("0.0.0.0/0",)}),
+        server=SimpleNamespace(ip="203.0.113.5", ssh_port=22))
+    raw = rescue_params(event, ("192.0.2.0/28",))  # type: ignore[arg-type]
+    assert raw["management_sources"] == ("192.0.2.0/28",)
