@@ -74,6 +74,10 @@ from services.runtime.keys import init_keys  # noqa: E402
 
 SERVICES = ("intake", "auth", "executor", "notifier")
 DEFAULT_KILLS = ("intake", "auth", "executor", "notifier", "kafka", "ferretdb")
+# Outages that are not crashes: the broker or the store frozen (SIGSTOP) for --down seconds,
+# then resumed (SIGCONT) - connections hang instead of being refused.
+FREEZES = ("kafka-freeze", "ferretdb-freeze")
+HEALTH_SAMPLE_AFTER_S = 8.0  # into an outage of at least twice this, ask every /healthz
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,6 +100,9 @@ class Kill:
     at: float
     restarted_at: float = 0.0
     healthy_at: float = 0.0
+    # Each service's /healthz during the outage: (status code, body).
+    health: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    health_at: float = 0.0  # when those answers were in
 
     @property
     def recovery_s(self) -> float:
@@ -308,16 +315,44 @@ class Chaos:
             self.start_service(target)
             self.killed.discard(target)
         else:
-            part = self.stack.kafka if target == "kafka" else self.stack.ferret
-            await asyncio.to_thread(part.kill)
-            await asyncio.sleep(self.args.down)
-            await asyncio.to_thread(part.start)
+            part = self.stack.kafka if target.startswith("kafka") else self.stack.ferret
+            frozen = target in FREEZES
+            if frozen:
+                part.freeze()
+            else:
+                await asyncio.to_thread(part.kill)
+            if self.args.down >= 2 * HEALTH_SAMPLE_AFTER_S:
+                await asyncio.sleep(HEALTH_SAMPLE_AFTER_S)
+                kill.health = await self.health()
+                kill.health_at = time.time()
+                await asyncio.sleep(self.args.down - HEALTH_SAMPLE_AFTER_S)
+            else:
+                await asyncio.sleep(self.args.down)
+            if frozen:
+                part.thaw()
+            else:
+                await asyncio.to_thread(part.start)
         kill.restarted_at = time.time()
         await asyncio.to_thread(wait_healthy, list(self.services.values()), timeout=300)
         kill.healthy_at = time.time()
         print(f"  killed {target}: back and healthy {kill.recovery_s:.1f}s after the kill",
               flush=True)
         return kill
+
+    async def health(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Every service's ``/healthz`` answer now (asked all at once)."""
+        async def ask(client: httpx.AsyncClient, proc: ServiceProcess
+                      ) -> tuple[int, dict[str, Any]]:
+            try:
+                response = await client.get(f"http://127.0.0.1:{proc.health_port}/healthz")
+                return response.status_code, response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return 0, {"error": f"{type(exc).__name__}: {exc}"}
+
+        async with httpx.AsyncClient(timeout=15) as client:
+            names = list(self.services)
+            answers = await asyncio.gather(*(ask(client, self.services[n]) for n in names))
+        return dict(zip(names, answers, strict=True))
 
     async def chaos(self) -> None:
         await asyncio.sleep(self.args.first_kill)
@@ -453,7 +488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tickets", type=int, default=300)
     parser.add_argument("--rate", type=float, default=2.0, help="tickets per second")
     parser.add_argument("--kills", type=lambda s: [k for k in s.split(",") if k],
-                        default=list(DEFAULT_KILLS))
+                        default=list(DEFAULT_KILLS),
+                        help=f"in order; also {', '.join(FREEZES)} (SIGSTOP for --down s)")
     parser.add_argument("--first-kill", type=float, default=10.0,
                         help="seconds after the first ticket")
     parser.add_argument("--interval", type=float, default=15.0,
@@ -467,7 +503,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    unknown = set(args.kills) - set(DEFAULT_KILLS)
+    unknown = set(args.kills) - set(DEFAULT_KILLS) - set(FREEZES)
     if unknown:
         parser.error(f"unknown kill targets: {', '.join(sorted(unknown))}")
     return args

@@ -114,9 +114,14 @@ class PrivateKafka(Part):
                              .replace("${KAFKA_PORT}", str(self.port))
                              .replace("${CONTROLLER_PORT}", str(self.controller_port)))
             (self.directory / "log").mkdir(exist_ok=True)
+            # A cluster id may begin with "-" (URL-safe base64), which the tool would read
+            # as an option: draw again until it does not.
+            cluster = localstack._kafka_uuid()
+            while cluster.startswith("-"):
+                cluster = localstack._kafka_uuid()
             subprocess.run(localstack._kafka_java(
-                "kafka.tools.StorageTool", "format", "--standalone", "-t",
-                localstack._kafka_uuid(), "-c", str(props), logs_dir=self.directory / "log"),
+                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster,
+                "-c", str(props), logs_dir=self.directory / "log"),
                 check=True, capture_output=True)
         return props
 
@@ -175,8 +180,12 @@ class PrivateStack:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         stack = cls(kafka=PrivateKafka(name="kafka", directory=directory / "kafka"),
                     ferret=PrivateFerret(name="ferretdb", directory=directory / "ferretdb"))
-        stack.ferret.start()
-        stack.kafka.start()
+        try:
+            stack.ferret.start()
+            stack.kafka.start()
+        except BaseException:
+            stack.stop()  # nothing of a failed start is left running
+            raise
         return stack
 
     def stop(self) -> None:

@@ -116,6 +116,9 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     worker = Worker(interventions.run, concurrency=settings.executor_concurrency,
                     queue_size=settings.executor_queue_size, scan=scan,
                     rescan_s=settings.executor_rescan_s)
+    runtime.metrics.watch_work(
+        queued=lambda: worker._queue.qsize(), running=lambda: worker.running,
+        concurrency=settings.executor_concurrency, queue_size=settings.executor_queue_size)
     reports = ManualReports(steps=manual, claims=claims, audit=runtime.audit, owner=owner,
                             offer=worker.offer)
     acceptance = Acceptance(

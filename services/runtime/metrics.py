@@ -10,7 +10,7 @@ never ticket ids. The catalogue of names and alerts is docs/operations-metrics.m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,6 +63,7 @@ class _Position:
 class RuntimeMetrics:
     def __init__(self, meter_provider: MeterProvider, service_name: str) -> None:
         meter = meter_provider.get_meter(f"intervention.{service_name}")
+        self._meter = meter
         self._handled = meter.create_counter(
             "intervention.messages.handled", unit="{message}",
             description="Handler runs by topic and outcome (ok, error).",
@@ -146,6 +147,29 @@ class RuntimeMetrics:
             return []
         return [Observation(int(self._dependencies.status(name).ok), {"dependency": name})
                 for name in ("kafka", "mongodb")]
+
+    def watch_work(self, *, queued: Callable[[], int], running: Callable[[], int],
+                   concurrency: int, queue_size: int) -> None:
+        """The executor's bounded work queue: what waits, what runs, and the limits, so a
+        saturated executor shows before the initial-response clocks run out."""
+        meter = self._meter
+        limits = {"concurrency": concurrency, "queue_size": queue_size}
+
+        def observe(value: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            return lambda _options: [Observation(value())]
+
+        meter.create_observable_gauge(
+            "intervention.executor.queued", callbacks=[observe(queued)], unit="{claim}",
+            description="Interventions accepted and waiting for a free worker.")
+        meter.create_observable_gauge(
+            "intervention.executor.running", callbacks=[observe(running)], unit="{claim}",
+            description="Interventions running now.")
+        meter.create_observable_gauge(
+            "intervention.executor.limit", unit="{claim}",
+            callbacks=[lambda _options: [Observation(v, {"limit": k})
+                                         for k, v in limits.items()]],
+            description="The executor's concurrency and queue size (EXECUTOR_CONCURRENCY, "
+                        "EXECUTOR_QUEUE_SIZE).")
 
     def published(self, topic: str) -> None:
         self._published.add(1, {"messaging.destination.name": topic})

@@ -47,6 +47,9 @@ class Operated(Protocol):
     @property
     def dependencies(self) -> Dependencies: ...
 
+    store_ping: asyncio.Future[object] | None
+    """The health probe's store ping still in flight (never cancelled: :func:`health`)."""
+
 
 async def health(runtime: Operated, *, timeout: float = 3.0) -> dict[str, bool]:
     """Probe each dependency now (and record the answer in ``runtime.dependencies``)."""
@@ -57,11 +60,22 @@ async def health(runtime: Operated, *, timeout: float = 3.0) -> dict[str, bool]:
             return False
 
     async def store_ok() -> bool:
-        try:
-            await asyncio.wait_for(runtime.db.command("ping"), timeout)
-        except Exception:  # noqa: BLE001 - any failure of the store is "not healthy"
+        # Never cancel the ping: cancelling a pymongo operation that waits in server
+        # selection (the store is down) can leave the client's topology lock released
+        # twice ("Lock is not acquired"), after which every operation of the process hangs
+        # for good (seen in the chaos runs: the executor never recovered from a 40 s store
+        # outage). So the probe waits for at most ``timeout`` and leaves a slow ping running;
+        # the next probe waits on the same one instead of starting another.
+        previous = runtime.store_ping
+        if previous is None or previous.done():
+            task: asyncio.Future[object] = asyncio.ensure_future(runtime.db.command("ping"))
+            runtime.store_ping = task
+        else:
+            task = previous
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
             return False
-        return True
+        return task.exception() is None
 
     kafka, mongodb = await asyncio.gather(broker_ok(), store_ok())
     checks = {"kafka": kafka, "mongodb": mongodb}

@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.envelope import EventEnvelope
 from schemas.registry import EventDecodeError, encode, parse_event, topic_for
 from schemas.topics import AUDIT_ANCHORED, DLQ_SUFFIX, TopicSpec, physical, spec_for
+from services.runtime import mongo_patch
 from services.runtime.audit import AuditLog, AuditSigner
 from services.runtime.audit_anchors import FINAL_EVENT_TYPES, AnchorBook
 from services.runtime.decoding import Decoded, DecodeError
@@ -51,6 +52,9 @@ from services.runtime.telemetry import (
 )
 
 log = logging.getLogger(__name__)
+
+# Before any client exists: pymongo's condition waits made safe to cancel (see the module).
+mongo_patch.apply()
 
 E = TypeVar("E", bound=EventEnvelope)
 
@@ -111,6 +115,8 @@ class ServiceRuntime:
         self.metrics.watch_dependencies(self.dependencies)
         self._on_start: list[Callable[[], object]] = []
         self._anchoring: asyncio.Task[None] | None = None
+        # The health probe's store ping still in flight (services.runtime.ops.health).
+        self.store_ping: asyncio.Future[object] | None = None
 
     def consumes(self, topic: str) -> None:
         """Record that the service consumes the catalogue ``topic`` (and writes its DLQ)."""
@@ -130,6 +136,7 @@ class ServiceRuntime:
         ``KAFKA_CREATE_TOPICS=true`` creates the service's missing topics; ``false`` only
         checks them, and a missing one stops the start with a :class:`TopicsError`.
         """
+        install_task_dump()
         self.use_audit_signer(audit_signer(self.service_name, self.settings))
         await self.audit.ensure_indexes()
         await self.processed.ensure_indexes()
@@ -238,6 +245,33 @@ def audit_signer(service_name: str, settings: RuntimeSettings) -> AuditSigner | 
                     "init` creates it)", path, service_name)
         return None
     return AuditSigner(service=service_name, key=load_audit_signing_key(path, service_name))
+
+
+def install_task_dump() -> None:
+    """``kill -USR1 <pid>`` logs every asyncio task's stack: what a service that is up but
+    not progressing is waiting for (an operator's first question after an outage)."""
+    import signal
+
+    def chain(task: asyncio.Task[object]) -> str:
+        # Follow the await chain down from the task's coroutine: the innermost line is
+        # what it waits for.
+        lines = []
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                             f"{frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom",
+                                                                      None)
+        return "\n".join(lines) or "  (no frames)"
+
+    def dump() -> None:
+        for task in asyncio.all_tasks():
+            log.warning("task %s:\n%s", task.get_name(), chain(task))
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
 
 
 def event_decoder(model: type[E]) -> Callable[[bytes], Decoded[E]]:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from schemas.events import TicketUpdated
-from services.runtime.ops import OpsServer
+from services.runtime.ops import OpsServer, health
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
 
@@ -84,3 +84,32 @@ async def test_healthz_is_503_naming_what_does_not_answer(
     finally:
         await server.stop()
         await runtime.stop()
+
+
+async def test_a_health_probe_never_cancels_a_store_ping_that_hangs(
+    kafka_bootstrap: str, unique: str,
+) -> None:
+    """Against a store that accepts connections and never answers (a silent TCP server), a
+    probe gives up after its timeout but leaves the ping running - cancelling a pymongo
+    operation in server selection can wedge the client for good - and the next probe waits
+    on that same ping instead of piling up new ones."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    settings = RuntimeSettings(kafka_bootstrap_servers=kafka_bootstrap,
+                               mongodb_uri=f"mongodb://127.0.0.1:{port}/?connectTimeoutMS=60000")
+    runtime = ServiceRuntime(f"ops-silent-{unique}", settings)
+    try:
+        assert (await health(runtime, timeout=0.3))["mongodb"] is False
+        first = runtime.store_ping
+        assert first is not None
+        assert (await health(runtime, timeout=0.3))["mongodb"] is False
+        assert runtime.store_ping is first  # the same ping, still running
+        assert not first.done()
+        assert runtime.dependencies.status("mongodb").ok is False
+    finally:
+        if runtime.store_ping is not None:
+            runtime.store_ping.cancel()  # the test's own cleanup, after the assertions
+        await runtime.mongo.close()
+        silent.close()
