@@ -73,7 +73,8 @@ async def pipeline(kafka_bootstrap: str, topic_prefix: str, database_name: str,
                                    auth_signing_key=keys.signing_private),
                       telemetry=setup_telemetry("auth", span_exporter=auth_spans))
     notifier = build_notifier(
-        NotifierSettings(**common, mongodb_database=f"{database_name}_spans_notifier"),
+        NotifierSettings(**common, mongodb_database=f"{database_name}_spans_notifier",
+                         notifier_signing_key=keys.notifier_signing_private),
         serve_http=False, run_sweeper=False,
         telemetry=setup_telemetry("notifier", span_exporter=notifier_spans))
     await auth.start()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -35,6 +37,7 @@ from services.notifier.app import NotifierService, build
 from services.notifier.bots.base import ChatBot, ChatPost, DeliveryError, Sent
 from services.notifier.settings import NotifierSettings
 from services.runtime.kafka_admin import ensure_topics
+from services.runtime.keys import init_keys
 
 OUTPUTS = (TicketUpdated, EngineerAcknowledged, ManualStepCompleted, SlaWarning, SlaBreached)
 
@@ -181,6 +184,9 @@ async def module_topics(bootstrap: str, session_prefix: str) -> AsyncIterator[st
 def settings_for(bootstrap: str, mongodb_uri: str, prefix: str, database: str,
                  **overrides: Any) -> NotifierSettings:
     fields: dict[str, Any] = {
+        # The notifier signs the facts it publishes with its own key: a fresh set per stack.
+        "intervention_keys_dir": str(init_keys(Path(tempfile.mkdtemp(prefix="nkeys-"))
+                                               / "keys").directory),
         "kafka_bootstrap_servers": bootstrap, "kafka_topic_prefix": prefix,
         "mongodb_uri": mongodb_uri, "mongodb_database": database,
         "handler_retry_backoff_s": 0.05, "notifier_delivery_backoff_s": 0.01,

@@ -33,6 +33,7 @@ def key_files() -> dict[str, list[str]]:
     from services.executor.settings import ExecutorSettings
     from services.intake.integrations import key_path
     from services.intake.settings import IntakeSettings
+    from services.notifier.settings import NotifierSettings
 
     def names(*paths: Path) -> list[str]:
         assert all(str(p.parent) == KEYS_DIR for p in paths), paths
@@ -43,17 +44,22 @@ def key_files() -> dict[str, list[str]]:
     auth = AuthSettings.model_construct(intervention_keys_dir=KEYS_DIR, auth_signing_key=None)
     executor = ExecutorSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 executor_sealing_keys=None,
-                                                executor_verify_keys=None)
+                                                executor_verify_keys=None,
+                                                executor_fact_verify_keys=None)
+    notifier = NotifierSettings.model_construct(intervention_keys_dir=KEYS_DIR,
+                                                notifier_signing_key=None,
+                                                notifier_fact_verify_keys=None)
     return {
         "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR))),
         "auth": names(auth.signing_key_path),
-        "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths),
-        "notifier": [],
+        "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths,
+                          *executor.fact_verify_key_paths),
+        "notifier": names(notifier.signing_key_path, *notifier.fact_verify_key_paths),
     }
 
 
 def code_topology() -> dict[str, Any]:
-    from schemas.topics import CATALOGUE
+    from schemas.topics import AUDIT_TOPICS, CATALOGUE
     from services.cli.commands_docs import service_runtimes
 
     keys = key_files()
@@ -68,7 +74,10 @@ def code_topology() -> dict[str, Any]:
                 "produces": sorted(runtime.produced_topics),
                 "keys": keys[name],
             }
-    return {"topics": sorted(spec.name for spec in CATALOGUE), "services": services}
+    return {"topics": sorted(spec.name for spec in CATALOGUE),
+            # Compacted, without a DLQ (nobody consumes them as events).
+            "auditTopics": sorted(spec.name for spec in AUDIT_TOPICS),
+            "services": services}
 
 
 def render(topology: dict[str, Any]) -> str:

@@ -231,18 +231,23 @@ def test_kafka_users_carry_exactly_the_acls_each_service_uses(helm: Path) -> Non
 def _documented_acls() -> dict[str, dict[str, set[str]]]:
     """The ACL table of docs/operations.md ("Kafka in production")."""
     table: dict[str, dict[str, set[str]]] = {}
+    everyone: set[str] = set()  # the row "every service above" (the audit anchors)
+
+    def names(cell: str) -> set[str]:
+        return {n if "." in n else f"intervention.{n}"
+                for n in re.findall(r"`([^`]+)`", cell) if n != ".dlq"}
+
     for line in OPERATIONS.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("every service"):
+            everyone |= names(cells[2])
         if len(cells) != 3 or cells[0] not in SERVICES:
             continue
-
-        def names(cell: str) -> set[str]:
-            return {n if "." in n else f"intervention.{n}"
-                    for n in re.findall(r"`([^`]+)`", cell) if n != ".dlq"}
-
         read = names(cells[1])
         write = names(cells[2]) | ({t + ".dlq" for t in read} if "`.dlq`" in cells[2] else set())
         table[cells[0]] = {"Read": read, "Write": write}
+    for acls in table.values():
+        acls["Write"] |= everyone
     return table
 
 
