@@ -205,11 +205,31 @@ class SshConnector:
             from_disk = await self._pins.get_from_disk(target.service_id)
             if from_disk:
                 return from_disk, "pinned"
+            # Only the key exchange, no login (no credential leaves this process): an
+            # unreachable server is reported as unreachable (the access decision differs), a
+            # reachable one names the key it offers, for the engineer who confirms it.
+            offered = await self._offered_key(target)
             raise SshError("host_key_unpinned",
-                           f"{target.host}:{target.port} has no host key pinned from the "
-                           "inventory or its disk, and may not be trusted on first use")
+                           f"{target.host}:{target.port} offers host key {offered} but has "
+                           "none pinned from the inventory or its disk, and may not be "
+                           "trusted on first use")
         pinned = await self._pins.get(target.service_id)
         return (pinned, "pinned") if pinned else (None, "first_use")
+
+    async def _offered_key(self, target: SshTarget) -> str:
+        async with self._host_slot(target.host, target.port), self._global:
+            try:
+                key = await asyncio.wait_for(asyncssh.get_server_host_key(
+                    target.host, target.port, config=None), self._connect_timeout)
+            except (TimeoutError, OSError) as exc:
+                raise SshError("unreachable", f"{target.host}:{target.port} not reachable: "
+                               f"{type(exc).__name__}") from None
+            except asyncssh.Error as exc:
+                raise SshError("ssh_error", f"SSH with {target.host}:{target.port} failed: "
+                               f"{exc.reason}") from None
+        if key is None:  # pragma: no cover - asyncssh always has one after kex
+            raise SshError("ssh_error", "no host key offered")
+        return str(key.get_fingerprint())
 
     async def _connect(self, target: SshTarget, username: str, credential: Credential | None,
                        expected: str | None, source: HostKeySource, *,

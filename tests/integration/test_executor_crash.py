@@ -67,7 +67,7 @@ async def test_killed_mid_runbook_resumes_without_repeating_a_step(
         username=ssh_targets.admin.name, password=ssh_targets.admin.password,
         category="service_restart", parameters={"unit": service.name},
         server=resolved_server(ip="127.0.0.1", ssh_port=ssh_targets.port,
-                               service_id="SRV-CRASH"))
+                               service_id="SRV-CRASH", rescue=False))
     claim_id = f"{event.ticket_id}:1"
     claims = stack.db["executor_claims"]
 
@@ -144,7 +144,7 @@ async def test_killed_during_a_change_the_precheck_decides_and_nothing_is_applie
         username=ssh_targets.admin.name, password=ssh_targets.admin.password,
         category="software_installation", parameters={"packages": [package]},
         server=resolved_server(ip="127.0.0.1", ssh_port=ssh_targets.port,
-                               service_id="SRV-CRASH2"))
+                               service_id="SRV-CRASH2", rescue=False))
     claim_id = f"{event.ticket_id}:1"
     claims = stack.db["executor_claims"]
     first = start_executor(stack, executors)

@@ -87,7 +87,10 @@ class Rig:
     def verdict(self, *, username: str | None = None, password: str | None = None,
                 server: dict[str, Any] | None = None, signing: SigningKey | None = None,
                 **kw: Any) -> AuthorizationVerified:
-        fields = {"ip": "127.0.0.1", "ssh_port": self.ssh.port, "service_id": "SRV-E1"}
+        # A plain sshd target: no provider rescue, so its key may be trusted on first use
+        # (a rescue-capable server needs its key in the inventory: access.first_use_allowed).
+        fields = {"ip": "127.0.0.1", "ssh_port": self.ssh.port, "service_id": "SRV-E1",
+                  "rescue": False}
         fields.update(server or {})
         return verdict(signing_key=signing or self.signing, sealing_key=self.sealing,
                        username=username or self.ssh.admin.name,
@@ -333,6 +336,24 @@ async def test_wrong_host_key_refuses_the_intervention(rig: Rig) -> None:
     assert mismatch
     assert mismatch[0].data["refused"] is True
     assert mismatch[0].data["pinned_by"] == "inventory"
+
+
+async def test_rescue_capable_server_without_a_pinned_key_is_never_logged_into(
+        rig: Rig) -> None:
+    # Its real key could be read from its disk through the provider's rescue system, so a
+    # key merely offered over the network is not trusted with the customer's password: an
+    # engineer confirms it first (issue 15: no trust on first use for rescue-capable servers).
+    event = rig.verdict(server={"service_id": "SRV-E5", "rescue": True})
+    await rig.publish(event)
+    [started] = await rig.bus.wait(event.ticket_id, "InterventionStarted")
+    assert isinstance(started, InterventionStarted)
+    assert started.mode == "engineer"
+    assert "no SSH host key pinned" in started.reason
+    records = await rig.audit(event.ticket_id)
+    assert [r for r in records if r.kind in ("host_key", "command")] == []
+    failed = [r for r in records if r.kind == "ssh_connect_failed"]
+    assert failed
+    assert failed[0].data["outcome"] == "host_key_unpinned"
 
 
 async def test_unreachable_servers_are_handed_to_a_console_engineer(rig: Rig) -> None:
