@@ -154,6 +154,7 @@ SECRET_OWNERS: dict[str, set[str]] = {
     "auth-signing-private-key": {"auth"},
     "executor-sealing-private-key": {"executor"},
     "notifier-signing-private-key": {"notifier"},
+    "intake-signing-private-key": {"intake"},
     "intake-integrations-key": {"intake"},
     **{f"audit-{s}-private-key": {s} for s in APP_SERVICES},
     **{f"kafka-{s}-password": {s} for s in APP_SERVICES},
@@ -184,6 +185,12 @@ def test_the_executor_gets_the_notifiers_public_key_to_check_engineers_reports(s
     assert targets["notifier-signing-public-key"] == "/keys/notifier-signing.pub"
     assert {s["target"] for s in services["notifier"]["secrets"]} >= {
         "/keys/notifier-signing.key"}
+
+
+def test_auth_gets_intakes_public_key_to_check_tickets(services):
+    targets = {c["source"]: c["target"] for c in services["auth"]["configs"]}
+    assert targets["intake-signing-public-key"] == "/keys/intake-signing.pub"
+    assert {s["target"] for s in services["intake"]["secrets"]} >= {"/keys/intake-signing.key"}
 
 
 

@@ -28,6 +28,7 @@ from schemas.events import (
     EngineerAcknowledged,
     Event,
     ManualStepCompleted,
+    SignedEvent,
     SlaBreached,
     SlaWarning,
     TicketUpdated,
@@ -36,8 +37,10 @@ from schemas.topics import physical
 from services.notifier.app import NotifierService, build
 from services.notifier.bots.base import ChatBot, ChatPost, DeliveryError, Sent
 from services.notifier.settings import NotifierSettings
+from services.runtime.crypto import SigningKey
+from services.runtime.facts import sign_fact
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import init_keys
+from services.runtime.keys import init_keys, load_signing_key
 
 OUTPUTS = (TicketUpdated, EngineerAcknowledged, ManualStepCompleted, SlaWarning, SlaBreached)
 
@@ -65,6 +68,8 @@ class Bus:
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _task: asyncio.Task[None] | None = None
+    notifier_key: SigningKey | None = None
+    """Signs the notifier's own facts published here, as the notifier does (unset: as is)."""
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0)
@@ -102,7 +107,15 @@ class Bus:
             await self._producer.stop()
 
     async def publish(self, event: EventEnvelope) -> None:
-        """Publish as the producing service does: keyed by ticket id."""
+        """Publish as the producing service does: keyed by ticket id, the notifier's facts
+        signed with its key (a forger's copy goes through :meth:`publish_as_is`)."""
+        if (isinstance(event, SignedEvent) and event.producer == "notifier"
+                and event.signature is None and self.notifier_key is not None):
+            event = sign_fact(event, self.notifier_key)
+        await self.publish_as_is(event)
+
+    async def publish_as_is(self, event: EventEnvelope) -> None:
+        """Publish exactly ``event``, as anyone who can write the bus could."""
         assert self._producer is not None
         await self._producer.send_and_wait(physical(topic_for(event), self.prefix),
                                            encode(event), key=event.ticket_id.encode())
@@ -210,7 +223,8 @@ async def notifier_stack(
     if clock is not None:
         kwargs["clock"] = clock
     service = build(settings, **kwargs)
-    bus = Bus(settings.kafka_bootstrap_servers, settings.kafka_topic_prefix)
+    bus = Bus(settings.kafka_bootstrap_servers, settings.kafka_topic_prefix,
+              notifier_key=load_signing_key(settings.signing_key_path))
     await service.start()
     await bus.start()
     try:

@@ -40,8 +40,9 @@ def key_files() -> dict[str, list[str]]:
         return sorted(p.name for p in paths)
 
     intake = IntakeSettings.model_construct(intervention_keys_dir=KEYS_DIR,
-                                            intake_sealing_key=None)
-    auth = AuthSettings.model_construct(intervention_keys_dir=KEYS_DIR, auth_signing_key=None)
+                                            intake_sealing_key=None, intake_signing_key=None)
+    auth = AuthSettings.model_construct(intervention_keys_dir=KEYS_DIR, auth_signing_key=None,
+                                        auth_intake_verify_keys=None)
     executor = ExecutorSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 executor_sealing_keys=None,
                                                 executor_verify_keys=None,
@@ -50,8 +51,9 @@ def key_files() -> dict[str, list[str]]:
                                                 notifier_signing_key=None,
                                                 notifier_fact_verify_keys=None)
     return {
-        "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR))),
-        "auth": names(auth.signing_key_path),
+        "intake": names(intake.sealing_key_path, intake.signing_key_path,
+                        key_path(Path(KEYS_DIR))),
+        "auth": names(auth.signing_key_path, *auth.intake_verify_key_paths),
         "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths,
                           *executor.fact_verify_key_paths),
         "notifier": names(notifier.signing_key_path, *notifier.fact_verify_key_paths),

@@ -65,6 +65,8 @@ def test_key_files_follow_the_documented_layout(tmp_path: Path) -> None:
         "auth-signing.pub",
         "executor-sealing.key",
         "executor-sealing.pub",
+        "intake-signing.key",
+        "intake-signing.pub",
         "notifier-signing.key",
         "notifier-signing.pub",
     ]
@@ -264,3 +266,12 @@ def test_an_older_key_set_gets_the_notifier_key_without_touching_the_rest(
     assert {p: p.read_bytes() for p in before} == before
     assert paths.notifier_signing_private.exists()
     assert paths.notifier_signing_public.exists()
+
+
+def test_intake_gets_its_own_signing_key_for_tickets(tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    key = load_signing_key(paths.intake_signing_private)
+    assert key.key_id.startswith("intake-")
+    if os.name == "posix":
+        assert _mode(paths.intake_signing_private) == 0o600
+    verify(b"ticket", sign(b"ticket", key), load_verify_keys(paths.intake_signing_public))

@@ -128,3 +128,38 @@ async def test_the_signing_publisher_signs_the_notifiers_facts_and_nothing_else(
     await signed(ack())
     for event in sent:
         verify_fact(event, TRUSTED)
+
+
+def _verdict_on(ticket_signed: bool) -> Any:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "executor"))
+    from executor_verdicts import verdict
+
+    from services.runtime.crypto import PrivateSealingKey
+
+    event = verdict(signing_key=None, sealing_key=PrivateSealingKey.generate().public,
+                    username="admin", password="pw-123456")
+    if ticket_signed:
+        intake = SigningKey.generate(key_id_prefix="intake")
+        event = event.model_copy(update={"ticket": sign_fact(event.ticket, intake)})
+    return sign_fact(event, AUTH)
+
+
+def test_a_verdict_on_an_unsigned_ticket_signs_the_bytes_it_signed_before_tickets_were():
+    # An older auth never wrote ticket.signature: its verdicts must still verify.
+    event = _verdict_on(ticket_signed=False)
+    assert b'"signature"' not in event.signed_bytes()
+    verify_fact(event, build_keyring([AUTH.verify_key]))
+
+
+def test_a_verdict_covers_intakes_signature_on_the_embedded_ticket():
+    event = _verdict_on(ticket_signed=True)
+    assert event.ticket.signature is not None
+    assert event.ticket.signature.value in event.signed_bytes().decode()
+    stripped = event.model_copy(update={"ticket": event.ticket.model_copy(
+        update={"signature": None})})
+    with pytest.raises(FactRefused) as caught:
+        verify_fact(stripped, build_keyring([AUTH.verify_key]))
+    assert caught.value.reason == "bad_signature"
