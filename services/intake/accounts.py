@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from schemas.common import IDENTIFIER_PATTERN
 from services.intake.integrations import KeySource
@@ -205,7 +206,10 @@ class AccountMap:
                    "account_id": row.account_id, "version": version, "imported_at": at,
                    "mac": self._mac(integration, row.customer, row.account_id, version)}
             if existing is None:
-                await self._collection.insert_one(doc)
+                try:
+                    await self._collection.insert_one(doc)
+                except DuplicateKeyError:  # a concurrent import wrote it first: ours stands
+                    await self._collection.replace_one({"_id": key}, doc)
                 created += 1
             else:
                 await self._collection.replace_one({"_id": key}, doc)

@@ -143,11 +143,18 @@ class MongoTicketStore:
         return int(doc["latest"]) if doc is not None else None
 
     async def record_revision(self, ticket_id: str, revision: int) -> int | None:
-        before = await self._heads.find_one_and_update(
-            {"_id": ticket_id}, {"$max": {"latest": revision}}, upsert=True,
-            return_document=ReturnDocument.BEFORE,
-        )
-        return int(before["latest"]) if before is not None else None
+        for _ in range(3):
+            try:
+                before = await self._heads.find_one_and_update(
+                    {"_id": ticket_id}, {"$max": {"latest": revision}}, upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                )
+            except DuplicateKeyError:
+                # Concurrent upserts of a new _id: on FerretDB all but one fail with a
+                # duplicate key (the head exists now), so the update is simply made again.
+                continue
+            return int(before["latest"]) if before is not None else None
+        raise RuntimeError(f"the revision head of ticket {ticket_id} could not be updated")
 
     async def claim(self, claim: Claim) -> Claim | None:
         try:

@@ -424,6 +424,12 @@ class Intake:
             # case the original's process is gone).
             self.relay.wake()
             return _accepted(claim, duplicate=True)
+        if not fresh and (now := await self._store.get(claim.ticket_id, claim.revision)
+                          ) is not None and now.status == "submitted":
+            # The original was published (and its entry removed) while this retry read the
+            # claim as pending: this entry is a leftover, and the retry a duplicate.
+            await self._outbox.remove(entry.key)
+            return _accepted(now, duplicate=True)
         # Durable now: the 202 stands whatever the broker does next. Publish inline for
         # latency; on a broker outage the relay keeps trying.
         await self.relay.publish_inline(entry)
