@@ -50,8 +50,9 @@ from services.auth.app import build  # noqa: E402
 from services.auth.settings import AuthSettings  # noqa: E402
 from services.auth.signing import VerdictSigner  # noqa: E402
 from services.auth.verdict import Facts, decide, to_event  # noqa: E402
+from services.runtime.facts import sign_fact  # noqa: E402
 from services.runtime.kafka_admin import ensure_topics  # noqa: E402
-from services.runtime.keys import init_keys, load_signing_key  # noqa: E402
+from services.runtime.keys import KeySetPaths, init_keys, load_signing_key  # noqa: E402
 
 VERDICT_TOPICS = [topic_for(m) for m in (AuthorizationVerified, AuthorizationRejected,
                                          ClarificationRequested)]
@@ -82,7 +83,8 @@ def pure_rate(tickets: list[TicketSubmitted], signer: VerdictSigner, servers: in
     return len(tickets) / (time.perf_counter() - began)
 
 
-async def end_to_end_rate(tickets: list[TicketSubmitted], servers: int, keys: Path) -> float:
+async def end_to_end_rate(tickets: list[TicketSubmitted], servers: int,
+                          keys: KeySetPaths) -> float:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     run = uuid.uuid4().hex[:8]
     prefix = f"bench{run}."
@@ -90,10 +92,14 @@ async def end_to_end_rate(tickets: list[TicketSubmitted], servers: int, keys: Pa
     settings = AuthSettings(
         kafka_bootstrap_servers=bootstrap, kafka_topic_prefix=prefix,
         mongodb_uri=os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017"),
-        mongodb_database=f"bench_auth_{run}", auth_signing_key=keys,
+        mongodb_database=f"bench_auth_{run}", auth_signing_key=keys.signing_private,
+        auth_intake_verify_keys=str(keys.intake_signing_public),
         auth_review_threshold=1000,
     )
     service = build(settings)
+    # Signed as intake signs them (part of intake's cost, not auth's): auth verifies each.
+    intake = load_signing_key(keys.intake_signing_private)
+    tickets = [sign_fact(t, intake) for t in tickets]
     await service.inventory.upsert([
         server(service_id=f"SRV-{i:04d}", ips=f"10.0.{i // 250}.{i % 250}")
         for i in range(servers)
@@ -120,8 +126,9 @@ async def end_to_end_rate(tickets: list[TicketSubmitted], servers: int, keys: Pa
                 now = time.perf_counter()
                 arrivals.extend(now for records in batch.values() for _ in records)
 
-        warm_up = ticket(ticket_id=f"HD-WARM-{run}", at=datetime.now(UTC), account_id="ACC-1",
-                         server={"service_id": "SRV-0000"})
+        warm_up = sign_fact(ticket(ticket_id=f"HD-WARM-{run}", at=datetime.now(UTC),
+                                   account_id="ACC-1", server={"service_id": "SRV-0000"}),
+                            intake)
         await producer.send_and_wait(submitted, encode(warm_up), key=warm_up.ticket_id.encode())
         await asyncio.wait_for(verdicts(1), 60)
 
@@ -165,7 +172,7 @@ def main() -> None:
         print(f"auth benchmark: {args.tickets} tickets over {args.servers} servers")
         pure = pure_rate(tickets, signer, args.servers)
         print(f"  pure decide()+sign():     {pure:10.0f} verdicts/s")
-        e2e = asyncio.run(end_to_end_rate(tickets, args.servers, keys.signing_private))
+        e2e = asyncio.run(end_to_end_rate(tickets, args.servers, keys))
         print(f"  end to end (Kafka+store): {e2e:10.1f} tickets/s")
         print(f"  ratio pure / end to end:  {pure / e2e:10.0f}x  (the rest: broker and store I/O)")
 

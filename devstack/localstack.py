@@ -533,7 +533,10 @@ def ensure_dev_keys() -> str:
     files = (paths.sealing_private, paths.sealing_public, paths.signing_private,
              paths.signing_public)
     if all(f.exists() for f in files):
-        return f"keys: using {directory}"
+        if all(f.exists() for f in paths.added_files()):
+            return f"keys: using {directory}"
+        init_keys(directory)  # an older set: adds the missing pairs, touches nothing else
+        return f"keys: using {directory} (missing audit or notifier keys added)"
     if os.environ.get(KEYS_DIR_ENV):
         raise StackError(f"keys: {directory} (from {KEYS_DIR_ENV}) is incomplete; "
                          "run `intervene keys init --dir` there or fix the variable")

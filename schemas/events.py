@@ -82,6 +82,28 @@ Texts = Annotated[tuple[Paragraph, ...], Field(max_length=50), AS_TUPLE]
 NonEmptyTexts = Annotated[tuple[Paragraph, ...], Field(min_length=1, max_length=50), AS_TUPLE]
 
 
+class SignedEvent(EventEnvelope):
+    """An event its producer signs with its own Ed25519 key because another service acts on
+    it: auth's verdict, the notifier's acknowledgements and manual-step reports.
+
+    ``signature`` is Ed25519 over :meth:`signed_bytes`; the verifier
+    (:mod:`services.runtime.facts`, :mod:`services.runtime.verdicts`) recomputes those bytes
+    from the parsed event, so an altered field fails however it was re-serialised.
+    """
+
+    signature: Signature | None = None
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the producer signs and the consumer verifies: :func:`canonical_json`
+        of every field of this event (the envelope, every event field, and any field a
+        later schema version adds) except ``signature`` itself. Changing any covered value
+        changes these bytes."""
+        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+
+    def with_signature(self, signature: Signature) -> Self:
+        return self.model_copy(update={"signature": signature})
+
+
 # --- intake ----------------------------------------------------------------------------
 
 
@@ -98,7 +120,7 @@ class Vouch(BaseModel):
                                                "identity, e.g. client:17.")]
 
 
-class TicketSubmitted(EventEnvelope):
+class TicketSubmitted(SignedEvent):
     """A structurally valid request that passed intake's rules, credentials sealed.
 
     ``category`` is always set: the form's choice (``category_source="form"``) or intake's
@@ -106,11 +128,12 @@ class TicketSubmitted(EventEnvelope):
     engineer to check). ``form_category`` keeps what the customer picked when the classifier
     overrode it. ``scope`` is always ``scope_of(category)``. ``vouched_by`` (version 2) names
     the integration that authenticated the customer whose account this is; auth refuses a
-    ticket nobody vouched for.
+    ticket nobody vouched for. ``signature`` (version 3) is intake's Ed25519 signature over
+    every other field; auth decides only on a ticket that verifies against intake's key.
     """
 
     event_type: Literal["TicketSubmitted"]
-    schema_version: Literal[1, 2]
+    schema_version: Literal[1, 2, 3]
     producer: Literal["intake"]
 
     account_id: AccountId
@@ -177,7 +200,7 @@ class ResolvedServer(BaseModel):
     datacenter: Label
 
 
-class AuthorizationVerified(EventEnvelope):
+class AuthorizationVerified(SignedEvent):
     """Auth's signed verdict that the ticket may be executed: the only event the executor
     acts on.
 
@@ -195,7 +218,6 @@ class AuthorizationVerified(EventEnvelope):
     server: ResolvedServer
     review_required: bool = False
     review_reason: ShortText | None = None
-    signature: Signature | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -211,14 +233,14 @@ class AuthorizationVerified(EventEnvelope):
         return self
 
     def signed_bytes(self) -> bytes:
-        """The bytes auth signs and the executor verifies: :func:`canonical_json` of every
-        field of this event (envelope, ``account_id``, the whole embedded ``ticket``,
-        ``server``, review flag and reason, and any field a later schema version adds)
-        except ``signature`` itself. Changing any covered value changes these bytes."""
-        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
-
-    def with_signature(self, signature: Signature) -> Self:
-        return self.model_copy(update={"signature": signature})
+        """As :meth:`SignedEvent.signed_bytes`, intake's signature on the embedded ticket
+        included - except an absent one, which is left out rather than written as null, so
+        a verdict on an unsigned (version 1 or 2) ticket has the bytes it had before tickets
+        were signed and a verdict signed by an older auth still verifies."""
+        document = self.model_dump(mode="json", exclude={"signature"})
+        if document["ticket"].get("signature") is None:
+            del document["ticket"]["signature"]
+        return canonical_json(document)
 
 
 AuthorizationRejectionReasons = Annotated[
@@ -352,11 +374,15 @@ class HardwareEscalated(EventEnvelope):
 ChatChannel = Literal["matrix", "slack", "telegram", "webhook"]
 
 
-class EngineerAcknowledged(EventEnvelope):
-    """The first engineer to acknowledge ``acknowledged_event_id`` from chat."""
+class EngineerAcknowledged(SignedEvent):
+    """The first engineer to acknowledge ``acknowledged_event_id`` from chat.
+
+    Version 2 adds ``signature``: the notifier's Ed25519 signature over every other field
+    (the engineer's identity and the acknowledged page included); consumers refuse an
+    unsigned or wrongly signed one (:mod:`services.runtime.facts`)."""
 
     event_type: Literal["EngineerAcknowledged"]
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     producer: Literal["notifier"]
 
     engineer_id: EngineerId
@@ -365,11 +391,15 @@ class EngineerAcknowledged(EventEnvelope):
     acknowledged_event_id: UUID
 
 
-class ManualStepCompleted(EventEnvelope):
-    """An engineer's report from chat on a :class:`ManualStepRequested` step."""
+class ManualStepCompleted(SignedEvent):
+    """An engineer's report from chat on a :class:`ManualStepRequested` step.
+
+    Version 2 adds ``signature``: the notifier's Ed25519 signature over every other field
+    (step, status, notes and the engineer's identity included); the executor acts only on
+    a report that verifies against the notifier's key (:mod:`services.runtime.facts`)."""
 
     event_type: Literal["ManualStepCompleted"]
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     producer: Literal["notifier"]
 
     step_id: StepId
@@ -472,6 +502,7 @@ __all__ = [
     "ManualStepRequested",
     "Outcome",
     "ResolvedServer",
+    "SignedEvent",
     "SlaBreached",
     "SlaClock",
     "SlaWarning",

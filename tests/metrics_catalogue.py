@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,7 @@ def exported_metrics() -> Exported:
     from services.intake.settings import IntakeSettings
     from services.notifier.app import build
     from services.notifier.settings import NotifierSettings
+    from services.runtime.keys import init_keys
     from services.runtime.metrics import metric_views
     from services.runtime.telemetry import Telemetry
 
@@ -293,8 +295,11 @@ def exported_metrics() -> Exported:
     telemetry = Telemetry(service_name="notifier", tracer_provider=TracerProvider(),
                           meter_provider=capturing,  # type: ignore[arg-type]
                           registry=registry)
-    # Construction does no I/O: the broker and the store are only reached on start().
-    build(NotifierSettings(), telemetry=telemetry, run_sweeper=False, serve_http=False)
+    # Construction does no I/O but reading the notifier's signing key: the broker and the
+    # store are only reached on start().
+    with tempfile.TemporaryDirectory(prefix="metrics-keys-") as keys:
+        build(NotifierSettings(intervention_keys_dir=str(init_keys(Path(keys)).directory)),
+              telemetry=telemetry, run_sweeper=False, serve_http=False)
     capturing.record_one_of_each()
     exported = Exported()
     exported.add_text(generate_latest(registry).decode())

@@ -2,7 +2,9 @@
 
 Each TicketSubmitted gets exactly one verdict event (AuthorizationVerified, signed;
 AuthorizationRejected; or ClarificationRequested) whose id derives from the ticket event's
-id, so a redelivery after a crash republishes the same id and a duplicate is dropped.
+id, so a redelivery after a crash republishes the same id and a duplicate is dropped. A
+ticket is decided on only if intake's signature on it verifies (``AUTH_INTAKE_VERIFY_KEYS``):
+an unsigned or forged one is audited (``fact_refused``) and dead-lettered.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from services.auth.inventory import MongoServerInventory
 from services.auth.settings import AuthSettings
 from services.auth.signing import VerdictSigner
 from services.runtime.consumer import Decoder, Delivery, subscribe
+from services.runtime.facts import FactGate
+from services.runtime.keys import load_verify_keys
 from services.runtime.service import ServiceRuntime, event_decoder
 from services.runtime.telemetry import Telemetry
 
@@ -66,6 +70,7 @@ def build(
     """
     settings = settings or AuthSettings()
     signer = VerdictSigner.from_file(settings.signing_key_path)
+    intake_keys = load_verify_keys(*settings.intake_verify_key_paths)
     runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
                              produces=topics_produced_by(SERVICE_NAME))
     inventory = MongoServerInventory(runtime.db)
@@ -86,6 +91,9 @@ def build(
         group=group,
         # event_decoder(model) yields exactly that model (parse_event refuses any other).
         decoder=cast("Decoder[TicketSubmitted]", event_decoder(TicketSubmitted)),
+        # Only a ticket intake signed is decided on: whoever can write the bus cannot hand
+        # auth a request that never passed intake's checks (services.runtime.facts).
+        verify=FactGate(trusted=intake_keys, audit=runtime.audit, actor=service_name).check,
     )
     return AuthService(runtime=runtime, inventory=inventory, history=history, deps=deps)
 

@@ -1,10 +1,14 @@
-"""Auth's settings: the shared runtime's plus the verdict policy and auth's one key.
+"""Auth's settings: the shared runtime's plus the verdict policy and auth's keys.
 
 Environment variables (besides those of :class:`~services.runtime.settings.RuntimeSettings`):
 
 - ``AUTH_SIGNING_KEY``: path of auth's private Ed25519 key file; default
   ``<INTERVENTION_KEYS_DIR or var/keys>/auth-signing.key``. Auth reads no other key: it
   never holds the executor's sealing key, so it cannot open the credentials it passes on.
+- ``AUTH_INTAKE_VERIFY_KEYS``: comma-separated paths of intake's public signing key files
+  (the current one plus any still rotating out); auth decides only on a TicketSubmitted
+  signed by one of them, and audits and dead-letters any other. Default
+  ``<keys dir>/intake-signing.pub``.
 - ``AUTH_ALLOWED_DEPARTMENTS`` = ``technical_issues``: comma-separated helpdesk
   departments that may request an OS intervention (compared case- and separator-blind).
 - ``AUTH_REVIEW_THRESHOLD`` = 3: this many earlier interventions on the same server within
@@ -24,12 +28,17 @@ from pathlib import Path
 from pydantic import Field
 
 from services.auth.verdict import Policy, department_key
-from services.runtime.keys import SIGNING_PRIVATE_FILE, default_keys_dir
+from services.runtime.keys import (
+    INTAKE_SIGNING_PUBLIC_FILE,
+    SIGNING_PRIVATE_FILE,
+    default_keys_dir,
+)
 from services.runtime.settings import RuntimeSettings
 
 
 class AuthSettings(RuntimeSettings):
     auth_signing_key: Path | None = None
+    auth_intake_verify_keys: str | None = None
     auth_allowed_departments: str = "technical_issues"
     auth_review_threshold: int = Field(default=3, ge=1, le=1000)
     auth_review_window_days: float = Field(default=30.0, gt=0, le=3650)
@@ -47,6 +56,17 @@ class AuthSettings(RuntimeSettings):
             else default_keys_dir()
         )
         return base / SIGNING_PRIVATE_FILE
+
+    @property
+    def intake_verify_key_paths(self) -> tuple[Path, ...]:
+        """Intake's public signing keys: a ticket counts only if signed by one of them."""
+        value = self.auth_intake_verify_keys or ""
+        paths = tuple(Path(p.strip()).expanduser() for p in value.split(",") if p.strip())
+        if paths:
+            return paths
+        base = (Path(self.intervention_keys_dir).expanduser() if self.intervention_keys_dir
+                else default_keys_dir())
+        return (base / INTAKE_SIGNING_PUBLIC_FILE,)
 
     def policy(self) -> Policy:
         departments = frozenset(

@@ -109,14 +109,16 @@ def service_runtimes() -> Iterator[dict[str, Any]]:
     from services.runtime.keys import init_keys
 
     with tempfile.TemporaryDirectory(prefix="intervene-docs-") as tmp:
-        # Auth and the executor load their keys while being wired: a throwaway set will do.
+        # Auth, the executor and the notifier load their keys while being wired: a
+        # throwaway set will do.
         keys = str(init_keys(Path(tmp) / "keys").directory)
         yield {
             "intake": IntakeService(_defaults(IntakeSettings)).runtime,
             "auth": build_auth(_defaults(AuthSettings, intervention_keys_dir=keys)).runtime,
             "executor": build_executor(_defaults(ExecutorSettings, intervention_keys_dir=keys)
                                        ).runtime,
-            "notifier": build_notifier(_defaults(NotifierSettings)).runtime,
+            "notifier": build_notifier(_defaults(NotifierSettings, intervention_keys_dir=keys)
+                                       ).runtime,
         }
 
 

@@ -6,8 +6,11 @@ interrupted by a crash or restart are resumed from their journal (or handed to a
 engineer), never started over.
 
 A second subscriber takes the engineers' reports on manual steps (ManualStepCompleted, from
-the notifier); the worker's periodic scan first sweeps manual steps (deadlines, reports
-that arrived while their claim was being parked), so a wait survives any restart.
+the notifier), each checked against the notifier's signing keys first: an unsigned or
+wrongly signed report is audited (``fact_refused``) and dead-lettered, never acted on
+(:mod:`services.runtime.facts`). The worker's periodic scan first sweeps manual steps
+(deadlines, reports that arrived while their claim was being parked), so a wait survives any
+restart.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from services.executor.ssh import HostKeyPins, SshConnector
 from services.executor.vault import MongoCredentialVault
 from services.executor.worker import Worker
 from services.runtime.consumer import Decoder, subscribe
+from services.runtime.facts import FactGate
 from services.runtime.keys import load_sealing_keyring, load_verify_keys
 from services.runtime.service import ServiceRuntime, event_decoder
 from services.runtime.telemetry import Telemetry
@@ -90,6 +94,7 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     settings = settings or ExecutorSettings()
     sealing_keys = load_sealing_keyring(*settings.sealing_key_paths)
     verify_keys = load_verify_keys(*settings.verify_key_paths)
+    fact_keys = load_verify_keys(*settings.fact_verify_key_paths)
     runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
                              produces=topics_produced_by(SERVICE_NAME))
     owner = Owner.this_process()
@@ -134,6 +139,8 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     subscribe(
         runtime, topic_for(ManualStepCompleted), reports.accept,
         decoder=cast("Decoder[ManualStepCompleted]", event_decoder(ManualStepCompleted)),
+        verify=FactGate(trusted=fact_keys, audit=runtime.audit,
+                        actor=f"executor:{owner.id}").check,
     )
     return ExecutorService(runtime=runtime, settings=settings, claims=claims, worker=worker,
                            interventions=interventions, acceptance=acceptance, vault=vault,

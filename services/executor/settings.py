@@ -7,6 +7,10 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   ``<INTERVENTION_KEYS_DIR or var/keys>/executor-sealing.key``.
 - ``EXECUTOR_VERIFY_KEYS``: comma-separated paths of auth's public signing key files;
   default ``<keys dir>/auth-signing.pub``.
+- ``EXECUTOR_FACT_VERIFY_KEYS``: comma-separated paths of the notifier's public signing key
+  files (the current one plus any still rotating out): an engineer's report on a manual step
+  (ManualStepCompleted) has an effect only if signed by one of them; default
+  ``<keys dir>/notifier-signing.pub``.
 - ``EXECUTOR_CONCURRENCY`` = 8: interventions running at once in this process.
 - ``EXECUTOR_QUEUE_SIZE`` = 256: claims waiting for a worker; beyond that the periodic scan
   of open claims picks them up (the Kafka handler never waits for a free worker).
@@ -52,7 +56,12 @@ from pydantic import Field, model_validator
 
 from services.executor.rescue.provider import check_provider_url
 from services.executor.rescue.runbooks.firewall import management_sources
-from services.runtime.keys import SEALING_PRIVATE_FILE, SIGNING_PUBLIC_FILE, default_keys_dir
+from services.runtime.keys import (
+    NOTIFIER_SIGNING_PUBLIC_FILE,
+    SEALING_PRIVATE_FILE,
+    SIGNING_PUBLIC_FILE,
+    default_keys_dir,
+)
 from services.runtime.settings import RuntimeSettings, SettingsError
 
 
@@ -65,6 +74,7 @@ def _paths(value: str | None, default: Path) -> tuple[Path, ...]:
 class ExecutorSettings(RuntimeSettings):
     executor_sealing_keys: str | None = None
     executor_verify_keys: str | None = None
+    executor_fact_verify_keys: str | None = None
     executor_concurrency: int = Field(default=8, ge=1, le=1024)
     executor_queue_size: int = Field(default=256, ge=1, le=100_000)
     executor_host_connects: int = Field(default=4, ge=1, le=10)
@@ -119,3 +129,8 @@ class ExecutorSettings(RuntimeSettings):
     @property
     def verify_key_paths(self) -> tuple[Path, ...]:
         return _paths(self.executor_verify_keys, self._keys_dir() / SIGNING_PUBLIC_FILE)
+
+    @property
+    def fact_verify_key_paths(self) -> tuple[Path, ...]:
+        return _paths(self.executor_fact_verify_keys,
+                      self._keys_dir() / NOTIFIER_SIGNING_PUBLIC_FILE)

@@ -13,6 +13,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from schemas.events import TicketRejected, TicketSubmitted
 from schemas.registry import topics_produced_by
 from services.intake import app as subscribers
 from services.intake.accounts import AccountMap
@@ -25,7 +26,10 @@ from services.intake.sealing import Sealer, load_recipient
 from services.intake.settings import IntakeSettings
 from services.intake.store import MongoTicketStore, RevisionBook
 from services.intake.submission import Intake
+from services.runtime.crypto import SigningKey
 from services.runtime.dependencies import Status
+from services.runtime.facts import sign_fact
+from services.runtime.keys import load_signing_key
 from services.runtime.ops import health_report
 from services.runtime.redaction import Redactor
 from services.runtime.service import ServiceRuntime
@@ -71,7 +75,7 @@ class IntakeService:
             max_keys=self.settings.intake_rate_limit_accounts,
         )
         self.intake = Intake(
-            publisher=self.runtime.publish, audit=self.runtime.audit, store=self.store,
+            publisher=self._publish, audit=self.runtime.audit, store=self.store,
             metrics=self.metrics, redactor=self.runtime.redactor,
             outbox=MongoOutbox(self.runtime.db),
             claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
@@ -87,10 +91,20 @@ class IntakeService:
         subscribers.register(self.runtime, self.intake, self.metrics, self.guard)
         self.running = False
         self.started = datetime.now(UTC)
+        self._signing_key: SigningKey | None = None  # read in start()
+
+    async def _publish(self, event: TicketSubmitted | TicketRejected) -> None:
+        """Publish, every TicketSubmitted signed with intake's key (auth checks it)."""
+        if isinstance(event, TicketSubmitted):
+            if self._signing_key is None:
+                raise RuntimeError("intake publishes tickets only once started (signing key)")
+            event = sign_fact(event, self._signing_key)
+        await self.runtime.publish(event)
 
     async def start(self) -> None:
         # The key first: without it intake could accept but never seal, so fail fast.
         recipient = load_recipient(self.settings.sealing_key_path)
+        self._signing_key = load_signing_key(self.settings.signing_key_path)
         self.intake.use_sealer(Sealer(recipient, self.runtime.redactor))
         self.integration_key()
         await self.store.ensure_indexes()

@@ -6,7 +6,10 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   (``POST /v1/tickets`` and friends) listens (ARCHITECTURE §6).
 - ``INTAKE_SEALING_KEY``: path of the executor's *public* sealing key; default
   ``<INTERVENTION_KEYS_DIR or var/keys>/executor-sealing.pub``. Intake never reads a
-  private key: it can seal credentials but not open them.
+  private key but its own signing key: it can seal credentials but not open them.
+- ``INTAKE_SIGNING_KEY``: path of intake's private Ed25519 key that signs every
+  TicketSubmitted (auth decides only on a ticket that verifies); default
+  ``<keys dir>/intake-signing.key``. Missing or group-readable, intake does not start.
 - ``INTAKE_MAX_BODY_BYTES`` = 262144: larger request bodies get 413. A maximal legitimate
   request (20 000-character description, 16 KiB private key, error messages) fits well
   below it, and the TicketSubmitted it becomes stays far below Kafka's 1 MB message limit.
@@ -33,7 +36,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.runtime.keys import SEALING_PUBLIC_FILE, default_keys_dir
+from services.runtime.keys import (
+    INTAKE_SIGNING_PRIVATE_FILE,
+    SEALING_PUBLIC_FILE,
+    default_keys_dir,
+)
 from services.runtime.settings import RuntimeSettings
 
 
@@ -41,6 +48,7 @@ class IntakeSettings(RuntimeSettings):
     intake_http_host: str = "127.0.0.1"
     intake_http_port: int = Field(default=8080, ge=0, le=65535)
     intake_sealing_key: Path | None = None
+    intake_signing_key: Path | None = None
     intake_max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     intake_rate_limit_per_minute: float = Field(default=30.0, gt=0)
     intake_rate_limit_burst: int = Field(default=10, ge=1)
@@ -60,3 +68,12 @@ class IntakeSettings(RuntimeSettings):
             else default_keys_dir()
         )
         return base / SEALING_PUBLIC_FILE
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Intake's private signing key (TicketSubmitted)."""
+        if self.intake_signing_key is not None:
+            return self.intake_signing_key
+        base = (Path(self.intervention_keys_dir).expanduser() if self.intervention_keys_dir
+                else default_keys_dir())
+        return base / INTAKE_SIGNING_PRIVATE_FILE

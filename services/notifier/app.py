@@ -56,6 +56,9 @@ from services.notifier.ledger import TicketLedger
 from services.notifier.metrics import NotifierMetrics, TicketProjection
 from services.notifier.settings import NotifierSettings
 from services.runtime.consumer import Decoder, Delivery, Handler, subscribe
+from services.runtime.crypto import build_keyring
+from services.runtime.facts import FactGate, signing_publisher
+from services.runtime.keys import load_signing_key, load_verify_keys
 from services.runtime.service import ServiceRuntime, event_decoder
 from services.runtime.telemetry import Telemetry
 
@@ -75,6 +78,8 @@ CONSUMED: tuple[type[Event], ...] = (
     HardwareEscalated,
     EngineerAcknowledged,
 )
+
+SIGNED_FACTS: tuple[type[Event], ...] = (ManualStepCompleted, EngineerAcknowledged)
 
 Clock = Callable[[], datetime]
 
@@ -159,6 +164,12 @@ def build(
     """Wire the notifier. ``bots`` adds adapters built by the caller (tests); the ones the
     settings enable are built here."""
     settings = settings or NotifierSettings()
+    # Read first: without its key the notifier cannot vouch for an engineer's word, and
+    # the executor would refuse every report it publishes.
+    signing_key = load_signing_key(settings.signing_key_path)
+    trusted = build_keyring([signing_key.verify_key, *(
+        load_verify_keys(*settings.fact_verify_key_paths).values()
+        if settings.fact_verify_key_paths else ())])
     runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
                              produces=topics_produced_by(SERVICE_NAME))
     runtime.redactor.pin_all(settings.secrets())  # for the life of the process
@@ -167,6 +178,8 @@ def build(
     lease = timedelta(seconds=settings.notifier_claim_lease_s)
     db = runtime.db
 
+    # Every acknowledgement and step report leaves signed (services.runtime.facts).
+    publish = signing_publisher(runtime.publish, signing_key, "notifier")
     ledger = TicketLedger(db)
     deadlines = Deadlines(db, ledger, policy)
     pages = PageIndex(db)
@@ -184,10 +197,10 @@ def build(
     desk = EngineerDesk(
         directory=directory, pages=pages, closures=Claims(db, CLOSURES, lease=lease),
         step_reports=Claims(db, STEP_REPORTS, lease=lease), state_of=deadlines.state,
-        publish=runtime.publish, on_closed=ClosedPages(outbox), clock=clock,
+        publish=publish, on_closed=ClosedPages(outbox), clock=clock,
         tracer=runtime.telemetry.tracer())
     notifier = Notifier(Collaborators(
-        publish=runtime.publish, ledger=ledger, deadlines=deadlines, pages=pages,
+        publish=publish, ledger=ledger, deadlines=deadlines, pages=pages,
         directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
         projection=projection), desk=desk)
     sweeper = Sweeper(ledger=ledger, deadlines=deadlines,
@@ -223,6 +236,9 @@ def build(
         (TicketRejected, ".acknowledgement", on_request, 1),
         *((model, "", on_event, 1) for model in CONSUMED if model is not TicketRejected),
     ]
+    # The engineers' facts consumed back (they stop SLA clocks and close pages) count only
+    # when signed by the notifier: a forgery on the bus is audited and dead-lettered.
+    gate = FactGate(trusted=trusted, audit=runtime.audit, actor=service_name)
     for model, suffix, handler, consumers in subscriptions:
         topic = topic_for(model)
         # Several consumers in one group take the topic's partitions in parallel (what
@@ -235,7 +251,8 @@ def build(
                       # One consumer group per subscription: ten consumers sharing one group
                       # would rebalance the whole group each time one joins (measured: 31 s
                       # to start). Each group still scales out across notifier replicas.
-                      group=f"{service_name}.{topic}{suffix}")
+                      group=f"{service_name}.{topic}{suffix}",
+                      verify=gate.check if model in SIGNED_FACTS else None)
 
     return NotifierService(
         runtime=runtime, settings=settings, notifier=notifier, desk=desk, directory=directory,

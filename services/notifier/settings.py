@@ -44,6 +44,13 @@ Slack: ``SLACK_WEBHOOK_URL`` (incoming webhook), ``SLACK_SIGNING_SECRET``.
 Telegram: ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``TELEGRAM_WEBHOOK_SECRET``,
 ``TELEGRAM_API_URL`` = ``https://api.telegram.org``.
 
+Signed facts (:mod:`services.runtime.facts`): ``NOTIFIER_SIGNING_KEY``, the path of the
+notifier's private Ed25519 key that signs every EngineerAcknowledged and ManualStepCompleted
+it publishes (default ``<INTERVENTION_KEYS_DIR or var/keys>/notifier-signing.key``; missing
+or group-readable, the notifier does not start). ``NOTIFIER_FACT_VERIFY_KEYS``:
+comma-separated paths of earlier notifier public keys still trusted during a rotation; the
+notifier checks the facts it consumes back against its own key and these.
+
 ``SLACK_SIGNING_SECRET`` and ``TELEGRAM_WEBHOOK_SECRET`` are all that stands between the
 Internet and an engineer's acknowledgement: set but empty or shorter than
 :data:`MIN_CHAT_SECRET` (16) characters, they stop the notifier at start naming the variable
@@ -53,10 +60,12 @@ Internet and an engineer's acknowledgement: set but empty or shorter than
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
 from services.notifier.sla import SlaPolicy
+from services.runtime.keys import NOTIFIER_SIGNING_PRIVATE_FILE, default_keys_dir
 from services.runtime.settings import RuntimeSettings, SettingsError
 
 MIN_CHAT_SECRET = 16  # Slack's signing secrets are 32 hex characters; Telegram allows 256
@@ -80,6 +89,9 @@ class NotifierSettings(RuntimeSettings):
 
     notifier_ticket_consumers: int = Field(default=3, ge=1, le=64)
     notifier_metrics_refresh_s: float = Field(default=15.0, gt=0, le=3600)
+
+    notifier_signing_key: Path | None = None
+    notifier_fact_verify_keys: str | None = None
 
     notifier_http_host: str = "127.0.0.1"
     notifier_http_port: int = Field(default=8082, ge=0, le=65535)
@@ -121,6 +133,21 @@ class NotifierSettings(RuntimeSettings):
             escalate_after=timedelta(minutes=self.notifier_escalate_after_min),
             tiers=self.notifier_escalation_tiers,
         )
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The notifier's private signing key file."""
+        if self.notifier_signing_key is not None:
+            return self.notifier_signing_key.expanduser()
+        base = (Path(self.intervention_keys_dir).expanduser() if self.intervention_keys_dir
+                else default_keys_dir())
+        return base / NOTIFIER_SIGNING_PRIVATE_FILE
+
+    @property
+    def fact_verify_key_paths(self) -> tuple[Path, ...]:
+        """Earlier notifier public keys still trusted (rotation); none by default."""
+        value = self.notifier_fact_verify_keys or ""
+        return tuple(Path(p.strip()).expanduser() for p in value.split(",") if p.strip())
 
     @property
     def matrix_enabled(self) -> bool:

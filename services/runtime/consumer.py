@@ -129,6 +129,7 @@ def subscribe(
     backoff_s: float | None = None,
     on_duplicate: Handler[T] | None = None,
     authenticate: Callable[[bytes, dict[str, str]], Awaitable[Any]] | None = None,
+    verify: Callable[[T], Awaitable[None]] | None = None,
 ) -> None:
     """Register ``handler`` for the catalogue ``topic`` on the runtime's broker.
 
@@ -139,6 +140,10 @@ def subscribe(
     ``authenticate(body, headers)`` runs before the handler (a topic written by outside
     producers checks who signed each message): a :class:`DecodeError` from it dead-letters
     the message with reason ``unauthenticated``; its result is ``Delivery.caller``.
+    ``verify(value)`` runs on the decoded value before the handler and before the duplicate
+    check (a signed fact's signature, :class:`services.runtime.facts.FactGate`): a
+    :class:`DecodeError` from it dead-letters the message with reason ``unauthenticated``
+    too, and the handler never sees it.
     """
     settings = runtime.settings
     # The topic prefix isolates groups too: test runs and demos sharing a broker must not
@@ -195,6 +200,13 @@ def subscribe(
         if authenticate is not None:
             try:
                 caller = await authenticate(body, headers)
+            except DecodeError as exc:
+                await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
+                await msg.ack()
+                return
+        if verify is not None:
+            try:
+                await verify(decoded.value)
             except DecodeError as exc:
                 await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
                 await msg.ack()

@@ -6,6 +6,10 @@ A key set is small JSON files in one directory::
     executor-sealing.pub  {"key_id", "algorithm": "x25519-sealedbox", "public_key"}
     auth-signing.key      {"key_id", "algorithm": "ed25519", "private_key"}  0600
     auth-signing.pub      {"key_id", "algorithm": "ed25519", "public_key"}
+    notifier-signing.key  {"key_id", "algorithm": "ed25519", "private_key"}  0600
+    notifier-signing.pub  {"key_id", "algorithm": "ed25519", "public_key"}
+    intake-signing.key    {"key_id", "algorithm": "ed25519", "private_key"}  0600
+    intake-signing.pub    {"key_id", "algorithm": "ed25519", "public_key"}
     audit-<service>.key   {"key_id", "algorithm": "ed25519", "service", "private_key"}  0600
     audit-<service>.pub   {"key_id", "algorithm": "ed25519", "service", "public_key"}
 
@@ -16,11 +20,15 @@ database credential therefore cannot write records that pass as another's.
 
 Keys are standard base64. An Ed25519 ``private_key`` is the 32-byte RFC 8032 seed. Who
 reads what: intake and ``intervene seal`` the sealing ``.pub``; the executor the sealing
-``.key`` (several, during a rotation) and the signing ``.pub``; auth the signing ``.key``.
+``.key`` (several, during a rotation), auth's signing ``.pub`` and the notifier's signing
+``.pub`` (it checks the engineers' reports the notifier signs); auth its signing ``.key``; the
+notifier its signing ``.key`` (and its ``.pub``, to check the facts it consumes back);
+intake its signing ``.key`` (it signs every TicketSubmitted) and auth that ``.pub``.
 
-Key ids are derived from the public key at creation (``exec-``/``auth-`` + 12 hex digits
-of its SHA-256), so re-reading a key always gives the same id. Loaders accept any id that
-matches ``KEY_ID_PATTERN``, so an operator may name production keys differently.
+Key ids are derived from the public key at creation (``exec-``/``auth-``/``notifier-``/
+``intake-`` + 12 hex digits of its SHA-256), so re-reading a key always gives the same id.
+Loaders accept any id that matches ``KEY_ID_PATTERN``, so an operator may name production
+keys differently.
 
 A private key file readable or writable by group or others is refused, as OpenSSH does:
 on a shared host that is how a sealing key leaks.
@@ -51,7 +59,11 @@ from services.runtime.crypto import (
 
 __all__ = [
     "AUDIT_SERVICES",
+    "INTAKE_SIGNING_PRIVATE_FILE",
+    "INTAKE_SIGNING_PUBLIC_FILE",
     "KEYS_DIR_ENV",
+    "NOTIFIER_SIGNING_PRIVATE_FILE",
+    "NOTIFIER_SIGNING_PUBLIC_FILE",
     "SEALING_PRIVATE_FILE",
     "SEALING_PUBLIC_FILE",
     "SIGNING_PRIVATE_FILE",
@@ -78,6 +90,18 @@ SEALING_PRIVATE_FILE = "executor-sealing.key"
 SEALING_PUBLIC_FILE = "executor-sealing.pub"
 SIGNING_PRIVATE_FILE = "auth-signing.key"
 SIGNING_PUBLIC_FILE = "auth-signing.pub"
+# The notifier signs the engineers' facts (acknowledgements, manual-step reports) it
+# publishes; the executor acts on them only if they verify against this key's public half.
+NOTIFIER_SIGNING_PRIVATE_FILE = "notifier-signing.key"
+NOTIFIER_SIGNING_PUBLIC_FILE = "notifier-signing.pub"
+# Intake signs every TicketSubmitted; auth decides only on a ticket that verifies.
+INTAKE_SIGNING_PRIVATE_FILE = "intake-signing.key"
+INTAKE_SIGNING_PUBLIC_FILE = "intake-signing.pub"
+# Who signs the facts other services act on: (service, private file, public file).
+FACT_SIGNERS: tuple[tuple[str, str, str], ...] = (
+    ("notifier", NOTIFIER_SIGNING_PRIVATE_FILE, NOTIFIER_SIGNING_PUBLIC_FILE),
+    ("intake", INTAKE_SIGNING_PRIVATE_FILE, INTAKE_SIGNING_PUBLIC_FILE),
+)
 # The services that append to the audit log, each with its own audit signing key.
 AUDIT_SERVICES: tuple[str, ...] = ("intake", "auth", "executor", "notifier")
 
@@ -123,9 +147,31 @@ class KeySetPaths:
     def audit_public(self, service: str) -> Path:
         return self.directory / audit_public_file(service)
 
+    @property
+    def notifier_signing_private(self) -> Path:
+        return self.directory / NOTIFIER_SIGNING_PRIVATE_FILE
+
+    @property
+    def notifier_signing_public(self) -> Path:
+        return self.directory / NOTIFIER_SIGNING_PUBLIC_FILE
+
+    @property
+    def intake_signing_private(self) -> Path:
+        return self.directory / INTAKE_SIGNING_PRIVATE_FILE
+
+    @property
+    def intake_signing_public(self) -> Path:
+        return self.directory / INTAKE_SIGNING_PUBLIC_FILE
+
     def audit_files(self) -> list[Path]:
         return [path for service in AUDIT_SERVICES
                 for path in (self.audit_private(service), self.audit_public(service))]
+
+    def added_files(self) -> list[Path]:
+        """Keys added after the first four: per-service audit pairs and the fact signers'
+        pairs (notifier, intake). ``init_keys`` adds any that are missing to an existing set."""
+        return [*self.audit_files(), *(self.directory / name for _, private, public
+                                       in FACT_SIGNERS for name in (private, public))]
 
     def all(self) -> tuple[Path, Path, Path, Path]:
         return (
@@ -193,20 +239,21 @@ def _write_text_atomically(path: Path, text: str, mode: int) -> None:
 
 
 def init_keys(directory: Path, *, force: bool = False) -> KeySetPaths:
-    """Create a fresh key set (sealing + signing + one audit pair per service) in
-    ``directory``.
+    """Create a fresh key set (sealing + auth's, the notifier's and intake's signing + one
+    audit pair per service) in ``directory``.
 
     Refuses to replace existing key files unless ``force``: replacing the sealing key
     makes every secret sealed to the old one unreadable. A complete older key set without
-    audit keys gets the missing audit pairs added and nothing else touched.
+    audit keys or a fact signer's pair gets the missing pairs added and nothing else touched.
     """
     paths = key_set_paths(directory)
     existing = [p for p in paths.all() if p.exists()]
     if not force and len(existing) == len(paths.all()) and any(
-            not p.exists() for p in paths.audit_files()):
+            not p.exists() for p in paths.added_files()):
         _init_audit_keys(paths, only_missing=True)
+        _init_fact_keys(paths, only_missing=True)
         return paths
-    existing += [p for p in paths.audit_files() if p.exists()]
+    existing += [p for p in paths.added_files() if p.exists()]
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
         raise KeyFileExistsError(
@@ -239,7 +286,20 @@ def init_keys(directory: Path, *, force: bool = False) -> KeySetPaths:
         _PUBLIC_MODE,
     )
     _init_audit_keys(paths, only_missing=False)
+    _init_fact_keys(paths, only_missing=False)
     return paths
+
+
+def _init_fact_keys(paths: KeySetPaths, *, only_missing: bool) -> None:
+    for service, private_name, public_name in FACT_SIGNERS:
+        private, public = paths.directory / private_name, paths.directory / public_name
+        if only_missing and private.exists() and public.exists():
+            continue
+        key = SigningKey.generate(key_id_prefix=service)
+        doc = {"key_id": key.key_id, "algorithm": SIGNING_ALGORITHM}
+        _write_atomically(private, {**doc, "private_key": _b64(key.seed)}, _PRIVATE_MODE)
+        _write_atomically(public, {**doc, "public_key": _b64(key.verify_key.public_key)},
+                          _PUBLIC_MODE)
 
 
 def _init_audit_keys(paths: KeySetPaths, *, only_missing: bool) -> None:
@@ -355,7 +415,7 @@ def load_sealing_keyring(*paths: Path) -> dict[str, PrivateSealingKey]:
 
 
 def load_signing_key(path: Path) -> SigningKey:
-    """Auth's private signing key."""
+    """A private Ed25519 signing key (auth's, the notifier's or intake's)."""
     return _load(
         path,
         algorithm=SIGNING_ALGORITHM,
@@ -365,7 +425,8 @@ def load_signing_key(path: Path) -> SigningKey:
 
 
 def load_verify_keys(*paths: Path) -> dict[str, VerifyKey]:
-    """Auth's public signing keys by id, for checking verdicts during and after rotation."""
+    """Public signing keys by id (auth's for verdicts, the notifier's for engineers' facts,
+    intake's for tickets), several during and after a rotation."""
     if not paths:
         raise KeyFileError(f"no public signing key file given; {_INIT_HINT}")
     keys = [

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from schemas.events import AuthorizationVerified
-from services.runtime.crypto import SignatureError, VerifyKey, verify
+from services.runtime.crypto import SignatureError, SignatureFailure, VerifyKey
+from services.runtime.facts import FactRefused, verify_fact
 
 __all__ = ["SignatureError", "verify_verdict"]
 
@@ -32,11 +33,9 @@ def verify_verdict(
     field - however it was re-serialised - fails. What the signature cannot say (is this
     revision the latest, was it already handled) is the caller's to check.
     """
-    where = f"verdict {event.event_id} for ticket {event.ticket_id} revision {event.revision}"
-    if event.signature is None:
-        raise SignatureError("malformed", f"{where} is not signed")
     try:
-        verify(event.signed_bytes(), event.signature, verify_keys)
-    except SignatureError as exc:
-        raise SignatureError(exc.reason, f"{where}: {exc}") from None
+        verify_fact(event, verify_keys, what="verdict")
+    except FactRefused as exc:
+        reason: SignatureFailure = "malformed" if exc.reason == "unsigned" else exc.reason
+        raise SignatureError(reason, str(exc)) from None
     return event

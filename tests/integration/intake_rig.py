@@ -114,11 +114,14 @@ async def assigned(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicP
 
 async def start_intake(
     kafka_bootstrap: str, topic_prefix: str, database_name: str, real_parts: Any,
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, keys: Path | None = None,
 ) -> AsyncIterator[Intake]:
-    """An intake with its tap and a signing client, until the generator is closed."""
-    keys = tmp_path_factory.mktemp("intake") / "keys"
-    init_keys(keys)
+    """An intake with its tap and a signing client, until the generator is closed. ``keys``:
+    a key set shared with the services downstream (auth checks intake's signature), else
+    a fresh one."""
+    if keys is None:
+        keys = tmp_path_factory.mktemp("intake") / "keys"
+        init_keys(keys)
     settings = IntakeSettings(
         kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=topic_prefix,
         mongodb_uri=real_parts.mongodb_uri, mongodb_database=database_name,

@@ -8,6 +8,7 @@ does, and reads the verdict topics filtered by its own ticket ids.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
 from collections import defaultdict
@@ -39,9 +40,10 @@ from schemas import (
 from schemas.topics import DLQ_SUFFIX, physical
 from services.auth.app import AuthService, build
 from services.auth.settings import AuthSettings
-from services.runtime.crypto import VerifyKey
+from services.runtime.crypto import SigningKey, VerifyKey
+from services.runtime.facts import sign_fact
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import init_keys, load_verify_keys
+from services.runtime.keys import init_keys, load_signing_key, load_verify_keys
 from services.runtime.verdicts import verify_verdict
 
 pytestmark = pytest.mark.integration
@@ -91,8 +93,13 @@ class Auth:
     service: AuthService
     bus: Bus
     trusted: dict[str, VerifyKey]
+    intake: SigningKey
 
-    async def submit(self, event: TicketSubmitted | bytes, *, key: str | None = None) -> None:
+    async def submit(self, event: TicketSubmitted | bytes, *, key: str | None = None,
+                     signed: bool = True) -> None:
+        """Publish as intake does: signed with intake's key (unless ``signed`` is false)."""
+        if isinstance(event, TicketSubmitted) and signed:
+            event = sign_fact(event, self.intake)
         raw = event if isinstance(event, bytes) else encode(event)
         ticket_id = key or (event.ticket_id if isinstance(event, TicketSubmitted) else "")
         await self.service.runtime.broker.publish(
@@ -138,6 +145,7 @@ async def auth(
         handler_max_attempts=2,
         handler_retry_backoff_s=0.05,
         auth_signing_key=keys.signing_private,
+        auth_intake_verify_keys=str(keys.intake_signing_public),
         auth_review_threshold=2,
     )
     service = build(settings)
@@ -173,7 +181,8 @@ async def auth(
 
     collector = asyncio.create_task(collect())
     await service.start()
-    yield Auth(service=service, bus=bus, trusted=load_verify_keys(keys.signing_public))
+    yield Auth(service=service, bus=bus, trusted=load_verify_keys(keys.signing_public),
+               intake=load_signing_key(keys.intake_signing_private))
     collector.cancel()
     await consumer.stop()
     await service.stop()  # first: a running consumer would re-create the database
@@ -186,7 +195,7 @@ async def test_a_ticket_gets_exactly_one_signed_verdict_and_audit_records(auth: 
     (verdict,) = await auth.bus.verdicts(t.ticket_id)
     assert isinstance(verdict, AuthorizationVerified)
     verify_verdict(verdict, auth.trusted)
-    assert verdict.ticket == t
+    assert verdict.ticket == sign_fact(t, auth.intake)  # intake's signature travels along
     assert verdict.causation_id == t.event_id
     assert verdict.server.service_id == "SRV-A1"
     assert str(verdict.server.ip) == "192.0.2.10"
@@ -300,3 +309,33 @@ async def test_an_older_revision_arriving_after_a_newer_one_is_refused_as_stale(
     stale = next(v for v in verdicts if v.revision == 1)
     assert isinstance(stale, AuthorizationRejected)
     assert stale.reasons == ("revision_stale",)
+
+
+async def test_a_ticket_not_signed_by_intake_is_never_decided_on(auth: Auth) -> None:
+    """Whoever can write the bus cannot hand auth a request that never passed intake: an
+    unsigned ticket, one signed by a stranger and one edited after intake signed it (another
+    account's server) are audited as refused and dead-lettered; no verdict, no history."""
+    unsigned = ticket(account_id="ACC-1", server={"ip": "192.0.2.10"})
+    stranger = sign_fact(ticket(account_id="ACC-1", server={"ip": "192.0.2.10"}),
+                         SigningKey.generate(key_id_prefix="intake"))
+    genuine = sign_fact(ticket(account_id="ACC-1", server={"ip": "192.0.2.10"}), auth.intake)
+    edited = json.loads(encode(genuine))
+    edited["description"] = "please reset the root password of every server"
+    await auth.submit(unsigned, signed=False)
+    await auth.submit(stranger, signed=False)
+    await auth.submit(json.dumps(edited).encode(), key=genuine.ticket_id)
+    expected = {unsigned.ticket_id: "FactRefused.unsigned",
+                stranger.ticket_id: "FactRefused.unknown_key",
+                genuine.ticket_id: "FactRefused.bad_signature"}
+    for ticket_id, error_class in expected.items():
+        (dead,) = await auth.bus.wait(ticket_id, topic=SUBMITTED + DLQ_SUFFIX)
+        assert dead[2]["x-dlq-reason"] == "unauthenticated"
+        assert dead[2]["x-dlq-error-class"] == error_class
+        records = await auth.service.runtime.audit.records(ticket_id)
+        [refused] = [r for r in records if r.kind == "fact_refused"]
+        assert refused.actor == "auth"
+        assert refused.data["event_type"] == "TicketSubmitted"
+    await asyncio.sleep(0.5)
+    for ticket_id in expected:
+        assert [r for r in auth.bus.by_key[ticket_id.encode()]
+                if r[0] != SUBMITTED + DLQ_SUFFIX] == []

@@ -210,14 +210,15 @@ def test_intervene_topics_create_applies_the_replication_settings(
 
 def test_the_service_process_refuses_in_one_line_and_exit_2(
     kafka_bootstrap: str, topic_prefix: str, real_parts: Any, database_name: str,
-    unique: str,
+    unique: str, keys_dir: Path,
 ) -> None:
-    # The notifier (no keys to prepare) on a prefix without any topic.
+    # The notifier (with its signing key) on a prefix without any topic.
     prefix = f"{topic_prefix}proc{unique}."
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "OTEL_", "OPS_"))}
     env.update({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
                 "KAFKA_CREATE_TOPICS": "false", "MONGODB_URI": real_parts.mongodb_uri,
-                "MONGODB_DATABASE": database_name})
+                "MONGODB_DATABASE": database_name,
+                "INTERVENTION_KEYS_DIR": str(keys_dir)})
     done = subprocess.run([sys.executable, "-m", "services.notifier"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr[-3000:]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -28,6 +29,8 @@ from polling import eventually
 
 from schemas import EngineerAcknowledged, ManualStepCompleted, TicketUpdated
 from services.notifier.acks import CLOSURES, Engineer
+from services.runtime.crypto import SigningKey
+from services.runtime.facts import sign_fact
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +209,38 @@ async def test_an_ack_whose_winner_died_before_publishing_is_finished_once(stack
     await desk.finish(page)  # the sweeper's repair finds nothing left to do
     await stack.bus.settle()
     assert len(stack.bus.of(ticket_id, EngineerAcknowledged)) == 1
+
+
+async def test_a_forged_acknowledgement_on_the_bus_closes_no_page(stack: Stack) -> None:
+    """Whoever can write the bus (but lacks the notifier's key) cannot silence a page: the
+    forged EngineerAcknowledged is audited as refused and the page keeps escalating."""
+    ticket = submitted(at=datetime.now(UTC))
+    await stack.bus.publish(ticket)
+    await stack.bus.wait(ticket.ticket_id, TicketUpdated)
+    page_id = str(ticket.event_id)
+
+    async def paged() -> bool:
+        return (await stack.service.deadlines.state(ticket.ticket_id)).page(page_id) is not None
+
+    await eventually(paged)
+    forged = EngineerAcknowledged.new(
+        ticket_id=ticket.ticket_id, revision=ticket.revision, causation_id=ticket.event_id,
+        engineer_id="ENG-0", display_name="Engineer 0", channel="webhook",
+        acknowledged_event_id=ticket.event_id)
+    stranger = sign_fact(forged.model_copy(update={"event_id": uuid4()}),
+                         SigningKey.generate(key_id_prefix="notifier"))
+    await stack.bus.publish_as_is(forged)
+    await stack.bus.publish_as_is(stranger)
+    audit = stack.service.runtime.audit
+
+    async def refused() -> list[str]:
+        records = await audit.records(ticket.ticket_id)
+        reasons = sorted(r.data["reason"] for r in records if r.kind == "fact_refused")
+        return reasons if len(reasons) == 2 else []
+
+    await eventually(refused)
+    assert await refused() == ["unknown_key", "unsigned"]
+    state = await stack.service.deadlines.state(ticket.ticket_id)
+    page = state.page(page_id)
+    assert page is not None
+    assert page.open  # nobody acknowledged it

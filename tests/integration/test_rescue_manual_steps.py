@@ -35,6 +35,7 @@ from schemas.events import (
     ManualStepRequested,
 )
 from services.runtime.audit import verify_chain
+from services.runtime.facts import sign_fact
 from services.runtime.keys import load_sealing_public, load_signing_key
 
 pytestmark = pytest.mark.integration
@@ -65,14 +66,15 @@ def executors() -> Iterator[list[Executor]]:
         executor.stop()
 
 
-def report(request: ManualStepRequested, status: str, notes: str,
+def report(stack: Stack, request: ManualStepRequested, status: str, notes: str,
            engineer: str = "eng-marta") -> ManualStepCompleted:
-    """What the notifier publishes when an engineer answers in chat."""
-    return ManualStepCompleted.new(
+    """What the notifier publishes when an engineer answers in chat: signed with its key."""
+    return sign_fact(ManualStepCompleted.new(
         ticket_id=request.ticket_id, revision=request.revision,
         causation_id=request.event_id, occurred_at=datetime.now(UTC),
         step_id=request.step_id, status=status, notes=notes,  # type: ignore[arg-type]
-        engineer_id=engineer, display_name="Marta Rossi", channel="matrix")
+        engineer_id=engineer, display_name="Marta Rossi", channel="matrix"),
+        load_signing_key(stack.keys.notifier_signing_private))
 
 
 async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
@@ -98,9 +100,10 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     # (Published after the restart, so its deadline does not run out with the on-site step's.)
     review = make(category="diagnostics", review_required=True,
                   review_reason="3 interventions in 30 days",
-                  # A plain sshd target: no rescue, so its key may be trusted on first use.
                   server=resolved_server(service_id="SRV-MREV", ip="127.0.0.1",
-                                         ssh_port=ssh_targets.port, rescue=False))
+                                         ssh_port=ssh_targets.port,
+                                         # Rescue-capable: no trust on first use.
+                                         ssh_host_key=ssh_targets.sshd.host_key_line))
 
     first = start_executor(stack, executors)
     for event in (windows, onsite):
@@ -155,13 +158,13 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     assert all(not stack.bus.of(e.ticket_id, "InterventionCompleted") for e in (windows, onsite))
 
     start_executor(stack, executors)
-    await stack.publish(report(requests[windows.ticket_id], "done",
+    await stack.publish(report(stack, requests[windows.ticket_id], "done",
                                "bootrec /fixmbr, /fixboot, /rebuildbcd; BCD exported to "
                                "C:\\os-intervention; Windows boots, RDP login works"))
     # The review is asked for (and answered) after the restart: its deadline is its own.
     await stack.publish(review)
     assert (await requested(review)).step_id == "r1-review"
-    await stack.publish(report(requests[review.ticket_id], "done", "request checked with "
+    await stack.publish(report(stack, requests[review.ticket_id], "done", "request checked with "
                                "the account owner"))
 
     [done] = await stack.bus.wait(windows.ticket_id, "InterventionCompleted", timeout=60)
@@ -190,7 +193,7 @@ async def test_manual_steps_survive_an_executor_restart_and_time_out_clearly(
     assert approved.actions[0].step == "Detect available diagnostic tools"
 
     # A late report changes nothing and is on the record.
-    await stack.publish(report(requests[onsite.ticket_id], "done", "sorry, late"))
+    await stack.publish(report(stack, requests[onsite.ticket_id], "done", "sorry, late"))
 
     async def ignored() -> bool:
         records = [r async for r in stack.db["audit"].find(

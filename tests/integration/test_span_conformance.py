@@ -70,17 +70,19 @@ async def pipeline(kafka_bootstrap: str, topic_prefix: str, database_name: str,
     keys = init_keys(tmp_path_factory.mktemp("auth-keys"))
     auth_spans, notifier_spans = InMemorySpanExporter(), InMemorySpanExporter()
     auth = build_auth(AuthSettings(**common, mongodb_database=f"{database_name}_spans_auth",
-                                   auth_signing_key=keys.signing_private),
+                                   auth_signing_key=keys.signing_private,
+                                   auth_intake_verify_keys=str(keys.intake_signing_public)),
                       telemetry=setup_telemetry("auth", span_exporter=auth_spans))
     notifier = build_notifier(
-        NotifierSettings(**common, mongodb_database=f"{database_name}_spans_notifier"),
+        NotifierSettings(**common, mongodb_database=f"{database_name}_spans_notifier",
+                         notifier_signing_key=keys.notifier_signing_private),
         serve_http=False, run_sweeper=False,
         telemetry=setup_telemetry("notifier", span_exporter=notifier_spans))
     await auth.start()
     await notifier.start()
     try:
         async for intake in start_intake(kafka_bootstrap, prefix, f"{database_name}_spans",
-                                         real_parts, tmp_path_factory):
+                                         real_parts, tmp_path_factory, keys=keys.directory):
             yield Pipeline(intake=intake, auth=auth_spans, notifier=notifier_spans)
     finally:
         await notifier.stop()

@@ -153,6 +153,8 @@ def test_no_secret_or_key_material_in_environment_values(services):
 SECRET_OWNERS: dict[str, set[str]] = {
     "auth-signing-private-key": {"auth"},
     "executor-sealing-private-key": {"executor"},
+    "notifier-signing-private-key": {"notifier"},
+    "intake-signing-private-key": {"intake"},
     "intake-integrations-key": {"intake"},
     **{f"audit-{s}-private-key": {s} for s in APP_SERVICES},
     **{f"kafka-{s}-password": {s} for s in APP_SERVICES},
@@ -174,6 +176,21 @@ def test_private_keys_reach_only_their_owner_and_only_as_secrets(compose, servic
             assert "keys" not in source, f"{name} mounts {mount}"
     for secret in compose["secrets"].values():
         assert "file" in secret, "a secret comes from a file, never from an inline value"
+
+
+
+def test_the_executor_gets_the_notifiers_public_key_to_check_engineers_reports(services):
+    # Without it the executor would refuse every report (its default trusted key file).
+    targets = {c["source"]: c["target"] for c in services["executor"]["configs"]}
+    assert targets["notifier-signing-public-key"] == "/keys/notifier-signing.pub"
+    assert {s["target"] for s in services["notifier"]["secrets"]} >= {
+        "/keys/notifier-signing.key"}
+
+
+def test_auth_gets_intakes_public_key_to_check_tickets(services):
+    targets = {c["source"]: c["target"] for c in services["auth"]["configs"]}
+    assert targets["intake-signing-public-key"] == "/keys/intake-signing.pub"
+    assert {s["target"] for s in services["intake"]["secrets"]} >= {"/keys/intake-signing.key"}
 
 
 

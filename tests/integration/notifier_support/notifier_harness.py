@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,6 +28,7 @@ from schemas.events import (
     EngineerAcknowledged,
     Event,
     ManualStepCompleted,
+    SignedEvent,
     SlaBreached,
     SlaWarning,
     TicketUpdated,
@@ -34,7 +37,10 @@ from schemas.topics import physical
 from services.notifier.app import NotifierService, build
 from services.notifier.bots.base import ChatBot, ChatPost, DeliveryError, Sent
 from services.notifier.settings import NotifierSettings
+from services.runtime.crypto import SigningKey
+from services.runtime.facts import sign_fact
 from services.runtime.kafka_admin import ensure_topics
+from services.runtime.keys import init_keys, load_signing_key
 
 OUTPUTS = (TicketUpdated, EngineerAcknowledged, ManualStepCompleted, SlaWarning, SlaBreached)
 
@@ -62,6 +68,8 @@ class Bus:
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
     _task: asyncio.Task[None] | None = None
+    notifier_key: SigningKey | None = None
+    """Signs the notifier's own facts published here, as the notifier does (unset: as is)."""
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0)
@@ -99,7 +107,15 @@ class Bus:
             await self._producer.stop()
 
     async def publish(self, event: EventEnvelope) -> None:
-        """Publish as the producing service does: keyed by ticket id."""
+        """Publish as the producing service does: keyed by ticket id, the notifier's facts
+        signed with its key (a forger's copy goes through :meth:`publish_as_is`)."""
+        if (isinstance(event, SignedEvent) and event.producer == "notifier"
+                and event.signature is None and self.notifier_key is not None):
+            event = sign_fact(event, self.notifier_key)
+        await self.publish_as_is(event)
+
+    async def publish_as_is(self, event: EventEnvelope) -> None:
+        """Publish exactly ``event``, as anyone who can write the bus could."""
         assert self._producer is not None
         await self._producer.send_and_wait(physical(topic_for(event), self.prefix),
                                            encode(event), key=event.ticket_id.encode())
@@ -181,6 +197,9 @@ async def module_topics(bootstrap: str, session_prefix: str) -> AsyncIterator[st
 def settings_for(bootstrap: str, mongodb_uri: str, prefix: str, database: str,
                  **overrides: Any) -> NotifierSettings:
     fields: dict[str, Any] = {
+        # The notifier signs the facts it publishes with its own key: a fresh set per stack.
+        "intervention_keys_dir": str(init_keys(Path(tempfile.mkdtemp(prefix="nkeys-"))
+                                               / "keys").directory),
         "kafka_bootstrap_servers": bootstrap, "kafka_topic_prefix": prefix,
         "mongodb_uri": mongodb_uri, "mongodb_database": database,
         "handler_retry_backoff_s": 0.05, "notifier_delivery_backoff_s": 0.01,
@@ -204,7 +223,8 @@ async def notifier_stack(
     if clock is not None:
         kwargs["clock"] = clock
     service = build(settings, **kwargs)
-    bus = Bus(settings.kafka_bootstrap_servers, settings.kafka_topic_prefix)
+    bus = Bus(settings.kafka_bootstrap_servers, settings.kafka_topic_prefix,
+              notifier_key=load_signing_key(settings.signing_key_path))
     await service.start()
     await bus.start()
     try:

@@ -71,7 +71,7 @@ def test_auth_settings_name_only_the_signing_key(monkeypatch: pytest.MonkeyPatch
     assert AuthSettings().signing_key_path == tmp_path / "elsewhere.key"
 
 
-async def test_bootstrap_opens_only_auth_signing_key(
+async def test_bootstrap_opens_only_auth_signing_key_and_intakes_public_key(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
     paths = init_keys(tmp_path / "keys")
@@ -94,6 +94,7 @@ async def test_bootstrap_opens_only_auth_signing_key(
     monkeypatch.setattr(builtins, "open", real_open)
     monkeypatch.setattr(io, "open", real_io_open)
     key_files = {p for p in opened if p.parent == paths.directory.resolve()}
-    assert key_files == {key_set_paths(paths.directory).signing_private.resolve()}
+    assert key_files == {key_set_paths(paths.directory).signing_private.resolve(),
+                         paths.intake_signing_public.resolve()}  # to check tickets
     assert service.deps.signer.key_id.startswith("auth-")
     await service.runtime.mongo.close()

@@ -172,6 +172,8 @@ def test_altering_any_signed_field_fails_verification():
         ("ticket", "scope"),
         ("ticket", "server", "service_id"),
         ("ticket", "server", "service_name"),
+        # An unsigned embedded ticket's null signature: no scalar stands in for a Signature.
+        ("ticket", "signature"),
     }, refused_by_schema
     assert len(refused_by_signature) > 40
 

@@ -33,6 +33,7 @@ def key_files() -> dict[str, list[str]]:
     from services.executor.settings import ExecutorSettings
     from services.intake.integrations import key_path
     from services.intake.settings import IntakeSettings
+    from services.notifier.settings import NotifierSettings
     from services.runtime.keys import audit_private_file
 
     def names(*paths: Path) -> list[str]:
@@ -40,20 +41,27 @@ def key_files() -> dict[str, list[str]]:
         return sorted(p.name for p in paths)
 
     intake = IntakeSettings.model_construct(intervention_keys_dir=KEYS_DIR,
-                                            intake_sealing_key=None)
-    auth = AuthSettings.model_construct(intervention_keys_dir=KEYS_DIR, auth_signing_key=None)
+                                            intake_sealing_key=None, intake_signing_key=None)
+    auth = AuthSettings.model_construct(intervention_keys_dir=KEYS_DIR, auth_signing_key=None,
+                                        auth_intake_verify_keys=None)
     executor = ExecutorSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 executor_sealing_keys=None,
-                                                executor_verify_keys=None)
+                                                executor_verify_keys=None,
+                                                executor_fact_verify_keys=None)
+    notifier = NotifierSettings.model_construct(intervention_keys_dir=KEYS_DIR,
+                                                notifier_signing_key=None,
+                                                notifier_fact_verify_keys=None)
     def audit(service: str) -> Path:  # each service signs its own audit records
         return Path(KEYS_DIR) / audit_private_file(service)
 
     return {
-        "intake": names(intake.sealing_key_path, key_path(Path(KEYS_DIR)), audit("intake")),
-        "auth": names(auth.signing_key_path, audit("auth")),
+        "intake": names(intake.sealing_key_path, intake.signing_key_path,
+                        key_path(Path(KEYS_DIR)), audit("intake")),
+        "auth": names(auth.signing_key_path, *auth.intake_verify_key_paths, audit("auth")),
         "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths,
-                          audit("executor")),
-        "notifier": names(audit("notifier")),
+                          *executor.fact_verify_key_paths, audit("executor")),
+        "notifier": names(notifier.signing_key_path, *notifier.fact_verify_key_paths,
+                          audit("notifier")),
     }
 
 
@@ -74,8 +82,8 @@ def code_topology() -> dict[str, Any]:
                 "keys": keys[name],
             }
     return {"topics": sorted(spec.name for spec in CATALOGUE),
-            # Compacted, no DLQ: the audit heads anchored outside the store.
-            "audit_topics": sorted(spec.name for spec in AUDIT_TOPICS),
+            # Compacted, without a DLQ (nobody consumes them as events).
+            "auditTopics": sorted(spec.name for spec in AUDIT_TOPICS),
             "services": services}
 
 

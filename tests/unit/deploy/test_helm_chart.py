@@ -27,7 +27,7 @@ import pytest
 import yaml
 from chart_topology import CHART, ROOT, TOPOLOGY, code_topology, render
 
-from schemas.topics import AUDIT_ANCHORED, DEFAULT_PARTITIONS, all_topics
+from schemas.topics import DEFAULT_PARTITIONS, all_topics
 
 pytestmark = pytest.mark.timeout(1500)  # the first test may build helm (about two minutes)
 
@@ -187,11 +187,6 @@ def test_kafka_topics_are_the_catalogue_and_its_dlqs(helm: Path) -> None:
             s.name for s in all_topics(prefix))
         for topic in topics:
             assert topic["spec"]["partitions"] == chart_values()["kafka"]["partitions"]
-            if topic["spec"]["topicName"].endswith(AUDIT_ANCHORED):
-                # The audit anchors are compacted (the newest head per ticket), never expired.
-                assert topic["spec"]["config"]["cleanup.policy"] == "compact"
-                assert "retention.ms" not in topic["spec"]["config"]
-                continue
             dlq = topic["spec"]["topicName"].endswith(".dlq")
             days = topic["spec"]["config"]["retention.ms"] / 86_400_000
             assert days == (30 if dlq else 7), topic["spec"]["topicName"]
@@ -236,7 +231,7 @@ def test_kafka_users_carry_exactly_the_acls_each_service_uses(helm: Path) -> Non
 def _documented_acls() -> dict[str, dict[str, set[str]]]:
     """The ACL table of docs/operations.md ("Kafka in production")."""
     table: dict[str, dict[str, set[str]]] = {}
-    every: set[str] = set()  # the "every service above" row: written by all of them
+    everyone: set[str] = set()  # the row "every service above" (the audit anchors)
 
     def names(cell: str) -> set[str]:
         return {n if "." in n else f"intervention.{n}"
@@ -245,14 +240,14 @@ def _documented_acls() -> dict[str, dict[str, set[str]]]:
     for line in OPERATIONS.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0].startswith("every service"):
-            every |= names(cells[2])
+            everyone |= names(cells[2])
         if len(cells) != 3 or cells[0] not in SERVICES:
             continue
         read = names(cells[1])
         write = names(cells[2]) | ({t + ".dlq" for t in read} if "`.dlq`" in cells[2] else set())
         table[cells[0]] = {"Read": read, "Write": write}
-    for entry in table.values():
-        entry["Write"] |= every
+    for acls in table.values():
+        acls["Write"] |= everyone
     return table
 
 

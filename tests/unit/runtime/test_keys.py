@@ -65,6 +65,10 @@ def test_key_files_follow_the_documented_layout(tmp_path: Path) -> None:
         "auth-signing.pub",
         "executor-sealing.key",
         "executor-sealing.pub",
+        "intake-signing.key",
+        "intake-signing.pub",
+        "notifier-signing.key",
+        "notifier-signing.pub",
     ]
     private = json.loads(paths.sealing_private.read_text())
     public = json.loads(paths.sealing_public.read_text())
@@ -240,3 +244,34 @@ def test_an_older_key_set_gets_audit_keys_without_touching_the_rest(tmp_path: Pa
     init_keys(tmp_path)
     assert paths.sealing_private.read_bytes() == before
     assert all(path.exists() for path in paths.audit_files())
+
+
+def test_the_notifier_gets_its_own_owner_only_signing_key(tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    key = load_signing_key(paths.notifier_signing_private)
+    assert key.key_id.startswith("notifier-")
+    assert key.key_id != load_signing_key(paths.signing_private).key_id  # not auth's
+    if os.name == "posix":
+        assert _mode(paths.notifier_signing_private) == 0o600
+    verify(b"report", sign(b"report", key), load_verify_keys(paths.notifier_signing_public))
+
+
+def test_an_older_key_set_gets_the_notifier_key_without_touching_the_rest(
+        tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    paths.notifier_signing_private.unlink()
+    paths.notifier_signing_public.unlink()
+    before = {p: p.read_bytes() for p in (*paths.all(), *paths.audit_files())}
+    init_keys(tmp_path)
+    assert {p: p.read_bytes() for p in before} == before
+    assert paths.notifier_signing_private.exists()
+    assert paths.notifier_signing_public.exists()
+
+
+def test_intake_gets_its_own_signing_key_for_tickets(tmp_path: Path) -> None:
+    paths = init_keys(tmp_path)
+    key = load_signing_key(paths.intake_signing_private)
+    assert key.key_id.startswith("intake-")
+    if os.name == "posix":
+        assert _mode(paths.intake_signing_private) == 0o600
+    verify(b"ticket", sign(b"ticket", key), load_verify_keys(paths.intake_signing_public))
