@@ -90,7 +90,9 @@ class ComposeBroker:
 
     def settings(self, role: str, **extra: Any) -> dict[str, Any]:
         password = (self.keys.directory / f"kafka-{role}.password").read_text().strip()
-        return {"kafka_bootstrap_servers": self.bootstrap,
+        # No topic prefix: the compose ACLs name the real topics (the session's
+        # KAFKA_TOPIC_PREFIX, set for the other suites, must not leak in).
+        return {"kafka_bootstrap_servers": self.bootstrap, "kafka_topic_prefix": "",
                 "kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN",
                 "kafka_sasl_username": f"intervention-{role}", "kafka_sasl_password": password,
                 **extra}
