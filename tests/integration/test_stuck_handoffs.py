@@ -35,7 +35,7 @@ async def put_board(db: AsyncDatabase[dict[str, Any]], ticket: str, since: datet
 
 
 async def test_tickets_waiting_at_each_handoff_are_stuck_after_the_grace_with_who_they_wait_for(
-        mongo_client: Any, database_name: str, unique: str) -> None:
+        mongo_client: Any, database_name: str, unique: str, real_parts: Any) -> None:
     database = f"{database_name}_stuck{unique}"
     db: AsyncDatabase[dict[str, Any]] = mongo_client[database]
     now = datetime.now(UTC)
@@ -66,7 +66,8 @@ async def test_tickets_waiting_at_each_handoff_are_stuck_after_the_grace_with_wh
         assert all(timedelta(minutes=4) < s.age < timedelta(minutes=6) for s in stalled)
 
         # The operator's command says the same, and fails (exit 1) while any waits.
-        env = {**os.environ, "MONGODB_DATABASE": database}
+        env = {**os.environ, "MONGODB_URI": real_parts.mongodb_uri,
+               "MONGODB_DATABASE": database}
         done = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.cli.main", "status", "--stuck"],
             env=env, capture_output=True, text=True, timeout=60, check=False)
