@@ -114,11 +114,7 @@ class PrivateKafka(Part):
                              .replace("${KAFKA_PORT}", str(self.port))
                              .replace("${CONTROLLER_PORT}", str(self.controller_port)))
             (self.directory / "log").mkdir(exist_ok=True)
-            # A cluster id may begin with "-" (URL-safe base64), which the tool would read
-            # as an option: draw again until it does not.
-            cluster = localstack._kafka_uuid()
-            while cluster.startswith("-"):
-                cluster = localstack._kafka_uuid()
+            cluster = localstack._kafka_uuid()  # never begins with "-" (an option to the tool)
             subprocess.run(localstack._kafka_java(
                 "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster,
                 "-c", str(props), logs_dir=self.directory / "log"),

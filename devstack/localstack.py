@@ -268,8 +268,12 @@ def _kafka_java(main: str, *args: str, heap: tuple[str, ...] = ("-Xmx256m",),
 
 
 def _kafka_uuid() -> str:
-    # Kafka's Uuid string form: URL-safe base64 of 16 random bytes, no padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # Kafka's Uuid string form: URL-safe base64 of 16 random bytes, no padding. Never one
+    # beginning with "-": the storage tool would read it as an option (1 format in 64).
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
 
 
 def prepare_kafka() -> None:
