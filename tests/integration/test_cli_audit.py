@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -15,9 +17,13 @@ pytestmark = pytest.mark.integration
 async def test_audit_verify_names_the_first_edited_record_and_exits_nonzero(
     mongo_db: AsyncDatabase[dict[str, object]], real_parts: object, database_name: str,
     unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("MONGODB_URI", real_parts.mongodb_uri)  # type: ignore[attr-defined]
     monkeypatch.setenv("MONGODB_DATABASE", database_name)
+    # A keys directory without audit keys: these records are written unsigned (what this test
+    # is about is the hash chain), and the checkout's var/keys may hold audit keys by now.
+    monkeypatch.setenv("INTERVENTION_KEYS_DIR", str(tmp_path / "no-audit-keys"))
     ticket = f"HD-CLI-{unique}"
     audit = AuditLog(mongo_db, redactor=Redactor())
     for i in range(3):
