@@ -64,9 +64,10 @@ from services.auth.app import build as build_auth
 from services.auth.settings import AuthSettings
 from services.cli.commands_intake import publish_request
 from services.runtime.consumer import Delivery, subscribe
+from services.runtime.facts import sign_fact
 from services.runtime.kafka_admin import TopicsError, ensure_topics
 from services.runtime.kafka_security import KafkaConnectError, kafka_client_options
-from services.runtime.keys import init_keys
+from services.runtime.keys import init_keys, load_signing_key
 from services.runtime.ops import health
 from services.runtime.redaction import Redactor
 from services.runtime.service import ServiceRuntime, event_decoder
@@ -341,9 +342,11 @@ async def test_a_service_allowed_only_its_own_topics_starts_and_works(
     await service.start()
     try:
         assert await health(service.runtime) == {"kafka": True, "mongodb": True}
-        # A ticket, published by the administrator as intake would: auth consumes it (Read
-        # on the topic and its group) and publishes its verdict (Write, idempotent producer).
-        ticket = any_ticket(at=datetime.now(UTC))
+        # A ticket, published by the administrator as intake would (signed with intake's
+        # key, which auth checks): auth consumes it (Read on the topic and its group) and
+        # publishes its verdict (Write, idempotent producer).
+        ticket = sign_fact(any_ticket(at=datetime.now(UTC)),
+                           load_signing_key(keys.intake_signing_private))
         producer = AIOKafkaProducer(**kafka_client_options(admin))
         await producer.start()
         try:
