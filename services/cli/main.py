@@ -15,6 +15,22 @@ COMMAND_MODULES = ("intake", "integrations", "auth", "executor", "notifier", "au
                    "lifecycle", "demo", "docs")
 
 
+def _source_checkout_on_path() -> None:
+    """Make ``devstack`` importable when this is a source checkout's (editable) install.
+
+    ``devstack/`` is excluded from the distribution, so an editable install does not expose
+    it, and the ``intervene`` script's ``sys.path`` starts at ``.venv/bin``: without this,
+    ``make run`` (``.venv/bin/intervene demo``) found no ``demo`` command. An installed
+    distribution has no ``devstack/`` beside ``services/`` and is left as it is.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if (root / "devstack" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
+_source_checkout_on_path()
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     # The local stack is development tooling (devstack/, not shipped with the services):
     # imported by the commands that drive it, so the rest of `intervene` works without it.
