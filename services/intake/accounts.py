@@ -138,6 +138,18 @@ class AccountMap:
     def _mac(self, integration: str, customer: str, account: str, version: int) -> str:
         return self._key_source().mac("account-map", integration, customer, account, str(version))
 
+    def _verified(self, doc: dict[str, Any]) -> str | None:
+        """The entry's account when ``intervene accounts import`` wrote it (its MAC checks
+        against intake's key), else None: an entry edited in the store counts as absent."""
+        integration, customer = doc.get("integration"), doc.get("customer")
+        account, version = doc.get("account_id"), doc.get("version")
+        if not (isinstance(integration, str) and isinstance(customer, str)
+                and isinstance(account, str) and isinstance(version, int)):
+            return None
+        ok = self._key_source().mac_ok(doc.get("mac"), "account-map", integration, customer,
+                                       account, str(version))
+        return account if ok else None
+
     async def account_of(self, integration: str, customer: str) -> str | None:
         """The provider account ``customer`` of ``integration`` is, or None (unmapped, or
         an entry not written by ``intervene accounts import``)."""
@@ -146,13 +158,10 @@ class AccountMap:
         if cached is not None and time.monotonic() - cached[0] < CACHE_TTL_S:
             return cached[1]
         doc = await self._collection.find_one({"_id": key})
-        account: str | None = None
-        if doc is not None:
-            candidate, version = str(doc.get("account_id", "")), doc.get("version")
-            if isinstance(version, int) and self._key_source().mac_ok(
-                    doc.get("mac"), "account-map", integration, customer, candidate,
-                    str(version)):
-                account = candidate
+        account = None
+        if doc is not None and (doc.get("integration"), doc.get("customer")) == (
+                integration, customer):
+            account = self._verified(doc)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (time.monotonic(), account)
@@ -171,12 +180,7 @@ class AccountMap:
         """Every account ``integration`` may act for (its map's verified entries)."""
         accounts: set[str] = set()
         async for doc in self._collection.find({"integration": integration}):
-            customer, account, version = doc.get("customer"), doc.get("account_id"), \
-                doc.get("version")
-            if isinstance(customer, str) and isinstance(account, str) and isinstance(
-                    version, int) and self._key_source().mac_ok(doc.get("mac"), "account-map",
-                                                        integration, customer, account,
-                                                        str(version)):
+            if (account := self._verified(doc)) is not None:
                 accounts.add(account)
         return accounts
 
@@ -196,10 +200,7 @@ class AccountMap:
         for row in rows:
             key = _doc_id(integration, row.customer)
             existing = await self._collection.find_one({"_id": key})
-            if existing is not None and existing.get("account_id") == row.account_id and \
-                    self._key_source().mac_ok(existing.get("mac"), "account-map", integration,
-                                     row.customer, row.account_id,
-                                     str(existing.get("version"))):
+            if existing is not None and self._verified(existing) == row.account_id:
                 unchanged += 1
                 continue
             doc = {"_id": key, "integration": integration, "customer": row.customer,

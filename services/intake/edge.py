@@ -116,12 +116,7 @@ class EdgeGuard:
                               "request with a registered integration's secret",
                               field=signing.HEADER_SIGNATURE)
         assert integration is not None
-        if kind is not None and integration.kind != kind:
-            raise EdgeRefusal(403, "wrong_integration_kind", f"integration {integration.name}"
-                              f" is registered for {integration.kind}, not {kind}")
-        if not integration.allows(scope):
-            raise EdgeRefusal(403, "missing_scope", f"integration {integration.name} lacks "
-                              f"the {scope!r} scope (`intervene integrations` grants scopes)")
+        self._admit(integration, kind=kind, scope=scope)
         if fresh:
             await self._first_use(signed.replay_key, now)
         return Caller(integration=integration, customer=signed.customer)
@@ -165,13 +160,18 @@ class EdgeGuard:
             raise EdgeRefusal(401, "bad_signature", "the webhook signature does not verify "
                               "with this integration's secret", field="X-Hub-Signature")
         assert integration is not None
-        if integration.kind != kind:
+        self._admit(integration, kind=kind, scope=scope)
+        return Caller(integration=integration, customer="")
+
+    @staticmethod
+    def _admit(integration: Integration, *, kind: str | None, scope: str) -> None:
+        """The door's kind (a Zammad's secret cannot sign WHMCS deliveries) and scope."""
+        if kind is not None and integration.kind != kind:
             raise EdgeRefusal(403, "wrong_integration_kind", f"integration {integration.name}"
                               f" is registered for {integration.kind}, not {kind}")
         if not integration.allows(scope):
             raise EdgeRefusal(403, "missing_scope", f"integration {integration.name} lacks "
-                              f"the {scope!r} scope")
-        return Caller(integration=integration, customer="")
+                              f"the {scope!r} scope (`intervene integrations` grants scopes)")
 
     async def first_delivery(self, caller: Caller, body: bytes, delivery: str,
                              now: datetime) -> None:
