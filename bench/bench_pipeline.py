@@ -89,6 +89,36 @@ class Percentiles:
                 f"{self.at(0.99) * 1000:7.0f}")
 
 
+def store_round_trips(services: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Each service's ``intervention.store.round_trips`` counter, from its /metrics, by
+    ``operation collection`` (services.runtime.store_metrics)."""
+    import urllib.request
+
+    counts: dict[str, dict[str, float]] = {}
+    for service in services:
+        url = f"http://127.0.0.1:{service.health_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        mine = counts.setdefault(service.name, {})
+        for line in text.splitlines():
+            if not line.startswith("intervention_store_round_trips_total{"):
+                continue
+            labels, value = line.rsplit(" ", 1)
+            attrs = dict(part.split("=", 1) for part in
+                         labels[labels.index("{") + 1:labels.rindex("}")].split(","))
+            what = (f"{attrs.get('db_operation_name', '?').strip(chr(34))} "
+                    f"{attrs.get('db_collection_name', '?').strip(chr(34))}")
+            mine[what] = mine.get(what, 0.0) + float(value)
+    return counts
+
+
+def round_trip_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+                     ) -> dict[str, dict[str, float]]:
+    return {name: {what: n - before.get(name, {}).get(what, 0.0)
+                   for what, n in ops.items() if n - before.get(name, {}).get(what, 0.0) > 0}
+            for name, ops in after.items()}
+
+
 @dataclass
 class Result:
     throughput: float
@@ -97,6 +127,8 @@ class Result:
     told: Percentiles
     # submit -> each event of the pipeline, in order: where the time goes.
     stages: dict[str, Percentiles] = field(default_factory=dict)
+    # Store round trips the burst cost, per service and "operation collection".
+    round_trips: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
@@ -360,8 +392,11 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         tickets = sealed(args.tickets, "t")
         size = statistics.mean(len(json.dumps(t)) for t in tickets)
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
+        before = await asyncio.to_thread(store_round_trips, services)
         pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout, args.rate,
                                       signer=signer)
+        pipeline.round_trips = round_trip_delta(
+            before, await asyncio.to_thread(store_round_trips, services))
         print(f"raw floor: {args.tickets} messages through {HOPS} aiokafka hops ...",
               flush=True)
         floor = await run_floor(bootstrap, prefix, [(str(t["ticket_id"]),
@@ -424,6 +459,14 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
     print("where the pipeline's time goes (submit -> event created, p50 / p95 ms): " + ", ".join(
         f"{stage.rstrip(':').split(':')[0]} {pipeline.stages[stage].at(0.5) * 1000:.0f}/"
         f"{pipeline.stages[stage].at(0.95) * 1000:.0f}" for stage in STAGES))
+    if pipeline.round_trips:
+        total = sum(sum(ops.values()) for ops in pipeline.round_trips.values())
+        print(f"store round trips per ticket: {total / args.tickets:.1f} in all (" + ", ".join(
+            f"{name} {sum(ops.values()) / args.tickets:.1f}"
+            for name, ops in sorted(pipeline.round_trips.items())) + ")")
+        for name, ops in sorted(pipeline.round_trips.items()):
+            top = sorted(ops.items(), key=lambda item: -item[1])[:8]
+            print(f"  {name}: " + ", ".join(f"{what} {n / args.tickets:.2f}" for what, n in top))
     if ssh is not None:
         seq, par, p50 = ssh
         print(f"SSH diagnostics, real runbook ({args.ssh_hosts} sshd targets): "

@@ -43,6 +43,7 @@ from services.runtime.keys import (
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
+from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.settings import RuntimeSettings, SettingsError
 from services.runtime.telemetry import (
     Telemetry,
@@ -100,8 +101,10 @@ class ServiceRuntime:
                 self.telemetry.tracer_provider, self.telemetry.meter_provider)],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
+        # Every command sent to the store is counted (intervention.store.round_trips).
+        self.store_round_trips = StoreRoundTrips(self.telemetry.meter_provider)
         self.mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-            settings.mongodb_uri, tz_aware=True
+            settings.mongodb_uri, tz_aware=True, event_listeners=[self.store_round_trips]
         )
         self.db: AsyncDatabase[dict[str, object]] = self.mongo[settings.mongodb_database]
         # The audit key is read in prepare() (construction does no I/O); from then on the

@@ -1,0 +1,70 @@
+"""Store round trips, counted where they happen: a PyMongo command listener.
+
+Every command a service's ``AsyncMongoClient`` sends to the store is one round trip on
+the wire — to FerretDB, one trip through its (serialising) SQLite backend. Counting them
+per operation and collection is how the cost of one ticket is measured (issue 17's
+"store round trips per ticket"), and how a regression that adds a write to a hot path
+shows on the dashboard before it shows as latency.
+
+The counter ``intervention.store.round_trips`` carries the OpenTelemetry database
+attributes ``db.operation.name`` (``insert``, ``find``, ``update``...) and
+``db.collection.name``; collection names are bounded (no ticket ids in them), so the
+series stay few. Connection handshakes and heartbeats (``hello``) are not commands a
+handler sent and are left out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from opentelemetry.metrics import MeterProvider
+from pymongo import monitoring
+
+__all__ = ["ROUND_TRIPS_METRIC", "StoreRoundTrips"]
+
+ROUND_TRIPS_METRIC = "intervention.store.round_trips"
+
+# Sent by the driver itself (connection set-up, monitoring), never by our code.
+_DRIVER_COMMANDS = frozenset({"hello", "ismaster", "isMaster", "saslStart", "saslContinue",
+                              "endSessions", "killCursors", "buildInfo", "getnonce"})
+
+
+def _collection(command_name: str, command: Any) -> str:
+    value = command.get(command_name) if hasattr(command, "get") else None
+    if isinstance(value, str) and value:
+        return value
+    return "-"  # database-wide commands (ping, listCollections, dropDatabase)
+
+
+class StoreRoundTrips(monitoring.CommandListener):
+    """Counts each command sent, by operation and collection (an OTel counter, plus an
+    in-process tally :attr:`totals` that benchmarks and tests read directly)."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        self.totals: Counter[tuple[str, str]] = Counter()
+        self._counter = None
+        if meter_provider is not None:
+            meter = meter_provider.get_meter("intervention.store")
+            self._counter = meter.create_counter(
+                ROUND_TRIPS_METRIC, unit="{round_trip}",
+                description="Commands sent to the store (one round trip each), by "
+                            "operation and collection.")
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        if name in _DRIVER_COMMANDS:
+            return
+        collection = _collection(name, event.command)
+        self.totals[(name, collection)] += 1
+        if self._counter is not None:
+            self._counter.add(1, {"db.operation.name": name, "db.collection.name": collection})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+    def total(self) -> int:
+        return sum(self.totals.values())
