@@ -423,4 +423,7 @@ def subscribe(
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         title=f"{runtime.service_name}:{topic}",
+        description=(f"{runtime.service_name} consumes {topic} in batches, each ticket's "
+                     f"messages in order, and commits after their effects are durable; a "
+                     f"message it cannot handle goes to {topic}{DLQ_SUFFIX} with the reason."),
     )(consume)
