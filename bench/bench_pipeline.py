@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -247,6 +248,55 @@ async def run_pipeline(bootstrap: str, prefix: str, sealed: list[dict[str, Any]]
     return result
 
 
+# --- history ---------------------------------------------------------------------------------
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_OID = re.compile(r'"\$oid": "[0-9a-f]{24}"')
+_HISTORY_NS = uuid.UUID("0b7c3f43-51d5-4a6c-9a35-1f0c8e0b9d11")
+
+
+async def seed_history(mongodb_uri: str, database: str, ticket_prefix: str, burst: int,
+                       tickets: int) -> int:
+    """Make the store look as if ``tickets`` more tickets had been worked through: every
+    document the burst's (finished) tickets left in any collection is copied with new
+    ticket ids, event ids and object ids, in bulk. Documents that name no burst ticket
+    (inventory, integrations, keys, markers) are left alone."""
+    from bson import ObjectId, json_util
+    from pymongo import AsyncMongoClient
+    from pymongo.errors import BulkWriteError
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    added = 0
+    try:
+        db = client[database]
+        templates: dict[str, list[str]] = {}
+        for name in await db.list_collection_names():
+            docs = await db[name].find({}).to_list()
+            texts = [json_util.dumps(d) for d in docs]
+            templates[name] = [t for t in texts if ticket_prefix in t]
+        copies = -(-tickets // burst)
+        for k in range(copies):
+            history = ticket_prefix[:-1] + f"h{k:03d}-"
+            for name, texts in templates.items():
+                if not texts:
+                    continue
+                docs = []
+                for text in texts:
+                    text = text.replace(ticket_prefix, history)
+                    text = _UUID.sub(lambda m, k=k: str(uuid.uuid5(_HISTORY_NS, f"{k}:{m[0]}")),
+                                     text)
+                    text = _OID.sub(lambda _m: f'"$oid": "{ObjectId()}"', text)
+                    docs.append(json_util.loads(text))
+                try:
+                    result = await db[name].insert_many(docs, ordered=False)
+                    added += len(result.inserted_ids)
+                except BulkWriteError as exc:
+                    added += exc.details.get("nInserted", 0)
+    finally:
+        await client.close()
+    return added
+
+
 # --- the raw floor ------------------------------------------------------------------------------
 
 
@@ -321,6 +371,9 @@ def main() -> None:
                              "which measures throughput; a sustainable rate measures latency "
                              "without queueing)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--history", type=int, default=20_000, metavar="TICKETS",
+                        help="after the burst, add this many finished tickets' documents to "
+                             "the store and run the burst again (0: skip)")
     args = parser.parse_args()
     reason = targets.available()
     if reason is not None:
@@ -397,6 +450,19 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
                                       signer=signer)
         pipeline.round_trips = round_trip_delta(
             before, await asyncio.to_thread(store_round_trips, services))
+        aged: Result | None = None
+        if args.history:
+            print(f"history: {args.history} finished tickets into the same store ...",
+                  flush=True)
+            seeded = await seed_history(mongodb_uri, database, f"BENCH-{run}-t",
+                                        args.tickets, args.history)
+            print(f"history: {seeded} documents added", flush=True)
+            print(f"pipeline after history: {args.tickets} tickets ...", flush=True)
+            before = await asyncio.to_thread(store_round_trips, services)
+            aged = await run_pipeline(bootstrap, prefix, sealed(args.tickets, "u"),
+                                      args.timeout, args.rate, signer=signer)
+            aged.round_trips = round_trip_delta(
+                before, await asyncio.to_thread(store_round_trips, services))
         print(f"raw floor: {args.tickets} messages through {HOPS} aiokafka hops ...",
               flush=True)
         floor = await run_floor(bootstrap, prefix, [(str(t["ticket_id"]),
@@ -415,7 +481,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         await client.close()
         shutil.rmtree(workdir, ignore_errors=True)
     ssh = await ssh_throughput(args.ssh_hosts) if args.ssh_hosts else None
-    table(args, pipeline, floor, size, ssh)
+    table(args, pipeline, floor, size, ssh, aged)
 
 
 async def ssh_throughput(count: int) -> tuple[float, float, float]:
@@ -439,7 +505,7 @@ async def ssh_throughput(count: int) -> tuple[float, float, float]:
 
 
 def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float,
-          ssh: tuple[float, float, float] | None) -> None:
+          ssh: tuple[float, float, float] | None, aged: Result | None = None) -> None:
     cores = os.cpu_count()
     print()
     arrival = f"{args.rate:g}/s" if args.rate else "all at once"
@@ -467,6 +533,13 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
         for name, ops in sorted(pipeline.round_trips.items()):
             top = sorted(ops.items(), key=lambda item: -item[1])[:8]
             print(f"  {name}: " + ", ".join(f"{what} {n / args.tickets:.2f}" for what, n in top))
+    if aged is not None:
+        total = sum(sum(ops.values()) for ops in aged.round_trips.values())
+        print(f"after {args.history} finished tickets of history in the same store: "
+              f"{aged.throughput:.1f} tickets/s ({aged.throughput / pipeline.throughput:.2f}x "
+              f"the fresh store), p99 submit -> initial response "
+              f"{aged.initial.at(0.99) * 1000:.0f} ms, p99 told {aged.told.at(0.99) * 1000:.0f}"
+              f" ms, {total / args.tickets:.1f} store round trips per ticket")
     if ssh is not None:
         seq, par, p50 = ssh
         print(f"SSH diagnostics, real runbook ({args.ssh_hosts} sshd targets): "
