@@ -66,14 +66,19 @@ def test_typical_duration_is_the_median_of_recent_runs_or_the_default() -> None:
     assert (delay, typical) == (35, 35)
 
 
-async def test_the_worker_knows_each_claims_place_and_the_oldest_wait() -> None:
-    now = [1000.0]
+def gated_worker(now: list[float]) -> tuple[Worker, asyncio.Event]:
+    """One worker whose runs last until the gate opens, on the clock ``now[0]``."""
     gate = asyncio.Event()
 
     async def run(_claim_id: str) -> None:
         await gate.wait()
 
-    worker = Worker(run, concurrency=1, queue_size=10, monotonic=lambda: now[0])
+    return Worker(run, concurrency=1, queue_size=10, monotonic=lambda: now[0]), gate
+
+
+async def test_the_worker_knows_each_claims_place_and_the_oldest_wait() -> None:
+    now = [1000.0]
+    worker, gate = gated_worker(now)
     await worker.start()
     assert worker.oldest_wait_s() == 0
     worker.offer("A:1")
@@ -97,12 +102,7 @@ async def test_the_worker_knows_each_claims_place_and_the_oldest_wait() -> None:
 
 async def test_a_claim_that_waits_is_announced_with_its_place_and_a_stable_id() -> None:
     now = [500.0]
-    gate = asyncio.Event()
-
-    async def run(_claim_id: str) -> None:
-        await gate.wait()
-
-    worker = Worker(run, concurrency=1, queue_size=10, monotonic=lambda: now[0])
+    worker, gate = gated_worker(now)
     published: list[EventEnvelope] = []
 
     async def publish(event: EventEnvelope) -> None:
