@@ -4,9 +4,7 @@ For every consumed event, in this order:
 
 1. the customer's TicketUpdated(s) (:mod:`.updates`), ids derived from the event, so a
    redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
-   it is the initial response the customer waits for. It is published by a consumer group of
-   its own, so a later update of the revision waits (briefly) until it is out: the customer
-   never reads "work has started" above "we received your request";
+   it is the initial response the customer waits for;
 2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
    computed;
 3. pages for engineers (a new ticket, a manual step, a hardware escalation) into the chat
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,8 +81,6 @@ from services.runtime.consumer import Delivery
 log = logging.getLogger(__name__)
 
 Publish = Callable[[EventEnvelope], Awaitable[None]]
-Acknowledged = Callable[[UUID], Awaitable[bool]]
-"""True once the customer's acknowledgement of the TicketSubmitted with this id is published."""
 Redact = Callable[[str], str]
 Clock = Callable[[], datetime]
 
@@ -103,7 +98,6 @@ class Collaborators:
     redact: Redact = lambda text: text
     language_wait: timedelta = timedelta(seconds=5)
     projection: TicketProjection | None = None  # metrics and the open-ticket board
-    acknowledged: Acknowledged | None = None  # orders later updates after the acknowledgement
 
 
 @dataclass(frozen=True)
@@ -125,7 +119,6 @@ class Notifier:
     def __init__(self, parts: Collaborators, *, desk: EngineerDesk) -> None:
         self.parts = parts
         self.desk = desk
-        self._acknowledged: OrderedDict[str, None] = OrderedDict()  # submissions known told
 
     # -- events --------------------------------------------------------------------------------
 
@@ -153,11 +146,8 @@ class Notifier:
         after = await p.deadlines.state(event.ticket_id)
         if before is not None:
             language = after.language or await self._language(event.ticket_id)
-            updates = customer_updates(event, language=language,
-                                       extended_to=timeline_extension(before, after))
-            if updates:
-                await self._after_acknowledgement(event)
-            await self._publish_updates(event, delivery, updates)
+            await self._publish_updates(event, delivery, customer_updates(
+                event, language=language, extended_to=timeline_extension(before, after)))
         match event:
             case TicketSubmitted():
                 await self._open_page(event, "new_ticket", chat.new_ticket(event))
@@ -190,40 +180,6 @@ class Notifier:
         log.warning("ticket %s: no TicketSubmitted seen; answering in the default language",
                     ticket_id)
         return None
-
-    async def _after_acknowledgement(self, event: Event) -> None:
-        """Wait (at most ``language_wait``) until the revision's acknowledgement is published.
-
-        The acknowledgement group and this event's group publish to the same partition of
-        ``intervention.ticket-updated`` independently; under a burst, or after a restart, the
-        acknowledgement group can lag by seconds, and an executor that is quick would put
-        "work has started" on the ticket before "we received your request" (seen as the
-        flaky ordering of test_warning_and_breach_fire_once_each_across_a_restart). The
-        acknowledgement group marks a ticket processed only after its update is published,
-        so once the mark is there, anything published now follows it on the partition.
-        """
-        check = self.parts.acknowledged
-        if check is None:
-            return
-        submissions = [f for f in await self.parts.ledger.facts(event.ticket_id)
-                       if f.kind == "submitted" and f.revision <= event.revision]
-        if not submissions:
-            return  # nothing to follow (a verdict that overtook its ticket: _language waited)
-        key = max(submissions, key=lambda f: f.revision).fact_id
-        if key in self._acknowledged:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.parts.language_wait.total_seconds()
-        while not await check(UUID(key)):
-            if loop.time() >= deadline:
-                log.warning("ticket %s: the acknowledgement of revision %s is not out yet; "
-                            "publishing the next update anyway", event.ticket_id,
-                            event.revision)
-                return
-            await asyncio.sleep(0.05)
-        self._acknowledged[key] = None
-        while len(self._acknowledged) > 10_000:
-            self._acknowledged.popitem(last=False)
 
     # -- pages ---------------------------------------------------------------------------------
 
