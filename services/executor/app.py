@@ -106,7 +106,8 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     owner = Owner.this_process()
     sealer = claim_sealer(settings)
     claims = ClaimStore(runtime.db, sealer)
-    vault = MongoCredentialVault(runtime.db)
+    vault = MongoCredentialVault(runtime.db,
+                                 load_verify_keys(*settings.operator_verify_key_paths))
     manual = ManualSteps(runtime.db, sealer)
     pins = HostKeyPins(runtime.db)
     connector = SshConnector(

@@ -49,7 +49,12 @@ from services.runtime.crypto import (
     sign,
 )
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import init_keys, load_sealing_public, load_signing_key
+from services.runtime.keys import (
+    OPERATOR_SIGNING_PRIVATE_FILE,
+    init_keys,
+    load_sealing_public,
+    load_signing_key,
+)
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, setup_telemetry
 
 pytestmark = pytest.mark.integration
@@ -141,7 +146,11 @@ async def rig(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_
     service = build(settings, telemetry=setup_telemetry("executor", span_exporter=spans))
     customer = PrivateSealingKey.generate(key_id_prefix="cust")
     account = f"ACC-{run}"
-    await service.vault.register_key(account, customer.public)
+    # An operator registered the account's key before any of these tickets was verified.
+    await service.vault.register_key(
+        account, customer.public, operator="test-operator",
+        operator_key=load_signing_key(keys.directory / OPERATOR_SIGNING_PRIVATE_FILE),
+        at=datetime.now(UTC) - timedelta(days=1))
     bus = targets.EventBus(kafka_bootstrap, prefix)
     await bus.start()
     await service.start()
