@@ -109,7 +109,7 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     vault = MongoCredentialVault(runtime.db,
                                  load_verify_keys(*settings.operator_verify_key_paths))
     manual = ManualSteps(runtime.db, sealer)
-    pins = HostKeyPins(runtime.db)
+    pins = HostKeyPins(runtime.db, sealer)
     connector = SshConnector(
         pins=pins, connect_timeout_s=settings.executor_connect_timeout_s,
         command_timeout_s=settings.executor_command_timeout_s,

@@ -32,6 +32,7 @@ from executor_verdicts import resolved_server, verdict
 from polling import eventually
 
 from schemas.events import AuthorizationVerified, ManualStepCompleted, ManualStepRequested
+from services.executor.ssh import DISK_SOURCE
 from services.executor.vault import MongoCredentialVault
 from services.runtime.audit import verify_chain
 from services.runtime.crypto import PrivateSealingKey
@@ -275,3 +276,30 @@ async def test_a_swapped_vault_key_gets_no_password_and_the_server_is_not_change
         assert not [c for c in commands if c["data"].get("phase") in ("change", "rollback")]
         assert json.dumps(commands, default=str).count(ssh_targets.target.password) == 0
         assert (await verify_chain(stack.db, reset.ticket_id)).ok
+
+
+async def test_a_host_key_pin_written_into_the_store_is_not_trusted(
+        make_stack: Any, executors: list[Executor], ssh_targets: Any) -> None:
+    async with make_stack() as stack:
+        # A rescue-capable server with no key in the inventory: only a key the executor read
+        # from the server's own disk may be trusted. The insider writes such a pin - with the
+        # server's real key even, so only the missing signature can stop the login.
+        await stack.db["executor_host_keys"].insert_one({
+            "_id": "SRV-PINNED", "key": ssh_targets.sshd.host_key_line, "host": "127.0.0.1",
+            "port": ssh_targets.port, "source": DISK_SOURCE, "ticket_id": None})
+        start_executor(stack, executors)
+        before = logins(ssh_targets)
+        event = verdict(
+            signing_key=load_signing_key(stack.keys.signing_private),
+            sealing_key=load_sealing_public(stack.keys.sealing_public),
+            username=ssh_targets.admin.name, password=ssh_targets.admin.password,
+            category="diagnostics",
+            server=resolved_server(service_id="SRV-PINNED", ip="127.0.0.1",
+                                   ssh_port=ssh_targets.port, rescue=True))
+        await stack.publish(event)
+        [done] = await stack.bus.wait(event.ticket_id, "InterventionCompleted", timeout=90)
+        assert getattr(done, "outcome", None) == "refused"
+        assert logins(ssh_targets) == before  # no password was sent to the server
+        records = [r async for r in stack.db["audit"].find({"ticket_id": event.ticket_id})]
+        assert "was not pinned by the executor" in json.dumps(records, default=str)
+        assert (await verify_chain(stack.db, event.ticket_id)).ok
