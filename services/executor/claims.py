@@ -63,6 +63,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import AuthorizationVerified
+from services.executor.claim_integrity import ClaimSealer, accepted_record
 from services.executor.claim_record import (
     Claim,
     ClaimStatus,
@@ -111,7 +112,11 @@ class ClaimStore:
 
     LEASES = "executor_claim_leases"
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
+        # The executor signs what it decides about a claim (claim_integrity); a store
+        # without a sealer (the CLI, lease tests) writes unsigned records, which a run refuses.
+        self._sealer = sealer
         self._claims = db[self.CLAIMS]
         self._open = db[self.OPEN]
         self._tickets = db[self.TICKETS]
@@ -138,6 +143,10 @@ class ClaimStore:
             "lease_until": now + timedelta(seconds=lease_s), "attempt": 0, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
+        accepted = accepted_record(verdict_json, now)
+        seal = self._seal(claim_id, "accepted", accepted)
+        if seal:
+            doc["seals"] = {"accepted": {**seal, "value": accepted}}
         try:
             await self._claims.insert_one(doc)
         except DuplicateKeyError:
@@ -151,6 +160,15 @@ class ClaimStore:
                                        {"$max": {"latest_revision": event.revision}},
                                        upsert=True)
         return Claim.from_doc(doc), True
+
+    def _seal(self, claim_id: str, field: str, value: Any) -> dict[str, str]:
+        return self._sealer.seal(claim_id, field, value) if self._sealer is not None else {}
+
+    def _sealed(self, claim_id: str, field: str, value: Any, key: str | None = None,
+                ) -> dict[str, Any]:
+        """``$set`` fields for the signed record of ``field`` (none without a sealer)."""
+        seal = self._seal(claim_id, field, value)
+        return {f"seals.{key or field}": seal} if seal else {}
 
     async def _mark_open(self, claim_id: str, fields: Mapping[str, Any]) -> None:
         # An insert, not an upsert: two concurrent upserts of one new _id both insert on
@@ -306,8 +324,10 @@ class ClaimStore:
         """Store the access decision once; a resumed run keeps the first one."""
         async def write() -> int:
             # Conditional, but only the fenced owner writes: nothing races it.
-            result = await self._claims.update_one({"_id": claim_id, "decision": None},
-                                                   {"$set": {"decision": decision}})
+            result = await self._claims.update_one(
+                {"_id": claim_id, "decision": None},
+                {"$set": {"decision": decision,
+                          **self._sealed(claim_id, "decision", decision)}})
             return result.matched_count
 
         if await self._fenced(claim_id, owner, write):
@@ -334,12 +354,15 @@ class ClaimStore:
 
     async def record_rescue(self, claim_id: str, owner: Owner, key: str,
                             value: Mapping[str, Any]) -> None:
-        await self._owned_update(claim_id, owner, {"$set": {f"rescue.{key}": dict(value)}})
+        await self._owned_update(claim_id, owner, {"$set": {
+            f"rescue.{key}": dict(value),
+            **self._sealed(claim_id, f"rescue.{key}", dict(value), key=f"rescue_{key}")}})
 
     async def pass_review(self, claim_id: str, owner: Owner) -> None:
         """The engineer approved automation: decide the access anew, without the review."""
         await self._owned_update(claim_id, owner, {"$set": {
-            "review_passed": True, "decision": None, "handover": None}})
+            "review_passed": True, "decision": None, "handover": None,
+            **self._sealed(claim_id, "review_passed", True)}})
 
     async def mark_published(self, claim_id: str, owner: Owner, key: str) -> None:
         await self._owned_update(claim_id, owner, {"$set": {f"outbox.{key}.published": True}})
@@ -351,9 +374,15 @@ class ClaimStore:
         released (a re-opened claim is taken at once)."""
         now = datetime.now(UTC)
         held = await self._held_by(claim_id, owner)
+        sealed: dict[str, Any] = {}
+        if status in ("finished", "refused"):
+            # Closed for good: a run finding this record on an open claim refuses it.
+            sealed = self._sealed(claim_id, "closed", {"status": status, "outcome": outcome})
+        elif handover:
+            sealed = self._sealed(claim_id, "handover", dict(handover))
         await self._owned_update(claim_id, owner, {"$set": {
             "status": status, "closed_at": now, "outcome": outcome, "released": held.attempt,
-            "handover": dict(handover) if handover else None}})
+            "handover": dict(handover) if handover else None, **sealed}})
         held.closed = True
         self._held.pop((claim_id, owner.id), None)
         if status == "handed_over" and handover is not None:
