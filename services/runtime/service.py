@@ -43,8 +43,8 @@ from services.runtime.keys import (
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
-from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.settings import RuntimeSettings, SettingsError
+from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.telemetry import (
     Telemetry,
     configure_logging,
@@ -208,10 +208,11 @@ class ServiceRuntime:
                 await task
         await self.anchors.flush()
 
-    async def _publish_anchor(self, ticket_id: str, value: bytes) -> None:
+    async def _publish_anchor(self, key: str, value: bytes) -> None:
+        # Keyed by chain (audit_anchors.anchor_key): compaction keeps each chain's newest.
         await self.broker.publish(
             value, topic=physical(AUDIT_ANCHORED, self.settings.kafka_topic_prefix),
-            key=ticket_id.encode())
+            key=key.encode())
 
     async def publish(self, event: BaseModel) -> None:
         """Audit, then publish: both are idempotent on the event id, so a retry is safe."""
