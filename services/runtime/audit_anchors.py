@@ -1,5 +1,5 @@
 """Audit chain heads anchored outside the store: the compacted Kafka topic
-``intervention.audit-anchored``, keyed by chain (``<producer>:<ticket>``).
+``intervention.audit-anchored``, keyed by chain (``<ticket>:<producer>``).
 
 Someone who can write MongoDB can rewrite a chain's records consistently (re-hashed),
 delete them, or cut its tail. Kafka is a second system with its own credentials and ACLs
@@ -42,8 +42,8 @@ from services.runtime.audit_signing import Anchor, AuditKeys, AuditSigner, check
 from services.runtime.kafka_security import kafka_security_options, start_client
 from services.runtime.settings import RuntimeSettings
 
-__all__ = ["FINAL_EVENT_TYPES", "AnchorBook", "AnchorRead", "anchor_key", "decode_anchor",
-           "encode_anchor", "read_anchors"]
+__all__ = ["FINAL_EVENT_TYPES", "AnchorBook", "AnchorRead", "anchor_key", "anchor_ticket",
+           "decode_anchor", "encode_anchor", "read_anchors"]
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,15 @@ Publish = Callable[[str, bytes], Awaitable[None]]  # (message key, value)
 
 
 def anchor_key(ticket_id: str, producer: str) -> str:
-    """The topic key of a chain's anchors: compaction keeps the newest anchor per chain
-    (a producer never contains ``:``, so the key is unambiguous)."""
-    return f"{producer}:{ticket_id}"
+    """The topic key of a chain's anchors: compaction keeps the newest anchor per chain.
+    The ticket comes first and a producer never contains ``:``, so :func:`anchor_ticket`
+    gets the ticket back (the ticket attribute of the publish span)."""
+    return f"{ticket_id}:{producer}"
+
+
+def anchor_ticket(key: str) -> str:
+    """The ticket of an :func:`anchor_key`."""
+    return key.rpartition(":")[0] or key
 
 
 def encode_anchor(anchor: Anchor) -> bytes:

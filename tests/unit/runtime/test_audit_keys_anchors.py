@@ -234,7 +234,7 @@ async def test_the_anchor_book_keeps_the_newest_head_and_retries_a_failed_publis
     failing = False
     assert await book.flush("HD-1") == 1
     assert book.pending == {}
-    assert [key for key, _ in sent] == ["executor:HD-1"]  # compacted per chain
+    assert [key for key, _ in sent] == ["HD-1:executor"]  # compacted per chain
     read = sort_anchors([value for _, value in sent], KEYS)
     [published] = read.anchors["HD-1"]
     assert (published.seq, published.hash, published.service, published.producer) == (
