@@ -172,13 +172,38 @@ class Trips:
         self.count = sum(t.total() for t in self._listeners) - self._start
 
 
-async def sequential(label: str, log: Appender, ticket: str, actor: str, n: int,
-                     trips: Sequence[StoreRoundTrips]) -> tuple[float, float]:
-    with Trips(trips) as counted:
-        mean = latency_summary(label, await timed(n, lambda i: log.append(
-            ticket, record_id=f"evt-{i}", kind="command", actor=actor, data=PAYLOAD)))
-    print(f"  {'':<44} {counted.count / n:.2f} round trips per append")
-    return mean, counted.count / n
+class Sequential:
+    """One variant of the sequential measurement: its samples and round trips."""
+
+    def __init__(self, label: str, op: Callable[[int], Awaitable[object]]) -> None:
+        self.label = label
+        self.op = op
+        self.samples: list[float] = []
+        self.trips = 0
+        self.done = 0
+
+    def report(self) -> float:
+        mean = latency_summary(self.label, self.samples)
+        print(f"  {'':<44} {self.trips / self.done:.2f} round trips per append")
+        return mean
+
+
+async def interleaved(variants: Sequence[Sequential], appends: int,
+                      trips: Sequence[StoreRoundTrips], rounds: int = 10) -> None:
+    """Every variant's appends, alternating in rounds, so that the shared store's drift
+    (other work on the machine) hits them alike."""
+    for _ in range(rounds):
+        for v in variants:
+            first = v.done
+            with Trips(trips) as counted:
+                v.samples += await timed(appends // rounds, lambda i: v.op(first + i))  # noqa: B023 - awaited at once
+            v.trips += counted.count
+            v.done += appends // rounds
+
+
+def appends_to(log: Appender, ticket: str) -> Callable[[int], Awaitable[object]]:
+    return lambda i: log.append(ticket, record_id=f"evt-{i}", kind="command",
+                                actor="executor", data=PAYLOAD)
 
 
 async def contended(label: str, logs: Sequence[Appender], ticket: str, per_writer: int,
@@ -284,15 +309,32 @@ async def main(uri: str, appends: int, writers: int, history: int) -> None:
         await news[0].append("warm", record_id="w", kind="bench", actor="bench", data=PAYLOAD)
         await plain.insert_one({"ticket_id": "warm", "data": PAYLOAD})
 
-        print("one writer, one ticket, sequential appends:")
-        before, _ = await sequential("before: per-ticket chain (head, insert, head)",
-                                     olds[0], "SEQ-1", "executor", appends, listeners)
-        after, _ = await sequential("after: per-producer chain (one insert)",
-                                    news[0], "SEQ-1", "executor", appends, listeners)
-        base = latency_summary("plain insert_one (floor)", await timed(
-            appends, lambda i: plain.insert_one({"ticket_id": "SEQ-1", "seq": i,
-                                                 "data": dict(PAYLOAD)})))
-        print(f"  after/before latency {after / before:.2f}x; after/floor {after / base:.2f}x")
+        variants = [
+            Sequential("before: per-ticket chain (head, insert, head)",
+                       appends_to(olds[0], "SEQ-1")),
+            Sequential("after: per-producer chain (one insert)", appends_to(news[0], "SEQ-1")),
+            Sequential("plain insert_one (floor)", lambda i: plain.insert_one(
+                {"ticket_id": "SEQ-1", "seq": i, "data": dict(PAYLOAD)})),
+        ]
+        if history:
+            await fill_history(db, "hist_old", history, per_ticket=True)
+            await fill_history(db, "hist_new", history, per_ticket=False)
+            new_h = AuditLog(db, collection="hist_new", redactor=Identity())
+            await new_h.ensure_indexes()
+            variants += [
+                Sequential(f"before, {history} records of history",
+                           appends_to(PerTicketChain(db, "hist_old"), "NEW-1")),
+                Sequential(f"after, {history} records of history", appends_to(new_h, "NEW-1")),
+            ]
+        print(f"one writer, one ticket, sequential appends (variants alternating in rounds; "
+              f"history: {history // 5} finished tickets, 5 records each):")
+        await interleaved(variants, appends, listeners)
+        means = [v.report() for v in variants]
+        print(f"  after/before latency {means[1] / means[0]:.2f}x; "
+              f"after/floor {means[1] / means[2]:.2f}x")
+        if history:
+            print(f"  with history, of its fresh-store latency: before {means[3] / means[0]:.2f}x,"
+                  f" after {means[4] / means[1]:.2f}x")
 
         per_writer = max(1, appends // writers)
         print(f"{writers} services (own clients) appending to ONE ticket at once, "
@@ -311,22 +353,6 @@ async def main(uri: str, appends: int, writers: int, history: int) -> None:
         print(f"  {'append_many(10)':<44} mean {mean * 1e3:6.2f} ms per batch = "
               f"{mean / batch * 1e3:.2f} ms per record; "
               f"{counted.count / (len(samples) * batch):.2f} round trips per record")
-
-        if history:
-            print(f"after {history} records of finished tickets ({history // 5} tickets) are "
-                  "in the store:")
-            await fill_history(db, "hist_old", history, per_ticket=True)
-            await fill_history(db, "hist_new", history, per_ticket=False)
-            old_h = PerTicketChain(db, "hist_old")
-            new_h = AuditLog(db, collection="hist_new", redactor=Identity())
-            await new_h.ensure_indexes()
-            n = max(20, appends // 3)
-            hb, _ = await sequential("before: per-ticket chain", old_h, "NEW-1", "executor",
-                                     n, listeners)
-            ha, _ = await sequential("after: per-producer chain", new_h, "NEW-1", "executor",
-                                     n, listeners)
-            print(f"  with history: before {hb / before:.2f}x its fresh-store latency, after "
-                  f"{ha / after:.2f}x")
 
         await keyed_cost(db, appends)
 
