@@ -23,7 +23,9 @@ append is then ONE insert and reads nothing:
   chain read from the records collection - its tail, or the record already written under
   that ``record_id`` - and the append retried;
 - :meth:`AuditLog.append_many` (and :class:`AuditBatch`, a unit of work) writes the records
-  of one or many chains in one ordered ``insert_many``.
+  of one or many chains in one ordered ``insert_many``; :meth:`AuditLog.append_later` joins
+  the :meth:`AuditLog.unit_of_work` open in the current task, if any, so a consumer can
+  write all its handlers' records of a batch in one round trip.
 
 :meth:`AuditLog.append` returns once the record is durable, so a caller can audit before it
 acts (the executor audits a command before running it).
@@ -44,7 +46,8 @@ import contextlib
 import random
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -272,6 +275,34 @@ class AuditLog:
         """A unit of work: records gathered now and written in one round trip later."""
         return AuditBatch(self)
 
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AuditBatch]:
+        """Gather the :meth:`append_later` calls made in this task, and in the tasks it
+        starts, and write them in one round trip when the block ends without an error (a
+        consumer's batch: one insert for all its handlers' records). After an error they
+        are dropped: the messages are redelivered and audit them again."""
+        batch = AuditBatch(self)
+        token = _UNIT.set(batch)
+        try:
+            yield batch
+        finally:
+            _UNIT.reset(token)
+        await batch.flush()
+
+    async def append_later(self, ticket_id: str, *, record_id: str, kind: str, actor: str,
+                           data: Mapping[str, Any], at: datetime | None = None) -> None:
+        """:meth:`append`, deferred to the open :meth:`unit_of_work` if there is one (then
+        durable only when the unit ends), else at once. For records nothing waits on, never
+        for one that must be durable before the caller acts. A deferred record keeps the
+        ``at`` of this call but takes its ``seq`` when the unit is written, after records
+        of its chain appended at once meanwhile (chain order is write order)."""
+        unit = _UNIT.get()
+        if unit is None or unit.log is not self:
+            await self.append(ticket_id, record_id=record_id, kind=kind, actor=actor,
+                              data=data, at=at)
+            return
+        unit.add(ticket_id, record_id=record_id, kind=kind, actor=actor, data=data, at=at)
+
     async def records(self, ticket_id: str) -> list[AuditRecord]:
         """The ticket's records as one timeline: its chains merged by time (then producer,
         seq). A reader's query, never on the append path."""
@@ -427,6 +458,10 @@ class AuditLog:
         return lock
 
 
+_UNIT: ContextVar[AuditBatch | None] = ContextVar("intervention_audit_unit", default=None)
+"""The unit of work :meth:`AuditLog.append_later` joins (copied into tasks started in it)."""
+
+
 class AuditBatch:
     """A unit of work: records gathered (validated, redacted and timestamped when added)
     and written together by :meth:`flush` in one round trip (:meth:`AuditLog.append_many`).
@@ -438,13 +473,13 @@ class AuditBatch:
     """
 
     def __init__(self, log: AuditLog) -> None:
-        self._log = log
+        self.log = log
         self._entries: list[_Prepared] = []
 
     def add(self, ticket_id: str, *, record_id: str, kind: str, actor: str,
             data: Mapping[str, Any], at: datetime | None = None) -> None:
         # Prepared now: a bad record is refused at the caller, and "at" is when it happened.
-        self._entries.append(self._log._prepare(AuditEntry(
+        self._entries.append(self.log._prepare(AuditEntry(
             ticket_id=ticket_id, record_id=record_id, kind=kind, actor=actor, data=data,
             at=at)))
 
@@ -453,7 +488,7 @@ class AuditBatch:
 
     async def flush(self) -> list[AuditRecord]:
         entries, self._entries = self._entries, []
-        return await self._log._append_prepared(entries)
+        return await self.log._append_prepared(entries)
 
     async def __aenter__(self) -> AuditBatch:
         return self

@@ -274,6 +274,32 @@ async def test_an_audit_batch_is_durable_when_flushed_and_dropped_after_an_error
         audit.batch().add("HD-1", record_id="", kind="event", actor="intake", data={})
 
 
+async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_round_trip(
+    counted: tuple[Db, StoreRoundTrips], coll: str
+) -> None:
+    db, trips = counted
+    log = AuditLog(db, collection=coll, redactor=Identity())
+    await log.ensure_indexes()
+
+    async def handler(ticket: str) -> None:  # as a consumer runs them: concurrently
+        for i in range(2):
+            await log.append_later(ticket, record_id=f"evt-{i}", kind="event", actor="auth",
+                                   data={"i": i})
+        await log.append(ticket, record_id="now", kind="command", actor="auth", data={})
+
+    trips.totals.clear()
+    async with log.unit_of_work():
+        await asyncio.gather(handler("HD-1"), handler("HD-2"))
+        assert dict(trips.totals) == {("insert", coll): 2}  # only the two durable appends
+    assert dict(trips.totals) == {("insert", coll): 3}
+    assert [r.record_id for r in await log.records("HD-1")] == ["now", "evt-0", "evt-1"]
+    report = await verify_chain(db, collection=coll)
+    assert (report.ok, report.records_checked) == (True, 6), report.first_broken
+    # Outside a unit, append_later is an append.
+    await log.append_later("HD-3", record_id="alone", kind="event", actor="auth", data={})
+    assert [r.record_id for r in await log.records("HD-3")] == ["alone"]
+
+
 async def test_the_per_ticket_chains_unique_indexes_are_dropped(
     mongo_db: Db, coll: str
 ) -> None:
