@@ -98,6 +98,17 @@ async def counted(real_parts: Any, database_name: str
         await client.close()
 
 
+@pytest.fixture
+async def counted_log(counted: tuple[Db, StoreRoundTrips], coll: str
+                      ) -> tuple[AuditLog, StoreRoundTrips]:
+    """A log on the counted client, its indexes made, the count at zero."""
+    db, trips = counted
+    log = AuditLog(db, collection=coll, redactor=Identity())
+    await log.ensure_indexes()
+    trips.totals.clear()
+    return log, trips
+
+
 async def test_appends_build_one_valid_chain_per_producer(
     mongo_db: Db, audit: AuditLog, coll: str
 ) -> None:
@@ -126,12 +137,9 @@ async def test_appends_build_one_valid_chain_per_producer(
 
 
 async def test_a_common_append_is_one_insert_and_reads_nothing(
-    counted: tuple[Db, StoreRoundTrips], coll: str
+    counted_log: tuple[AuditLog, StoreRoundTrips], coll: str
 ) -> None:
-    db, trips = counted
-    log = AuditLog(db, collection=coll, redactor=Identity())
-    await log.ensure_indexes()
-    trips.totals.clear()
+    log, trips = counted_log
     # New chains (a ticket's first record from each service), then the chains growing.
     for i in range(5):
         for actor in ("intake", "auth", "executor:exec-1", "notifier"):
@@ -212,11 +220,10 @@ async def test_a_redelivery_with_a_warm_head_returns_the_record_already_written(
 
 
 async def test_append_many_writes_many_chains_in_one_ordered_round_trip(
-    counted: tuple[Db, StoreRoundTrips], coll: str
+    mongo_db: Db, counted_log: tuple[AuditLog, StoreRoundTrips], coll: str
 ) -> None:
-    db, trips = counted
-    log = AuditLog(db, collection=coll, redactor=Identity())
-    await log.ensure_indexes()
+    log, trips = counted_log
+    db = mongo_db
     await log.append("HD-1", record_id="before", kind="event", actor="auth", data={})
     trips.totals.clear()
     entries = [AuditEntry(ticket_id=t, record_id=f"{t}-{i}", kind="event", actor="auth",
@@ -275,11 +282,9 @@ async def test_an_audit_batch_is_durable_when_flushed_and_dropped_after_an_error
 
 
 async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_round_trip(
-    counted: tuple[Db, StoreRoundTrips], coll: str
+    mongo_db: Db, counted_log: tuple[AuditLog, StoreRoundTrips], coll: str
 ) -> None:
-    db, trips = counted
-    log = AuditLog(db, collection=coll, redactor=Identity())
-    await log.ensure_indexes()
+    log, trips = counted_log
 
     async def handler(ticket: str) -> None:  # as a consumer runs them: concurrently
         for i in range(2):
@@ -287,13 +292,12 @@ async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_ro
                                    data={"i": i})
         await log.append(ticket, record_id="now", kind="command", actor="auth", data={})
 
-    trips.totals.clear()
     async with log.unit_of_work():
         await asyncio.gather(handler("HD-1"), handler("HD-2"))
         assert dict(trips.totals) == {("insert", coll): 2}  # only the two durable appends
     assert dict(trips.totals) == {("insert", coll): 3}
     assert [r.record_id for r in await log.records("HD-1")] == ["now", "evt-0", "evt-1"]
-    report = await verify_chain(db, collection=coll)
+    report = await verify_chain(mongo_db, collection=coll)
     assert (report.ok, report.records_checked) == (True, 6), report.first_broken
     # Outside a unit, append_later is an append.
     await log.append_later("HD-3", record_id="alone", kind="event", actor="auth", data={})
