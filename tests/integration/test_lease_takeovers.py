@@ -63,7 +63,6 @@ async def abandoned_claim(db: AsyncDatabase[dict[str, Any]], unique: str) -> str
         "verdict_event_id": str(uuid4()), "verdict": "{}", "trace": {}, "status": "open",
         "owner": owner("crashed").to_doc(), "lease_until": now - timedelta(seconds=5),
         "attempt": 0, "decision": None, "steps": {}, "outbox": {}, "created_at": now})
-    await db[ClaimStore.OPEN].insert_one({"_id": claim_id})
     return claim_id
 
 
