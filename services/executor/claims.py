@@ -275,7 +275,16 @@ class ClaimStore:
         held = self._held.get((claim_id, owner.id))
         if held is not None and held.fresh and held.doc is not None:
             held.fresh = False
-            if not held.closed and held.writable(datetime.now(UTC)):
+            now = datetime.now(UTC)
+            if not held.closed and held.writable(now):
+                assert held.lease_until is not None
+                if held.lease_until - now < timedelta(seconds=held.lease_s * 2 / 3):
+                    # Queued for a while: renew before running, or the first heartbeat
+                    # (a third of the lease in) could come after writes stop being allowed.
+                    try:
+                        await self.renew(claim_id, owner, lease_s=lease_s)
+                    except LeaseLost:
+                        return None
                 return Claim.from_doc(held.doc)
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is None or doc.get("status", "open") != "open":
