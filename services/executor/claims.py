@@ -79,6 +79,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import AuthorizationVerified
+from services.executor.claim_integrity import ClaimSealer, accepted_record
 from services.executor.claim_record import (
     Claim,
     ClaimStatus,
@@ -159,7 +160,11 @@ class ClaimStore:
 
     FINISHED: tuple[ClaimStatus, ...] = ("finished", "refused")
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
+        # The executor signs what it decides about a claim (claim_integrity); a store
+        # without a sealer (the CLI, lease tests) writes unsigned records, which a run refuses.
+        self._sealer = sealer
         self._claims = db[self.CLAIMS]
         self._archive = db[self.ARCHIVE]
         self._tickets = db[self.TICKETS]
@@ -196,6 +201,10 @@ class ClaimStore:
             "lease_until": lease_until, "attempt": 1, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
+        accepted = accepted_record(verdict_json, now)
+        seal = self._seal(claim_id, "accepted", accepted)
+        if seal:
+            doc["seals"] = {"accepted": {**seal, "value": accepted}}
         try:
             await self._claims.insert_one(doc)
         except DuplicateKeyError:
@@ -208,6 +217,15 @@ class ClaimStore:
             owner_id=owner.id, attempt=1, lease_until=lease_until, lease_s=lease_s,
             doc=doc, lease_docs=False, fresh=True)
         return Claim.from_doc(doc), True
+
+    def _seal(self, claim_id: str, field: str, value: Any) -> dict[str, str]:
+        return self._sealer.seal(claim_id, field, value) if self._sealer is not None else {}
+
+    def _sealed(self, claim_id: str, field: str, value: Any, key: str | None = None,
+                ) -> dict[str, Any]:
+        """``$set`` fields for the signed record of ``field`` (none without a sealer)."""
+        seal = self._seal(claim_id, field, value)
+        return {f"seals.{key or field}": seal} if seal else {}
 
     async def _seen_ticket(self, event: AuthorizationVerified, claim_id: str) -> Claim | None:
         """The rare path of :meth:`create`: the ticket had a claimed revision already.
@@ -436,8 +454,10 @@ class ClaimStore:
         it, whose write is confirmed before anything is published."""
         async def write(held: _Held) -> bool:
             # Conditional, but only the fenced owner writes: nothing races it.
-            return await self._update(held, claim_id, {"decision": decision},
-                                      {"decision": None})
+            return await self._update(
+                held, claim_id,
+                {"decision": decision, **self._sealed(claim_id, "decision", decision)},
+                {"decision": None})
 
         if await self._fenced(claim_id, owner, write, confirm=False):
             return decision
@@ -462,12 +482,15 @@ class ClaimStore:
 
     async def record_rescue(self, claim_id: str, owner: Owner, key: str,
                             value: Mapping[str, Any]) -> None:
-        await self._owned_update(claim_id, owner, {f"rescue.{key}": dict(value)})
+        await self._owned_update(claim_id, owner, {
+            f"rescue.{key}": dict(value),
+            **self._sealed(claim_id, f"rescue.{key}", dict(value), key=f"rescue_{key}")})
 
     async def pass_review(self, claim_id: str, owner: Owner) -> None:
         """The engineer approved automation: decide the access anew, without the review."""
         await self._owned_update(claim_id, owner, {
-            "review_passed": True, "decision": None, "handover": None})
+            "review_passed": True, "decision": None, "handover": None,
+            **self._sealed(claim_id, "review_passed", True)})
 
     async def mark_published(self, claim_id: str, owner: Owner, key: str) -> None:
         """Deferred (module doc): until the next write, a resumed run republishes the
@@ -482,8 +505,15 @@ class ClaimStore:
         the archive with their lease documents deleted."""
         now = datetime.now(UTC)
         held = await self._held_by(claim_id, owner)
+        sealed: dict[str, Any] = {}
+        if status in self.FINISHED:
+            # Closed for good: a run finding this record on an open claim refuses it.
+            sealed = self._sealed(claim_id, "closed", {"status": status, "outcome": outcome})
+        elif handover:
+            sealed = self._sealed(claim_id, "handover", dict(handover))
         sets = {"status": status, "closed_at": now, "outcome": outcome,
-                "released": held.attempt, "handover": dict(handover) if handover else None}
+                "released": held.attempt, "handover": dict(handover) if handover else None,
+                **sealed}
         if status in self.FINISHED:
             await self._archive_claim(claim_id, owner, held, sets)
             return

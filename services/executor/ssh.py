@@ -34,6 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.executor.access import ProbeOutcome
+from services.executor.claim_integrity import ClaimSealer
 from services.executor.runbooks.model import (
     STANDARD_PATH,
     Command,
@@ -105,21 +106,50 @@ DISK_SOURCE = "server disk (rescue)"
 
 class HostKeyPins:
     """Trust-on-first-use pins, one document per server keyed by ``_id`` (FerretDB pushes
-    only ``_id`` equality down)."""
+    only ``_id`` equality down).
+
+    With a sealer (the executor always has one) each pin carries ``seal``, the executor's
+    signed record of the key and where it came from (:mod:`services.executor.claim_integrity`,
+    subject ``pin:<service id>``): a pin written into the store by anyone else - a key the
+    attacker's host would present, or a "read from disk" the executor never did - is never
+    trusted. Reading it fails the connection as a host-key mismatch (no credential is sent),
+    and the access decision hands the server to an engineer or refuses, as for any mismatch.
+    """
 
     COLLECTION = "executor_host_keys"
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
         self._coll = db[self.COLLECTION]
+        self._sealer = sealer
+
+    def _seal(self, service_id: str, line: str, source: str | None) -> dict[str, Any]:
+        if self._sealer is None:
+            return {}
+        return {"seal": self._sealer.seal(f"pin:{service_id}", "host_key",
+                                          {"key": line, "source": source})}
+
+    async def _checked(self, service_id: str) -> dict[str, Any] | None:
+        doc = await self._coll.find_one({"_id": service_id})
+        if doc is None or self._sealer is None:
+            return doc
+        problem = self._sealer.problem(doc.get("seal"), f"pin:{service_id}", "host_key",
+                                       {"key": doc.get("key"), "source": doc.get("source")})
+        if problem is not None:
+            raise SshError("host_key_mismatch",
+                           f"the host key pinned for {service_id} was not pinned by the "
+                           f"executor ({problem}): it is not trusted and no credential is "
+                           "sent; an engineer confirms the server's key")
+        return doc
 
     async def get(self, service_id: str) -> str | None:
-        doc = await self._coll.find_one({"_id": service_id})
+        doc = await self._checked(service_id)
         return str(doc["key"]) if doc else None
 
     async def get_from_disk(self, service_id: str) -> str | None:
         """The pin only if it was read from the server's own disk (:meth:`replace`), not
         trusted on first use."""
-        doc = await self._coll.find_one({"_id": service_id})
+        doc = await self._checked(service_id)
         return str(doc["key"]) if doc and doc.get("source") == DISK_SOURCE else None
 
     async def pin(self, service_id: str, line: str, *, host: str, port: int,
@@ -128,7 +158,8 @@ class HostKeyPins:
         try:
             await self._coll.insert_one({
                 "_id": service_id, "key": line, "fingerprint": fingerprint, "host": host,
-                "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id})
+                "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
+                **self._seal(service_id, line, None)})
         except DuplicateKeyError:
             existing = await self.get(service_id)
             return existing if existing is not None else line
@@ -143,7 +174,7 @@ class HostKeyPins:
         await self._coll.replace_one({"_id": service_id}, {
             "_id": service_id, "key": line, "fingerprint": key.get_fingerprint(), "host": host,
             "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
-            "source": DISK_SOURCE}, upsert=True)
+            "source": DISK_SOURCE, **self._seal(service_id, line, DISK_SOURCE)}, upsert=True)
 
 
 class _HostKeyCheck(asyncssh.SSHClient):

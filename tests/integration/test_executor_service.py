@@ -51,7 +51,12 @@ from services.runtime.crypto import (
     sign,
 )
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import init_keys, load_sealing_public, load_signing_key
+from services.runtime.keys import (
+    OPERATOR_SIGNING_PRIVATE_FILE,
+    init_keys,
+    load_sealing_public,
+    load_signing_key,
+)
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, setup_telemetry
 
 pytestmark = pytest.mark.integration
@@ -143,7 +148,11 @@ async def rig(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_
     service = build(settings, telemetry=setup_telemetry("executor", span_exporter=spans))
     customer = PrivateSealingKey.generate(key_id_prefix="cust")
     account = f"ACC-{run}"
-    await service.vault.register_key(account, customer.public)
+    # An operator registered the account's key before any of these tickets was verified.
+    await service.vault.register_key(
+        account, customer.public, operator="test-operator",
+        operator_key=load_signing_key(keys.directory / OPERATOR_SIGNING_PRIVATE_FILE),
+        at=datetime.now(UTC) - timedelta(days=1))
     bus = targets.EventBus(kafka_bootstrap, prefix)
     await bus.start()
     await service.start()
@@ -401,11 +410,14 @@ async def test_a_finished_claim_is_never_run_again_and_a_republish_is_identical(
     await closed(rig, claim_id)  # published first, closed a moment later
     await rig.service.interventions.run(claim_id)  # a stray offer of a finished claim
     # A crash after the completion was published but before the claim was closed: the
-    # resumed run republishes the stored completion, never a recomputed one.
+    # resumed run republishes the stored completion, never a recomputed one. (The close
+    # never happened, so neither did its signed record: a claim re-opened with that record
+    # in place is refused, see test_insider_claims.)
     stored = await rig.db[ClaimStore.ARCHIVE].find_one({"_id": claim_id})
     assert stored is not None
     stored.update({"status": "open", "lease_until": datetime.now(UTC) - timedelta(seconds=1)})
     stored["outbox"]["z_completed"]["published"] = False
+    stored.get("seals", {}).pop("closed", None)
     await rig.db[ClaimStore.CLAIMS].insert_one(stored)
     await rig.service.interventions.run(claim_id)
     values: list[bytes] = []
@@ -491,6 +503,7 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
     from dataclasses import asdict, replace
 
     from services.executor.access import AccessDecision
+    from services.executor.app import claim_sealer
     from services.executor.runbooks.engine import ActionRecord, JournalEntry
 
     service = rig.ssh.service
@@ -510,10 +523,13 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
 
     # As a SysV restart interrupted by a crash leaves it: nobody can tell whether the
     # service was restarted, so the restart must not simply run again.
+    # The decision as that executor stored it: signed with the executor's key.
+    decision = asdict(AccessDecision(method="ssh", mode="automated", disposition="run",
+                                     runbook="service_restart", reason="ssh works"))
     await rig.db["executor_claims"].update_one({"_id": claim.id}, {"$set": {
-        "attempt": 1,
-        "decision": asdict(AccessDecision(method="ssh", mode="automated", disposition="run",
-                                          runbook="service_restart", reason="ssh works")),
+        "attempt": 1, "decision": decision,
+        "seals.decision": claim_sealer(rig.service.settings).seal(claim.id, "decision",
+                                                                  decision),
         "steps.000": done("detect", manager="sysv", unit_found=True),
         "steps.001": done("config_check"),
         "steps.002": JournalEntry(name="restart", state="changing",
