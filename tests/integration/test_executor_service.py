@@ -601,8 +601,15 @@ async def test_one_ticket_costs_a_handful_of_executor_store_round_trips(
     # goes with the next write. What is left: claim (ticket record + claim), the access
     # decision, InterventionStarted staged and confirmed, the journal with the completion
     # staged and confirmed, the claim archived and deleted, and the host key's pin.
-    assert sum(mine.values()) <= EXECUTOR_ROUND_TRIPS_PER_TICKET, mine
-    assert mine.get(("find", ClaimStore.LEASES), 0) <= 2, mine  # one per external effect
+    # Lease renewals (an update and a confirming find, then the lease document's delete)
+    # come every third of the lease however long the run takes: time, not the ticket.
+    renewals = mine.get(("update", ClaimStore.LEASES), 0)
+    heartbeat = 2 * renewals + (1 if renewals else 0)
+    # A server's host key is pinned on its first ticket only (the first test here).
+    first_use = mine.get(("insert", "executor_host_keys"), 0)
+    assert sum(mine.values()) - heartbeat - first_use <= EXECUTOR_ROUND_TRIPS_PER_TICKET, mine
+    # One confirming find per write followed by an effect outside the store.
+    assert mine.get(("find", ClaimStore.LEASES), 0) - renewals <= 2, mine
     assert mine.get(("update", ClaimStore.CLAIMS), 0) <= 3, mine
 
 
