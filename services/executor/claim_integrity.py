@@ -28,7 +28,7 @@ counts as tampered, and the procedure refuses the claim (audited, no action on a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
@@ -70,10 +70,11 @@ def verdict_digest(verdict_json: str) -> str:
 class ClaimSealer:
     """Signs and checks claim records with the executor's own key (module doc)."""
 
-    def __init__(self, key: SigningKey, *, also_trusted: Iterable[VerifyKey] = ()) -> None:
+    def __init__(self, key: SigningKey) -> None:
         self._key = key
-        # The current key, plus any earlier one still trusted during a rotation.
-        self._trusted = {k.key_id: k for k in (key.verify_key, *also_trusted)}
+        # Only the executor's current key: a rotation makes open claims' records
+        # unverifiable, so they are refused (docs/security.md: finish open claims first).
+        self._trusted: dict[str, VerifyKey] = {key.key_id: key.verify_key}
 
     @property
     def key_id(self) -> str:
