@@ -176,28 +176,30 @@ def tampering(claim: Claim, verdict: AuthorizationVerified, sealer: ClaimSealer,
     if claim.review_passed and (problem := sealer.problem(
             seals.get("review_passed"), subject, "review_passed", True)) is not None:
         found.append(problem)
-    if claim.decision is not None:
-        if (problem := sealer.problem(seals.get("decision"), subject, "decision",
-                                      claim.decision)) is not None:
-            found.append(problem)
-        elif not decision_follows(verdict, str(claim.decision.get("method")),
-                                  str(claim.decision.get("runbook")),
-                                  rescue_configured=limits.rescue_configured):
-            found.append(f"decision: runbook {claim.decision.get('runbook')!r} by "
-                         f"{claim.decision.get('method')!r} does not follow from the verdict")
-    if claim.handover is not None:
-        if (problem := sealer.problem(seals.get("handover"), subject, "handover",
-                                      claim.handover)) is not None:
-            found.append(problem)
-        elif not decision_follows(verdict, str(claim.handover.get("method")),
-                                  str(claim.handover.get("runbook")),
-                                  rescue_configured=limits.rescue_configured):
-            found.append("handover: its runbook does not follow from the verdict")
+    for field, record in (("decision", claim.decision), ("handover", claim.handover)):
+        if record is not None:
+            found.extend(_access_record(field, record, seals.get(field), verdict, sealer,
+                                        limits))
     for key in sorted(claim.rescue):
         if (problem := sealer.problem(seals.get(f"rescue_{key}"), subject, f"rescue.{key}",
                                       claim.rescue[key])) is not None:
             found.append(problem)
     return found
+
+
+def _access_record(field: str, record: Mapping[str, Any], seal: Any,
+                   verdict: AuthorizationVerified, sealer: ClaimSealer, limits: Limits,
+                   ) -> list[str]:
+    """A stored decision or parked hand-over: signed by the executor (for the verdict's
+    claim), and a method and runbook the procedure can reach from the verdict."""
+    subject = claim_id_for(verdict.ticket_id, verdict.revision)
+    if (problem := sealer.problem(seal, subject, field, record)) is not None:
+        return [problem]
+    method, runbook = str(record.get("method")), str(record.get("runbook"))
+    if not decision_follows(verdict, method, runbook,
+                            rescue_configured=limits.rescue_configured):
+        return [f"{field}: runbook {runbook!r} by {method!r} does not follow from the verdict"]
+    return []
 
 
 def staleness(verdict: AuthorizationVerified, now: datetime, limits: Limits) -> str | None:
