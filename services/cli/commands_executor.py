@@ -109,14 +109,18 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
 
 async def _claims(db: Db, *, include_finished: bool) -> list[str]:
-    query: dict[str, object] = {} if include_finished else {
-        "status": {"$in": ["open", "handed_over"]}}
+    # The claims in flight; with --all also the finished ones, which live in the archive.
+    # (One crashed between archiving and deleting is in both: shown once, in flight.)
+    collections = [ClaimStore.ARCHIVE, ClaimStore.CLAIMS] if include_finished else [
+        ClaimStore.CLAIMS]
+    docs = {str(doc["_id"]): doc for name in collections async for doc in db[name].find({})}
     rows = []
     store = ClaimStore(db)
-    async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
+    for _, doc in sorted(docs.items()):
         # The live attempt, owner and lease are in the newest lease document, not the claim.
         claim = await store.get(str(doc["_id"]))
-        if claim is None:
+        if claim is None or (claim.status not in ("open", "handed_over")
+                             and not include_finished):
             continue
         steps = doc.get("steps") or {}
         rows.append(

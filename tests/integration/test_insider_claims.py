@@ -32,6 +32,7 @@ from executor_verdicts import resolved_server, verdict
 from polling import eventually
 
 from schemas.events import AuthorizationVerified, ManualStepCompleted, ManualStepRequested
+from services.executor.claims import ClaimStore
 from services.executor.ssh import DISK_SOURCE
 from services.executor.vault import MongoCredentialVault
 from services.runtime.audit import verify_chain
@@ -97,17 +98,23 @@ async def parked_for_review(stack: Stack, ssh_targets: Any,
 
 
 async def status_is(stack: Stack, claim_id: str, status: str) -> bool:
-    doc = await stack.db["executor_claims"].find_one({"_id": claim_id})
+    # In flight, else archived (finished and refused claims move to the archive).
+    doc = await stack.db[ClaimStore.CLAIMS].find_one({"_id": claim_id})
+    if doc is None:
+        doc = await stack.db[ClaimStore.ARCHIVE].find_one({"_id": claim_id})
     return doc is not None and doc.get("status") == status
 
 
 async def reopen_by_hand(stack: Stack, claim_id: str, **fields: Any) -> None:
-    """What the insider writes to have the executor pick the claim up again at once."""
-    await stack.db["executor_claims"].update_one(
-        {"_id": claim_id}, {"$set": {"status": "open", "lease_until": datetime.now(UTC),
-                                     **fields}})
-    await stack.db["executor_open_claims"].insert_one({"_id": claim_id,
-                                                       "created_at": datetime.now(UTC)})
+    """What the insider writes to have the executor pick the claim up again at once: the
+    claim open in the in-flight collection (a closed one copied back from the archive)."""
+    reopened = {"status": "open", "lease_until": datetime.now(UTC), **fields}
+    claims = stack.db[ClaimStore.CLAIMS]
+    if (await claims.update_one({"_id": claim_id}, {"$set": reopened})).matched_count:
+        return
+    archived = await stack.db[ClaimStore.ARCHIVE].find_one({"_id": claim_id})
+    assert archived is not None
+    await claims.insert_one({**archived, **reopened})
 
 
 async def refused_as_tampered(stack: Stack, ticket_id: str, claim_id: str,
@@ -203,7 +210,6 @@ async def test_an_old_verdict_written_in_as_a_claim_runs_nothing_and_is_refused(
             "trace": {}, "status": "open", "owner": None, "lease_until": datetime.now(UTC),
             "attempt": 0, "decision": None, "steps": {}, "outbox": {},
             "created_at": datetime.now(UTC)})
-        await stack.db["executor_open_claims"].insert_one({"_id": claim_id})
         await refused_as_tampered(stack, old.ticket_id, claim_id, "accepted")
         await nothing_ran(stack, ssh_targets, old.ticket_id, before)
 
