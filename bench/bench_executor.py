@@ -2,15 +2,32 @@
 
 Run as root from the repository root (it starts sshd processes and a throwaway user)::
 
-    python bench/bench_executor.py [--hosts 8] [--concurrency 8] [--rounds 2]
+    python bench/bench_executor.py [--hosts 8] [--concurrency 8,16] [--rounds 2]
+        [--password-hash default|sha512] [--sequential-commands | --no-baseline]
 
 Starts N OpenSSH sshd processes on 127.0.0.1 (private configs, one throwaway sudo user),
 then runs the real diagnostics runbook through the real engine and SSH layer on every host:
 connect with a pinned host key, password login, privilege detection (sudo with the
-password on stdin), then the ~15 read-only checks, each audited to an in-memory log. First
-sequentially (the baseline), then with ``--concurrency`` hosts at a time (the executor's
-worker limit), with the per-host and global handshake limits of the real connector.
-hosts/s = hosts done / wall time. Everything started is removed at the end.
+password on stdin), then the read-only checks, each audited to an in-memory log. First
+sequentially, then with each ``--concurrency`` of hosts at a time (the executor's worker
+limit, ``EXECUTOR_CONCURRENCY``), with the per-host and global handshake limits of the
+real connector. hosts/s = hosts done / wall time. Everything started is removed at the end.
+
+Two ways of running commands, in the same run:
+
+- ``channels`` (before): a channel, a login shell and, for root commands, a sudo with the
+  password per command (``SshConnector(command_shells=False)``; ``--sequential-commands``
+  runs only this one);
+- ``shells`` (after, the executor's default): each command in one of the session's two
+  long-lived shells (the account's, and root's, started by the one sudo that detects the
+  privilege); ``--no-baseline`` runs only this one.
+
+CPU per host is this process's CPU (the executor side) and the whole machine's busy time
+from ``/proc/stat`` (sshd, shells, sudo, PAM and the commands too; other load on the
+machine counts as well, so compare figures of one run). ``--password-hash sha512`` gives
+the throwaway user a SHA-512-crypt hash instead of the system's default (yescrypt on
+Debian 12: each check costs tens of milliseconds of CPU, and a password login plus the
+sudo check pay it twice per host); the default hash is what real Debian customers have.
 
 The claim store and audit chain are left out on purpose: they are measured by
 ``bench_runtime.py`` / ``bench_audit.py``; this isolates what SSH costs.
@@ -20,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -35,6 +53,7 @@ import executor_targets as targets  # noqa: E402
 from executor_fakes import FakeJournal, FakeLog, FakeSink  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
+from devstack.demo.targets import run as run_tool  # noqa: E402
 from services.executor.runbooks import RUNBOOKS  # noqa: E402
 from services.executor.runbooks.engine import Engine  # noqa: E402
 from services.executor.runbooks.model import RunOptions  # noqa: E402
@@ -72,10 +91,25 @@ async def diagnose(connector: SshConnector, sshd: targets.Sshd, user: targets.Th
     return time.perf_counter() - began, len(log.records)
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Measured:
+    def __init__(self, elapsed: float, latencies: list[float], commands: int,
+                 python_cpu: float, machine_cpu: float) -> None:
+        self.elapsed, self.latencies, self.commands = elapsed, latencies, commands
+        self.python_cpu, self.machine_cpu = python_cpu, machine_cpu
+
+
 async def measure(hosts: list[targets.Sshd], user: targets.ThrowawayUser, concurrency: int,
-                  rounds: int) -> tuple[float, list[float], int]:
+                  rounds: int, *, shells: bool) -> Measured:
     connector = SshConnector(pins=NoPins(), connect_timeout_s=30,  # type: ignore[arg-type]
-                             command_timeout_s=120, per_host_connects=4, global_connects=32)
+                             command_timeout_s=120, per_host_connects=4, global_connects=32,
+                             command_shells=shells)
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     commands = 0
@@ -87,46 +121,72 @@ async def measure(hosts: list[targets.Sshd], user: targets.ThrowawayUser, concur
         latencies.append(seconds)
         commands += ran
 
-    began = time.perf_counter()
+    began, cpu, busy = time.perf_counter(), time.process_time(), machine_busy_s()
     jobs = [one(n, sshd) for _ in range(rounds) for n, sshd in enumerate(hosts)]
     await asyncio.gather(*jobs)
-    return time.perf_counter() - began, latencies, commands
+    return Measured(time.perf_counter() - began, latencies, commands,
+                    time.process_time() - cpu, machine_busy_s() - busy)
 
 
-def report(label: str, elapsed: float, latencies: list[float], commands: int) -> float:
-    rate = len(latencies) / elapsed
-    p50 = statistics.median(latencies)
-    p95 = sorted(latencies)[max(0, int(len(latencies) * 0.95) - 1)]
-    print(f"{label:<24} {len(latencies):>4} hosts in {elapsed:6.2f} s = {rate:6.2f} hosts/s"
-          f"   per host p50 {p50:5.2f} s, p95 {p95:5.2f} s, {commands // len(latencies)} "
-          "commands each")
+def report(label: str, m: Measured) -> float:
+    n = len(m.latencies)
+    rate = n / m.elapsed
+    p50 = statistics.median(m.latencies)
+    p95 = sorted(m.latencies)[max(0, int(n * 0.95) - 1)]
+    print(f"{label:<30} {n:>4} hosts in {m.elapsed:6.2f} s = {rate:6.2f} hosts/s   "
+          f"p50 {p50:5.2f} s, p95 {p95:5.2f} s   CPU/host: executor "
+          f"{m.python_cpu / n * 1000:5.1f} ms, machine {m.machine_cpu / n * 1000:6.1f} ms"
+          f"   {m.commands // n} commands each")
     return rate
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", default="8",
+                        help="comma-separated host concurrencies to measure after the "
+                             "sequential run (EXECUTOR_CONCURRENCY is 8 by default)")
     parser.add_argument("--rounds", type=int, default=2, help="diagnostics runs per host")
+    parser.add_argument("--password-hash", dest="hash_method", choices=("default", "sha512"),
+                        default="default",
+                        help="the throwaway user's password hash (default: the system's)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--sequential-commands", action="store_true",
+                       help="only the baseline: a channel (and a sudo) per command")
+    modes.add_argument("--no-baseline", action="store_true",
+                       help="only the command shells (the executor's default)")
     args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c]
     reason = targets.available()
     if reason is not None:
         sys.exit(f"cannot start sshd targets: {reason}")
     user = targets.ThrowawayUser.create(sudo=True)
     hosts: list[targets.Sshd] = []
     try:
+        if args.hash_method == "sha512":
+            run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
         for _ in range(args.hosts):
             hosts.append(targets.Sshd.start([user.name]))
         book = RUNBOOKS["diagnostics"]
         steps = len(book.steps(book.parse_params({}), "linux"))
         print(f"{args.hosts} sshd targets on 127.0.0.1, diagnostics runbook ({steps} steps), "
-              f"{args.rounds} run(s) per host")
-        await measure(hosts[:1], user, 1, 1)  # warm-up: imports, PAM caches
-        base = report("sequential (1 at a time)",
-                      *await measure(hosts, user, 1, args.rounds))
-        fast = report(f"concurrency {args.concurrency}",
-                      *await measure(hosts, user, args.concurrency, args.rounds))
-        print(f"speed-up {fast / base:.1f}x")
+              f"{args.rounds} run(s) per host, password hash: {args.hash_method}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        chosen = ([("channels", False)] if args.sequential_commands else
+                  [("shells", True)] if args.no_baseline else
+                  [("channels", False), ("shells", True)])
+        rates: dict[tuple[str, int], float] = {}
+        for name, shells in chosen:
+            await measure(hosts[:1], user, 1, 1, shells=shells)  # warm-up: imports, caches
+            for concurrency in [1, *concurrencies]:
+                label = f"{name}, " + ("sequential" if concurrency == 1
+                                       else f"concurrency {concurrency}")
+                rates[name, concurrency] = report(label, await measure(
+                    hosts, user, concurrency, args.rounds, shells=shells))
+        if len(chosen) == 2:
+            for concurrency in [1, *concurrencies]:
+                print(f"shells vs channels at concurrency {concurrency}: "
+                      f"{rates['shells', concurrency] / rates['channels', concurrency]:.1f}x")
     finally:
         for sshd in hosts:
             sshd.stop()

@@ -10,18 +10,33 @@ in memory so asyncssh also restricts negotiation to that key's algorithm.
 
 Limits. OpenSSH drops unauthenticated connections beyond ``MaxStartups`` (10 by default),
 so handshakes are bounded per host and globally; an established connection runs one
-command at a time (one channel of the ``MaxSessions 10`` allowed).
+command at a time (at most two channels of the ``MaxSessions 10`` allowed).
 
 Privilege. Detected once per connection: root itself, passwordless sudo, or sudo with the
-customer's password, which is written to sudo's stdin (``sudo -k -S -p ''``) and never
-appears in a command line. ``-k`` makes sudo ask every time, so the password line is
-always consumed by sudo and never reaches the command's own input.
+customer's password, which is written to sudo's stdin (``sudo -k -S``) and never appears
+in a command line. ``-k`` makes sudo ask every time, so the password line is always
+consumed by sudo and never reaches a command's own input.
+
+Command shells. On Linux a session keeps two long-lived POSIX shells, one channel each:
+one as the account, and one as root (the account itself when it is root, else started by
+the single sudo that also proves the privilege). Each command is written to the right
+shell, runs in a subshell with ``/dev/null`` as its input, and is followed by a random
+per-command marker that carries its exit status, on stdout and on stderr, so every
+command still returns its own output and status (and is audited on its own by the
+engine). Measured on loopback OpenSSH, this is what a host costs: a channel per command
+means a forked session process and a login shell per command, and sudo per root command
+means a password hash per command (yescrypt on current Debian, tens of milliseconds of
+CPU each); the shells pay both once per connection. Commands with input of their own
+(which may be a secret), Windows hosts, and any account whose login shell does not answer
+the shell handshake keep the one-channel-per-command path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import secrets
 import shlex
 import time
 import weakref
@@ -164,8 +179,11 @@ class _HostKeyCheck(asyncssh.SSHClient):
 class SshConnector:
     def __init__(self, *, pins: HostKeyPins, connect_timeout_s: float, command_timeout_s: float,
                  per_host_connects: int, global_connects: int,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, command_shells: bool = True) -> None:
         self._pins = pins
+        # False: one channel (and one sudo) per command, the behaviour before command
+        # shells; kept for comparison (bench/bench_executor.py --sequential-commands).
+        self.command_shells = command_shells
         # Output is redacted here, before it is cut to size: a secret straddling the cut
         # would otherwise be kept half in clear by everything downstream.
         self.redactor = redactor or default_redactor()
@@ -318,6 +336,141 @@ class SshConnector:
     def command_timeout_s(self) -> float:
         return self._command_timeout
 
+    @property
+    def connect_timeout_s(self) -> float:
+        return self._connect_timeout
+
+
+class _ShellGone(Exception):
+    """A command shell's channel closed before the command's marker came back."""
+
+
+class CommandShell:
+    """A long-lived POSIX ``sh`` on one channel that runs commands one after another.
+
+    Each command is written as ``(<command line>) </dev/null`` followed by a random marker
+    printed with the exit status, on stdout and on stderr; its output is what came before
+    the marker. The marker is new for every command, so output cannot end a command early
+    unless it guesses 128 random bits.
+    """
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._process = process
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, *, sudo: bool,
+                    password: str | None, timeout: float,
+                    ) -> CommandShell | Literal["refused"] | None:
+        """Start ``sh`` as the account, or as root through sudo (with ``password`` on its
+        stdin, else ``sudo -n``); it announces itself with a random word.
+
+        Returns the shell once it announced itself, ``"refused"`` when sudo rejected the
+        password (it prompted a second time, or exited), None when no shell answered (an
+        unusual login shell, a timeout): the caller then uses a channel per command.
+        """
+        ready = f"ivt-ready-{secrets.token_hex(16)}"
+        prompt = f"ivt-password-{secrets.token_hex(16)}:"
+        script = shlex.join(("sh", "-c", f"echo {ready}; exec sh"))
+        if not sudo:
+            launcher = f"env PATH={STANDARD_PATH}"
+        elif password is None:
+            launcher = "sudo -n --"
+        else:
+            # The prompt, printed on stderr before sudo reads a password, is ours: a second
+            # one means the first password was refused. Nothing but the password is sent
+            # before the shell announced itself, so no command line is ever read by sudo
+            # as a password attempt.
+            launcher = f"sudo -k -S -p {shlex.quote(prompt)} --"
+        try:
+            process = await asyncio.wait_for(
+                conn.create_process(f"exec {launcher} {script}", encoding=None), timeout)
+        except (TimeoutError, asyncssh.Error, OSError):
+            return None
+        shell = cls(process)
+        started: bool | Literal["refused"] = False
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError, _ShellGone,
+                                 asyncio.IncompleteReadError):
+            started = await asyncio.wait_for(
+                shell._announce(ready.encode(), prompt.encode(), password), timeout)
+        if started is True:
+            return shell
+        shell.close()
+        return "refused" if started == "refused" else None
+
+    async def _announce(self, ready: bytes, prompt: bytes,
+                        password: str | None) -> bool | Literal["refused"]:
+        stdout, stderr = self._process.stdout, self._process.stderr
+        if password is None:
+            await stdout.readuntil(ready + b"\n")
+            return True
+        self._process.stdin.write(password.encode() + b"\n")
+        try:
+            await stderr.readuntil(prompt)
+        except asyncio.IncompleteReadError:
+            return "refused"  # sudo exited without asking: not allowed to sudo at all
+        shell_up = asyncio.ensure_future(stdout.readuntil(ready + b"\n"))
+        asked_again = asyncio.ensure_future(stderr.readuntil(prompt))
+        done, _ = await asyncio.wait({shell_up, asked_again},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (shell_up, asked_again):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncio.IncompleteReadError,
+                                 asyncssh.Error):
+            await asyncio.gather(shell_up, asked_again)
+        if shell_up in done and not shell_up.cancelled() and shell_up.exception() is None:
+            return True
+        return "refused"
+
+    async def run(self, line: str, timeout: float) -> tuple[int, bytes, bytes]:
+        """Exit status, stdout and stderr of ``line``; TimeoutError (the shell is closed
+        then, like a channel that timed out) or :class:`_ShellGone`."""
+        async with self._lock:
+            if self.closed:
+                raise _ShellGone
+            mark = secrets.token_hex(16)
+            self._process.stdin.write(
+                f"({line}) </dev/null; printf '\\n%s %s\\n' {mark} \"$?\"; "
+                f"printf '\\n%s\\n' {mark} >&2\n".encode())
+            out_end = re.compile(rb"\n" + mark.encode() + rb" (\d+)\n")
+            err_end = re.compile(rb"\n" + mark.encode() + rb"\n")
+            try:
+                (out, status, out_extra), (err, _, err_extra) = await asyncio.wait_for(
+                    asyncio.gather(_until(self._process.stdout, out_end),
+                                   _until(self._process.stderr, err_end)), timeout)
+            except BaseException:
+                self.close()
+                raise
+            if out_extra or err_extra:
+                # Something (a background process the command left) writes after the
+                # marker: later commands' output would be mixed with it.
+                self.close()
+            return status, out, err
+
+    def close(self) -> None:
+        self.closed = True
+        self._process.close()
+
+
+async def _until(reader: asyncssh.SSHReader[bytes], end: re.Pattern[bytes],
+                 ) -> tuple[bytes, int, bool]:
+    """Everything ``reader`` gives up to the ``end`` marker: (data, the marker's number,
+    whether more data followed it)."""
+    buffer = bytearray()
+    searched = 0
+    while True:
+        found = end.search(buffer, searched)
+        if found is not None:
+            number = int(found.group(1)) if found.groups() else 0
+            return bytes(buffer[:found.start()]), number, found.end() != len(buffer)
+        # A marker may straddle two reads: search again from before the old end.
+        searched = max(0, len(buffer) - 64)
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise _ShellGone
+        buffer += chunk
+
 
 _WINDOWS_IS_ADMIN = (
     "([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent())"
@@ -338,6 +491,11 @@ class SshSession:
         self._credential = credential
         self.host_key = host_key
         self.privilege: Privilege = "none"
+        # Command shells (module docstring): opened on first use, None when closed. Once the
+        # account's shell fails its handshake, every command takes a channel of its own.
+        self._shells = connector.command_shells and platform == "linux"
+        self._user_shell: CommandShell | None = None
+        self._root_shell: CommandShell | None = None
 
     @property
     def privileged(self) -> bool:
@@ -360,6 +518,14 @@ class SshSession:
                 ).exit_status == 0:
             self.privilege = "sudo_nopasswd"
             return
+        if self._credential.password is not None and self._user_shell is not None:
+            # The sudo that proves the password is the one that starts the root shell: one
+            # password check for the whole connection.
+            opened = await self._open_root_shell("sudo_password")
+            if opened != "unknown":
+                if opened == "opened":
+                    self.privilege = "sudo_password"
+                return
         if self._credential.password is not None:
             probe = Command(argv=("sudo", "-k", "-S", "-p", "", "--", "true"))
             result = await self._exec(probe, as_is=True,
@@ -389,8 +555,53 @@ class SshSession:
         except PermissionError as exc:
             return CommandResult(exit_status=None, error=str(exc))
 
+    async def _open_root_shell(self, privilege: Privilege,
+                               ) -> Literal["opened", "refused", "unknown"]:
+        started = await CommandShell.start(
+            self._conn, sudo=True, timeout=self._connector.connect_timeout_s,
+            password=self._credential.password if privilege == "sudo_password" else None)
+        if started == "refused":
+            return "refused"
+        if started is None:
+            return "unknown"
+        try:
+            status, out, _ = await started.run("id -u", self._connector.connect_timeout_s)
+        except (TimeoutError, _ShellGone, asyncssh.Error, OSError):
+            started.close()
+            return "unknown"
+        if (status, out.strip()) != (0, b"0"):
+            started.close()
+            return "refused"
+        self._root_shell = started
+        return "opened"
+
+    async def _shell_for(self, command: Command, *, as_is: bool,
+                         stdin: str | None) -> CommandShell | None:
+        """The command shell ``command`` runs in, None for a channel of its own."""
+        if not self._shells or command.powershell or (stdin if as_is else command.stdin):
+            return None
+        if command.root and not as_is and self.privilege in ("sudo_password", "sudo_nopasswd"):
+            if self._root_shell is None or self._root_shell.closed:
+                self._root_shell = None
+                if await self._open_root_shell(self.privilege) != "opened":
+                    return None
+            return self._root_shell
+        if command.root and not as_is and self.privilege != "root":
+            return None  # refused by command_line, as on the channel path
+        if self._user_shell is None or self._user_shell.closed:
+            started = await CommandShell.start(
+                self._conn, sudo=False, password=None, timeout=self._connector.connect_timeout_s)
+            if not isinstance(started, CommandShell):
+                self._shells = False  # this login shell takes no handshake: channels
+                return None
+            self._user_shell = started
+        return self._user_shell
+
     async def _exec(self, command: Command, *, as_is: bool = False,
                     stdin: str | None = None) -> CommandResult:
+        shell = await self._shell_for(command, as_is=as_is, stdin=stdin)
+        if shell is not None:
+            return await self._in_shell(shell, command)
         if as_is:
             line, data = shlex.join(command.argv), stdin
             if command.powershell:
@@ -420,6 +631,23 @@ class SshSession:
                              stdout=self._tail(completed.stdout, MAX_STDOUT_CHARS),
                              stderr=self._tail(completed.stderr, MAX_STDERR_CHARS),
                              duration_ms=elapsed)
+
+    async def _in_shell(self, shell: CommandShell, command: Command) -> CommandResult:
+        timeout = command.timeout_s or self._connector.command_timeout_s
+        began = time.perf_counter()
+        try:
+            status, out, err = await shell.run(shlex.join(command.argv), timeout)
+        except TimeoutError:
+            return CommandResult(exit_status=None, error=f"no answer within {timeout:.0f} s",
+                                 duration_ms=int((time.perf_counter() - began) * 1000))
+        except (_ShellGone, asyncssh.Error, OSError):
+            # The command may have run: it is reported as broken off, never run again.
+            return CommandResult(exit_status=None, error="connection failed: the command "
+                                 "shell closed", duration_ms=int((time.perf_counter() - began)
+                                                                  * 1000))
+        return CommandResult(exit_status=status, stdout=self._tail(out, MAX_STDOUT_CHARS),
+                             stderr=self._tail(err, MAX_STDERR_CHARS),
+                             duration_ms=int((time.perf_counter() - began) * 1000))
 
     def _tail(self, value: str | bytes | None, limit: int) -> str:
         return tail(value, limit, self._connector.redactor)
