@@ -15,7 +15,9 @@ command at a time (at most two channels of the ``MaxSessions 10`` allowed).
 Privilege. Detected once per connection: root itself, passwordless sudo, or sudo with the
 customer's password, which is written to sudo's stdin (``sudo -k -S``) and never appears
 in a command line. ``-k`` makes sudo ask every time, so the password line is always
-consumed by sudo and never reaches a command's own input.
+consumed by sudo and never reaches a command's own input; the root shell's sudo gets it
+only once it asked for it (with a random prompt), and answering without asking is how
+passwordless sudo is told apart.
 
 Command shells. On Linux a session keeps two long-lived POSIX shells, one channel each:
 one as the account, and one as root (the account itself when it is root, else started by
@@ -358,30 +360,30 @@ class CommandShell:
         self._process = process
         self._lock = asyncio.Lock()
         self.closed = False
+        self.asked_password = False  # sudo asked for (and accepted) the password
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection, *, sudo: bool,
                     password: str | None, timeout: float,
                     ) -> CommandShell | Literal["refused"] | None:
-        """Start ``sh`` as the account, or as root through sudo (with ``password`` on its
-        stdin, else ``sudo -n``); it announces itself with a random word.
+        """Start ``sh`` as the account, or as root through sudo; it announces itself with
+        a random word.
 
-        Returns the shell once it announced itself, ``"refused"`` when sudo rejected the
-        password (it prompted a second time, or exited), None when no shell answered (an
-        unusual login shell, a timeout): the caller then uses a channel per command.
+        Through sudo, the password (if any) is written only when sudo asks for it with
+        this call's own random prompt, so an account that needs none (NOPASSWD) is told
+        apart by the shell answering without a prompt. Returns the shell, ``"refused"``
+        when sudo would not run it (it asked a second time: wrong password; or exited:
+        not a sudoer), None when no shell answered (an unusual login shell, a timeout):
+        the caller then uses a channel per command.
         """
-        ready = f"ivt-ready-{secrets.token_hex(16)}"
+        ready = f"ivt-ready-{secrets.token_hex(16)}".encode()
         prompt = f"ivt-password-{secrets.token_hex(16)}:"
-        script = shlex.join(("sh", "-c", f"echo {ready}; exec sh"))
+        script = shlex.join(("sh", "-c", f"echo {ready.decode()}; exec sh"))
         if not sudo:
             launcher = f"env PATH={STANDARD_PATH}"
         elif password is None:
             launcher = "sudo -n --"
         else:
-            # The prompt, printed on stderr before sudo reads a password, is ours: a second
-            # one means the first password was refused. Nothing but the password is sent
-            # before the shell announced itself, so no command line is ever read by sudo
-            # as a password attempt.
             launcher = f"sudo -k -S -p {shlex.quote(prompt)} --"
         try:
             process = await asyncio.wait_for(
@@ -390,38 +392,39 @@ class CommandShell:
             return None
         shell = cls(process)
         started: bool | Literal["refused"] = False
-        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError, _ShellGone,
-                                 asyncio.IncompleteReadError):
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
             started = await asyncio.wait_for(
-                shell._announce(ready.encode(), prompt.encode(), password), timeout)
+                shell._announce(ready, prompt.encode(), password if sudo else None), timeout)
         if started is True:
             return shell
         shell.close()
-        return "refused" if started == "refused" else None
+        return "refused" if started == "refused" and sudo else None
 
     async def _announce(self, ready: bytes, prompt: bytes,
                         password: str | None) -> bool | Literal["refused"]:
         stdout, stderr = self._process.stdout, self._process.stderr
-        if password is None:
-            await stdout.readuntil(ready + b"\n")
-            return True
-        self._process.stdin.write(password.encode() + b"\n")
-        try:
-            await stderr.readuntil(prompt)
-        except asyncio.IncompleteReadError:
-            return "refused"  # sudo exited without asking: not allowed to sudo at all
         shell_up = asyncio.ensure_future(stdout.readuntil(ready + b"\n"))
-        asked_again = asyncio.ensure_future(stderr.readuntil(prompt))
-        done, _ = await asyncio.wait({shell_up, asked_again},
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for task in (shell_up, asked_again):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, asyncio.IncompleteReadError,
-                                 asyncssh.Error):
-            await asyncio.gather(shell_up, asked_again)
-        if shell_up in done and not shell_up.cancelled() and shell_up.exception() is None:
-            return True
-        return "refused"
+        asked = asyncio.ensure_future(stderr.readuntil(prompt))
+        try:
+            if password is None:
+                await _first(shell_up)
+                return True if _succeeded(shell_up) else "refused"
+            await _first(shell_up, asked)
+            if _succeeded(shell_up):
+                return True  # no prompt: this account needs no password for sudo
+            if not _succeeded(asked):
+                return "refused"  # sudo exited without asking: not a sudoer at all
+            # Nothing but the password is sent before the shell announced itself, so no
+            # command line is ever read by sudo as a password attempt.
+            self._process.stdin.write(password.encode() + b"\n")
+            asked = asyncio.ensure_future(stderr.readuntil(prompt))
+            await _first(shell_up, asked)
+            self.asked_password = True
+            return True if _succeeded(shell_up) else "refused"
+        finally:
+            for task in (shell_up, asked):
+                task.cancel()
+            await asyncio.gather(shell_up, asked, return_exceptions=True)
 
     async def run(self, line: str, timeout: float) -> tuple[int, bytes, bytes]:
         """Exit status, stdout and stderr of ``line``; TimeoutError (the shell is closed
@@ -451,6 +454,15 @@ class CommandShell:
     def close(self) -> None:
         self.closed = True
         self._process.close()
+
+
+async def _first(*tasks: asyncio.Future[bytes]) -> None:
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _succeeded(task: asyncio.Future[bytes]) -> bool:
+    """Done with a result (EOF before the word raises IncompleteReadError)."""
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 async def _until(reader: asyncssh.SSHReader[bytes], end: re.Pattern[bytes],
@@ -496,6 +508,7 @@ class SshSession:
         self._shells = connector.command_shells and platform == "linux"
         self._user_shell: CommandShell | None = None
         self._root_shell: CommandShell | None = None
+        self._opening = asyncio.Lock()
 
     @property
     def privileged(self) -> bool:
@@ -514,18 +527,19 @@ class SshSession:
         if result.exit_status == 0 and result.stdout.strip() == "0":
             self.privilege = "root"
             return
+        if self._user_shell is not None:
+            # The sudo that proves the privilege is the one that starts the root shell: one
+            # password check for the whole connection.
+            opened = await self._open_root_shell()
+            if opened == "refused":
+                return
+            if opened != "unknown":
+                self.privilege = opened
+                return
         if (await self._exec(Command(argv=("sudo", "-k", "-n", "true")), as_is=True)
                 ).exit_status == 0:
             self.privilege = "sudo_nopasswd"
             return
-        if self._credential.password is not None and self._user_shell is not None:
-            # The sudo that proves the password is the one that starts the root shell: one
-            # password check for the whole connection.
-            opened = await self._open_root_shell("sudo_password")
-            if opened != "unknown":
-                if opened == "opened":
-                    self.privilege = "sudo_password"
-                return
         if self._credential.password is not None:
             probe = Command(argv=("sudo", "-k", "-S", "-p", "", "--", "true"))
             result = await self._exec(probe, as_is=True,
@@ -555,11 +569,11 @@ class SshSession:
         except PermissionError as exc:
             return CommandResult(exit_status=None, error=str(exc))
 
-    async def _open_root_shell(self, privilege: Privilege,
-                               ) -> Literal["opened", "refused", "unknown"]:
-        started = await CommandShell.start(
-            self._conn, sudo=True, timeout=self._connector.connect_timeout_s,
-            password=self._credential.password if privilege == "sudo_password" else None)
+    async def _open_root_shell(
+            self) -> Literal["sudo_password", "sudo_nopasswd", "refused", "unknown"]:
+        started = await CommandShell.start(self._conn, sudo=True,
+                                           password=self._credential.password,
+                                           timeout=self._connector.connect_timeout_s)
         if started == "refused":
             return "refused"
         if started is None:
@@ -570,32 +584,38 @@ class SshSession:
             started.close()
             return "unknown"
         if (status, out.strip()) != (0, b"0"):
-            started.close()
+            started.close()  # sudo runs commands as another user by default here
             return "refused"
         self._root_shell = started
-        return "opened"
+        return "sudo_password" if started.asked_password else "sudo_nopasswd"
 
     async def _shell_for(self, command: Command, *, as_is: bool,
                          stdin: str | None) -> CommandShell | None:
         """The command shell ``command`` runs in, None for a channel of its own."""
         if not self._shells or command.powershell or (stdin if as_is else command.stdin):
             return None
-        if command.root and not as_is and self.privilege in ("sudo_password", "sudo_nopasswd"):
-            if self._root_shell is None or self._root_shell.closed:
-                self._root_shell = None
-                if await self._open_root_shell(self.privilege) != "opened":
+        async with self._opening:  # one shell of each kind, even for concurrent callers
+            if command.root and not as_is and self.privilege in ("sudo_password",
+                                                                  "sudo_nopasswd"):
+                if self._root_shell is None or self._root_shell.closed:
+                    self._root_shell = None
+                    # Reopened after a timeout closed it: the privilege must be as found.
+                    if await self._open_root_shell() != self.privilege:
+                        if self._root_shell is not None:
+                            self._root_shell.close()
+                        self._root_shell = None
+                        return None
+                return self._root_shell
+            if command.root and not as_is and self.privilege != "root":
+                return None  # refused by command_line, as on the channel path
+            if self._user_shell is None or self._user_shell.closed:
+                started = await CommandShell.start(self._conn, sudo=False, password=None,
+                                                   timeout=self._connector.connect_timeout_s)
+                if not isinstance(started, CommandShell):
+                    self._shells = False  # this login shell takes no handshake: channels
                     return None
-            return self._root_shell
-        if command.root and not as_is and self.privilege != "root":
-            return None  # refused by command_line, as on the channel path
-        if self._user_shell is None or self._user_shell.closed:
-            started = await CommandShell.start(
-                self._conn, sudo=False, password=None, timeout=self._connector.connect_timeout_s)
-            if not isinstance(started, CommandShell):
-                self._shells = False  # this login shell takes no handshake: channels
-                return None
-            self._user_shell = started
-        return self._user_shell
+                self._user_shell = started
+            return self._user_shell
 
     async def _exec(self, command: Command, *, as_is: bool = False,
                     stdin: str | None = None) -> CommandResult:

@@ -324,3 +324,31 @@ async def test_a_refused_sudo_password_is_told_without_sending_anything_else(
     assert refused == "refused"
     # sudo asks three times; answering only once (and closing) ends it after one delay.
     assert took < 6
+
+
+async def test_an_account_with_passwordless_sudo_is_told_apart_and_its_input_kept_whole(
+        mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
+    # The root shell's sudo answers without asking: the password is never written, so it
+    # cannot end up as a command of root's shell or as the first line of a command's input.
+    user = targets.ThrowawayUser.create(sudo=False)
+    sshd: targets.Sshd | None = None
+    try:
+        user.sudoers_path.write_text(f"{user.name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        user.sudoers_path.chmod(0o440)
+        sshd = targets.Sshd.start([user.name])
+        session = await connector(mongo_db).open(
+            SshTarget(host="127.0.0.1", port=sshd.port, service_id=f"SRV-{uuid.uuid4().hex[:8]}",
+                      inventory_key=sshd.host_key_line),
+            Credential(username=user.name, password=user.password), platform="linux")
+        try:
+            root = await session.run(Command(argv=("id", "-u"), root=True))
+            fed = await session.run(Command(argv=("cat",), root=True, stdin="only-this\n"))
+        finally:
+            await session.aclose()
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        user.remove()
+    assert session.privilege == "sudo_nopasswd"
+    assert (root.exit_status, root.stdout, root.stderr) == (0, "0\n", "")
+    assert fed.stdout == "only-this\n"
