@@ -22,12 +22,14 @@ Two ways of running commands, in the same run:
   long-lived shells (the account's, and root's, started by the one sudo that detects the
   privilege); ``--no-baseline`` runs only this one.
 
-CPU per host is this process's CPU (the executor side) and the whole machine's busy time
-from ``/proc/stat`` (sshd, shells, sudo, PAM and the commands too; other load on the
-machine counts as well, so compare figures of one run). ``--password-hash sha512`` gives
-the throwaway user a SHA-512-crypt hash instead of the system's default (yescrypt on
-Debian 12: each check costs tens of milliseconds of CPU, and a password login plus the
-sudo check pay it twice per host); the default hash is what real Debian customers have.
+CPU per host: this process's CPU (the executor side); the sshd side (the targets' sshd
+processes and all they start: sessions, shells, sudo, PAM, the commands), exact from a
+cgroup-v1 ``cpuacct`` group made for the run and removed at the end; and the whole
+machine's busy time from ``/proc/stat`` (includes whatever else the machine runs).
+``--password-hash sha512`` gives the throwaway user a SHA-512-crypt hash instead of the
+system's default (yescrypt on Debian 12: each check costs tens of milliseconds of CPU, and
+a password login plus the sudo check pay it twice per host); the default hash is what
+real Debian customers have.
 
 The claim store and audit chain are left out on purpose: they are measured by
 ``bench_runtime.py`` / ``bench_audit.py``; this isolates what SSH costs.
@@ -59,6 +61,8 @@ from services.executor.runbooks.engine import Engine  # noqa: E402
 from services.executor.runbooks.model import RunOptions  # noqa: E402
 from services.executor.ssh import Credential, SshConnector, SshTarget  # noqa: E402
 
+TRACER = TracerProvider().get_tracer("bench")  # one provider: the executor has one too
+
 
 class NoPins:
     """Every target is given with its inventory key, so nothing is ever pinned."""
@@ -80,8 +84,7 @@ async def diagnose(connector: SshConnector, sshd: targets.Sshd, user: targets.Th
     try:
         log = FakeLog()
         engine = Engine(host=session, journal=FakeJournal(), log=log, issuer=None,
-                        secrets_sink=FakeSink(), tracer=TracerProvider().get_tracer("bench"),
-                        options=RunOptions())
+                        secrets_sink=FakeSink(), tracer=TRACER, options=RunOptions())
         book = RUNBOOKS["diagnostics"]
         result = await engine.run(book, book.parse_params({}))
         if any(s.result == "failed" for s in result.steps):
@@ -89,6 +92,46 @@ async def diagnose(connector: SshConnector, sshd: targets.Sshd, user: targets.Th
     finally:
         await session.aclose()
     return time.perf_counter() - began, len(log.records)
+
+
+class SshdCpu:
+    """CPU of the sshd targets and everything they start (sessions, shells, sudo, PAM, the
+    commands), from a cgroup-v1 ``cpuacct`` group the listeners are moved into (children
+    inherit it): exact whatever else the machine runs. None where no such group can be made.
+    """
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.group: Path | None = None
+        if (self.ROOT / "cgroup.procs").exists():
+            group = self.ROOT / f"ivt-bench-{targets.token()}"
+            try:
+                group.mkdir()
+            except OSError:
+                return
+            self.group = group
+
+    def adopt(self, pid: int) -> None:
+        if self.group is not None:
+            (self.group / "cgroup.procs").write_text(f"{pid}\n")
+
+    def seconds(self) -> float | None:
+        if self.group is None:
+            return None
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9
+
+    def remove(self) -> None:
+        if self.group is not None:
+            for _ in range(50):  # the last session processes may still be exiting
+                try:
+                    self.group.rmdir()
+                    return
+                except OSError:
+                    time.sleep(0.1)
+
+
+SSHD_CPU: SshdCpu | None = None
 
 
 def machine_busy_s() -> float:
@@ -100,9 +143,9 @@ def machine_busy_s() -> float:
 
 class Measured:
     def __init__(self, elapsed: float, latencies: list[float], commands: int,
-                 python_cpu: float, machine_cpu: float) -> None:
+                 python_cpu: float, machine_cpu: float, sshd_cpu: float | None) -> None:
         self.elapsed, self.latencies, self.commands = elapsed, latencies, commands
-        self.python_cpu, self.machine_cpu = python_cpu, machine_cpu
+        self.python_cpu, self.machine_cpu, self.sshd_cpu = python_cpu, machine_cpu, sshd_cpu
 
 
 async def measure(hosts: list[targets.Sshd], user: targets.ThrowawayUser, concurrency: int,
@@ -121,11 +164,19 @@ async def measure(hosts: list[targets.Sshd], user: targets.ThrowawayUser, concur
         latencies.append(seconds)
         commands += ran
 
-    began, cpu, busy = time.perf_counter(), time.process_time(), machine_busy_s()
+    def sshd_s() -> float | None:
+        return SSHD_CPU.seconds() if SSHD_CPU is not None else None
+
+    began, cpu, busy, sshd_began = (time.perf_counter(), time.process_time(),
+                                    machine_busy_s(), sshd_s())
     jobs = [one(n, sshd) for _ in range(rounds) for n, sshd in enumerate(hosts)]
     await asyncio.gather(*jobs)
-    return Measured(time.perf_counter() - began, latencies, commands,
-                    time.process_time() - cpu, machine_busy_s() - busy)
+    elapsed = time.perf_counter() - began
+    await asyncio.sleep(0.3)  # closed sessions finish exiting on the server side
+    sshd_end = sshd_s()
+    return Measured(elapsed, latencies, commands, time.process_time() - cpu,
+                    machine_busy_s() - busy,
+                    None if sshd_end is None or sshd_began is None else sshd_end - sshd_began)
 
 
 def report(label: str, m: Measured) -> float:
@@ -133,10 +184,11 @@ def report(label: str, m: Measured) -> float:
     rate = n / m.elapsed
     p50 = statistics.median(m.latencies)
     p95 = sorted(m.latencies)[max(0, int(n * 0.95) - 1)]
-    print(f"{label:<30} {n:>4} hosts in {m.elapsed:6.2f} s = {rate:6.2f} hosts/s   "
-          f"p50 {p50:5.2f} s, p95 {p95:5.2f} s   CPU/host: executor "
-          f"{m.python_cpu / n * 1000:5.1f} ms, machine {m.machine_cpu / n * 1000:6.1f} ms"
-          f"   {m.commands // n} commands each")
+    sshd = "" if m.sshd_cpu is None else f"sshd side {m.sshd_cpu / n * 1000:5.1f} ms, "
+    print(f"{label:<27} {n:>4} hosts in {m.elapsed:6.2f} s = {rate:6.2f} hosts/s  "
+          f"p50 {p50:4.2f} s, p95 {p95:4.2f} s  CPU/host: executor "
+          f"{m.python_cpu / n * 1000:4.1f} ms, {sshd}machine {m.machine_cpu / n * 1000:5.1f} "
+          f"ms  {m.commands // n} commands")
     return rate
 
 
@@ -160,6 +212,8 @@ async def main() -> None:
     reason = targets.available()
     if reason is not None:
         sys.exit(f"cannot start sshd targets: {reason}")
+    global SSHD_CPU
+    SSHD_CPU = SshdCpu()
     user = targets.ThrowawayUser.create(sudo=True)
     hosts: list[targets.Sshd] = []
     try:
@@ -167,6 +221,8 @@ async def main() -> None:
             run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
         for _ in range(args.hosts):
             hosts.append(targets.Sshd.start([user.name]))
+            assert hosts[-1].pid is not None
+            SSHD_CPU.adopt(hosts[-1].pid)
         book = RUNBOOKS["diagnostics"]
         steps = len(book.steps(book.parse_params({}), "linux"))
         print(f"{args.hosts} sshd targets on 127.0.0.1, diagnostics runbook ({steps} steps), "
@@ -191,6 +247,7 @@ async def main() -> None:
         for sshd in hosts:
             sshd.stop()
         user.remove()
+        SSHD_CPU.remove()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
 import shlex
 import time
@@ -436,12 +435,13 @@ class CommandShell:
             self._process.stdin.write(
                 f"({line}) </dev/null; printf '\\n%s %s\\n' {mark} \"$?\"; "
                 f"printf '\\n%s\\n' {mark} >&2\n".encode())
-            out_end = re.compile(rb"\n" + mark.encode() + rb" (\d+)\n")
-            err_end = re.compile(rb"\n" + mark.encode() + rb"\n")
+            # Found with bytes.find, not a regular expression: a pattern per random marker
+            # would be compiled anew for every command (and flush the re module's cache).
+            end = b"\n" + mark.encode()
             try:
                 (out, status, out_extra), (err, _, err_extra) = await asyncio.wait_for(
-                    asyncio.gather(_until(self._process.stdout, out_end),
-                                   _until(self._process.stderr, err_end)), timeout)
+                    asyncio.gather(_until(self._process.stdout, end + b" "),
+                                   _until(self._process.stderr, end + b"\n")), timeout)
             except BaseException:
                 self.close()
                 raise
@@ -465,19 +465,26 @@ def _succeeded(task: asyncio.Future[bytes]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is None
 
 
-async def _until(reader: asyncssh.SSHReader[bytes], end: re.Pattern[bytes],
-                 ) -> tuple[bytes, int, bool]:
-    """Everything ``reader`` gives up to the ``end`` marker: (data, the marker's number,
-    whether more data followed it)."""
+async def _until(reader: asyncssh.SSHReader[bytes], end: bytes) -> tuple[bytes, int, bool]:
+    """Everything ``reader`` gives up to the ``end`` marker: (data, the number that follows
+    a marker ending in a space, up to its newline; whether more data followed)."""
     buffer = bytearray()
     searched = 0
     while True:
-        found = end.search(buffer, searched)
-        if found is not None:
-            number = int(found.group(1)) if found.groups() else 0
-            return bytes(buffer[:found.start()]), number, found.end() != len(buffer)
-        # A marker may straddle two reads: search again from before the old end.
-        searched = max(0, len(buffer) - 64)
+        at = buffer.find(end, searched)
+        if at >= 0:
+            tail = at + len(end)
+            if not end.endswith(b" "):
+                return bytes(buffer[:at]), 0, tail != len(buffer)
+            newline = buffer.find(b"\n", tail)
+            if newline >= 0 and buffer[tail:newline].isdigit():
+                return bytes(buffer[:at]), int(buffer[tail:newline]), newline + 1 != len(buffer)
+            if newline >= 0:
+                raise _ShellGone  # not a status: the protocol is broken
+            searched = at  # the status is still on its way
+        else:
+            # A marker may straddle two reads: search again from before the old end.
+            searched = max(0, len(buffer) - len(end))
         chunk = await reader.read(65536)
         if not chunk:
             raise _ShellGone
