@@ -3,7 +3,8 @@
 Run as root from the repository root (it starts sshd processes and a throwaway user)::
 
     python bench/bench_executor.py [--hosts 8] [--concurrency 8,16] [--rounds 2]
-        [--password-hash default|sha512] [--sequential-commands | --no-baseline]
+        [--password-hash default|sha512] [--account password|key]
+        [--sequential-commands | --no-baseline]
 
 Starts N OpenSSH sshd processes on 127.0.0.1 (private configs, one throwaway sudo user),
 then runs the real diagnostics runbook through the real engine and SSH layer on every host:
@@ -25,11 +26,15 @@ Two ways of running commands, in the same run:
 CPU per host: this process's CPU (the executor side); the sshd side (the targets' sshd
 processes and all they start: sessions, shells, sudo, PAM, the commands), exact from a
 cgroup-v1 ``cpuacct`` group made for the run and removed at the end; and the whole
-machine's busy time from ``/proc/stat`` (includes whatever else the machine runs).
+machine's busy time from ``/proc/stat`` (includes whatever else the machine runs). The
+CPU-bound ceiling is the number of CPUs divided by executor + sshd-side CPU per host: the
+rate this machine's cores sustain when nothing else runs (the wall-clock rate on a shared
+machine is not).
 ``--password-hash sha512`` gives the throwaway user a SHA-512-crypt hash instead of the
 system's default (yescrypt on Debian 12: each check costs tens of milliseconds of CPU, and
 a password login plus the sudo check pay it twice per host); the default hash is what
-real Debian customers have.
+real Debian customers have. ``--account key`` logs in with a key and gives the account
+passwordless sudo: no password hash is checked at all.
 
 The claim store and audit chain are left out on purpose: they are measured by
 ``bench_runtime.py`` / ``bench_audit.py``; this isolates what SSH costs.
@@ -51,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "executor"))
 
+import asyncssh  # noqa: E402
 import executor_targets as targets  # noqa: E402
 from executor_fakes import FakeJournal, FakeLog, FakeSink  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
@@ -80,7 +86,8 @@ async def diagnose(connector: SshConnector, sshd: targets.Sshd, user: targets.Th
     session = await connector.open(
         SshTarget(host="127.0.0.1", port=sshd.port, service_id=f"BENCH-{n}",
                   inventory_key=sshd.host_key_line),
-        Credential(username=user.name, password=user.password), platform="linux")
+        CREDENTIAL or Credential(username=user.name, password=user.password),
+        platform="linux")
     try:
         log = FakeLog()
         engine = Engine(host=session, journal=FakeJournal(), log=log, issuer=None,
@@ -132,6 +139,20 @@ class SshdCpu:
 
 
 SSHD_CPU: SshdCpu | None = None
+CREDENTIAL: Credential | None = None  # --account key: the key login instead of the password
+
+
+def key_account(user: targets.ThrowawayUser) -> Credential:
+    """Log ``user`` in with a new ed25519 key and give it passwordless sudo: an account
+    whose connection checks no password hash at all."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    ssh_dir = Path(f"~{user.name}").expanduser() / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_bytes(key.export_public_key("openssh"))
+    run_tool("chown", "-R", f"{user.name}:", str(ssh_dir))
+    user.sudoers_path.write_text(f"{user.name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    return Credential(username=user.name,
+                      private_key=key.export_private_key("openssh").decode())
 
 
 def machine_busy_s() -> float:
@@ -185,10 +206,15 @@ def report(label: str, m: Measured) -> float:
     p50 = statistics.median(m.latencies)
     p95 = sorted(m.latencies)[max(0, int(n * 0.95) - 1)]
     sshd = "" if m.sshd_cpu is None else f"sshd side {m.sshd_cpu / n * 1000:5.1f} ms, "
+    # What the machine's cores could sustain if this were all they did: independent of
+    # other load on a shared machine (which the wall-clock rate is not).
+    ceiling = ("" if m.sshd_cpu is None else
+               f"  CPU-bound ceiling {(os.cpu_count() or 1) * n / (m.python_cpu + m.sshd_cpu):5.1f}"
+               " hosts/s")
     print(f"{label:<27} {n:>4} hosts in {m.elapsed:6.2f} s = {rate:6.2f} hosts/s  "
           f"p50 {p50:4.2f} s, p95 {p95:4.2f} s  CPU/host: executor "
           f"{m.python_cpu / n * 1000:4.1f} ms, {sshd}machine {m.machine_cpu / n * 1000:5.1f} "
-          f"ms  {m.commands // n} commands")
+          f"ms{ceiling}  {m.commands // n} commands")
     return rate
 
 
@@ -202,6 +228,9 @@ async def main() -> None:
     parser.add_argument("--password-hash", dest="hash_method", choices=("default", "sha512"),
                         default="default",
                         help="the throwaway user's password hash (default: the system's)")
+    parser.add_argument("--account", choices=("password", "key"), default="password",
+                        help="password: password login and sudo with the password (a "
+                             "customer's admin account); key: key login, passwordless sudo")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--sequential-commands", action="store_true",
                        help="only the baseline: a channel (and a sudo) per command")
@@ -212,13 +241,15 @@ async def main() -> None:
     reason = targets.available()
     if reason is not None:
         sys.exit(f"cannot start sshd targets: {reason}")
-    global SSHD_CPU
+    global SSHD_CPU, CREDENTIAL
     SSHD_CPU = SshdCpu()
     user = targets.ThrowawayUser.create(sudo=True)
     hosts: list[targets.Sshd] = []
     try:
         if args.hash_method == "sha512":
             run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
+        if args.account == "key":
+            CREDENTIAL = key_account(user)
         for _ in range(args.hosts):
             hosts.append(targets.Sshd.start([user.name]))
             assert hosts[-1].pid is not None
@@ -226,7 +257,8 @@ async def main() -> None:
         book = RUNBOOKS["diagnostics"]
         steps = len(book.steps(book.parse_params({}), "linux"))
         print(f"{args.hosts} sshd targets on 127.0.0.1, diagnostics runbook ({steps} steps), "
-              f"{args.rounds} run(s) per host, password hash: {args.hash_method}, "
+              f"{args.rounds} run(s) per host, account: {args.account}, "
+              f"password hash: {args.hash_method}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         chosen = ([("channels", False)] if args.sequential_commands else
                   [("shells", True)] if args.no_baseline else
