@@ -170,7 +170,7 @@ class Measured:
 
 
 async def measure(hosts: list[targets.Sshd], user: targets.ThrowawayUser, concurrency: int,
-                  rounds: int, *, shells: bool) -> Measured:
+                  rounds: int, *, shells: bool = True) -> Measured:
     connector = SshConnector(pins=NoPins(), connect_timeout_s=30,  # type: ignore[arg-type]
                              command_timeout_s=120, per_host_connects=4, global_connects=32,
                              command_shells=shells)
