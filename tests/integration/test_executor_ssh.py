@@ -6,10 +6,13 @@ shells), each command still with its own output, status and timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -326,29 +329,57 @@ async def test_a_refused_sudo_password_is_told_without_sending_anything_else(
     assert took < 6
 
 
-async def test_an_account_with_passwordless_sudo_is_told_apart_and_its_input_kept_whole(
-        mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
-    # The root shell's sudo answers without asking: the password is never written, so it
-    # cannot end up as a command of root's shell or as the first line of a command's input.
-    user = targets.ThrowawayUser.create(sudo=False)
+@contextlib.asynccontextmanager
+async def own_server(db: AsyncDatabase[dict[str, Any]], *, sudoers: str | None = None,
+                     login_shell: str | None = None,
+                     ) -> AsyncIterator[tuple[targets.ThrowawayUser, targets.Sshd, SshSession]]:
+    """A user of its own (``sudoers``: its sudoers line; ``login_shell``) on an sshd of its
+    own, logged in with its password; all removed afterwards."""
+    user = targets.ThrowawayUser.create(sudo=sudoers is None)
     sshd: targets.Sshd | None = None
     try:
-        user.sudoers_path.write_text(f"{user.name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
-        user.sudoers_path.chmod(0o440)
+        if sudoers is not None:
+            user.sudoers_path.write_text(f"{user.name} {sudoers}\n")
+            user.sudoers_path.chmod(0o440)
+        if login_shell is not None:
+            await asyncio.to_thread(subprocess.run, ["usermod", "-s", login_shell, user.name],
+                                    check=True)
         sshd = targets.Sshd.start([user.name])
-        session = await connector(mongo_db).open(
+        session = await connector(db).open(
             SshTarget(host="127.0.0.1", port=sshd.port, service_id=f"SRV-{uuid.uuid4().hex[:8]}",
                       inventory_key=sshd.host_key_line),
             Credential(username=user.name, password=user.password), platform="linux")
         try:
-            root = await session.run(Command(argv=("id", "-u"), root=True))
-            fed = await session.run(Command(argv=("cat",), root=True, stdin="only-this\n"))
+            yield user, sshd, session
         finally:
             await session.aclose()
     finally:
         if sshd is not None:
             sshd.stop()
         user.remove()
+
+
+async def test_an_account_with_passwordless_sudo_is_told_apart_and_its_input_kept_whole(
+        mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
+    # The root shell's sudo answers without asking: the password is never written, so it
+    # cannot end up as a command of root's shell or as the first line of a command's input.
+    async with own_server(mongo_db, sudoers="ALL=(ALL:ALL) NOPASSWD: ALL") as (_, _, session):
+        root = await session.run(Command(argv=("id", "-u"), root=True))
+        fed = await session.run(Command(argv=("cat",), root=True, stdin="only-this\n"))
     assert session.privilege == "sudo_nopasswd"
     assert (root.exit_status, root.stdout, root.stderr) == (0, "0\n", "")
     assert fed.stdout == "only-this\n"
+
+
+async def test_a_login_shell_that_refuses_the_handshake_gets_a_channel_per_command(
+        mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
+    # A restricted bash refuses ``exec``: no command shell starts, and every command takes
+    # a channel of its own, as before command shells.
+    async with own_server(mongo_db, login_shell="/bin/rbash") as (user, sshd, session):
+        plain = await session.run(Command(argv=("id", "-un")))
+        root = await session.run(Command(argv=("id", "-u"), root=True))
+        log = sshd.log()
+    assert session.privilege == "sudo_password"
+    assert plain.stdout == f"{user.name}\n"
+    assert (root.exit_status, root.stdout) == (0, "0\n")
+    assert log.count("Starting session:") >= 5  # handshake, detection, and one per command
