@@ -352,7 +352,11 @@ class CommandShell:
     Each command is written as ``(<command line>) </dev/null`` followed by a random marker
     printed with the exit status, on stdout and on stderr; its output is what came before
     the marker. The marker is new for every command, so output cannot end a command early
-    unless it guesses 128 random bits.
+    unless it guesses 128 random bits. Output arriving after a marker (a background
+    process the command left behind, still writing) closes the shell, so it cannot be
+    taken for the next command's; a sudo configured with a prompt of its own
+    (``passprompt_override``) is not recognised and ends in a timeout, after which the
+    session falls back to a channel per command.
     """
 
     def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
