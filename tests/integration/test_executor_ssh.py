@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"
 import executor_targets as targets
 from executor_fakes import FakeJournal, FakeLog, FakeSink
 from opentelemetry.sdk.trace import TracerProvider
+from polling import eventually
 
 from services.executor.runbooks import RUNBOOKS
 from services.executor.runbooks.engine import Engine
@@ -249,6 +250,9 @@ async def test_a_diagnostics_run_takes_one_login_two_channels_and_one_root_shell
     assert logins == 1
     assert channels == 2  # the account's shell and root's, not one per command
     assert len(parents) == 1
+    # The root shell ends with the session: no root process is left on the server.
+    root_shell = Path(f"/proc/{parents.pop().strip()}")
+    await eventually(lambda: not root_shell.exists(), 5, what="the root shell to end")
 
 
 async def test_the_channel_per_command_mode_opens_a_channel_per_command(
