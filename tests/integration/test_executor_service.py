@@ -171,8 +171,11 @@ async def rig(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_
 
 async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig) -> None:
     event = rig.verdict(category="diagnostics")
+    logins_before = rig.ssh.sshd.log().count("Accepted password for ")
     await rig.publish(event)
     [completed] = await rig.bus.wait(event.ticket_id, "InterventionCompleted")
+    # The probe's connection is the one the runbook ran over: one login for the ticket.
+    assert rig.ssh.sshd.log().count("Accepted password for ") - logins_before == 1
     [started] = rig.bus.of(event.ticket_id, "InterventionStarted")
     assert isinstance(started, InterventionStarted)
     assert (started.access_method, started.mode, started.runbook) == ("ssh", "automated",
@@ -221,6 +224,7 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
                     if s.context.trace_id == trace_id]
     assert {s["kind"] for s in ticket_spans} >= {"CONSUMER", "PRODUCER", "CLIENT"}
     assert conformance.problems(ticket_spans, event.ticket_id) == []
+    assert [s["name"] for s in ticket_spans].count("ssh connect") == 1
 
 
 async def test_forged_altered_unsigned_and_stale_verdicts_are_refused_and_audited(
