@@ -128,10 +128,11 @@ class EdgeGuard:
         assert integration is not None
         self._admit(integration, kind=kind, scope=scope)
         if fresh:
-            await self._first_use(signed.replay_key, int(signed.timestamp), now)
+            await self.admit_once(signed.replay_key, int(signed.timestamp), now)
         return Caller(integration=integration, customer=signed.customer)
 
-    async def _first_use(self, replay_key: str, signed_at: int, now: datetime) -> None:
+    async def admit_once(self, replay_key: str, signed_at: int, now: datetime) -> None:
+        """Refuse (401 ``replayed``) a signature seen before; ``signed_at``: its timestamp."""
         await self._sweep_replays(now)
         # Partitioned by the *signed* timestamp: a replayed signature carries the same one,
         # so it lands in the same collection, which lives while that timestamp is fresh.

@@ -43,8 +43,8 @@ from services.runtime.keys import (
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
-from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.settings import RuntimeSettings, SettingsError
+from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.telemetry import (
     Telemetry,
     configure_logging,
