@@ -126,7 +126,10 @@ class VerdictHistory:
             return
         self._pruned_at = now
         try:
-            await self._tickets.delete_many({"at": {"$lt": now - self._retention}})
+            # Documents without ``at`` were written before it existed (tickets decided, and
+            # the servers' counts kept in this collection then): they go at the first prune.
+            await self._tickets.delete_many({"$or": [{"at": {"$lt": now - self._retention}},
+                                                     {"at": {"$exists": False}}]})
             await self._servers.delete_many(
                 {"last_at": {"$lt": now - _RETENTION_FACTOR * self._window}})
         except Exception:  # housekeeping; the next hour tries again

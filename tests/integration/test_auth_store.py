@@ -160,6 +160,10 @@ async def test_history_prunes_tickets_past_the_retention_and_idle_servers(
     history = VerdictHistory(mongo_db, collection=f"history_{unique}",
                              retention=timedelta(days=8), window=timedelta(days=30),
                              clock=lambda: clock[0])
+    # Written before documents had ``at`` (and the servers' counts lived here): pruned too.
+    await mongo_db[f"history_{unique}"].insert_many([
+        {"_id": f"ticket:HD-{unique}-legacy", "latest_revision": 2},
+        {"_id": "server:SRV-LEGACY", "interventions": []}])
     old = ticket(ticket_id=f"HD-{unique}-old", occurred_at=clock[0])
     await history.note_decision(old)
     await history.note_intervention("SRV-OLD", old, window=timedelta(days=30))
