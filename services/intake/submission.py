@@ -350,8 +350,11 @@ class Intake:
         if not new_ticket:
             latest = await self._store.record_revision(request.ticket_id, request.revision)
             if latest is not None and request.revision < latest:
-                # A retry of an accepted revision stays a duplicate after a newer one came.
+                # A retry of an accepted revision stays a duplicate after a newer one came
+                # (accepted: its record, or its entry still waiting for one after a crash).
                 prior = await self._store.get(request.ticket_id, request.revision)
+                if prior is None and (pending := await self._outbox.get(claim.key)) is not None:
+                    prior = pending.claim
                 if prior is not None:
                     return await self._settled(prior, claim)
                 return _stale(request.ticket_id, request.revision, latest)

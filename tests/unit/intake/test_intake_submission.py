@@ -319,6 +319,22 @@ async def test_the_relay_republishes_the_accepted_bytes_after_a_crash_before_the
     assert h.outbox.entries == {}
 
 
+async def test_a_retry_of_a_durable_revision_is_a_duplicate_after_a_newer_one_came() -> None:
+    """Killed after its entry was durable but before its accepted record, then revision 2
+    arrived: the retry of revision 1 is still a duplicate, not stale."""
+    h = Harness()
+    h.fail_publish = True
+    first = plain()
+    await h.intake.submit(first, source="http", edge="http")
+    h.store.claims.clear()  # killed before the accepted record
+    h.fail_publish = False
+    await h.intake.submit(plain(revision=2, description="Still no SSH after your reboot, "
+                                "please check again."), source="http", edge="http")
+    again = await h.intake.submit(first, source="http", edge="http")
+    assert isinstance(again, Accepted)
+    assert again.duplicate
+
+
 async def test_a_ticket_the_edge_just_bound_costs_no_revision_read() -> None:
     """The edge's owner insert recorded the first revision as the ticket's latest, so the
     submission neither reads nor raises it."""
