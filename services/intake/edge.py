@@ -152,8 +152,9 @@ class EdgeGuard:
         if self._swept_period == current:
             return
         self._swept_period = current
-        # Period p holds timestamps up to (p + 1) * period, fresh until window_s after.
-        fresh_from = (int(now.timestamp()) - signing.WINDOW_S) // REPLAY_PERIOD_S
+        # Period p holds timestamps up to (p + 1) * period, fresh until window_s after; one
+        # more period is kept for the clocks of other intake replicas, which may run behind.
+        fresh_from = (int(now.timestamp()) - signing.WINDOW_S) // REPLAY_PERIOD_S - 1
         try:
             for name in await self._db.list_collection_names():
                 if name == REPLAYS or (
