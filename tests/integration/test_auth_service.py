@@ -356,6 +356,8 @@ async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth
     warm = ticket(account_id="ACC-1", server={"ip": "192.0.2.11"})
     await auth.submit(warm)
     await auth.bus.verdicts(warm.ticket_id)  # the server's lookup is cached from now on
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     before = _own_round_trips(auth)
     tickets = [ticket(account_id="ACC-1", server={"ip": "192.0.2.11"}) for _ in range(10)]
     for t in tickets:
@@ -365,9 +367,10 @@ async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth
         assert isinstance(verdict, AuthorizationVerified)
     after = _own_round_trips(auth)
     spent = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
-    per_ticket = sum(spent.values()) / len(tickets)
-    # Two writes per verified ticket, plus the inventory version read every 2 s.
-    assert per_ticket <= 2.3, spent
+    # The inventory's version is read every 2 s whatever the traffic: not a ticket's cost.
+    version_reads = spent.pop(("find", "auth_servers_version"), 0)
+    assert version_reads <= 1 + (loop.time() - started) // 2, spent
+    assert sum(spent.values()) == 2 * len(tickets), spent
     assert spent.get(("findAndModify", "auth_history"), 0) == len(tickets), spent
     assert spent.get(("findAndModify", "auth_history_servers"), 0) == len(tickets), spent
     assert not any(c in ("auth_servers", "auth_servers_keys") for _, c in spent), spent
