@@ -28,6 +28,7 @@ from schemas.events import (
     Event,
     HardwareEscalated,
     InterventionCompleted,
+    InterventionQueued,
     InterventionStarted,
     ManualStepCompleted,
     ManualStepRequested,
@@ -71,6 +72,7 @@ CONSUMED: tuple[type[Event], ...] = (
     TicketRejected,
     AuthorizationRejected,
     ClarificationRequested,
+    InterventionQueued,
     InterventionStarted,
     ManualStepRequested,
     ManualStepCompleted,
@@ -207,7 +209,7 @@ def build(
                       claims=Claims(db, ALERT_CLAIMS, lease=lease), policy=policy,
                       fire=notifier.fire, clock=clock,
                       interval=timedelta(seconds=settings.notifier_sweep_interval_s),
-                      owner=service_name)
+                      owner=service_name, recorded=notifier.recorded)
 
     all_bots: list[ChatBot] = [*_configured_bots(settings, desk, outbox, runtime, redact), *extra]
     slack = next((b for b in all_bots if isinstance(b, SlackBot)), None)

@@ -43,6 +43,8 @@ Clock = Callable[[], datetime]
 FireResult = Literal["fired", "deferred"]
 FireAlert = Callable[[Alert, TicketState, datetime], Awaitable[FireResult]]
 """Performs an alert (publishes, posts); ``deferred`` when it must not fire yet."""
+Recorded = Callable[[str], Awaitable[None]]
+"""Called with a ticket id after alerts of it fired and their facts were recorded."""
 
 
 def utc_now() -> datetime:
@@ -102,7 +104,9 @@ class Sweeper:
         interval: timedelta = timedelta(seconds=1),
         retry: timedelta = timedelta(seconds=5),
         owner: str = "",
+        recorded: Recorded | None = None,
     ) -> None:
+        self._recorded = recorded
         self._ledger = ledger
         self._deadlines = deadlines
         self._claims = claims
@@ -146,6 +150,8 @@ class Sweeper:
             await self._ledger.append(ticket_id, fired_fact(alert, now))
         await self._deadlines.refresh(ticket_id,
                                       not_before=now + self._retry if deferred else None)
+        if fired and self._recorded is not None:
+            await self._recorded(ticket_id)
         return fired
 
     async def run(self) -> None:

@@ -17,7 +17,9 @@ For every consumed event, in this order:
 Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
 delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
 SlaWarning / SlaBreached published, the on-call room told, the customer told when the
-intervention passed its expected timeline; or an escalation posted to the next tier.
+intervention passed its expected timeline; an escalation posted to the next tier; or, for a
+verified ticket the executor queued and has not started, the customer's "queued" update (its
+initial response under load, :func:`services.notifier.sla.TicketState.due`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from services.notifier.updates import (
     CustomerUpdate,
     customer_updates,
     overdue_update,
+    queued_update,
     ticket_updated,
     ticket_updated_for,
 )
@@ -232,6 +235,8 @@ class Notifier:
     # -- alerts --------------------------------------------------------------------------------
 
     async def fire(self, alert: Alert, state: TicketState, now: datetime) -> FireResult:
+        if alert.kind == "queued_notice":
+            return await self._tell_queued(alert, state, now)
         if alert.kind == "escalation":
             result = await self._escalate(alert, now)
             if result == "fired":
@@ -259,6 +264,30 @@ class Notifier:
             mentions=await self._mentions(tier)))
         await self._project_alert(alert)
         return "fired"
+
+    async def _tell_queued(self, alert: Alert, state: TicketState, now: datetime
+                           ) -> FireResult:
+        """The initial response of a ticket waiting for a free executor. Its id derives from
+        the alert (one per revision), its cause is the executor's InterventionQueued."""
+        assert alert.queued is not None
+        language = state.language or await self._language(alert.ticket_id)
+        await self.parts.publish(ticket_updated(
+            queued_update(alert.ticket_id, language, alert.queued, now),
+            ticket_id=alert.ticket_id, revision=alert.revision,
+            causation_id=UUID(alert.cause_id), event_id=derived_id(f"{alert.alert_id}:customer"),
+            occurred_at=now))
+        return "fired"
+
+    async def recorded(self, ticket_id: str) -> None:
+        """After the sweeper recorded what it fired: a "queued" update answered a clock, so
+        the board (at-risk gauge) and the initial-response milestone move now, not at the
+        ticket's next event."""
+        if self.parts.projection is None:
+            return
+        try:
+            await self.parts.projection.refresh_ticket(ticket_id)
+        except Exception:  # the next event or sweep of the ticket refreshes it
+            log.exception("metrics projection failed for ticket %s", ticket_id)
 
     # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
 

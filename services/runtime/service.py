@@ -88,6 +88,9 @@ class ServiceRuntime:
         # The executor's runbook step spans become step-duration metrics (other services
         # open no step spans, so for them this does nothing).
         self.telemetry.tracer_provider.add_span_processor(self.metrics.runbook_steps)
+        # Kept: the batch consumer records its per-message metrics through it.
+        self.kafka_middleware = kafka_telemetry_middleware(
+            self.telemetry.tracer_provider, self.telemetry.meter_provider)
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             client_id=service_name,
@@ -97,8 +100,7 @@ class ServiceRuntime:
             enable_idempotence=True,
             allow_auto_create_topics=False,
             graceful_timeout=settings.graceful_timeout_s,
-            middlewares=[kafka_telemetry_middleware(
-                self.telemetry.tracer_provider, self.telemetry.meter_provider)],
+            middlewares=[self.kafka_middleware],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
         # Every command sent to the store is counted (intervention.store.round_trips).

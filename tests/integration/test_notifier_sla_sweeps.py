@@ -128,6 +128,9 @@ async def test_warning_and_breach_fire_once_each_across_a_restart(env: Env) -> N
         assert await sweep(first, t0 + 49 * MIN) == ["r1:intervention:warning"]
         assert await sweep(first, t0 + 50 * MIN) == []
         assert await first.service.deadlines.hint(ticket.ticket_id) == t0 + 61 * MIN
+        # Both customer updates are out before this process stops (the acknowledgement's
+        # group is not among those recorded() waits for).
+        await first.bus.wait(ticket.ticket_id, TicketUpdated, 2)
     # The notifier restarts: a new process with nothing in memory, the same database.
     async with notifier_stack(env.settings, bots=[env.bot], clock=env.clock,
                               drop=False) as second:
@@ -141,8 +144,14 @@ async def test_warning_and_breach_fire_once_each_across_a_restart(env: Env) -> N
         [breach] = second.bus.of(ticket.ticket_id, SlaBreached)
         assert breach.deadline == t0 + 61 * MIN
         assert breach.elapsed_seconds == 60 * 60
-        assert [u.kind for u in overdue] == ["acknowledgement", "intervention_started",
-                                             "extension"]
+        # The acknowledgement and the "started" update come from two consumer groups
+        # publishing to the ticket's partition independently: the acknowledgement's own
+        # group (kept apart so that it never waits behind SLA bookkeeping) usually wins,
+        # but when it lags - as under CI load, seen once in five runs - "started" is first.
+        # Nothing orders them (docs/architecture.md §7.4); the overdue notice comes last.
+        assert sorted(u.kind for u in overdue[:2]) == ["acknowledgement",
+                                                       "intervention_started"]
+        assert overdue[2].kind == "extension"
         assert len(second.bus.of(ticket.ticket_id, EngineerAcknowledged)) == 1
 
 
