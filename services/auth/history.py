@@ -1,14 +1,17 @@
 """What auth has decided before: each ticket's latest decided revision, and the
 repeated-interventions count per server.
 
-Each is one ``_id``-keyed document read *and* written in one round trip
-(``findAndModify``), so a ticket costs auth one history round trip, two when it is verified
-(it was four: two reads, a find-and-modify and an update):
+Each is one ``_id``-keyed document read *and* written in one round trip, so a ticket costs
+auth one history round trip, two when it is verified (it was four: two reads, a
+find-and-modify and an update):
 
-- ``auth_history``, ``ticket:<ticket_id>``: ``latest_revision`` (raised with ``$max``) and
-  ``at`` (the last decision). The document before the update answers "which revision was
-  decided last", and the update records this decision - before the verdict is published:
-  a crash in between re-decides the same revision, which is never stale.
+- ``auth_history``, ``ticket:<ticket_id>``: ``latest_revision`` and ``at`` (the last
+  decision). A first revision is an *insert* (refused only when the ticket was decided
+  before, and then read back), so the common case costs the same however many tickets the
+  collection holds; a later revision is a ``findAndModify`` raising ``latest_revision`` with
+  ``$max`` and returning the document before. Either way the decision is recorded before
+  the verdict is published: a crash in between re-decides the same revision, which is never
+  stale.
 - ``auth_history_servers``, ``server:<service_id>``: ``interventions``, a set of
   ``{ticket_id, at}`` (one per verified ticket, added with ``$addToSet``, so a redelivered
   decision adds nothing) and ``last_at``. The document after the update is counted, so the
@@ -89,8 +92,21 @@ class VerdictHistory:
         """Record that ``ticket``'s revision is being decided; the highest revision decided
         before (None for a ticket auth has not seen within the retention)."""
         await self.prune()
+        key = f"ticket:{ticket.ticket_id}"
+        if ticket.revision == 1:
+            # Most tickets have one revision: the insert is the check (it costs the same at
+            # any collection size, where a read scans it). Refused, the ticket was decided
+            # before - a redelivery, or a later revision first - and is read back.
+            try:
+                await self._tickets.insert_one(
+                    {"_id": key, "latest_revision": 1, "at": self._clock()})
+                return None
+            except DuplicateKeyError:
+                doc = await self._tickets.find_one({"_id": key})
+                if doc is not None:
+                    return int(doc["latest_revision"])
         before = await _upsert(
-            self._tickets, f"ticket:{ticket.ticket_id}",
+            self._tickets, key,
             {"$max": {"latest_revision": ticket.revision}, "$set": {"at": self._clock()}},
             ReturnDocument.BEFORE)
         return None if before is None else int(before["latest_revision"])
