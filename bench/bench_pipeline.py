@@ -572,10 +572,10 @@ async def ssh_throughput(count: int) -> tuple[float, float, float]:
         for _ in range(count):
             hosts.append(targets.Sshd.start([user.name]))
         await bench_executor.measure(hosts[:1], user, 1, 1)  # warm-up
-        seq_elapsed, seq_lat, _ = await bench_executor.measure(hosts, user, 1, 1)
-        par_elapsed, par_lat, _ = await bench_executor.measure(hosts, user, 8, 2)
-        return (len(seq_lat) / seq_elapsed, len(par_lat) / par_elapsed,
-                statistics.median(par_lat))
+        seq = await bench_executor.measure(hosts, user, 1, 1)
+        par = await bench_executor.measure(hosts, user, 8, 2)
+        return (len(seq.latencies) / seq.elapsed, len(par.latencies) / par.elapsed,
+                statistics.median(par.latencies))
     finally:
         for sshd in hosts:
             sshd.stop()

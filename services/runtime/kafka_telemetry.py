@@ -11,7 +11,8 @@ re-implementing the middleware:
   ``messaging.destination.name``, ``messaging.destination.partition.id``,
   ``messaging.kafka.offset``, ``messaging.kafka.message.key`` as text,
   ``messaging.message.body.size`` and, since every topic is keyed by ``ticket_id``, the
-  ticket attribute (:data:`~services.runtime.telemetry.TICKET_ID_ATTRIBUTE`);
+  ticket attribute (:data:`~services.runtime.telemetry.TICKET_ID_ATTRIBUTE`; the audit
+  anchors are keyed by chain, ``<ticket>:<producer>``, and name their ticket);
 - the span *name* and ``messaging.operation`` are set by the middleware itself, so the
   middleware gets a tracer (:class:`_MessagingTracer`) that names each span
   ``"{operation} {destination}"``, adds ``messaging.operation.type``/``.name`` and drops the
@@ -38,6 +39,8 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
+from schemas.topics import AUDIT_ANCHORED
+from services.runtime.audit_anchors import anchor_ticket
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 if TYPE_CHECKING:
@@ -92,7 +95,8 @@ class SemconvKafkaSettingsProvider(KafkaTelemetrySettingsProvider):
             CONVERSATION_ID: msg.correlation_id,
         }
         if record.key is not None:
-            attrs[KEY] = attrs[TICKET_ID_ATTRIBUTE] = _text(record.key)
+            attrs[KEY] = _text(record.key)
+            attrs[TICKET_ID_ATTRIBUTE] = _ticket_of(record.topic, attrs[KEY])
         return attrs
 
     def get_publish_attrs_from_cmd(self, cmd: KafkaPublishCommand) -> dict[str, Any]:
@@ -106,8 +110,13 @@ class SemconvKafkaSettingsProvider(KafkaTelemetrySettingsProvider):
         if cmd.partition is not None:
             attrs[PARTITION] = str(cmd.partition)
         if cmd.key is not None:
-            attrs[KEY] = attrs[TICKET_ID_ATTRIBUTE] = _text(cmd.key)
+            attrs[KEY] = _text(cmd.key)
+            attrs[TICKET_ID_ATTRIBUTE] = _ticket_of(cmd.destination, attrs[KEY])
         return attrs
+
+
+def _ticket_of(topic: str, key: str) -> str:
+    return anchor_ticket(key) if topic.endswith(AUDIT_ANCHORED) else key
 
 
 def _settings_provider(msg: object) -> SemconvKafkaSettingsProvider | None:

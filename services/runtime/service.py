@@ -210,10 +210,11 @@ class ServiceRuntime:
                 await task
         await self.anchors.flush()
 
-    async def _publish_anchor(self, ticket_id: str, value: bytes) -> None:
+    async def _publish_anchor(self, key: str, value: bytes) -> None:
+        # Keyed by chain (audit_anchors.anchor_key): compaction keeps each chain's newest.
         await self.broker.publish(
             value, topic=physical(AUDIT_ANCHORED, self.settings.kafka_topic_prefix),
-            key=ticket_id.encode())
+            key=key.encode())
 
     async def publish(self, event: BaseModel) -> None:
         """Audit, then publish: both are idempotent on the event id, so a retry is safe."""
