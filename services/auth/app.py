@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 from faststream import FastStream
 
 from schemas.events import TicketSubmitted
 from schemas.registry import topic_for, topics_produced_by
-from services.auth.handlers import Dependencies, authorize_ticket, remember_verdict, utc_now
+from services.auth.handlers import Dependencies, authorize_ticket, utc_now
 from services.auth.history import VerdictHistory
-from services.auth.inventory import MongoServerInventory
+from services.auth.inventory import CachedServerInventory, MongoServerInventory
 from services.auth.settings import AuthSettings
 from services.auth.signing import VerdictSigner
 from services.runtime.consumer import Decoder, Delivery, subscribe
@@ -74,15 +74,21 @@ def build(
     runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
                              produces=topics_produced_by(SERVICE_NAME))
     inventory = MongoServerInventory(runtime.db)
-    history = VerdictHistory(runtime.db)
+    policy = settings.policy()
+    history = VerdictHistory(
+        runtime.db, retention=timedelta(days=settings.auth_decision_retention_days),
+        window=policy.review_window, clock=clock)
     deps = Dependencies(
-        inventory=inventory, history=history, signer=signer, policy=settings.policy(), clock=clock
+        inventory=CachedServerInventory(inventory,
+                                        check_interval_s=settings.auth_inventory_check_s),
+        history=history, signer=signer, policy=policy, clock=clock,
     )
 
     async def on_ticket_submitted(ticket: TicketSubmitted, delivery: Delivery) -> None:
+        # The decision is recorded while it is made (services.auth.history): a crash before
+        # the publish re-decides the same revision on redelivery, with the same verdict id.
         verdict = await authorize_ticket(ticket, deps, event_id=delivery.derive_event_id("verdict"))
         await delivery.publish(verdict)
-        await remember_verdict(ticket, verdict, deps)
 
     subscribe(
         runtime,

@@ -15,6 +15,13 @@ inventory in a state nobody reviewed; the operator fixes the file and runs it ag
 Upserts are keyed by ``service_id`` and skip unchanged rows, so re-importing a file is a
 no-op. Servers missing from a file are left alone (a file is a batch of changes, not the
 whole inventory); decommissioning is the billing system's business.
+
+Auth reads the inventory through :class:`CachedServerInventory`: lookups are kept in
+process, and an import that changed anything writes a new *inventory version* (one small
+document, ``auth_servers_version``) after its records. Each auth process reads that version
+at most every ``check_interval_s`` (``AUTH_INVENTORY_CHECK_S``, default 2 s) and drops its
+whole cache when it changed, so an import takes effect in every auth process within that
+interval of finishing, and a burst of tickets costs no inventory round trip at all.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import bisect
 import csv
 import io
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +53,7 @@ __all__ = [
     "COLLECTION",
     "FIELDS",
     "REQUIRED_FIELDS",
+    "CachedServerInventory",
     "InventoryError",
     "MongoServerInventory",
     "ParsedInventory",
@@ -91,6 +101,7 @@ class MongoServerInventory:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = COLLECTION) -> None:
         self._coll = db[collection]
         self._keys = db[f"{collection}_keys"]
+        self._version = db[f"{collection}_version"]
 
     async def ensure_indexes(self) -> None:
         """Nothing to create: every query is by ``_id``. Kept so callers need not know."""
@@ -107,12 +118,18 @@ class MongoServerInventory:
         records = (ServerRecord.from_document(d) for d in docs if d is not None)
         return tuple(r for r in records if key in _keys_of(r))
 
+    async def version(self) -> str | None:
+        """The inventory's version: a new value after every import that changed a record."""
+        doc = await self._version.find_one({"_id": "inventory"})
+        return None if doc is None else str(doc.get("version"))
+
     async def upsert(self, records: Sequence[ServerRecord], *, batch: int = 500) -> UpsertSummary:
         """Create or replace by service id; rows equal to what is stored are not written.
 
         Without transactions the order makes a crash harmless: lookup keys are added before
         the record is written and removed only after, so a lookup never misses a server;
-        re-running the import finishes the job.
+        re-running the import finishes the job. The version is written last, once
+        everything else is (a crash before it: the re-run writes it).
         """
         created = updated = unchanged = 0
         for start in range(0, len(records), batch):
@@ -158,7 +175,62 @@ class MongoServerInventory:
                 await self._coll.bulk_write(replace, ordered=False)
             if remove:
                 await self._keys.bulk_write(remove, ordered=False)
+        if created or updated:
+            await self._version.update_one(
+                {"_id": "inventory"},
+                {"$set": {"version": uuid.uuid4().hex, "at": datetime.now(UTC)}}, upsert=True)
         return UpsertSummary(created=created, updated=updated, unchanged=unchanged)
+
+
+class CachedServerInventory:
+    """:class:`MongoServerInventory` lookups kept in process, dropped when the inventory's
+    version changes (module doc); safe for concurrent lookups in one event loop."""
+
+    def __init__(self, source: MongoServerInventory, *, check_interval_s: float = 2.0,
+                 max_entries: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._source = source
+        self._interval = check_interval_s
+        self._max = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[ServerRecord, ...]] = {}
+        self._version: str | None = None
+        self._checked_at: float | None = None
+        self._generation = 0
+        self._checking = asyncio.Lock()
+
+    async def find(self, ref: ServerRef) -> Sequence[ServerRecord]:
+        await self._follow_version()
+        key = f"id:{ref.service_id}" if ref.service_id is not None else _lookup_key(ref)
+        found = self._entries.get(key)
+        if found is not None:
+            return found
+        generation = self._generation
+        records = tuple(await self._source.find(ref))
+        # A lookup that started before the cache was dropped may have read the old
+        # inventory: it answers its own ticket but is not kept.
+        if generation == self._generation:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = records
+        return records
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+        self._generation += 1
+
+    async def _follow_version(self) -> None:
+        if self._due():
+            async with self._checking:
+                if self._due():  # another lookup may have checked while this one waited
+                    version = await self._source.version()
+                    self._checked_at = self._clock()
+                    if version != self._version:
+                        self._version = version
+                        self.invalidate()
+
+    def _due(self) -> bool:
+        return self._checked_at is None or self._clock() - self._checked_at >= self._interval
 
 
 def _lookup_key(ref: ServerRef) -> str:

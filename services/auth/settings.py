@@ -18,6 +18,13 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   before the ticket revision was submitted is not bound to it.
 - ``AUTH_CLOCK_SKEW_S`` = 300: tolerance for the customer's and the helpdesk's clocks when
   checking that an authorization was not signed in the future.
+- ``AUTH_INVENTORY_CHECK_S`` = 2: how often each auth process reads the inventory's version
+  (written by ``intervene servers import``) and drops its cached lookups when it changed: an
+  import takes effect within this time; 0 reads it for every ticket.
+- ``AUTH_DECISION_RETENTION_DAYS`` = 8: how long auth remembers a ticket's latest decided
+  revision after its last decision (to refuse an older revision arriving late as
+  ``revision_stale``); keep it at least the topics' retention and
+  ``PROCESSED_EVENTS_RETENTION_DAYS``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class AuthSettings(RuntimeSettings):
     auth_review_window_days: float = Field(default=30.0, gt=0, le=3650)
     auth_authorization_max_age_days: float = Field(default=30.0, gt=0, le=3650)
     auth_clock_skew_s: float = Field(default=300.0, ge=0, le=86400)
+    auth_inventory_check_s: float = Field(default=2.0, ge=0, le=3600)
+    auth_decision_retention_days: float = Field(default=8.0, gt=0, le=3650)
 
     @property
     def signing_key_path(self) -> Path:

@@ -63,13 +63,15 @@ def register(runtime: ServiceRuntime, intake: Intake, metrics: IntakeMetrics,
     async def on_request(message: TopicRequest, delivery: Delivery) -> None:
         caller: Caller = delivery.caller
         vouch: Vouch | None = None
+        new_ticket = False
         try:
             if message.request is not None:
                 customer, _ = await guard.account_for(
                     caller, [caller.customer] if caller.customer else [],
                     message.request.account_id)
-                await guard.take_ticket(caller, message.ticket_id,
-                                        message.request.account_id, datetime.now(UTC))
+                new_ticket = await guard.take_ticket(
+                    caller, message.ticket_id, message.request.account_id, datetime.now(UTC),
+                    revision=message.revision)
                 vouch = Vouch(integration=caller.name, customer=customer)
             elif (owner := await guard.owner(message.ticket_id)) is not None and \
                     owner.integration != caller.name:
@@ -84,7 +86,7 @@ def register(runtime: ServiceRuntime, intake: Intake, metrics: IntakeMetrics,
                         message.revision, refusal.code)
             return
         await intake.receive(message, rejected_event_id=delivery.derive_event_id("rejected"),
-                             vouched_by=vouch)
+                             vouched_by=vouch, new_ticket=new_ticket)
 
     subscribe(runtime, HELPDESK_REQUESTS, on_request, decoder=decode, dlq_body=scrub_for_dlq,
               authenticate=authenticate)

@@ -8,7 +8,7 @@ it, so one process serves HTTP and the helpdesk topic.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -78,7 +78,6 @@ class IntakeService:
             publisher=self._publish, audit=self.runtime.audit, store=self.store,
             metrics=self.metrics, redactor=self.runtime.redactor,
             outbox=MongoOutbox(self.runtime.db),
-            claim_lease=timedelta(seconds=self.settings.intake_claim_lease_s),
         )
         # Intake's own key (integration secrets, account map MACs): read at start, and made
         # on a fresh machine's first start so `intervene up` works before any integration.

@@ -182,15 +182,16 @@ class Doors:
                     ) is not None:
                 return limited
             try:
-                await self.guard.take_ticket(caller, parsed.ticket_id, parsed.account_id,
-                                             datetime.now(UTC))
+                new_ticket = await self.guard.take_ticket(
+                    caller, parsed.ticket_id, parsed.account_id, datetime.now(UTC),
+                    revision=parsed.revision)
             except EdgeRefusal as refusal:
                 return await self.refuse(refusal, request, source, caller=caller,
                                          ticket_id=parsed.ticket_id)
             vouch = Vouch(integration=caller.name, customer=caller.customer)
             try:
                 outcome = await self.intake.submit(parsed, source=source, edge="http",
-                                                   vouched_by=vouch)
+                                                   vouched_by=vouch, new_ticket=new_ticket)
             except Exception:  # any failure to reach bus or store is a 503: retry later
                 log.exception("ticket %s revision %d could not be queued", parsed.ticket_id,
                               parsed.revision)

@@ -5,15 +5,22 @@ the helpdesk topic) passes :class:`EdgeGuard` before a request reaches the intak
 
 1. **Authenticate** the integration: its signature (:mod:`services.intake.signing`) over
    method, path, timestamp, acting customer and body, with one of its valid secrets; over
-   HTTP the timestamp within ±5 min, and each signature accepted once (the insert of
-   ``intake_request_replays`` ``_id`` = the signature's digest wins; entries older than
-   twice the window are pruned). Then the scope the door needs (``submit``/``read``).
+   HTTP the timestamp within ±5 min, and each signature accepted once: the insert of
+   ``_id`` = the signature's digest into ``intake_request_replays_<n>`` wins, ``n`` being the
+   signed timestamp's 10-minute period (twice the window), so every copy of a signature
+   meets in one collection, and a period's collection is dropped whole once no timestamp in
+   it can be fresh (no per-entry prune scanning the collection). Then the scope the door
+   needs (``submit``/``read``).
 2. **The account** is the integration's mapping of the helpdesk's authenticated customer
    (:mod:`services.intake.accounts`); a stated account that differs is refused
    (``account_mismatch``), never replaced, and an unmapped customer is refused.
 3. **The ticket belongs** to the integration and account of its first revision
-   (``intake_ticket_owners``, ``_id`` = ticket id, the first insert wins); a later revision
-   from anyone else is refused.
+   (``intake_ticket_owners``, ``_id`` = ticket id, the first insert wins; the same insert
+   records that revision as the ticket's latest, :mod:`services.intake.store`); a later
+   revision from anyone else is refused.
+
+Webhook bodies already delivered (``intake_webhook_bodies``, Zammad's replay check) are
+kept for 8 days: deleted at most once an hour per process.
 
 Refusals are :class:`EdgeRefusal` (HTTP status, field, code, message) and are audited with
 the integration and the source address - never a header value that could be a secret.
@@ -35,12 +42,14 @@ from pymongo.errors import DuplicateKeyError
 from services.intake import signing
 from services.intake.accounts import AccountMap
 from services.intake.integrations import Integration, IntegrationRegistry
+from services.intake.store import OWNERS
 from services.runtime.audit import AuditLog
 
 log = logging.getLogger("intervention.intake.edge")
 
-OWNERS: Final = "intake_ticket_owners"
 REPLAYS: Final = "intake_request_replays"
+"""The legacy single collection; now the prefix of the per-period ones (dropped if found)."""
+REPLAY_PERIOD_S: Final = 2 * signing.WINDOW_S
 WEBHOOK_BODIES: Final = "intake_webhook_bodies"
 EDGE_CHAIN_PREFIX: Final = "intake-edge-"
 """Refusals that name no ticket are audited on one chain per day: ``intake-edge-YYYYMMDD``."""
@@ -80,10 +89,11 @@ class EdgeGuard:
         self.registry = registry
         self.accounts = accounts
         self._audit = audit
+        self._db = db
         self._owners = db[OWNERS]
-        self._replays = db[REPLAYS]
         self._bodies = db[WEBHOOK_BODIES]
-        self._pruned_at: datetime | None = None
+        self._swept_period: int | None = None
+        self._bodies_pruned_at: datetime | None = None
 
     # -- 1. who is calling --------------------------------------------------------------
 
@@ -118,30 +128,52 @@ class EdgeGuard:
         assert integration is not None
         self._admit(integration, kind=kind, scope=scope)
         if fresh:
-            await self._first_use(signed.replay_key, now)
+            await self.admit_once(signed.replay_key, int(signed.timestamp), now)
         return Caller(integration=integration, customer=signed.customer)
 
-    async def _first_use(self, replay_key: str, now: datetime) -> None:
-        await self._prune(now)
+    async def admit_once(self, replay_key: str, signed_at: int, now: datetime) -> None:
+        """Refuse (401 ``replayed``) a signature seen before; ``signed_at``: its timestamp."""
+        await self._sweep_replays(now)
+        # Partitioned by the *signed* timestamp: a replayed signature carries the same one,
+        # so it lands in the same collection, which lives while that timestamp is fresh.
+        period = signed_at // REPLAY_PERIOD_S
         try:
-            await self._replays.insert_one({"_id": replay_key, "at": now})
+            await self._db[f"{REPLAYS}_{period}"].insert_one({"_id": replay_key, "at": now})
         except DuplicateKeyError:
             raise EdgeRefusal(401, "replayed", "this signed request was received before; "
                               "use a new nonce for every request, retries included",
                               field=signing.HEADER_NONCE) \
                 from None
 
-    async def _prune(self, now: datetime) -> None:
-        if self._pruned_at is not None and now - self._pruned_at < timedelta(minutes=1):
+    async def _sweep_replays(self, now: datetime) -> None:
+        """Once per period per process: drop the replay collections of periods whose every
+        timestamp is past the freshness window (and the legacy single collection)."""
+        current = int(now.timestamp()) // REPLAY_PERIOD_S
+        if self._swept_period == current:
             return
-        self._pruned_at = now
+        self._swept_period = current
+        # Period p holds timestamps up to (p + 1) * period, fresh until window_s after; one
+        # more period is kept for the clocks of other intake replicas, which may run behind.
+        fresh_from = (int(now.timestamp()) - signing.WINDOW_S) // REPLAY_PERIOD_S - 1
         try:
-            await self._replays.delete_many(
-                {"at": {"$lt": now - timedelta(seconds=2 * signing.WINDOW_S)}})
-            if now.minute == 0:
-                await self._bodies.delete_many({"at": {"$lt": now - WEBHOOK_BODY_RETENTION}})
-        except Exception:  # noqa: BLE001 - housekeeping; the next minute tries again
-            log.warning("could not prune intake's replay records")
+            for name in await self._db.list_collection_names():
+                if name == REPLAYS or (
+                        name.startswith(f"{REPLAYS}_")
+                        and name.removeprefix(f"{REPLAYS}_").isdigit()
+                        and int(name.removeprefix(f"{REPLAYS}_")) < fresh_from):
+                    await self._db.drop_collection(name)
+        except Exception:  # noqa: BLE001 - housekeeping; the next period tries again
+            log.warning("could not drop intake's expired replay records")
+
+    async def _prune_bodies(self, now: datetime) -> None:
+        if (self._bodies_pruned_at is not None
+                and now - self._bodies_pruned_at < timedelta(hours=1)):
+            return
+        self._bodies_pruned_at = now
+        try:
+            await self._bodies.delete_many({"at": {"$lt": now - WEBHOOK_BODY_RETENTION}})
+        except Exception:  # noqa: BLE001 - housekeeping; the next hour tries again
+            log.warning("could not prune intake's webhook body records")
 
     async def authenticate_webhook(self, integration_name: str, *, kind: str, scope: str,
                                    verify: Any, body: bytes, header: str | None,
@@ -177,6 +209,7 @@ class EdgeGuard:
                              now: datetime) -> None:
         """Refuse a body already delivered under another delivery id (a replay that would
         otherwise be given a new revision); the same delivery again is a retry, fine."""
+        await self._prune_bodies(now)
         key = f"{caller.name}:{hashlib.sha256(body).hexdigest()}"
         try:
             await self._bodies.insert_one({"_id": key, "delivery": delivery, "at": now})
@@ -216,12 +249,15 @@ class EdgeGuard:
                      account_id=str(doc.get("account_id")))
 
     async def take_ticket(self, caller: Caller, ticket_id: str, account_id: str,
-                          now: datetime) -> None:
-        """Bind ``ticket_id`` to this integration and account, or check it is theirs."""
+                          now: datetime, *, revision: int) -> bool:
+        """Bind ``ticket_id`` to this integration and account, or check it is theirs. True
+        when this request bound it: its ``revision`` is then recorded as the ticket's latest
+        in the same insert (:mod:`services.intake.store`), and there is nothing before it."""
         try:
             await self._owners.insert_one({"_id": ticket_id, "integration": caller.name,
-                                           "account_id": account_id, "at": now})
-            return
+                                           "account_id": account_id, "at": now,
+                                           "latest": revision})
+            return True
         except DuplicateKeyError:
             pass
         owner = await self.owner(ticket_id)
@@ -229,6 +265,7 @@ class EdgeGuard:
             raise EdgeRefusal(403, "ticket_not_yours", "this ticket number belongs to "
                               "another helpdesk account; open a new ticket",
                               field="ticket_id")
+        return False
 
     async def may_read(self, caller: Caller, ticket_id: str) -> bool:
         owner = await self.owner(ticket_id)

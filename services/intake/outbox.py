@@ -2,37 +2,44 @@
 
 Before intake answers 202 (or lets the helpdesk topic's offset be committed), the
 TicketSubmitted it built - credentials already sealed - is inserted into ``intake_outbox``
-(``_id = <ticket_id>:<revision>``, the claim's key). The :class:`Relay` then publishes each
-entry until the broker acknowledges it: at once, inline with the request (bounded by
-``inline_timeout_s``, so a broker outage does not hold the helpdesk's connection), and from
-its loop, which runs from start-up for as long as intake runs, so an entry left by a crash
-or an outage is published without anyone retrying.
+(``_id = <ticket_id>:<revision>``); then the revision's accepted record is inserted into
+``intake_tickets`` (:mod:`services.intake.store`), naming the entry's exact bytes
+(``event_digest``). Both inserts are first-wins, so of concurrent requests for one revision
+one entry is in the outbox at a time and one set of bytes is ever accepted for it. The
+:class:`Relay` then publishes each entry until the broker acknowledges it: at once, inline
+with the request (bounded by ``inline_timeout_s``, so a broker outage does not hold the
+helpdesk's connection), and from its loop, which runs from start-up for as long as intake
+runs, so an entry left by a crash or an outage is published without anyone retrying.
 
-Publishing an entry: audit + publish (the runtime's ``publish``, idempotent on the event
-id), mark the claim ``submitted``, then delete the entry. So the outbox holds only
-unpublished entries - FerretDB scans a collection for anything but an ``_id`` lookup, and
-the relay lists this one every second. A crash between the broker's acknowledgement and the
-delete republishes the *same* bytes with the same ``event_id`` after restart (downstream
-drops the copy by ``event_id``); a second, different TicketSubmitted for a revision cannot
-exist, because the first insert of the entry's ``_id`` wins and only the winner's bytes are
-ever published.
+Publishing an entry: (for an entry the loop found, whose writer may have died before the
+accepted record) insert the accepted record or read the one there - an entry whose bytes
+are not the accepted ones is a leftover and is deleted unpublished -, then audit + publish
+(the runtime's ``publish``, idempotent on the event id), then delete the entry. So the
+outbox holds only unpublished entries - FerretDB scans a collection for anything but an
+``_id`` lookup, and the relay lists this one every second - and a ticket costs the outbox an
+insert and a delete. A crash between the broker's acknowledgement and the delete republishes
+the *same* bytes with the same ``event_id`` after restart (downstream drops the copy by
+``event_id``).
 
 Test-only fault injection: ``INTAKE_FAULT_AT`` (unset by default) names a point at which
-the process SIGKILLs itself the first time it gets there - ``after_claim`` (claim inserted,
-nothing durable yet), ``after_outbox`` (entry durable, not published) or ``after_publish``
-(broker acknowledged, claim not marked, entry not deleted). The crash tests use it to kill
-a real intake process between receipt and publish; never set it in production.
+the process SIGKILLs itself the first time it gets there - ``after_claim`` (the ticket's
+revision head recorded, nothing durable yet), ``after_outbox`` (entry durable, no accepted
+record, not published) or ``after_publish`` (broker acknowledged, entry not deleted). The
+crash tests use it to kill a real intake process between receipt and publish; never set it
+in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -91,6 +98,16 @@ class Entry:
     @property
     def key(self) -> str:
         return claim_key(self.ticket_id, self.revision)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the exact bytes this entry would publish."""
+        return hashlib.sha256(self.event.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def accepted(self, *, at: datetime) -> Claim:
+        """The revision's accepted record naming this entry's bytes."""
+        return _replace(self.claim, status="submitted", submitted_at=at,
+                        event_digest=self.digest)
 
     def to_document(self) -> dict[str, Any]:
         return {"_id": self.key, "ticket_id": self.ticket_id, "revision": self.revision,
@@ -157,6 +174,15 @@ class MongoOutbox:
 Publish = Callable[[TicketSubmitted], Awaitable[None]]
 
 
+def names(accepted: Claim, entry: Entry) -> bool:
+    """Whether ``accepted`` (a revision's accepted record) is the record of ``entry``'s
+    bytes. A record written before records named bytes (no ``event_digest``) had one entry
+    per revision, so its fingerprint decides."""
+    if accepted.event_digest is None:
+        return accepted.fingerprint == entry.fingerprint
+    return accepted.event_digest == entry.digest
+
+
 @dataclass
 class RelayState:
     """What health and metrics say about the relay."""
@@ -201,11 +227,13 @@ class Relay:
 
     # -- one entry ----------------------------------------------------------------------
 
-    def publish_soon(self, entry: Entry) -> asyncio.Task[None]:
-        """Start publishing ``entry`` (once per process at a time) and return the task."""
+    def publish_soon(self, entry: Entry, *, accepted: bool = False) -> asyncio.Task[None]:
+        """Start publishing ``entry`` (once per process at a time) and return the task.
+        ``accepted``: the caller inserted the entry's accepted record itself."""
         task = self._in_flight.get(entry.key)
         if task is None:
-            task = asyncio.create_task(self._publish_one(entry), name=f"relay-{entry.key}")
+            task = asyncio.create_task(self._publish_one(entry, accepted=accepted),
+                                       name=f"relay-{entry.key}")
             self._in_flight[entry.key] = task
             task.add_done_callback(lambda _: self._in_flight.pop(entry.key, None))
         return task
@@ -214,7 +242,7 @@ class Relay:
         """Publish a just-accepted entry, waiting at most ``inline_timeout_s``; True when the
         broker acknowledged it. A failure or timeout is not the caller's error: the entry is
         durable and the relay loop publishes it (the attempt goes on in the background)."""
-        task = self.publish_soon(entry)
+        task = self.publish_soon(entry, accepted=True)
         try:
             await asyncio.wait_for(asyncio.shield(task), self._inline_timeout)
         except Exception as exc:  # noqa: BLE001 - the loop retries; say why, once
@@ -223,13 +251,16 @@ class Relay:
             return False
         return True
 
-    async def _publish_one(self, entry: Entry) -> None:
-        claim = await self._store.get(entry.ticket_id, entry.revision)
-        if claim is not None and claim.status == "submitted":
-            # Published before (and the delete was lost): publishing again would only make
-            # a copy.
-            await self._outbox.remove(entry.key)
-            return
+    async def _publish_one(self, entry: Entry, *, accepted: bool) -> None:
+        if not accepted:
+            # Found by the loop: its writer may have died before inserting the accepted
+            # record, or lost the race for the revision and died before deleting it.
+            existing = await self._store.claim(entry.accepted(at=self._clock()))
+            if existing is not None and not names(existing, entry):
+                log.info("outbox entry %s is not the revision's accepted content; dropped "
+                         "unpublished", entry.key)
+                await self._outbox.remove(entry.key)
+                return
         event = parse_event(entry.event, TicketSubmitted)
         token = otel_context.attach(propagate.extract(entry.carrier))
         try:
@@ -237,7 +268,6 @@ class Relay:
         finally:
             otel_context.detach(token)
         fault_point("after_publish")
-        await self._store.mark_submitted(claim or entry.claim, at=self._clock())
         await self._outbox.remove(entry.key)
         self.state.published += 1
         self._recovered()

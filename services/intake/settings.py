@@ -18,8 +18,9 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   ``Retry-After``. A helpdesk retrying one ticket a few times stays well inside it.
 - ``INTAKE_RATE_LIMIT_ACCOUNTS`` = 10000: how many accounts' buckets are kept (least
   recently used are dropped), so hostile account ids cannot grow memory without bound.
-- ``INTAKE_CLAIM_LEASE_S`` = 30: a submission still "pending" after this long is taken to
-  have crashed half-way, and a retry of the same request finishes it.
+- ``INTAKE_CLAIM_LEASE_S``: no longer used (a revision's accepted record is now written
+  only once its outbox entry is durable, so no "pending" claim needs a lease); still
+  accepted so an existing environment does not fail to start.
 - ``OPS_HTTP_HOST`` = ``127.0.0.1``, ``OPS_HTTP_PORT`` = ``9100``: ``/healthz`` and
   ``/metrics``, on their own listener as for every service (never on the public API).
 - ``INTAKE_CREATE_INTEGRATION_KEY`` = ``true``: create intake's integration key

@@ -1,18 +1,25 @@
-"""What intake remembers: which ticket revisions it accepted, and webhook revisions.
+"""What intake remembers: which ticket revisions it accepted, each ticket's owner and
+latest revision, and webhook revisions.
 
 ``intake_tickets`` holds one document per accepted ``(ticket_id, revision)`` (``_id``
-``<ticket_id>:<revision>``, plus a unique ``(ticket_id, revision)`` index) - the claim that
-makes intake idempotent across its two doors (HTTP and the helpdesk topic) and across
-processes, without transactions (FerretDB has none). A claim is ``pending`` until its
-TicketSubmitted is published and ``submitted`` after; it holds no credentials, no
-ciphertext and no customer text, only what deduplication and the HTTP answer need.
+``<ticket_id>:<revision>``): the record that decides, across intake's two doors (HTTP and
+the helpdesk topic) and across processes, which content a revision has - its insert is the
+only atomic first-wins operation FerretDB has. It is written after the revision's outbox
+entry is durable (:mod:`services.intake.outbox`), with the fingerprint of the request and
+the digest of the TicketSubmitted's exact bytes, and never updated: the relay publishes an
+entry only when this record names that entry's bytes, so one revision has one set of bytes
+on the bus. It holds no credentials, no ciphertext and no customer text.
 
-``intake_ticket_heads`` keeps each ticket's highest revision, to refuse stale ones.
+``intake_ticket_owners`` (``_id`` = ticket id) is written by the edge when a ticket is first
+seen (its integration and account, :mod:`services.intake.edge`) and carries the ticket's
+highest revision, ``latest``, so a new ticket costs one insert for both, and a later
+revision one ``findAndModify`` raising it. (Before, the highest revision lived in
+``intake_ticket_heads``; a ticket owned before that change is read from there once.)
 
-A claim alone promises nothing: a revision is accepted once its TicketSubmitted is in
-intake's outbox (:mod:`services.intake.outbox`), whose first insert wins. A ``pending``
-claim without an entry is an attempt that failed or crashed before it was durable; the
-next request for the revision (same content) finishes it.
+Cost that does not grow with history: the hot path only *inserts* into these two growing
+collections (an insert costs the same at any collection size on FerretDB, which reads the
+whole collection for every other operation); they are read only for a later revision, a
+retry or a conflict.
 
 ``intake_revision_keys`` / ``intake_revision_counters`` give helpdesk webhooks, which carry
 no revision number, one: each new delivery of a ticket gets the next number, a retried
@@ -21,9 +28,8 @@ delivery the number it got the first time.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -33,7 +39,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 TICKETS = "intake_tickets"
-TICKET_HEADS = "intake_ticket_heads"
+OWNERS = "intake_ticket_owners"
+LEGACY_HEADS = "intake_ticket_heads"
 REVISION_KEYS = "intake_revision_keys"
 REVISION_COUNTERS = "intake_revision_counters"
 
@@ -70,6 +77,8 @@ class Claim:
     status: ClaimStatus
     claimed_at: datetime
     submitted_at: datetime | None = None
+    event_digest: str | None = None
+    """SHA-256 of the winning TicketSubmitted's exact bytes (set on the stored record)."""
 
     @property
     def key(self) -> str:
@@ -96,38 +105,39 @@ class Claim:
             category_source=doc["category_source"], scope=doc["scope"],
             confidence=doc["confidence"], status=doc["status"],
             claimed_at=aware(doc["claimed_at"]), submitted_at=aware(doc.get("submitted_at")),
+            event_digest=doc.get("event_digest"),
         )
 
 
 class TicketStore(Protocol):
     async def ensure_indexes(self) -> None: ...
 
-    async def get(self, ticket_id: str, revision: int) -> Claim | None: ...
+    async def get(self, ticket_id: str, revision: int) -> Claim | None:
+        """The accepted record of this revision, if any."""
+        ...
 
     async def latest_revision(self, ticket_id: str) -> int | None: ...
 
     async def record_revision(self, ticket_id: str, revision: int) -> int | None:
         """Raise the ticket's latest revision to ``revision`` (never lower it); return the
-        latest before, None for a new ticket."""
+        latest before, None for a ticket without one."""
         ...
 
     async def claim(self, claim: Claim) -> Claim | None:
-        """Insert ``claim``; None when it is now ours, else the claim already there."""
+        """Insert ``claim`` as the revision's accepted record; None when it is now the one,
+        else the record already there."""
         ...
-
-    async def release(self, claim: Claim) -> None: ...
-
-    async def mark_submitted(self, claim: Claim, *, at: datetime) -> None: ...
 
 
 class MongoTicketStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = TICKETS,
-                 heads: str = TICKET_HEADS) -> None:
+                 owners: str = OWNERS) -> None:
         self._coll = db[collection]
-        # One document per ticket with its highest revision, read and raised by _id in one
-        # round trip: a query for the highest revision among the claims reads the whole
-        # collection on FerretDB's SQLite backend (measured: slower with every ticket).
-        self._heads = db[heads]
+        # The ticket's owner document, written by the edge on the ticket's first request,
+        # carries its highest revision: read and raised by _id in one round trip (a query
+        # for the highest revision among the claims would read the whole collection).
+        self._owners = db[owners]
+        self._legacy_heads = db[LEGACY_HEADS]
 
     async def ensure_indexes(self) -> None:
         await self._coll.create_index(
@@ -139,52 +149,41 @@ class MongoTicketStore:
         return Claim.from_document(doc) if doc is not None else None
 
     async def latest_revision(self, ticket_id: str) -> int | None:
-        doc = await self._heads.find_one({"_id": ticket_id})
-        return int(doc["latest"]) if doc is not None else None
+        doc = await self._owners.find_one({"_id": ticket_id})
+        if doc is not None and "latest" in doc:
+            return int(doc["latest"])
+        return await self._legacy_latest(ticket_id)
 
     async def record_revision(self, ticket_id: str, revision: int) -> int | None:
         for _ in range(3):
             try:
-                before = await self._heads.find_one_and_update(
+                before = await self._owners.find_one_and_update(
                     {"_id": ticket_id}, {"$max": {"latest": revision}}, upsert=True,
                     return_document=ReturnDocument.BEFORE,
                 )
             except DuplicateKeyError:
                 # Concurrent upserts of a new _id: on FerretDB all but one fail with a
-                # duplicate key (the head exists now), so the update is simply made again.
+                # duplicate key (the document exists now), so the update is simply made again.
                 continue
-            return int(before["latest"]) if before is not None else None
+            if before is not None and "latest" in before:
+                return int(before["latest"])
+            return await self._legacy_latest(ticket_id)
         raise RuntimeError(f"the revision head of ticket {ticket_id} could not be updated")
+
+    async def _legacy_latest(self, ticket_id: str) -> int | None:
+        # A ticket owned before its head moved into the owner document.
+        doc = await self._legacy_heads.find_one({"_id": ticket_id})
+        return int(doc["latest"]) if doc is not None else None
 
     async def claim(self, claim: Claim) -> Claim | None:
         try:
             await self._coll.insert_one(claim.to_document())
         except DuplicateKeyError:
             existing = await self.get(claim.ticket_id, claim.revision)
-            if existing is None:  # released between our insert and read: try once more
+            if existing is None:  # cannot happen (never deleted); insist once
                 return await self.claim(claim)
             return existing
         return None
-
-    async def release(self, claim: Claim) -> None:
-        # Conditional, hence not atomic on FerretDB, but only the claim's holder releases
-        # it (or, past the lease, a request that found it never became durable).
-        await self._coll.delete_one(
-            {"_id": claim.key, "fingerprint": claim.fingerprint, "status": "pending",
-             "claimed_at": _ms(claim.claimed_at)}
-        )
-
-    async def mark_submitted(self, claim: Claim, *, at: datetime) -> None:
-        result = await self._coll.update_one(
-            {"_id": claim.key}, {"$set": {"status": "submitted", "submitted_at": _ms(at)}}
-        )
-        if result.matched_count == 0:
-            # The claim was given back (a store error made its writer release it) after the
-            # outbox entry landed: the published revision must still answer "duplicate".
-            doc = replace(claim, status="submitted", submitted_at=at).to_document()
-            doc["submitted_at"] = _ms(at)
-            with contextlib.suppress(DuplicateKeyError):  # someone re-claimed it: theirs
-                await self._coll.insert_one(doc)
 
 
 def _digest(*parts: str) -> str:

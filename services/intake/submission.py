@@ -7,8 +7,9 @@ came from.
 
 Idempotency, by ``(ticket_id, revision)`` (the helpdesk's ticket number and revision):
 
-- the first valid submission claims the revision in ``intake_tickets`` and publishes one
-  TicketSubmitted whose ``event_id`` is derived from ticket and revision alone
+- the first valid submission makes its TicketSubmitted durable (the outbox entry), then
+  inserts the revision's accepted record in ``intake_tickets`` (first insert wins), and
+  publishes one TicketSubmitted whose ``event_id`` is derived from ticket and revision alone
   (:func:`submitted_event_id`), so a re-publish after a crash carries the same id;
 - the same request again (same :func:`fingerprint`) is a *duplicate*: answered with the
   first result, nothing published;
@@ -21,11 +22,16 @@ The fingerprint covers everything but the secret itself (username, credential ki
 whether it came sealed are covered): a request re-sealed by a retrying helpdesk is still
 the same request, and no hash of a password is ever stored. A changed password is a new
 revision.
+
+Store round trips: a ticket's first revision costs the owner insert (the edge, which also
+records the revision as the ticket's latest), the outbox insert, the accepted record's
+insert and, once published, the outbox delete - inserts and an ``_id`` delete on a bounded
+collection, none of which reads a collection that grows with history. A later revision or
+a retry also raises the ticket's latest revision (one ``findAndModify``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -33,7 +39,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from schemas.common import IDENTIFIER_PATTERN, FieldError
@@ -49,9 +55,9 @@ from schemas.request import (
 from schemas.scope import scope_of
 from services.intake.classification import Classification, classify
 from services.intake.metrics import IntakeMetrics, Source
-from services.intake.outbox import Entry, Outbox, Relay, fault_point
+from services.intake.outbox import Entry, Outbox, Relay, fault_point, names
 from services.intake.sealing import Sealer
-from services.intake.store import Claim, TicketStore
+from services.intake.store import Claim, TicketStore, claim_key
 from services.intake.validation import (
     Edge,
     Rules,
@@ -283,13 +289,11 @@ class Intake:
         rules: Rules | None = None,
         sealer: Sealer | None = None,
         outbox: Outbox,
-        claim_lease: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = _now,
         relay_options: Mapping[str, float] | None = None,
     ) -> None:
-        """``claim_lease``: how long a claim that never became durable (no outbox entry)
-        blocks different content under its revision; ``relay_options``: the
-        :class:`~services.intake.outbox.Relay`'s timings, for tests."""
+        """``relay_options``: the :class:`~services.intake.outbox.Relay`'s timings, for
+        tests."""
         self._publish_event = publisher
         self._outbox = outbox
         self.relay = Relay(outbox=outbox, store=store, publisher=publisher, clock=clock,
@@ -303,7 +307,6 @@ class Intake:
         self._redactor = redactor
         self.rules = rules or Rules()
         self.sealer = sealer
-        self._lease = claim_lease
         self._clock = clock
 
     def use_sealer(self, sealer: Sealer) -> None:
@@ -321,10 +324,12 @@ class Intake:
 
     async def submit(
         self, request: HelpdeskTicketRequest, *, source: Source, edge: Edge,
-        vouched_by: Vouch | None = None,
+        vouched_by: Vouch | None = None, new_ticket: bool = False,
     ) -> Outcome:
         """``vouched_by``: the integration that authenticated the customer (the edge checked
-        that the request's account is that integration's mapping of the customer)."""
+        that the request's account is that integration's mapping of the customer);
+        ``new_ticket``: the edge has just bound this ticket on its first request and
+        recorded this revision as its latest (so there is nothing to compare with)."""
         if isinstance(request.credentials, PlainCredentials):
             self.learn([request.credentials.secret_value()])
         now = self._clock()
@@ -342,44 +347,54 @@ class Intake:
             confidence=classification.confidence,
             status="pending", claimed_at=now,
         )
-        # Claim first (one insert, the common case), then look for a later revision: the
-        # store round trips are what an intake spends its time on.
-        prior = await self._store.claim(claim)
+        if not new_ticket:
+            latest = await self._store.record_revision(request.ticket_id, request.revision)
+            if latest is not None and request.revision < latest:
+                # A retry of an accepted revision stays a duplicate after a newer one came
+                # (accepted: its record, or its entry still waiting for one after a crash).
+                prior = await self._store.get(request.ticket_id, request.revision)
+                if prior is None and (pending := await self._outbox.get(claim.key)) is not None:
+                    prior = pending.claim
+                if prior is not None:
+                    return await self._settled(prior, claim)
+                return _stale(request.ticket_id, request.revision, latest)
         fault_point("after_claim")
-        if prior is not None:
-            return await self._again(prior, claim, request, classification, now=now,
-                                     vouched_by=vouched_by)
-        return await self._accept(claim, request, classification, fresh=True,
-                                  vouched_by=vouched_by)
+        event = self._event(claim, request, classification, vouched_by)
+        entry = Entry.of(claim, event, at=self._clock())
+        existing = await self._outbox.put(entry)
+        if existing is not None:
+            # Another request's entry for this revision is in flight: it is the one (its
+            # process publishes it, or the relay does; woken now in case that one is gone).
+            self.relay.wake()
+            if existing.fingerprint != claim.fingerprint:
+                return await self._conflict(existing.claim)
+            return _accepted(claim, duplicate=True)
+        fault_point("after_outbox")
+        # Durable now. Which content the revision has is decided by the accepted record's
+        # insert: a revision accepted before (its entry published and gone) keeps its own.
+        prior = await self._store.claim(entry.accepted(at=self._clock()))
+        if prior is not None and not names(prior, entry):
+            await self._outbox.remove(entry.key)  # ours is a copy or a loser: never published
+            return await self._settled(prior, claim)
+        # The 202 stands whatever the broker does next. Publish inline for latency; on a
+        # broker outage the relay keeps trying.
+        await self.relay.publish_inline(entry)
+        self._metrics.classified(classification.category, classification.source,
+                                 classification.confidence)
+        # The evidence is logged, not audited: it follows from the description, which the
+        # audited TicketSubmitted holds, so it can always be recomputed.
+        log.info("ticket %s revision %d accepted: %s (%s, %s confidence, %s; evidence %s) "
+                 "from %s", request.ticket_id, request.revision, classification.category,
+                 claim.scope, classification.confidence, classification.source,
+                 _evidence(classification), claim.source)
+        return _accepted(claim, duplicate=False)
 
-    async def _again(
-        self, prior: Claim, claim: Claim, request: HelpdeskTicketRequest,
-        classification: Classification, *, now: datetime, vouched_by: Vouch | None,
-    ) -> Outcome:
-        """The revision is claimed already: a duplicate, a conflict, or an attempt that
-        never made it durable (its writer crashed or failed before the outbox entry)."""
-        if prior.status == "submitted":
-            if prior.fingerprint != claim.fingerprint:
-                return await self._conflict(prior)
-            return _accepted(prior, duplicate=True)
+    async def _settled(self, prior: Claim, claim: Claim) -> Outcome:
+        """The revision was accepted before: the same request is a duplicate, different
+        content a conflict."""
         if prior.fingerprint != claim.fingerprint:
-            # Different content under a pending claim: a conflict - unless that claim never
-            # became durable and its writer is gone (past the lease), in which case nothing
-            # was accepted and the revision is free for this request.
-            if (prior.claimed_at > now - self._lease
-                    or await self._outbox.get(prior.key) is not None):
-                return await self._conflict(prior)
-            await self._store.release(prior)
-            if (again := await self._store.claim(claim)) is not None:
-                return await self._conflict(again)
-            return await self._accept(claim, request, classification, fresh=True,
-                                      vouched_by=vouched_by)
-        # Same content, still pending: durable only if its outbox entry exists, and writing
-        # the entry is first-wins, so this request simply finishes the job: either its entry
-        # lands, or the original's is there already (a duplicate). Never "duplicate" for a
-        # request that nothing durable records.
-        return await self._accept(prior, request, classification, fresh=False,
-                                  vouched_by=vouched_by)
+            return await self._conflict(prior)
+        return _accepted(prior, duplicate=True)
 
     async def _conflict(self, claim: Claim) -> Refused:
         latest = await self._store.latest_revision(claim.ticket_id) or claim.revision
@@ -393,55 +408,6 @@ class Intake:
                            ),
                            code="revision_conflict",
                        )])
-
-    async def _accept(
-        self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
-        *, fresh: bool, vouched_by: Vouch | None,
-    ) -> Outcome:
-        """Make the claimed revision durable (its outbox entry), then publish it inline.
-
-        ``fresh``: this request inserted the claim, so on a failure before the entry is
-        durable it gives the revision back (the retry starts afresh, and a corrected
-        request is not refused as a conflict)."""
-        try:
-            latest = await self._store.record_revision(request.ticket_id, request.revision)
-            if latest is not None and request.revision < latest:
-                if fresh:
-                    await self._release(claim)
-                return _stale(request.ticket_id, request.revision, latest)
-            event = self._event(claim, request, classification, vouched_by)
-            entry = Entry.of(claim, event, at=self._clock())
-            existing = await self._outbox.put(entry)
-        except BaseException:
-            if fresh:
-                await asyncio.shield(self._release(claim))
-            raise
-        fault_point("after_outbox")
-        if existing is not None:
-            if existing.fingerprint != claim.fingerprint:
-                return await self._conflict(existing.claim)
-            # The original's entry is durable; the relay publishes it (and is woken now, in
-            # case the original's process is gone).
-            self.relay.wake()
-            return _accepted(claim, duplicate=True)
-        if not fresh and (now := await self._store.get(claim.ticket_id, claim.revision)
-                          ) is not None and now.status == "submitted":
-            # The original was published (and its entry removed) while this retry read the
-            # claim as pending: this entry is a leftover, and the retry a duplicate.
-            await self._outbox.remove(entry.key)
-            return _accepted(now, duplicate=True)
-        # Durable now: the 202 stands whatever the broker does next. Publish inline for
-        # latency; on a broker outage the relay keeps trying.
-        await self.relay.publish_inline(entry)
-        self._metrics.classified(classification.category, classification.source,
-                                 classification.confidence)
-        # The evidence is logged, not audited: it follows from the description, which the
-        # audited TicketSubmitted holds, so it can always be recomputed.
-        log.info("ticket %s revision %d accepted: %s (%s, %s confidence, %s; evidence %s) "
-                 "from %s", request.ticket_id, request.revision, classification.category,
-                 claim.scope, classification.confidence, classification.source,
-                 _evidence(classification), claim.source)
-        return _accepted(claim, duplicate=False)
 
     def _event(
         self, claim: Claim, request: HelpdeskTicketRequest, classification: Classification,
@@ -465,28 +431,24 @@ class Intake:
             authorization=request.authorization, vouched_by=vouched_by,
         )
 
-    async def _release(self, claim: Claim) -> None:
-        try:
-            await self._store.release(claim)
-        except Exception:  # noqa: BLE001 - the lease expires the claim anyway
-            log.warning("could not release the claim on ticket %s revision %d; it expires "
-                        "after the lease", claim.ticket_id, claim.revision)
-
     # -- the helpdesk topic -------------------------------------------------------------
 
     async def receive(self, message: TopicRequest, *, rejected_event_id: uuid.UUID,
-                      vouched_by: Vouch | None = None) -> Outcome:
+                      vouched_by: Vouch | None = None, new_ticket: bool = False) -> Outcome:
         """Handle one topic message: TicketSubmitted, TicketRejected, or audited refusal."""
         self.learn(message.plaintext)
         outcome: Outcome
         if message.request is not None:
             outcome = await self.submit(message.request, source="topic", edge="topic",
-                                        vouched_by=vouched_by)
+                                        vouched_by=vouched_by, new_ticket=new_ticket)
         else:
             outcome = Rejected(errors=list(message.errors), ticket_id=message.ticket_id,
                                revision=message.revision, language=message.language)
         if isinstance(outcome, Rejected):
             claimed = await self._store.get(message.ticket_id, message.revision)
+            if claimed is None and (entry := await self._outbox.get(
+                    claim_key(message.ticket_id, message.revision))) is not None:
+                claimed = entry.claim  # durable, its accepted record not written yet
             if claimed is not None:
                 # Never reject a revision that is already being worked on.
                 outcome = await self._conflict(claimed)

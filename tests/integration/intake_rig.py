@@ -108,7 +108,11 @@ class Intake:
 
 
 async def assigned(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    await consumer._client.force_metadata_update()
+    for _ in range(50):  # topics just created: wait until the metadata lists them all
+        await consumer._client.force_metadata_update()
+        if all(consumer.partitions_for_topic(t) for t in topics):
+            break
+        await asyncio.sleep(0.1)
     return [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
 
 

@@ -353,3 +353,69 @@ async def test_a_ticket_not_signed_by_intake_is_never_decided_on(auth: Auth) -> 
     for ticket_id in expected:
         assert [r for r in auth.bus.by_key[ticket_id.encode()]
                 if r[0] != SUBMITTED + DLQ_SUFFIX] == []
+
+
+def _own_round_trips(auth: Auth) -> dict[tuple[str, str], int]:
+    """Auth's store round trips so far, without the runtime's (deduplication marks, audit
+    log): those are the consumer's and the audit writer's, counted and cut elsewhere."""
+    return {k: n for k, n in auth.service.runtime.store_round_trips.totals.items()
+            if k[1].startswith("auth_")}
+
+
+async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth) -> None:
+    """Issue 17: the inventory is answered from the process's cache and the history is read
+    and written in one round trip per document: one for the decision (an insert for a first
+    revision), one more when it is verified (it was five: two history reads, an inventory
+    read, a find-and-modify and an update)."""
+    warm = ticket(account_id="ACC-1", server={"ip": "192.0.2.11"})
+    await auth.submit(warm)
+    await auth.bus.verdicts(warm.ticket_id)  # the server's lookup is cached from now on
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    before = _own_round_trips(auth)
+    tickets = [ticket(account_id="ACC-1", server={"ip": "192.0.2.11"}) for _ in range(10)]
+    for t in tickets:
+        await auth.submit(t)
+    for t in tickets:
+        (verdict,) = await auth.bus.verdicts(t.ticket_id)
+        assert isinstance(verdict, AuthorizationVerified)
+    after = _own_round_trips(auth)
+    spent = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    # The inventory's version is read every 2 s whatever the traffic: not a ticket's cost.
+    version_reads = spent.pop(("find", "auth_servers_version"), 0)
+    assert version_reads <= 1 + (loop.time() - started) // 2, spent
+    assert sum(spent.values()) == 2 * len(tickets), spent
+    # A first revision's decision is an insert: the same cost at any history size.
+    assert spent.get(("insert", "auth_history"), 0) == len(tickets), spent
+    assert spent.get(("findAndModify", "auth_history_servers"), 0) == len(tickets), spent
+    assert not any(c in ("auth_servers", "auth_servers_keys") for _, c in spent), spent
+
+
+async def test_an_inventory_import_takes_effect_in_the_running_service(auth: Auth) -> None:
+    """The cached inventory follows an import (a new inventory version) within
+    ``AUTH_INVENTORY_CHECK_S`` (2 s): an unknown address that is then imported for the
+    account is verified, and a server moved to another account is refused."""
+    unknown = ticket(account_id="ACC-1", server={"ip": "192.0.2.77"})
+    await auth.submit(unknown)
+    (refused,) = await auth.bus.verdicts(unknown.ticket_id)
+    assert isinstance(refused, AuthorizationRejected)
+    assert refused.reasons == ("server_unknown",)  # and this answer is now cached
+    await auth.service.inventory.upsert(
+        [server(service_id="SRV-NEW", service_name="fresh", ips="192.0.2.77",
+                account_id="ACC-1")])
+    await asyncio.sleep(2.5)
+    known = ticket(account_id="ACC-1", server={"ip": "192.0.2.77"})
+    await auth.submit(known)
+    (verified,) = await auth.bus.verdicts(known.ticket_id)
+    assert isinstance(verified, AuthorizationVerified)
+    assert verified.server.service_id == "SRV-NEW"
+    # The provider moves it to another customer: ACC-1 may no longer act on it.
+    await auth.service.inventory.upsert(
+        [server(service_id="SRV-NEW", service_name="fresh", ips="192.0.2.77",
+                account_id="ACC-2", authorized_contacts="")])
+    await asyncio.sleep(2.5)
+    moved = ticket(account_id="ACC-1", server={"ip": "192.0.2.77"})
+    await auth.submit(moved)
+    (after_move,) = await auth.bus.verdicts(moved.ticket_id)
+    assert isinstance(after_move, AuthorizationRejected)
+    assert after_move.reasons == ("server_unknown",)

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
 from auth_factories import server, ticket
 
 from schemas import ServerRef
-from services.auth.history import VerdictHistory
-from services.auth.inventory import MongoServerInventory
+from services.auth.history import PRUNE_BATCH, VerdictHistory
+from services.auth.inventory import CachedServerInventory, MongoServerInventory
 from services.cli.main import main
 
 pytestmark = pytest.mark.integration
@@ -103,44 +103,105 @@ async def test_history_counts_other_tickets_in_the_window_and_the_latest_revisio
         ("other", 2, "SRV-2"),  # another server
     ]:
         past = ticket(ticket_id=f"HD-{unique}-{name}", occurred_at=now - timedelta(days=days_ago))
-        await history.record_intervention(service, past, window=window)
-        await history.record_decision(past)
+        assert await history.note_decision(past) is None  # never decided before
+        await history.note_intervention(service, past, window=window)
     # A refused ticket is a decision, not an intervention.
-    await history.record_decision(ticket(ticket_id=f"HD-{unique}-refused", occurred_at=now))
+    assert await history.note_decision(
+        ticket(ticket_id=f"HD-{unique}-refused", occurred_at=now)) is None
     # Two revisions of one ticket are one intervention; recording twice is a no-op.
     a2 = ticket(ticket_id=f"HD-{unique}-a", revision=2, occurred_at=now - timedelta(hours=20))
+    assert await history.note_decision(a2) == 1
     for _ in range(2):
-        await history.record_intervention("SRV-1", a2, window=window)
-        await history.record_decision(a2)
+        await history.note_intervention("SRV-1", a2, window=window)
+        assert await history.note_decision(a2) == 2  # the same revision again: not stale
     # This ticket's own earlier revision does not count against it.
-    await history.record_intervention(
+    await history.note_intervention(
         "SRV-1",
         ticket(ticket_id=current.ticket_id, occurred_at=now - timedelta(hours=1)),
         window=window,
     )
 
-    assert await history.prior_interventions("SRV-1", ticket=current, window=window) == 2
-    assert await history.prior_interventions("SRV-3", ticket=current, window=window) == 0
-    assert await history.latest_revision(f"HD-{unique}-a") == 2
-    assert await history.latest_revision(f"HD-{unique}-refused") == 1
-    assert await history.latest_revision(f"HD-{unique}-none") is None
-    # An older revision decided late does not lower the latest one.
-    await history.record_decision(ticket(ticket_id=f"HD-{unique}-a", revision=1))
-    assert await history.latest_revision(f"HD-{unique}-a") == 2
+    # The count is of the others, and recording this ticket is part of the same write.
+    assert await history.note_intervention("SRV-1", current, window=window) == 2
+    assert await history.note_intervention("SRV-3", current, window=window) == 0
+    # An older revision decided late sees the newer one and does not lower it.
+    assert await history.note_decision(ticket(ticket_id=f"HD-{unique}-a", revision=1)) == 2
+    assert await history.note_decision(a2) == 2
+    assert await history.note_decision(
+        ticket(ticket_id=f"HD-{unique}-refused", revision=2)) == 1
 
 
-async def test_history_forgets_interventions_long_past_the_window(
+async def test_history_forgets_interventions_long_past_the_window_in_batches(
     mongo_db: AsyncDatabase[dict[str, object]], unique: str
 ) -> None:
     history = VerdictHistory(mongo_db, collection=f"history_{unique}")
     now = datetime.now(UTC)
     window = timedelta(days=30)
-    for i, days_ago in enumerate((100, 75, 10)):  # 2 x 30 days before the last
-        past = ticket(ticket_id=f"HD-{unique}-{i}", occurred_at=now - timedelta(days=days_ago))
-        await history.record_intervention("SRV-1", past, window=window)
-    doc = await mongo_db[f"history_{unique}"].find_one({"_id": "server:SRV-1"})
+    stale = [ticket(ticket_id=f"HD-{unique}-old{i}", occurred_at=now - timedelta(days=100))
+             for i in range(PRUNE_BATCH)]
+    for old in stale:
+        await history.note_intervention("SRV-1", old, window=window)
+    doc = await mongo_db[f"history_{unique}_servers"].find_one({"_id": "server:SRV-1"})
     assert doc is not None
-    assert [e["ticket_id"] for e in doc["interventions"]] == [f"HD-{unique}-2"]
+    assert len(doc["interventions"]) == PRUNE_BATCH  # none stale yet: all that old
+    recent = ticket(ticket_id=f"HD-{unique}-new", occurred_at=now)
+    assert await history.note_intervention("SRV-1", recent, window=window) == 0
+    doc = await mongo_db[f"history_{unique}_servers"].find_one({"_id": "server:SRV-1"})
+    assert doc is not None
+    assert [e["ticket_id"] for e in doc["interventions"]] == [f"HD-{unique}-new"]
+
+
+async def test_history_prunes_tickets_past_the_retention_and_idle_servers(
+    mongo_db: AsyncDatabase[dict[str, object]], unique: str
+) -> None:
+    """What auth keeps does not grow with history: a ticket not decided on for the
+    retention and a server without an intervention for twice the window are deleted."""
+    clock = [datetime.now(UTC) - timedelta(days=70)]
+    history = VerdictHistory(mongo_db, collection=f"history_{unique}",
+                             retention=timedelta(days=8), window=timedelta(days=30),
+                             clock=lambda: clock[0])
+    # Written before documents had ``at`` (and the servers' counts lived here): pruned too.
+    await mongo_db[f"history_{unique}"].insert_many([
+        {"_id": f"ticket:HD-{unique}-legacy", "latest_revision": 2},
+        {"_id": "server:SRV-LEGACY", "interventions": []}])
+    old = ticket(ticket_id=f"HD-{unique}-old", occurred_at=clock[0])
+    await history.note_decision(old)
+    await history.note_intervention("SRV-OLD", old, window=timedelta(days=30))
+    clock[0] += timedelta(days=69)  # an hour later than the last prune, 69 days on
+    recent = ticket(ticket_id=f"HD-{unique}-new", occurred_at=clock[0])
+    assert await history.note_decision(recent) is None
+    await history.note_intervention("SRV-NEW", recent, window=timedelta(days=30))
+    tickets = [d["_id"] async for d in mongo_db[f"history_{unique}"].find({})]
+    servers = [d["_id"] async for d in mongo_db[f"history_{unique}_servers"].find({})]
+    assert tickets == [f"ticket:HD-{unique}-new"]
+    assert servers == ["server:SRV-NEW"]
+
+
+async def test_cached_inventory_answers_from_memory_and_follows_an_import(
+    mongo_db: AsyncDatabase[dict[str, object]], unique: str
+) -> None:
+    """Lookups cost no round trip once cached, and an import (which writes a new inventory
+    version) takes effect at the next version check."""
+    source = MongoServerInventory(mongo_db, collection=f"servers_{unique}")
+    await source.upsert([server(service_id="SRV-1", account_id="ACC-1", ips="10.8.0.1")])
+    clock = [0.0]
+    cached = CachedServerInventory(source, check_interval_s=2.0, clock=lambda: clock[0])
+    by_ip = ServerRef(ip="10.8.0.1")
+    assert [s.account_id for s in await cached.find(by_ip)] == ["ACC-1"]
+    assert await cached.find(ServerRef(ip="10.8.0.9")) == ()
+    await mongo_db[f"servers_{unique}"].delete_many({})  # behind its back: not seen
+    assert [s.account_id for s in await cached.find(by_ip)] == ["ACC-1"]
+    # An import moves the server to another account and adds the unknown address.
+    await source.upsert([server(service_id="SRV-1", account_id="ACC-2", ips="10.8.0.1"),
+                         server(service_id="SRV-2", account_id="ACC-2", ips="10.8.0.9")])
+    assert [s.account_id for s in await cached.find(by_ip)] == ["ACC-1"]  # not checked yet
+    clock[0] += 2.0
+    assert [s.account_id for s in await cached.find(by_ip)] == ["ACC-2"]
+    assert [s.service_id for s in await cached.find(ServerRef(ip="10.8.0.9"))] == ["SRV-2"]
+    # Re-importing the same rows changes nothing, so the cache is kept.
+    version = await source.version()
+    await source.upsert([server(service_id="SRV-2", account_id="ACC-2", ips="10.8.0.9")])
+    assert await source.version() == version
 
 
 @pytest.fixture

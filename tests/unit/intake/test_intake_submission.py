@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -63,15 +62,6 @@ class MemoryStore:
             return self.claims[key]
         self.claims[key] = claim
         return None
-
-    async def release(self, claim: Claim) -> None:
-        current = self.claims.get((claim.ticket_id, claim.revision))
-        if current is not None and current.status == "pending":
-            del self.claims[(claim.ticket_id, claim.revision)]
-
-    async def mark_submitted(self, claim: Claim, *, at: datetime) -> None:
-        key = (claim.ticket_id, claim.revision)
-        self.claims[key] = replace(self.claims[key], status="submitted", submitted_at=at)
 
 
 class MemoryOutbox:
@@ -255,53 +245,105 @@ async def test_a_store_failure_before_the_entry_is_durable_gives_the_revision_ba
     assert len(h.published) == 1
 
 
-def crashed_claim(request: Any, *, at: datetime = T0) -> Claim:
-    return Claim(ticket_id=request.ticket_id, revision=1, fingerprint=fingerprint(request),
-                 event_id=submitted_event_id(request.ticket_id, 1), source="http",
-                 account_id="ACC-1001", category="diagnostics", category_source="form",
-                 scope="included", confidence="high", status="pending", claimed_at=at)
+def entry_of(request: Any, *, event: str = '{"crashed": true}') -> Entry:
+    claim = Claim(ticket_id=request.ticket_id, revision=1, fingerprint=fingerprint(request),
+                  event_id=submitted_event_id(request.ticket_id, 1), source="http",
+                  account_id="ACC-1001", category="diagnostics", category_source="form",
+                  scope="included", confidence="high", status="pending", claimed_at=T0)
+    return Entry(ticket_id=request.ticket_id, revision=1, fingerprint=claim.fingerprint,
+                 event=event, claim=claim, accepted_at=T0)
 
 
-async def test_a_retry_of_an_attempt_that_crashed_before_it_was_durable_is_not_a_duplicate(
+async def test_an_entry_whose_writer_died_before_its_accepted_record_is_published_by_the_relay(
 ) -> None:
+    """Killed between the outbox insert and the accepted record: the entry is durable, so
+    the relay writes the record and publishes it; the helpdesk's retry is a duplicate."""
     h = Harness()
+    h.fail_publish = True
     request = plain()
-    crashed = crashed_claim(request)
-    h.store.claims[(request.ticket_id, 1)] = crashed  # claimed, then killed: no entry
-    outcome = await h.intake.submit(request, source="http", edge="http")
-    assert isinstance(outcome, Accepted)
-    assert not outcome.duplicate
-    assert [e.event_id for e in h.published] == [crashed.event_id]
+    await h.intake.submit(request, source="http", edge="http")
+    (entry,) = h.outbox.entries.values()
+    h.store.claims.clear()  # as if killed before the accepted record
+    h.fail_publish = False
+    assert await h.intake.relay.drain(everything=True) == 0
+    (event,) = h.published
+    assert event.model_dump_json() == entry.event
+    assert h.store.claims[(request.ticket_id, 1)].event_digest == entry.digest
     again = await h.intake.submit(request, source="http", edge="http")
     assert isinstance(again, Accepted)
     assert again.duplicate
     assert len(h.published) == 1
+    assert h.outbox.entries == {}  # the retry's own entry was a copy: removed unpublished
 
 
-async def test_a_never_durable_claim_blocks_different_content_only_for_the_lease() -> None:
+async def test_different_content_racing_for_a_revision_in_flight_is_a_conflict() -> None:
     h = Harness()
-    h.store.claims[("HD-20261122-0001", 1)] = crashed_claim(plain())
+    h.outbox.entries["HD-20261122-0001:1"] = entry_of(plain())  # another request's, in flight
     changed = plain(description="Actually the disk is full, please look at it.")
     refused = await h.intake.submit(changed, source="http", edge="http")
     assert isinstance(refused, Refused)
     assert refused.reason == "conflict"
-    h.now = T0 + timedelta(seconds=31)
-    accepted = await h.intake.submit(changed, source="http", edge="http")
-    assert isinstance(accepted, Accepted)
-    assert not accepted.duplicate
+    assert h.published == []
+    assert h.store.claims == {}
+
+
+async def test_an_entry_that_lost_its_revision_is_never_published() -> None:
+    """Its writer inserted it after the revision's winner had been published and removed,
+    then died before deleting it: the accepted record names other bytes, so the relay
+    deletes it unpublished - one revision, one set of bytes."""
+    h = Harness()
+    first = await h.intake.submit(plain(), source="http", edge="http")
+    assert isinstance(first, Accepted)
+    changed = plain(description="Actually the disk is full, please look at it.")
+    loser = entry_of(changed, event='{"loser": true}')
+    h.outbox.entries[loser.key] = loser
+    copy = entry_of(plain(), event='{"copy": true}')  # same request, other bytes
+    assert await h.intake.relay.drain(everything=True) == 0
+    h.outbox.entries[copy.key] = copy
+    assert await h.intake.relay.drain(everything=True) == 0
     assert len(h.published) == 1
+    assert h.outbox.entries == {}
 
 
-async def test_the_relay_drops_an_entry_whose_revision_was_already_published() -> None:
+async def test_the_relay_republishes_the_accepted_bytes_after_a_crash_before_the_delete(
+) -> None:
     h = Harness()
     h.fail_publish = True
     await h.intake.submit(plain(), source="http", edge="http")
     h.fail_publish = False
-    key = ("HD-20261122-0001", 1)
-    h.store.claims[key] = replace(h.store.claims[key], status="submitted")  # killed before
-    assert await h.intake.relay.drain(everything=True) == 0                 # the delete
-    assert h.published == []
+    (entry,) = h.outbox.entries.values()
+    assert await h.intake.relay.drain(everything=True) == 0
+    h.outbox.entries[entry.key] = entry  # published, then killed before the delete
+    assert await h.intake.relay.drain(everything=True) == 0
+    assert [e.model_dump_json() for e in h.published] == [entry.event, entry.event]
     assert h.outbox.entries == {}
+
+
+async def test_a_retry_of_a_durable_revision_is_a_duplicate_after_a_newer_one_came() -> None:
+    """Killed after its entry was durable but before its accepted record, then revision 2
+    arrived: the retry of revision 1 is still a duplicate, not stale."""
+    h = Harness()
+    h.fail_publish = True
+    first = plain()
+    await h.intake.submit(first, source="http", edge="http")
+    h.store.claims.clear()  # killed before the accepted record
+    h.fail_publish = False
+    await h.intake.submit(plain(revision=2, description="Still no SSH after your reboot, "
+                                "please check again."), source="http", edge="http")
+    again = await h.intake.submit(first, source="http", edge="http")
+    assert isinstance(again, Accepted)
+    assert again.duplicate
+
+
+async def test_a_ticket_the_edge_just_bound_costs_no_revision_read() -> None:
+    """The edge's owner insert recorded the first revision as the ticket's latest, so the
+    submission neither reads nor raises it."""
+    h = Harness()
+    outcome = await h.intake.submit(plain(revision=2), source="http", edge="http",
+                                    new_ticket=True)
+    assert isinstance(outcome, Accepted)
+    assert h.store.heads == {}  # record_revision was not called
+    assert [e.revision for e in h.published] == [2]
 
 
 async def test_the_relay_leaves_fresh_entries_to_their_request_but_takes_all_at_start() -> None:
