@@ -249,6 +249,14 @@ def subscribe(
         except DecodeError as exc:
             await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
             return None
+        except Exception as exc:
+            if outage_of(exc) is not None:
+                raise  # waited out with the batch
+            # A checker's own failure is the message's, like a handler's: never a stuck
+            # partition, and never acted on.
+            log.exception("checking a message raised %s; sending to DLQ", type(exc).__name__)
+            await to_dlq(record, body, reason="handler", exc=exc, attempts=1)
+            return None
         return _Item(record=record, body=body, decoded=decoded, headers=headers,
                      caller=caller)
 
@@ -399,9 +407,15 @@ def subscribe(
             except Exception as exc:
                 dependency = outage_of(exc)
                 if dependency is None:
-                    raise
-                runtime.dependencies.failed(dependency, exc)
-                runtime.metrics.outage_wait(topic, dependency)
+                    # Not a message's fault (those are retried and dead-lettered one by
+                    # one): the runtime's own bookkeeping failed. Letting it escape would
+                    # leave the batch uncommitted while the next commit passes it, so it is
+                    # tried again, like an outage, and never skipped.
+                    log.exception("batch of %d from %s failed; trying it again", len(records),
+                                  topic)
+                else:
+                    runtime.dependencies.failed(dependency, exc)
+                    runtime.metrics.outage_wait(topic, dependency)
                 await asyncio.sleep(delay * (0.75 + random.random() / 2))
                 delay = min(OUTAGE_BACKOFF_MAX_S, delay * 2)
                 continue

@@ -185,3 +185,46 @@ async def test_a_consumer_killed_mid_batch_loses_nothing_and_reruns_only_its_ope
                       key=lambda d: d["_id"])
         offsets = [d["offset"] for d in mine]
         assert offsets == sorted(offsets)
+
+
+async def test_a_failing_check_dead_letters_its_message_and_a_failing_batch_is_tried_again(
+        settings: RuntimeSettings, topic: str, unique: str, read_topic: Any) -> None:
+    runtime = ServiceRuntime(f"batches-{unique}", settings.model_copy(
+        update={"handler_retry_backoff_s": 0.01}))
+    handled: list[str] = []
+
+    async def verify(event: TicketUpdated) -> None:
+        if event.message == "update 1":
+            raise RuntimeError("the checker itself broke")
+
+    async def handle(event: TicketUpdated, delivery: Delivery) -> None:
+        handled.append(event.message)
+
+    # The runtime's own bookkeeping fails once (say, a store error that is no outage): the
+    # batch is not committed past, it is taken up again.
+    begin = runtime.processed.begin
+    failures = [RuntimeError("bookkeeping broke")]
+
+    async def flaky_begin(*args: Any, **kwargs: Any) -> set[str]:
+        if failures:
+            raise failures.pop()
+        return await begin(*args, **kwargs)
+
+    runtime.processed.begin = flaky_begin  # type: ignore[method-assign]
+    subscribe(runtime, topic, handle, decoder=event_decoder(TicketUpdated), verify=verify)
+    await runtime.start()
+    try:
+        await _publish(runtime, topic, [_update(f"HD-{unique}", n) for n in range(3)])
+
+        async def two_handled() -> bool:
+            return len(handled) >= 2
+
+        await eventually(two_handled, 30, interval=0.05)
+        dlq = await read_topic(f"{settings.kafka_topic_prefix}{topic}.dlq", expect=1)
+    finally:
+        await runtime.stop()
+    assert not failures  # the failure happened, and the batch went through afterwards
+    assert handled == ["update 0", "update 2"]
+    assert len(dlq) == 1
+    assert dlq[0][2]["x-dlq-reason"] == "handler"
+    assert dlq[0][2]["x-dlq-error-class"] == "RuntimeError"
