@@ -66,10 +66,13 @@ class Claims:
         self.lease = lease
 
     async def claim(self, key: str, *, now: datetime, data: Mapping[str, Any] | None = None,
-                    owner: str = "") -> Claim:
-        """Try to take ``key``. ``data`` is stored with a new claim (who, what for)."""
-        doc = {"_id": key, "state": "claimed", "claimed_at": now, "owner": owner,
-               "nonce": uuid4().hex, **(data or {})}
+                    owner: str = "", done: bool = False) -> Claim:
+        """Try to take ``key``. ``data`` is stored with a new claim (who, what for).
+
+        ``done``: a winner has nothing left that a take-over would redo, so the claim is
+        inserted finished (one round trip instead of a claim and a :meth:`complete`)."""
+        doc = {"_id": key, "state": "done" if done else "claimed", "claimed_at": now,
+               "owner": owner, "nonce": uuid4().hex, **(data or {})}
         try:
             await self._coll.insert_one(doc)
         except DuplicateKeyError:
@@ -78,7 +81,7 @@ class Claims:
             return Claim(key=key, outcome="won", data=doc)
         existing = await self._coll.find_one({"_id": key})
         if existing is None:  # released between our insert and read: try once more
-            return await self.claim(key, now=now, data=data, owner=owner)
+            return await self.claim(key, now=now, data=data, owner=owner, done=done)
         if existing.get("state") == "done":
             return Claim(key=key, outcome="done", data=existing)
         claimed_at = existing.get("claimed_at")

@@ -6,13 +6,14 @@ For every consumed event, in this order:
    redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
    it is the initial response the customer waits for;
 2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
-   computed;
+   computed; its one insert also carries the ticket's next deadline and board entry
+   (:mod:`.views`), and returns the history just before and after it, so nothing here
+   reads the history back;
 3. pages for engineers (a new ticket, a manual step, a hardware escalation) into the chat
    outbox, and pages the automation no longer needs resolved (compare-and-set against an
    engineer's ack, :mod:`.acks`);
-4. the ticket's deadline hint refreshed (:mod:`.deadlines`);
-5. the open-ticket board and the domain metrics (:mod:`.metrics`), last: a failure there is
-   logged, never allowed to fail the event.
+4. the domain metrics (:mod:`.metrics`), last: a failure there is logged, never allowed to
+   fail the event.
 
 Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
 delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
@@ -52,7 +53,7 @@ from services.notifier.bots.base import ChatAction, ChatPost, Mention
 from services.notifier.deadlines import Deadlines, FireResult
 from services.notifier.delivery import Outbox
 from services.notifier.ids import derived_id
-from services.notifier.ledger import TicketLedger
+from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
@@ -63,6 +64,7 @@ from services.notifier.sla import (
     SlaPolicy,
     TicketState,
     fact_of,
+    fold,
     timeline_extension,
 )
 from services.notifier.templates import chat
@@ -129,19 +131,17 @@ class Notifier:
             event, initial_response_minutes=minutes))
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        """Record an event's fact, page engineers, refresh its deadline, and tell the
-        customer what this step means for them (idempotent: every effect is keyed by the
+        """Record an event's fact (with the deadline it leads to), page engineers, and tell
+        the customer what this step means for them (idempotent: every effect is keyed by the
         event). A new ticket's and a refused request's updates are :meth:`acknowledge`'s."""
         p = self.parts
         fact = fact_of(event)
         if fact is None:
             return
-        # A new revision cannot extend a timeline: skip the read on the hot path.
-        before = None if isinstance(event, TicketSubmitted) else \
-            await p.deadlines.state(event.ticket_id)
-        recorded = await p.ledger.append(event.ticket_id, fact)
-        after = await p.deadlines.state(event.ticket_id)
-        if before is not None:
+        recorded = await p.ledger.record(event.ticket_id, fact)
+        after = fold(event.ticket_id, recorded.after, p.policy)
+        if not isinstance(event, TicketSubmitted):  # a new revision cannot extend a timeline
+            before = fold(event.ticket_id, recorded.before, p.policy)
             language = after.language or await self._language(event.ticket_id)
             await self._publish_updates(event, delivery, customer_updates(
                 event, language=language, extended_to=timeline_extension(before, after)))
@@ -155,7 +155,6 @@ class Notifier:
             case ManualStepCompleted():
                 await self._step_reported(event)
         await self._resolve_closed(after, fact, event)
-        await p.deadlines.refresh(event.ticket_id)
         await self._project(event, recorded)
 
     async def _publish_updates(self, cause: Event, delivery: Delivery,
@@ -262,11 +261,11 @@ class Notifier:
 
     # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
 
-    async def _project(self, event: Event, recorded: bool) -> None:
+    async def _project(self, event: Event, recorded: Recorded) -> None:
         if self.parts.projection is None:
             return
         try:
-            await self.parts.projection.observe(event, recorded=recorded)
+            await self.parts.projection.observe(event, recorded)
         except Exception:  # the next event of the ticket refreshes it
             log.exception("metrics projection failed for ticket %s", event.ticket_id)
 
