@@ -27,14 +27,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.errors import BulkWriteError
-
+from services.notifier.claims import insert_new
 from services.notifier.ledger import TicketLedger, facts_of
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-DUPLICATE_KEY = 11000
 
 
 class Archiver:
@@ -73,11 +71,7 @@ class Archiver:
                                    f"{facts[-1]['fact_id']}",
                             "ticket_id": ticket_id, "first": seqs[0], "last": seqs[-1],
                             "facts": facts, "archived_at": now})
-        try:
-            await self._ledger.archive.insert_many(archive, ordered=False)
-        except BulkWriteError as exc:  # a run archived by an earlier round that then died
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
-                raise
+        await insert_new(self._ledger.archive, archive)  # a run an earlier round archived
         await self._ledger.coll.delete_many(
             {"_id": {"$in": [d["_id"] for docs in moved.values() for d in docs]}})
         return sorted(moved)

@@ -154,7 +154,7 @@ class Notifier:
                 await self._open_page(event, "hardware", chat.hardware(event))
             case ManualStepCompleted():
                 await self._step_reported(event)
-        await self._resolve_closed(after, fact, event)
+        await self._resolve_closed(after, recorded.fact, event)
         await self._project(event, recorded)
 
     async def _publish_updates(self, cause: Event, delivery: Delivery,

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,12 +76,22 @@ def from_document(doc: dict[str, Any]) -> Fact:
     return Fact(**fields)
 
 
+def as_stored(fact: Fact) -> Fact:
+    """``fact`` as the store returns it (BSON times are whole milliseconds): the facts this
+    process appended and those it reads must fold alike (same-instant ties included)."""
+    whole_ms: dict[str, Any] = {
+        name: value.replace(microsecond=value.microsecond // 1000 * 1000)
+        for name, value in vars(fact).items() if isinstance(value, datetime)}
+    return replace(fact, **whole_ms)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recorded:
     """An append's outcome: the ticket's facts just before and just after it (equal when the
     fact was already recorded), exact at the moment of the append."""
 
     ticket_id: str
+    fact: Fact  # as stored (and as the folds of before and after hold it)
     before: tuple[Fact, ...]
     after: tuple[Fact, ...]
     recorded: bool
@@ -117,6 +127,7 @@ class TicketLedger:
 
     async def record(self, ticket_id: str, fact: Fact) -> Recorded:
         """Append ``fact`` unless a fact with its id is already recorded."""
+        fact = as_stored(fact)
         async with self._locked(ticket_id):
             known = self._cache.get(ticket_id)
             if known is None:
@@ -124,7 +135,7 @@ class TicketLedger:
             while True:
                 if any(f.fact_id == fact.fact_id for f in known.facts):
                     self._remember(ticket_id, known)
-                    return Recorded(ticket_id=ticket_id, before=known.facts,
+                    return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts,
                                     after=known.facts, recorded=False)
                 after = (*known.facts, fact)
                 seq = known.next_seq
@@ -137,8 +148,8 @@ class TicketLedger:
                     known = await self._forward(ticket_id, known)  # another writer was first
                     continue
                 self._remember(ticket_id, _Known(after, seq + 1))
-                return Recorded(ticket_id=ticket_id, before=known.facts, after=after,
-                                recorded=True)
+                return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts,
+                                after=after, recorded=True)
 
     async def append(self, ticket_id: str, fact: Fact) -> bool:
         """Record ``fact``; True if this call added it."""
