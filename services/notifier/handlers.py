@@ -57,7 +57,6 @@ from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
-    Fact,
     FactKind,
     Page,
     PageKind,
@@ -139,9 +138,9 @@ class Notifier:
         if fact is None:
             return
         recorded = await p.ledger.record(event.ticket_id, fact)
+        before = fold(event.ticket_id, recorded.before, p.policy)
         after = fold(event.ticket_id, recorded.after, p.policy)
         if not isinstance(event, TicketSubmitted):  # a new revision cannot extend a timeline
-            before = fold(event.ticket_id, recorded.before, p.policy)
             language = after.language or await self._language(event.ticket_id)
             await self._publish_updates(event, delivery, customer_updates(
                 event, language=language, extended_to=timeline_extension(before, after)))
@@ -154,7 +153,7 @@ class Notifier:
                 await self._open_page(event, "hardware", chat.hardware(event))
             case ManualStepCompleted():
                 await self._step_reported(event)
-        await self._resolve_closed(after, recorded.fact, event)
+        await self._resolve_closed(recorded, before, after, event)
         await self._project(event, recorded)
 
     async def _publish_updates(self, cause: Event, delivery: Delivery,
@@ -208,15 +207,23 @@ class Notifier:
             post_id=f"{page.post_id}:reported", ticket_id=page.ticket_id, page_id=page.page_id,
             text=self.parts.redact(text), edit_of=page.post_id))
 
-    async def _resolve_closed(self, after: TicketState, fact: Fact, event: Event) -> None:
+    async def _resolve_closed(self, recorded: Recorded, before: TicketState,
+                              after: TicketState, event: Event) -> None:
         """Pages the automation no longer needs: close them unless an engineer acknowledged
         first. Events race across topics, so the fact that resolves a page may be recorded
         before the page's own; whichever of the two is handled second does the closing."""
+        fact = recorded.fact
         for page in after.pages:
             if page.closed_by != "resolved" or page.closed_cause is None:
                 continue
             closed_here = page.closed_cause == fact.kind and page.closed_at == fact.at
             if not closed_here and page.page_id != fact.fact_id:
+                continue
+            earlier = before.page(page.page_id)
+            if recorded.recorded and earlier is not None and not earlier.open:
+                # Already closed before this append (an earlier fact arriving late only
+                # moved the cause): its closing was done then. A redelivery (nothing
+                # recorded) still tries, for a handler that died before closing it.
                 continue
             record = await self.parts.pages.get(page.page_id)
             if record is not None:
