@@ -75,6 +75,7 @@ TicketUpdateKind = Literal[
     "extension",
     "completion",
     "hardware_escalation",
+    "queued",
     "other",
 ]
 
@@ -275,6 +276,27 @@ class ClarificationRequested(EventEnvelope):
 # --- executor --------------------------------------------------------------------------
 
 
+class InterventionQueued(EventEnvelope):
+    """The executor accepted the verdict (its claim is durable) but every worker is busy:
+    the intervention waits in the executor's queue.
+
+    ``position`` is the claim's place among the claims waiting for a worker of this executor
+    (1: the next to start); ``expected_start_at`` is an estimate from the runs in progress,
+    the recent runs' typical duration (``typical_run_seconds``) and ``concurrency``
+    (:mod:`services.executor.queue_estimate`). The notifier tells the customer from it when
+    no InterventionStarted follows soon (docs/architecture.md §7.4).
+    """
+
+    event_type: Literal["InterventionQueued"]
+    schema_version: Literal[1]
+    producer: Literal["executor"]
+
+    position: int = Field(ge=1, le=1_000_000)
+    expected_start_at: UtcDatetime
+    typical_run_seconds: int = Field(ge=0, le=7 * 24 * 3600)
+    concurrency: int = Field(ge=1, le=10_000)
+
+
 class InterventionStarted(EventEnvelope):
     """The executor's choice of access method, why, and which runbook runs.
 
@@ -411,10 +433,12 @@ class ManualStepCompleted(SignedEvent):
 
 
 class TicketUpdated(EventEnvelope):
-    """The customer-facing text the helpdesk posts verbatim on the ticket."""
+    """The customer-facing text the helpdesk posts verbatim on the ticket.
+
+    Version 2 adds the ``kind`` ``queued`` (the intervention waits for a free executor)."""
 
     event_type: Literal["TicketUpdated"]
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     producer: Literal["notifier"]
 
     kind: TicketUpdateKind
@@ -455,6 +479,7 @@ Event = (
     | AuthorizationVerified
     | AuthorizationRejected
     | ClarificationRequested
+    | InterventionQueued
     | InterventionStarted
     | ManualStepRequested
     | InterventionCompleted
@@ -472,6 +497,7 @@ EVENT_MODELS: tuple[type[EventEnvelope], ...] = (
     AuthorizationVerified,
     AuthorizationRejected,
     ClarificationRequested,
+    InterventionQueued,
     InterventionStarted,
     ManualStepRequested,
     InterventionCompleted,
@@ -497,6 +523,7 @@ __all__ = [
     "Event",
     "HardwareEscalated",
     "InterventionCompleted",
+    "InterventionQueued",
     "InterventionStarted",
     "ManualStepCompleted",
     "ManualStepRequested",

@@ -40,6 +40,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "AuthorizationVerified",
     "AuthorizationRejected",
     "ClarificationRequested",
+    "InterventionQueued",
     "InterventionStarted",
     "ManualStepRequested",
     "InterventionCompleted",

@@ -298,8 +298,13 @@ def exported_metrics() -> Exported:
     # Construction does no I/O but reading the notifier's signing key: the broker and the
     # store are only reached on start().
     with tempfile.TemporaryDirectory(prefix="metrics-keys-") as keys:
-        build(NotifierSettings(intervention_keys_dir=str(init_keys(Path(keys)).directory)),
-              telemetry=telemetry, run_sweeper=False, serve_http=False)
+        notifier = build(
+            NotifierSettings(intervention_keys_dir=str(init_keys(Path(keys)).directory)),
+            telemetry=telemetry, run_sweeper=False, serve_http=False)
+    # The executor's work-queue gauges (services/executor/app.py calls the shared runtime's
+    # watch_work): the same instruments, whichever runtime registers them.
+    notifier.runtime.metrics.watch_work(queued=lambda: 0, running=lambda: 0,
+                                        oldest_wait=lambda: 0.0, concurrency=1, queue_size=1)
     capturing.record_one_of_each()
     exported = Exported()
     exported.add_text(generate_latest(registry).decode())

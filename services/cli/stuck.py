@@ -42,11 +42,14 @@ HANDOFF_GRACE: Final = timedelta(minutes=2)
 """How long a ticket may wait at a hand-off before it counts as stuck: far above the
 seconds a healthy pipeline takes, far below the 10-minute initial-response clock."""
 
-Stage = Literal["accepted_not_submitted", "submitted_not_authorized", "authorized_not_claimed"]
+Stage = Literal["accepted_not_submitted", "submitted_not_authorized", "authorized_not_claimed",
+                "claimed_queued"]
 WAITS_FOR: Final[dict[Stage, str]] = {
     "accepted_not_submitted": "intake (its outbox relay publishing to Kafka)",
     "submitted_not_authorized": "auth (the authorization decision)",
     "authorized_not_claimed": "executor (claiming and starting the intervention)",
+    "claimed_queued": "executor capacity (claimed, queued for a free worker; the customer "
+                      "was told it is queued)",
 }
 
 
@@ -127,12 +130,15 @@ async def waiting_at_handoffs(db: AsyncDatabase[Any]) -> list[Waiting]:
             continue
         revision = max((c.revision for c in entry.clocks), default=1)
         decided = await db[AUTH_HISTORY].find_one({"_id": f"ticket:{entry.ticket_id}"})
+        since = entry.progress_at
         if decided is None or int(decided.get("latest_revision", 0)) < revision:
             stage: Stage = "submitted_not_authorized"
+        elif entry.queued_at is not None:
+            stage, since = "claimed_queued", entry.queued_at  # an overload, not a fault
         else:
             stage = "authorized_not_claimed"
         waiting.append(Waiting(ticket_id=entry.ticket_id, revision=revision,
-                               since=entry.progress_at, stage=stage))
+                               since=since, stage=stage))
     return waiting
 
 

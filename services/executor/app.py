@@ -31,6 +31,7 @@ from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
 from services.executor.manual import ManualReports, ManualSteps, ManualSweep
+from services.executor.queue_notice import QueueNotices
 from services.executor.rescue.provider import HttpRescueProvider, RescueProvider
 from services.executor.settings import ExecutorSettings
 from services.executor.ssh import HostKeyPins, SshConnector
@@ -123,6 +124,7 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
                     rescan_s=settings.executor_rescan_s)
     runtime.metrics.watch_work(
         queued=lambda: worker._queue.qsize(), running=lambda: worker.running,
+        oldest_wait=worker.oldest_wait_s,
         concurrency=settings.executor_concurrency, queue_size=settings.executor_queue_size)
     reports = ManualReports(steps=manual, claims=claims, audit=runtime.audit, owner=owner,
                             offer=worker.offer)
@@ -130,7 +132,9 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
         claims=claims, audit=runtime.audit, verify_keys=verify_keys, owner=owner,
         offer=worker.offer, lease_s=settings.executor_lease_s,
         max_age=timedelta(seconds=settings.executor_verdict_max_age_s),
-        clock_skew=timedelta(seconds=settings.executor_clock_skew_s), clock=clock)
+        clock_skew=timedelta(seconds=settings.executor_clock_skew_s), clock=clock,
+        announce=QueueNotices(worker=worker, publish=runtime.publish, clock=clock,
+                              default_run_s=settings.executor_typical_run_s).announce)
     subscribe(
         runtime, topic_for(AuthorizationVerified), acceptance.accept,
         decoder=cast("Decoder[AuthorizationVerified]", event_decoder(AuthorizationVerified)),

@@ -1,16 +1,18 @@
 """The executor's one use case on the bus: accept an AuthorizationVerified, or refuse it.
 
 Accepting is verifying, claiming and queueing — milliseconds, so the consumer commits its
-offset long before any SSH work starts. Everything refused is audited on the ticket it
-names, with the reason: a forged or altered signature, an unknown key, a stale or
-future-dated verdict, an older revision than one already claimed, a second verdict for a
-revision already claimed, and a replay of a verdict already handled.
+offset long before any SSH work starts. A claim that must wait for a free worker is
+announced (InterventionQueued, :mod:`.queue_notice`), so the customer hears it is queued.
+Everything refused is audited on the ticket it names, with the reason: a forged or altered
+signature, an unknown key, a stale or future-dated verdict, an older revision than one
+already claimed, a second verdict for a revision already claimed, and a replay of a verdict
+already handled.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +33,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+Announce = Callable[[AuthorizationVerified, Delivery, str], Awaitable[bool]]
+"""Publishes InterventionQueued for an offered claim that waits for a worker."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Acceptance:
     claims: ClaimStore
@@ -42,6 +48,7 @@ class Acceptance:
     max_age: timedelta
     clock_skew: timedelta
     clock: Callable[[], datetime] = utc_now
+    announce: Announce | None = None
 
     async def accept(self, event: AuthorizationVerified, delivery: Delivery) -> None:
         refusal = check_verdict(event, self.verify_keys, now=self.clock(), max_age=self.max_age,
@@ -67,7 +74,7 @@ class Acceptance:
                 actor=f"executor:{self.owner.id}",
                 data={"revision": event.revision, "verdict_event_id": str(event.event_id),
                       "signed_by": event.signature.key_id if event.signature else None})
-            self.offer(claim.id)
+            await self._queue(event, delivery, claim.id)
             return
         if claim.verdict_event_id != str(event.event_id):
             await self.refuse(event, delivery, Refusal(
@@ -78,11 +85,17 @@ class Acceptance:
         # The same verdict again: a redelivery after a crash between claiming and the
         # offset commit (the claim may still need running), or a replay after it was handled.
         if claim.status == "open":
-            self.offer(claim.id)
+            await self._queue(event, delivery, claim.id)
             return
         await self.refuse(event, delivery, Refusal(
             code="replayed", message=f"verdict {event.event_id} was already handled "
                                      f"(claim {claim.id} is {claim.status})"))
+
+    async def _queue(self, event: AuthorizationVerified, delivery: Delivery,
+                     claim_id: str) -> None:
+        self.offer(claim_id)
+        if self.announce is not None:
+            await self.announce(event, delivery, claim_id)
 
     async def replayed(self, event: AuthorizationVerified, delivery: Delivery) -> None:
         """A delivery the runtime dropped as a duplicate of a processed event id."""

@@ -14,6 +14,9 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
 - ``EXECUTOR_CONCURRENCY`` = 8: interventions running at once in this process.
 - ``EXECUTOR_QUEUE_SIZE`` = 256: claims waiting for a worker; beyond that the periodic scan
   of open claims picks them up (the Kafka handler never waits for a free worker).
+- ``EXECUTOR_TYPICAL_RUN_S`` = 120: the run duration assumed for a queued claim's expected
+  start (InterventionQueued) until this process has seen runs finish; then the median of
+  the recent ones is used (:mod:`services.executor.queue_estimate`).
 - ``EXECUTOR_HOST_CONNECTS`` = 4: SSH handshakes in flight per host. OpenSSH's
   ``MaxStartups 10:30:100`` starts dropping unauthenticated connections beyond 10.
 - ``EXECUTOR_GLOBAL_CONNECTS`` = 32: SSH handshakes in flight in this process.
@@ -77,6 +80,7 @@ class ExecutorSettings(RuntimeSettings):
     executor_fact_verify_keys: str | None = None
     executor_concurrency: int = Field(default=8, ge=1, le=1024)
     executor_queue_size: int = Field(default=256, ge=1, le=100_000)
+    executor_typical_run_s: float = Field(default=120.0, ge=1.0, le=86_400.0)
     executor_host_connects: int = Field(default=4, ge=1, le=10)
     executor_global_connects: int = Field(default=32, ge=1, le=4096)
     executor_lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)

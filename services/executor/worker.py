@@ -8,6 +8,11 @@ offer, a crash drops the whole queue, and the periodic scan of open claims finds
 
 At most ``concurrency`` interventions run at once; one ticket's revisions run one after
 another in this process (a customer's follow-up must not race the run it follows up).
+
+The worker also knows its line: which claims wait and since when, how long each run in
+progress has been going and how long the recent runs took. :meth:`Worker.place` gives a
+claim's place for the start estimate (:mod:`.queue_estimate`), and the oldest wait is a
+gauge, so a saturated executor shows before the initial-response clocks run out.
 """
 
 from __future__ import annotations
@@ -15,17 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+
+from services.executor.queue_estimate import QueuePlace
 
 log = logging.getLogger(__name__)
 
 RunClaim = Callable[[str], Awaitable[None]]
 ScanClaims = Callable[[], Awaitable[list[str]]]
+RECENT_RUNS = 50  # run durations kept for the typical duration
 
 
 class Worker:
     def __init__(self, run: RunClaim, *, concurrency: int, queue_size: int,
-                 scan: ScanClaims | None = None, rescan_s: float = 30.0) -> None:
+                 scan: ScanClaims | None = None, rescan_s: float = 30.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._run = run
         self._scan = scan
         self._rescan_s = rescan_s
@@ -34,6 +45,10 @@ class Worker:
         self._pending: set[str] = set()  # queued or running: offered once at a time
         self._ticket_locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._monotonic = monotonic
+        self._waiting: dict[str, float] = {}  # queued claims in line order -> since when
+        self._running_since: dict[str, float] = {}
+        self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
         self.running = 0
         self.peak = 0  # most interventions seen running at once (tests, metrics)
 
@@ -47,7 +62,31 @@ class Worker:
             log.warning("work queue full; claim %s waits for the next scan", claim_id)
             return False
         self._pending.add(claim_id)
+        self._waiting[claim_id] = self._monotonic()
         return True
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def place(self, claim_id: str) -> QueuePlace:
+        """Where ``claim_id`` stands: the claims queued before it (all of them if it is not
+        in the queue: a full queue left it to the next scan) and the runs in progress."""
+        line = list(self._waiting)
+        ahead = line.index(claim_id) if claim_id in self._waiting else len(line)
+        now = self._monotonic()
+        return QueuePlace(ahead=ahead, concurrency=self._concurrency,
+                          running_for=tuple(now - t for t in self._running_since.values()))
+
+    def recent_durations(self) -> tuple[float, ...]:
+        """How long the recent runs took, in seconds (the newest last)."""
+        return tuple(self._recent)
+
+    def oldest_wait_s(self) -> float:
+        """How long the longest-waiting queued claim has waited (0 when none waits)."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, self._monotonic() - next(iter(self._waiting.values())))
 
     async def start(self) -> None:
         if self._tasks:
@@ -93,16 +132,20 @@ class Worker:
     async def _serve(self) -> None:
         while True:
             claim_id = await self._queue.get()
+            self._waiting.pop(claim_id, None)
             ticket = claim_id.rsplit(":", 1)[0]
             lock = self._ticket_locks.setdefault(ticket, asyncio.Lock())
             try:
                 async with lock:
                     self.running += 1
                     self.peak = max(self.peak, self.running)
+                    started = self._running_since[claim_id] = self._monotonic()
                     try:
                         await self._run(claim_id)
                     finally:
                         self.running -= 1
+                        del self._running_since[claim_id]
+                        self._recent.append(self._monotonic() - started)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one claim's failure must not stop the worker

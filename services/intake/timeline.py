@@ -24,6 +24,7 @@ SHOWN: Final[Mapping[str, tuple[str, ...]]] = {
     "AuthorizationVerified": ("review_required", "review_reason"),
     "AuthorizationRejected": ("reasons",),
     "ClarificationRequested": ("question", "field"),
+    "InterventionQueued": ("position", "expected_start_at"),
     "InterventionStarted": ("access_method", "runbook", "mode", "timeline", "dry_run"),
     "ManualStepRequested": ("step_id", "method", "deadline"),
     "ManualStepCompleted": ("step_id", "status", "channel"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
+from uuid import UUID
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ from schemas.events import (
     Event,
     HardwareEscalated,
     InterventionCompleted,
+    InterventionQueued,
     InterventionStarted,
     ManualStepCompleted,
     ManualStepRequested,
@@ -75,6 +77,7 @@ CONSUMED: tuple[type[Event], ...] = (
     TicketRejected,
     AuthorizationRejected,
     ClarificationRequested,
+    InterventionQueued,
     InterventionStarted,
     ManualStepRequested,
     ManualStepCompleted,
@@ -184,6 +187,14 @@ def build(
     lease = timedelta(seconds=settings.notifier_claim_lease_s)
     db = runtime.db
 
+    # The customer's acknowledgement of a new ticket has a consumer group of its own (below);
+    # the runtime marks a message processed there only once its update is published.
+    acknowledgement_group = f"{service_name}.{topic_for(TicketSubmitted)}.acknowledgement"
+
+    async def acknowledged(submitted_id: UUID) -> bool:
+        group_id = f"{settings.kafka_topic_prefix}{acknowledgement_group}"  # as subscribe()
+        return await runtime.processed.seen(group_id, str(submitted_id))
+
     # Every acknowledgement and step report leaves signed (services.runtime.facts).
     publish = signing_publisher(runtime.publish, signing_key, "notifier")
     ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock,
@@ -212,12 +223,12 @@ def build(
     notifier = Notifier(Collaborators(
         publish=publish, ledger=ledger, deadlines=deadlines, pages=pages,
         directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
-        projection=projection), desk=desk)
+        projection=projection, acknowledged=acknowledged), desk=desk)
     sweeper = Sweeper(ledger=ledger, deadlines=deadlines,
                       claims=Claims(db, ALERT_CLAIMS, lease=lease), policy=policy,
                       fire=notifier.fire, clock=clock,
                       interval=timedelta(seconds=settings.notifier_sweep_interval_s),
-                      owner=service_name)
+                      owner=service_name, recorded=notifier.recorded)
 
     all_bots: list[ChatBot] = [*_configured_bots(settings, desk, outbox, runtime, redact), *extra]
     slack = next((b for b in all_bots if isinstance(b, SlackBot)), None)

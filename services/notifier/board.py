@@ -72,6 +72,9 @@ class BoardEntry:
     progress_at: datetime | None  # the latest lifecycle fact
     clocks: tuple[ClockEntry, ...] = ()  # running or paused clocks
     pages: tuple[PageEntry, ...] = ()  # pages nobody acknowledged or resolved yet
+    # When the executor queued the current stretch's intervention for a free worker
+    # (InterventionQueued), until the next lifecycle fact: it waits for executor capacity.
+    queued_at: datetime | None = None
 
     @property
     def listed(self) -> bool:
@@ -93,9 +96,13 @@ def board_entry(ticket_id: str, facts: Iterable[Fact], state: TicketState) -> Bo
     phase: Phase | None = None
     opened_at: datetime | None = None
     progress_at: datetime | None = None
+    queued_at: datetime | None = None
     for fact in ordered:
+        if fact.kind == "queued":
+            queued_at = fact.at
         if fact.kind not in LIFECYCLE:
             continue
+        queued_at = None
         new = LIFECYCLE[fact.kind]
         if phase is None and new is not None:
             opened_at = fact.at
@@ -107,6 +114,7 @@ def board_entry(ticket_id: str, facts: Iterable[Fact], state: TicketState) -> Bo
         clocks=tuple(ClockEntry(name=c.name, revision=c.revision, deadline=c.deadline,
                                 running=c.running) for c in state.clocks if not c.stopped),
         pages=tuple(PageEntry(kind=p.kind, opened_at=p.opened_at) for p in state.open_pages()),
+        queued_at=queued_at if phase == "submitted" else None,
     )
 
 
@@ -120,6 +128,7 @@ def to_document(entry: BoardEntry, facts: int) -> dict[str, Any]:
         "clocks": [{"name": c.name, "revision": c.revision, "deadline": c.deadline,
                     "running": c.running} for c in entry.clocks],
         "pages": [{"kind": p.kind, "opened_at": p.opened_at} for p in entry.pages],
+        "queued_at": entry.queued_at,
         "facts": facts,
     }
 
@@ -136,6 +145,7 @@ def from_document(doc: dict[str, Any]) -> BoardEntry:
                      for c in doc.get("clocks") or ()),
         pages=tuple(PageEntry(kind=p["kind"], opened_at=_aware(p["opened_at"]))
                     for p in doc.get("pages") or ()),
+        queued_at=when(doc.get("queued_at")),
     )
 
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from services.notifier.claims import Claims
-from services.notifier.ledger import TicketLedger
+from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.sla import Alert, SlaPolicy, TicketState, fired_fact, fold
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ Clock = Callable[[], datetime]
 FireResult = Literal["fired", "deferred"]
 FireAlert = Callable[[Alert, TicketState, datetime], Awaitable[FireResult]]
 """Performs an alert (publishes, posts); ``deferred`` when it must not fire yet."""
+AfterRecord = Callable[[Recorded], Awaitable[None]]
+"""Called with each fired alert's fact append (a "queued" update answers a clock: its
+milestone is counted from the append's before and after)."""
 
 
 def utc_now() -> datetime:
@@ -81,7 +84,9 @@ class Sweeper:
         interval: timedelta = timedelta(seconds=1),
         retry: timedelta = timedelta(seconds=5),
         owner: str = "",
+        recorded: AfterRecord | None = None,
     ) -> None:
+        self._recorded = recorded
         self._ledger = ledger
         self._deadlines = deadlines
         self._claims = claims
@@ -129,7 +134,9 @@ class Sweeper:
                 fired.append(alert)
             # Done now or earlier (a crash before the fact was recorded): record the fact,
             # whose document carries the ticket's next deadline.
-            await self._ledger.record(ticket_id, fired_fact(alert, now))
+            entry = await self._ledger.record(ticket_id, fired_fact(alert, now))
+            if self._recorded is not None:
+                await self._recorded(entry)
         if deferred:
             self._later[ticket_id] = now + self._retry
         return fired

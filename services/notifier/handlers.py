@@ -4,7 +4,9 @@ For every consumed event, in this order:
 
 1. the customer's TicketUpdated(s) (:mod:`.updates`), ids derived from the event, so a
    redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
-   it is the initial response the customer waits for;
+   it is the initial response the customer waits for. It is published by a consumer group of
+   its own, so a later update of the revision waits (briefly) until it is out: the customer
+   never reads "work has started" above "we received your request";
 2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
    computed; its one insert also carries the ticket's next deadline and board entry
    (:mod:`.views`), and returns the history just before and after it, so nothing here
@@ -18,13 +20,16 @@ For every consumed event, in this order:
 Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
 delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
 SlaWarning / SlaBreached published, the on-call room told, the customer told when the
-intervention passed its expected timeline; or an escalation posted to the next tier.
+intervention passed its expected timeline; an escalation posted to the next tier; or, for a
+verified ticket the executor queued and has not started, the customer's "queued" update (its
+initial response under load, :func:`services.notifier.sla.TicketState.due`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,6 +62,7 @@ from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
+    Fact,
     FactKind,
     Page,
     PageKind,
@@ -71,6 +77,7 @@ from services.notifier.updates import (
     CustomerUpdate,
     customer_updates,
     overdue_update,
+    queued_update,
     ticket_updated,
     ticket_updated_for,
 )
@@ -79,6 +86,8 @@ from services.runtime.consumer import Delivery
 log = logging.getLogger(__name__)
 
 Publish = Callable[[EventEnvelope], Awaitable[None]]
+Acknowledged = Callable[[UUID], Awaitable[bool]]
+"""True once the customer's acknowledgement of the TicketSubmitted with this id is published."""
 Redact = Callable[[str], str]
 Clock = Callable[[], datetime]
 
@@ -96,6 +105,7 @@ class Collaborators:
     redact: Redact = lambda text: text
     language_wait: timedelta = timedelta(seconds=5)
     projection: TicketProjection | None = None  # metrics and the open-ticket board
+    acknowledged: Acknowledged | None = None  # orders later updates after the acknowledgement
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Notifier:
     def __init__(self, parts: Collaborators, *, desk: EngineerDesk) -> None:
         self.parts = parts
         self.desk = desk
+        self._acknowledged: OrderedDict[str, None] = OrderedDict()  # submissions known told
 
     # -- events --------------------------------------------------------------------------------
 
@@ -142,8 +153,11 @@ class Notifier:
         after = fold(event.ticket_id, recorded.after, p.policy)
         if not isinstance(event, TicketSubmitted):  # a new revision cannot extend a timeline
             language = after.language or await self._language(event.ticket_id)
-            await self._publish_updates(event, delivery, customer_updates(
-                event, language=language, extended_to=timeline_extension(before, after)))
+            updates = customer_updates(event, language=language,
+                                       extended_to=timeline_extension(before, after))
+            if updates:
+                await self._after_acknowledgement(event, recorded.after)
+            await self._publish_updates(event, delivery, updates)
         match event:
             case TicketSubmitted():
                 await self._open_page(event, "new_ticket", chat.new_ticket(event))
@@ -175,6 +189,45 @@ class Notifier:
         log.warning("ticket %s: no TicketSubmitted seen; answering in the default language",
                     ticket_id)
         return None
+
+    async def _after_acknowledgement(self, event: Event, facts: Sequence[Fact]) -> None:
+        """Wait (at most ``language_wait``) until the revision's acknowledgement is published.
+
+        The acknowledgement group and this event's group publish to the same partition of
+        ``intervention.ticket-updated`` independently; under a burst, or after a restart, the
+        acknowledgement group can lag by seconds, and an executor that is quick would put
+        "work has started" on the ticket before "we received your request" (seen as the
+        flaky ordering of test_warning_and_breach_fire_once_each_across_a_restart). The
+        acknowledgement group marks a ticket processed only after its update is published,
+        so once the mark is there, anything published now follows it on the partition.
+        """
+        check = self.parts.acknowledged
+        if check is None:
+            return
+        def submitted(facts: Sequence[Fact]) -> list[Fact]:
+            return [f for f in facts if f.kind == "submitted" and f.revision <= event.revision]
+
+        # The append's exact history, without a read; read only when the ticket overtook
+        # its TicketSubmitted (which _language may have waited for meanwhile).
+        submissions = submitted(facts) or submitted(
+            await self.parts.ledger.facts(event.ticket_id))
+        if not submissions:
+            return  # nothing to follow (a verdict that overtook its ticket: _language waited)
+        key = max(submissions, key=lambda f: f.revision).fact_id
+        if key in self._acknowledged:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.parts.language_wait.total_seconds()
+        while not await check(UUID(key)):
+            if loop.time() >= deadline:
+                log.warning("ticket %s: the acknowledgement of revision %s is not out yet; "
+                            "publishing the next update anyway", event.ticket_id,
+                            event.revision)
+                return
+            await asyncio.sleep(0.05)
+        self._acknowledged[key] = None
+        while len(self._acknowledged) > 10_000:
+            self._acknowledged.popitem(last=False)
 
     # -- pages ---------------------------------------------------------------------------------
 
@@ -238,6 +291,8 @@ class Notifier:
     # -- alerts --------------------------------------------------------------------------------
 
     async def fire(self, alert: Alert, state: TicketState, now: datetime) -> FireResult:
+        if alert.kind == "queued_notice":
+            return await self._tell_queued(alert, state, now)
         if alert.kind == "escalation":
             result = await self._escalate(alert, now)
             if result == "fired":
@@ -265,6 +320,30 @@ class Notifier:
             mentions=await self._mentions(tier)))
         await self._project_alert(alert)
         return "fired"
+
+    async def _tell_queued(self, alert: Alert, state: TicketState, now: datetime
+                           ) -> FireResult:
+        """The initial response of a ticket waiting for a free executor. Its id derives from
+        the alert (one per revision), its cause is the executor's InterventionQueued."""
+        assert alert.queued is not None
+        language = state.language or await self._language(alert.ticket_id)
+        await self.parts.publish(ticket_updated(
+            queued_update(alert.ticket_id, language, alert.queued, now),
+            ticket_id=alert.ticket_id, revision=alert.revision,
+            causation_id=UUID(alert.cause_id), event_id=derived_id(f"{alert.alert_id}:customer"),
+            occurred_at=now))
+        return "fired"
+
+    async def recorded(self, entry: Recorded) -> None:
+        """After the sweeper recorded what it fired: a "queued" update answered a clock, so
+        the initial-response milestone counts now, not at the ticket's next event (the
+        board moved with the fact's own document)."""
+        if self.parts.projection is None:
+            return
+        try:
+            await self.parts.projection.count_milestones(entry)
+        except Exception:  # a lost count, never a lost update
+            log.exception("metrics projection failed for ticket %s", entry.ticket_id)
 
     # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
 

@@ -72,6 +72,8 @@ def from_document(doc: dict[str, Any]) -> Fact:
     fields: dict[str, Any] = {name: doc[name] for name in Fact.__dataclass_fields__
                               if name in doc}
     fields["at"] = _aware(fields["at"])
+    if fields.get("expected_start") is not None:
+        fields["expected_start"] = _aware(fields["expected_start"])
     fields["automated"] = bool(fields.get("automated"))
     return Fact(**fields)
 

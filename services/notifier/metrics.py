@@ -176,6 +176,9 @@ class BoardSnapshot:
     overdue: dict[str, int]  # clock -> tickets
     pages: dict[str, int]  # page kind -> pages
     oldest_page: dict[str, float]  # page kind -> seconds
+    # The least time left on a running initial-response clock (negative past its deadline);
+    # None when none runs.
+    initial_time_left: float | None = None
 
 
 def snapshot(entries: Iterable[BoardEntry], now: datetime) -> BoardSnapshot:
@@ -185,12 +188,17 @@ def snapshot(entries: Iterable[BoardEntry], now: datetime) -> BoardSnapshot:
     overdue: dict[str, int] = {}
     pages: dict[str, int] = {}
     oldest_page: dict[str, float] = {}
+    time_left: float | None = None
     for entry in entries:
         if entry.phase is not None and entry.opened_at is not None:
             age = max(0.0, (now - entry.opened_at).total_seconds())
             band = next(name for name, bound in AGE_BANDS if age < bound)
             opened[(entry.phase, band)] = opened.get((entry.phase, band), 0) + 1
             oldest[entry.phase] = max(oldest.get(entry.phase, 0.0), age)
+        for clock in entry.clocks:
+            if clock.running and clock.name == "initial_response":
+                left = (clock.deadline - now).total_seconds()
+                time_left = left if time_left is None else min(time_left, left)
         for name in {c.name for c in entry.overdue(now)}:
             overdue[name] = overdue.get(name, 0) + 1
         for page in entry.pages:
@@ -198,7 +206,7 @@ def snapshot(entries: Iterable[BoardEntry], now: datetime) -> BoardSnapshot:
             pages[page.kind] = pages.get(page.kind, 0) + 1
             oldest_page[page.kind] = max(oldest_page.get(page.kind, 0.0), waited)
     return BoardSnapshot(open=opened, oldest=oldest, overdue=overdue, pages=pages,
-                         oldest_page=oldest_page)
+                         oldest_page=oldest_page, initial_time_left=time_left)
 
 
 class NotifierMetrics:
@@ -268,6 +276,10 @@ class NotifierMetrics:
             ("intervention.pages.oldest_age", "s",
              "How long the oldest unacknowledged page has waited, by page kind.",
              self._observe_oldest_page),
+            ("intervention.sla.initial_response.time_left", "s",
+             "The least time left on a running initial-response clock (negative past its "
+             "deadline; the whole budget when none runs): the initial response at risk.",
+             self._observe_initial_time_left),
         ):
             meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
                                           description=description)
@@ -312,7 +324,7 @@ class NotifierMetrics:
             kind = alert.page.kind if alert.page is not None else "new_ticket"
             self._escalations.add(1, {"page_kind": kind,
                                       "tier": str(self._policy.tier_for(alert.level))})
-        elif alert.clock is not None:
+        elif alert.clock is not None and alert.kind != "queued_notice":
             counter = self._warnings if alert.kind == "sla_warning" else self._breaches
             counter.add(1, clock_attributes(alert.clock))
 
@@ -343,6 +355,14 @@ class NotifierMetrics:
             for kind in PAGE_KINDS:
                 yield Observation(board.pages.get(kind, 0), {"page_kind": kind})
 
+    def _observe_initial_time_left(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if (board := self._board) is not None:
+            left = board.initial_time_left
+            # Nothing waiting is nothing at risk: a whole budget left, so the alert's
+            # threshold and the panel read the same with or without tickets.
+            yield Observation(self._policy.initial_response.total_seconds() if left is None
+                              else left)
+
     def _observe_oldest_page(self, _options: CallbackOptions) -> Iterable[Observation]:
         if (board := self._board) is not None:
             for kind in PAGE_KINDS:
@@ -369,7 +389,8 @@ class TicketProjection:
         await self.count_milestones(entry)
 
     async def count_milestones(self, entry: Recorded) -> None:
-        """Count what the append made appear (nothing, when it recorded nothing)."""
+        """Count what an append made appear (nothing, when it recorded nothing): after an
+        event, or after the sweeper recorded an alert that answers a clock."""
         if not entry.recorded:
             return
         ticket_id, policy = entry.ticket_id, self.metrics.policy

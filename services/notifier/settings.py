@@ -11,6 +11,10 @@ SLA and escalation:
 - ``NOTIFIER_SLA_STANDARD_MIN`` = 60, ``NOTIFIER_SLA_COMPLEX_MIN`` = 240,
   ``NOTIFIER_SLA_DATACENTER_MIN`` = 1440: the intervention clock per timeline.
 - ``NOTIFIER_SLA_WARNING_FRACTION`` = 0.8: SlaWarning at this share of a clock's budget.
+- ``NOTIFIER_QUEUED_NOTICE_AFTER_S`` = 30: a verified ticket the executor queued
+  (InterventionQueued) and has not started this many seconds later gets the customer's
+  "queued" update, which answers its initial-response clock; never later than the warning
+  point of that clock (at once when the queueing arrives after it).
 - ``NOTIFIER_ESCALATE_AFTER_MIN`` = 10: an unacknowledged page escalates to the next on-call
   tier after this many minutes, and again after each further interval until acknowledged.
 - ``NOTIFIER_ESCALATION_TIERS`` = 3: the highest tier; later escalations repeat it.
@@ -81,6 +85,7 @@ class NotifierSettings(RuntimeSettings):
     notifier_sla_complex_min: float = Field(default=240.0, gt=0, le=10_080)
     notifier_sla_datacenter_min: float = Field(default=1440.0, gt=0, le=43_200)
     notifier_sla_warning_fraction: float = Field(default=0.8, gt=0, lt=1)
+    notifier_queued_notice_after_s: float = Field(default=30.0, ge=0, le=3600)
     notifier_escalate_after_min: float = Field(default=10.0, gt=0, le=1440)
     notifier_escalation_tiers: int = Field(default=3, ge=1, le=10)
     notifier_sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
@@ -136,6 +141,7 @@ class NotifierSettings(RuntimeSettings):
             complex=timedelta(minutes=self.notifier_sla_complex_min),
             datacenter=timedelta(minutes=self.notifier_sla_datacenter_min),
             warning_fraction=self.notifier_sla_warning_fraction,
+            queued_notice_after=timedelta(seconds=self.notifier_queued_notice_after_s),
             escalate_after=timedelta(minutes=self.notifier_escalate_after_min),
             tiers=self.notifier_escalation_tiers,
         )

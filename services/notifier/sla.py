@@ -13,7 +13,12 @@ The clocks (ARCHITECTURE §1, "Response times"):
   measures that someone has actually *taken the ticket up*: an engineer acknowledged it, or
   the automation answered it (intervention started, clarification asked, authorization
   refused, outcome or hardware escalation reported). A response on a revision also answers
-  every earlier revision still waiting.
+  every earlier revision still waiting. When the executors are saturated the automation
+  cannot start at once: a verified ticket the executor *queued* (InterventionQueued) that has
+  not started ``queued_notice_after`` (30 s) later gets the customer's "queued" update, with
+  its place in line and expected start, and that update answers the clock (the
+  ``queued_notice`` alert, fired once like the others; never later than the clock's warning
+  point, so a ticket queued late is answered at once and no warning fires for it).
 - **intervention** (60 min standard, 4 h complex, 24 h data centre), from InterventionStarted
   until InterventionCompleted. Paused while waiting on the customer: a ClarificationRequested
   pauses it, the customer's answer (the next revision's TicketSubmitted) or the intervention
@@ -45,6 +50,7 @@ from schemas.events import (
     Event,
     HardwareEscalated,
     InterventionCompleted,
+    InterventionQueued,
     InterventionStarted,
     ManualStepCompleted,
     ManualStepRequested,
@@ -67,9 +73,11 @@ FactKind = Literal[
     "hardware",
     "acknowledged",
     "alert_fired",
+    "queued",
+    "queued_notice",
 ]
 PageKind = Literal["new_ticket", "manual_step", "hardware"]
-AlertKind = Literal["sla_warning", "sla_breach", "escalation"]
+AlertKind = Literal["sla_warning", "sla_breach", "escalation", "queued_notice"]
 
 _ZERO = timedelta(0)
 
@@ -81,6 +89,7 @@ class SlaPolicy:
     complex: timedelta = timedelta(hours=4)
     datacenter: timedelta = timedelta(hours=24)
     warning_fraction: float = 0.8
+    queued_notice_after: timedelta = timedelta(seconds=30)
     escalate_after: timedelta = timedelta(minutes=10)
     tiers: int = 3
 
@@ -118,6 +127,9 @@ class Fact:
     # ``acknowledged``. Both small enums, never free text.
     category: str | None = None
     channel: str | None = None
+    # ``queued``: the executor's place in line and expected start (InterventionQueued).
+    position: int | None = None
+    expected_start: datetime | None = None
 
 
 def _fact(event: Event, kind: FactKind, **details: Any) -> Fact:
@@ -134,6 +146,9 @@ def fact_of(event: Event) -> Fact | None:
             return _fact(event, "auth_rejected")
         case ClarificationRequested():
             return _fact(event, "clarification")
+        case InterventionQueued():
+            return _fact(event, "queued", position=event.position,
+                         expected_start=event.expected_start_at)
         case InterventionStarted():
             return _fact(event, "intervention_started", timeline=event.timeline,
                          automated=event.mode == "automated", method=event.access_method)
@@ -269,6 +284,7 @@ class Alert:
     clock: SlaClock | None = None
     page: Page | None = None
     level: int = 0  # escalation level (1, 2, ...)
+    queued: Fact | None = None  # queued_notice: the executor's InterventionQueued fact
 
 
 def sla_alert_id(ticket_id: str, clock: SlaClock, kind: AlertKind) -> str:
@@ -280,9 +296,16 @@ def escalation_alert_id(ticket_id: str, page_id: str, level: int) -> str:
     return f"{ticket_id}:page:{page_id}:escalation:{level}"
 
 
+def queued_notice_id(ticket_id: str, revision: int) -> str:
+    """One "queued" update per revision, however often the executor announces it."""
+    return f"{ticket_id}:r{revision}:initial_response:queued"
+
+
 def fired_fact(alert: Alert, at: datetime) -> Fact:
-    """The fact recording that ``alert`` fired (so the fold never offers it again)."""
-    return Fact(fact_id=alert.alert_id, kind="alert_fired", at=at, revision=alert.revision,
+    """The fact recording that ``alert`` fired (so the fold never offers it again); a
+    ``queued_notice`` fact also answers the initial-response clocks it covers."""
+    kind: FactKind = "queued_notice" if alert.kind == "queued_notice" else "alert_fired"
+    return Fact(fact_id=alert.alert_id, kind=kind, at=at, revision=alert.revision,
                 alert_id=alert.alert_id, page_id=alert.page.page_id if alert.page else None,
                 level=alert.level if alert.kind == "escalation" else None)
 
@@ -298,6 +321,7 @@ class TicketState:
     clocks: tuple[SlaClock, ...] = ()
     pages: tuple[Page, ...] = ()
     fired: frozenset[str] = field(default_factory=frozenset)
+    queued: tuple[Fact, ...] = ()  # the latest InterventionQueued of each revision
 
     def clock(self, name: ClockName, revision: int | None = None) -> SlaClock | None:
         """The newest clock of that name (of that start revision, if given)."""
@@ -327,12 +351,41 @@ class TicketState:
         for page in self.open_pages():
             level = page.escalation_level + 1
             alerts.append(self._escalation(page, level, policy))
+        alerts += self._queued_notices(policy)
         return sorted(alerts, key=lambda a: a.due_at)
+
+    def _queued_notices(self, policy: SlaPolicy) -> list[Alert]:
+        """For each queued revision still unanswered: the customer's "queued" update, due
+        ``queued_notice_after`` after the queueing (a start meanwhile answers the clock and
+        it is never sent), at the latest at the warning point of the oldest clock it
+        answers."""
+        alerts: list[Alert] = []
+        for queued in self.queued:
+            alert_id = queued_notice_id(self.ticket_id, queued.revision)
+            waiting = [c for c in self.clocks if c.name == "initial_response" and c.running
+                       and c.revision <= queued.revision]
+            if alert_id in self.fired or not waiting:
+                continue
+            clock = waiting[0]
+            warning = clock.due_at(policy.warning_fraction) or queued.at
+            due_at = max(queued.at, min(queued.at + policy.queued_notice_after, warning))
+            alerts.append(Alert(alert_id=alert_id, kind="queued_notice",
+                                ticket_id=self.ticket_id, revision=queued.revision,
+                                due_at=due_at, cause_id=queued.fact_id, clock=clock,
+                                queued=queued))
+        return alerts
 
     def due(self, now: datetime, policy: SlaPolicy) -> list[Alert]:
         """The alerts to fire at ``now``, in due order: each clock's warning and breach, and
-        for each open page the *latest* escalation level reached."""
+        for each open page the *latest* escalation level reached. A due "queued" update
+        answers the initial-response clocks it covers, so their warning and breach (due at
+        the same sweep, after an outage) are not fired with it."""
         due = [a for a in self.pending(policy) if a.kind != "escalation" and a.due_at <= now]
+        answered = {c.key for a in due if a.kind == "queued_notice"
+                    for c in self.clocks if c.name == "initial_response"
+                    and c.revision <= a.revision}
+        due = [a for a in due if a.kind == "queued_notice" or a.kind == "escalation"
+               or a.clock is None or a.clock.key not in answered]
         for page in self.open_pages():
             reached = (now - page.opened_at) // policy.escalate_after
             if reached > page.escalation_level:
@@ -381,11 +434,13 @@ class _Builder:
         self.clocks: list[SlaClock] = []
         self.pages: list[Page] = []
         self.fired: set[str] = set()
+        self.queued: dict[int, Fact] = {}
 
     def state(self) -> TicketState:
         return TicketState(ticket_id=self.ticket_id, language=self.language,
                            latest_revision=self.latest_revision, clocks=tuple(self.clocks),
-                           pages=tuple(self.pages), fired=frozenset(self.fired))
+                           pages=tuple(self.pages), fired=frozenset(self.fired),
+                           queued=tuple(self.queued[r] for r in sorted(self.queued)))
 
     def apply(self, fact: Fact) -> None:
         at, rev = fact.at, fact.revision
@@ -437,6 +492,12 @@ class _Builder:
                     self.pages = [p.close(at, "acknowledged", fact.kind) if p is page else p
                                   for p in self.pages]
                 self._respond(at, page.revision if page is not None else rev)
+            case "queued":
+                self.queued[rev] = fact  # in time order: the latest estimate wins
+            case "queued_notice":
+                if fact.alert_id is not None:
+                    self.fired.add(fact.alert_id)
+                self._respond(at, rev)
             case "alert_fired":
                 if fact.alert_id is not None:
                     self.fired.add(fact.alert_id)

@@ -9,6 +9,7 @@ ids.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -28,7 +29,7 @@ from schemas.events import (
     TicketUpdateKind,
 )
 from schemas.request import Language
-from services.notifier.sla import Timeline
+from services.notifier.sla import Fact, Timeline
 from services.notifier.templates import render
 from services.notifier.templates.context import (
     Acknowledgement,
@@ -40,6 +41,7 @@ from services.notifier.templates.context import (
     Extension,
     FieldProblem,
     HardwareNotice,
+    Queued,
     Rejection,
     ScopeNotIncluded,
     Started,
@@ -136,6 +138,19 @@ def overdue_update(ticket_id: str, language: Language | None) -> CustomerUpdate:
     chosen = language or DEFAULT_LANGUAGE
     context = Extension(ticket_id=ticket_id, overdue=True)
     return CustomerUpdate(key="overdue", kind="extension", language=chosen,
+                          message=render(context, chosen))
+
+
+def queued_update(ticket_id: str, language: Language | None, queued: Fact, now: datetime
+                  ) -> CustomerUpdate:
+    """The customer's notice that the verified intervention waits for a free executor, with
+    its place in line and roughly when it starts (the executor's estimate, from ``now``)."""
+    chosen = language or DEFAULT_LANGUAGE
+    expected = queued.expected_start or now
+    minutes = max(1, math.ceil((expected - now).total_seconds() / 60))
+    context = Queued(ticket_id=ticket_id, position=queued.position or 1, minutes=minutes,
+                     expected_start=max(expected, now))
+    return CustomerUpdate(key="queued", kind="queued", language=chosen,
                           message=render(context, chosen))
 
 

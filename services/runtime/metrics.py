@@ -149,13 +149,15 @@ class RuntimeMetrics:
                 for name in ("kafka", "mongodb")]
 
     def watch_work(self, *, queued: Callable[[], int], running: Callable[[], int],
-                   concurrency: int, queue_size: int) -> None:
+                   concurrency: int, queue_size: int,
+                   oldest_wait: Callable[[], float] = lambda: 0.0) -> None:
         """The executor's bounded work queue: what waits, what runs, and the limits, so a
         saturated executor shows before the initial-response clocks run out."""
         meter = self._meter
         limits = {"concurrency": concurrency, "queue_size": queue_size}
 
-        def observe(value: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(value: Callable[[], float]
+                    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
             return lambda _options: [Observation(value())]
 
         meter.create_observable_gauge(
@@ -164,6 +166,10 @@ class RuntimeMetrics:
         meter.create_observable_gauge(
             "intervention.executor.running", callbacks=[observe(running)], unit="{claim}",
             description="Interventions running now.")
+        meter.create_observable_gauge(
+            "intervention.executor.oldest_queued_age", callbacks=[observe(oldest_wait)],
+            unit="s", description="How long the longest-waiting queued intervention has "
+                                  "waited for a free worker (0 when none waits).")
         meter.create_observable_gauge(
             "intervention.executor.limit", unit="{claim}",
             callbacks=[lambda _options: [Observation(v, {"limit": k})

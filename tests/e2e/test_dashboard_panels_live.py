@@ -85,12 +85,15 @@ SERVICES = {"intake", "auth", "executor", "notifier"}
 #   (only the data-centre clock is made to breach, below).
 # - intake's outbox: an accepted ticket is published within milliseconds when Kafka is up, so
 #   its oldest entry's age is 0 at (almost) every scrape.
+# - the executors' queue: a healthy run never saturates them (the capacity panel still shows
+#   the running interventions and the concurrency), so nothing waits for a worker.
 # - consumer lag: the scenarios' natural burst made it 3 at some scrape in most runs, but a
 #   consumer that keeps up between two 1 s scrapes rightly shows 0, and one CI rehearsal saw
 #   exactly that (the metrics scrape test treats it the same: ZERO_AT_REST).
 ZERO_IN_A_HEALTHY_RUN = frozenset({"Handler errors per second",
                                    "Waiting at a hand-off (oldest, seconds)",
-                                   "Consumer lag"})
+                                   "Consumer lag",
+                                   "Executor capacity: queued and running interventions"})
 # Every panel selector also carries the dashboard's job and instance variables, at "All".
 _ALL = (("job", "=~", ".+"), ("instance", "=~", ".+"))
 ZERO_SELECTORS = frozenset({
@@ -101,6 +104,8 @@ ZERO_SELECTORS = frozenset({
       for timeline in ("standard", "complex")),
     ("intake_outbox_oldest_age_seconds", _ALL),
     ("intervention_consumer_lag", _ALL),
+    ("intervention_executor_queued", _ALL),
+    ("intervention_executor_oldest_queued_age_seconds", _ALL),
 })
 SETTLE_S = 120.0  # after the additions, for every panel to show its values
 WAIT_S = 60.0  # for each step of the additions

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"))
 
-from notifier_factories import clarification, started, submitted
+from notifier_factories import clarification, completed, started, submitted
 from notifier_harness import (
     FakeClock,
     RecordingBot,
@@ -144,6 +144,33 @@ async def test_warning_and_breach_fire_once_each_across_a_restart(env: Env) -> N
         assert [u.kind for u in overdue] == ["acknowledgement", "intervention_started",
                                              "extension"]
         assert len(second.bus.of(ticket.ticket_id, EngineerAcknowledged)) == 1
+
+
+async def test_a_lagging_acknowledgement_still_reaches_the_customer_before_later_updates(
+        env: Env, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acknowledgement has a consumer group of its own; when it lags (a burst, a restart)
+    the next update of the revision waits for it, so the customer never reads "work has
+    started" above "we received your request" (the flaky ordering once seen in
+    test_warning_and_breach_fire_once_each_across_a_restart)."""
+    acknowledge = stack.service.notifier.acknowledge
+
+    async def lagging(event: Any, delivery: Any) -> None:
+        await asyncio.sleep(2.0)  # the acknowledgement group two seconds behind
+        await acknowledge(event, delivery)
+
+    monkeypatch.setattr(stack.service.notifier, "acknowledge", lagging)
+    t0 = env.clock.now
+    ticket = submitted(at=t0)
+    await stack.bus.publish(ticket)
+    await stack.bus.publish(started(ticket, at=t0 + 1 * MIN))
+    updates = await stack.bus.wait(ticket.ticket_id, TicketUpdated, 2)
+    # Completed, so this module's later sweeps find no clock of this ticket running.
+    await stack.bus.publish(completed(ticket, at=t0 + 2 * MIN))
+    await recorded(stack, ticket.ticket_id, 3)
+    await stack.bus.wait(ticket.ticket_id, TicketUpdated, 3)
+    await stack.bus.settle()
+    assert [u.kind for u in stack.bus.of(ticket.ticket_id, TicketUpdated)] == [
+        "acknowledgement", "intervention_started", "completion"], updates
 
 
 async def test_waiting_on_the_customer_pauses_the_intervention_clock(env: Env, stack: Stack

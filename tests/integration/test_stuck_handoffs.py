@@ -26,11 +26,12 @@ from services.notifier.ledger import COLLECTION as LEDGER
 pytestmark = pytest.mark.integration
 
 
-async def put_board(db: AsyncDatabase[dict[str, Any]], ticket: str, since: datetime) -> None:
+async def put_board(db: AsyncDatabase[dict[str, Any]], ticket: str, since: datetime,
+                    queued_at: datetime | None = None) -> None:
     entry = BoardEntry(ticket_id=ticket, phase="submitted", opened_at=since, progress_at=since,
                        clocks=(ClockEntry(name="initial_response", revision=1,
                                           deadline=since + timedelta(minutes=10),
-                                          running=True),))
+                                          running=True),), queued_at=queued_at)
     # The board entry rides on the ticket's latest fact document (services/notifier/views.py).
     await db[LEDGER].insert_one({"_id": f"{ticket}#000001", "ticket_id": ticket, "seq": 1,
                                  "board": to_document(entry, facts=1)})
@@ -54,17 +55,24 @@ async def test_tickets_waiting_at_each_handoff_are_stuck_after_the_grace_with_wh
         await put_board(db, f"SUB-{unique}", old)
         await put_board(db, f"AUT-{unique}", old)
         await put_board(db, f"SUBF-{unique}", fresh)
+        await put_board(db, f"QUE-{unique}", old, queued_at=old + timedelta(seconds=30))
         await db[AUTH_HISTORY].insert_one({"_id": f"ticket:AUT-{unique}", "latest_revision": 1})
+        await db[AUTH_HISTORY].insert_one({"_id": f"ticket:QUE-{unique}", "latest_revision": 1})
 
         stalled = await find_stalled_handoffs(db, now)
         assert {(s.ticket_id, s.stage) for s in stalled} == {
             (f"ACC-{unique}", "accepted_not_submitted"),
             (f"SUB-{unique}", "submitted_not_authorized"),
-            (f"AUT-{unique}", "authorized_not_claimed")}
+            (f"AUT-{unique}", "authorized_not_claimed"),
+            (f"QUE-{unique}", "claimed_queued")}
         by_ticket = {s.ticket_id: s for s in stalled}
         assert by_ticket[f"ACC-{unique}"].waits_for.startswith("intake")
         assert by_ticket[f"SUB-{unique}"].waits_for.startswith("auth")
         assert by_ticket[f"AUT-{unique}"].waits_for.startswith("executor")
+        # Claimed and queued behind a saturated executor: waits for capacity, since queued.
+        assert by_ticket[f"QUE-{unique}"].waits_for.startswith("executor capacity")
+        queued_since = by_ticket[f"QUE-{unique}"].since - (old + timedelta(seconds=30))
+        assert abs(queued_since) < timedelta(milliseconds=1)  # the store keeps milliseconds
         assert all(timedelta(minutes=4) < s.age < timedelta(minutes=6) for s in stalled)
 
         # The operator's command says the same, and fails (exit 1) while any waits.

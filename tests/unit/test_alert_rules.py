@@ -71,7 +71,7 @@ def test_the_expected_alerts_exist() -> None:
         "InitialResponseBudgetFastBurn", "InitialResponseBudgetSlowBurn",
         "CompletionBudgetFastBurn", "CompletionBudgetSlowBurn",
         "InterventionServiceDown", "ConsumerLagGrowing", "DeadLetterQueueReceiving",
-        "AcceptedTicketsNotPublished", "TicketsWaitingForPickup"}
+        "AcceptedTicketsNotPublished", "TicketsWaitingForPickup", "InitialResponseAtRisk"}
 
 
 def test_burn_rate_alerts_pair_a_long_and_a_short_window() -> None:

@@ -66,6 +66,17 @@ class Started:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Queued:
+    """Verified and accepted, waiting for a free executor: the initial response under load.
+    ``position`` is the place in line (1: next), ``minutes`` the rough wait from now."""
+
+    ticket_id: str
+    position: int
+    minutes: int
+    expected_start: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Extension:
     """The timeline grew: a longer timeline applies (``timeline``) or the promised one has
     passed (``overdue``)."""
@@ -123,6 +134,7 @@ UpdateContext = (
     | Clarification
     | ScopeNotIncluded
     | Started
+    | Queued
     | Extension
     | Completion
     | HardwareNotice
@@ -135,6 +147,7 @@ KIND_OF: dict[type[UpdateContext], TicketUpdateKind] = {
     Clarification: "clarification",
     ScopeNotIncluded: "scope_not_included",
     Started: "intervention_started",
+    Queued: "queued",
     Extension: "extension",
     Completion: "completion",
     HardwareNotice: "hardware_escalation",

@@ -23,6 +23,7 @@ from services.notifier.templates.context import (
     EngineerStep,
     Extension,
     HardwareNotice,
+    Queued,
     Rejection,
     ScopeNotIncluded,
     Started,
@@ -183,6 +184,18 @@ class Messages:
                     t("Expected duration: {timeline}. We will post a summary of every action "
                       "on this ticket when it is done.",
                       timeline=term("timeline", context.timeline)),
+                )
+            case Queued():
+                return self._join(
+                    t("Hello,\n\nWe have received and verified your request on ticket "
+                      "{ticket_id}. All our automated workers are busy right now, so your "
+                      "intervention is queued: it is number {position} in line.",
+                      ticket_id=context.ticket_id, position=context.position),
+                    t("It is expected to start in about {minutes} minutes (around {time} "
+                      "UTC). This is an estimate; we will post here when the work starts, "
+                      "and a summary of every action when it is done.",
+                      minutes=context.minutes,
+                      time=context.expected_start.strftime("%H:%M")),
                 )
             case Extension():
                 return self._extension(context)

@@ -3,6 +3,7 @@ and Italian renderings are pinned in tests/fixtures/notifier/customer_messages.j
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from itertools import product
 from typing import get_args
 
@@ -18,6 +19,7 @@ from services.notifier.templates.context import (
     Extension,
     FieldProblem,
     HardwareNotice,
+    Queued,
     Rejection,
     ScopeNotIncluded,
     Started,
@@ -77,4 +79,8 @@ def message_cases() -> dict[str, UpdateContext]:
             ticket_id=T, component=component, device=device, severity=severity)
     for method in methods:
         cases[f"engineer-{method}"] = EngineerStep(ticket_id=T, method=method)
+    for position, minutes in ((1, 1), (12, 25)):
+        cases[f"queued-{position}"] = Queued(
+            ticket_id=T, position=position, minutes=minutes,
+            expected_start=datetime(2026, 12, 6, 9, minutes, tzinfo=UTC))
     return cases

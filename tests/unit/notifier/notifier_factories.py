@@ -20,6 +20,7 @@ from schemas import (
     FieldError,
     HardwareEscalated,
     InterventionCompleted,
+    InterventionQueued,
     InterventionStarted,
     ManualStepCompleted,
     ManualStepRequested,
@@ -103,6 +104,14 @@ def started(ticket: TicketSubmitted, *, at: datetime = NOW, text: str = "t",
     return InterventionStarted.new(**_cause(ticket, at, revision), access_method=method,
                                    reason=f"reason {text}", runbook="diagnostics", mode=mode,
                                    timeline=timeline)
+
+
+def queued(ticket: TicketSubmitted, *, at: datetime = NOW, position: int = 3,
+           starts_in: timedelta = timedelta(minutes=4), revision: int | None = None
+           ) -> InterventionQueued:
+    return InterventionQueued.new(**_cause(ticket, at, revision), position=position,
+                                  expected_start_at=at + starts_in,
+                                  typical_run_seconds=120, concurrency=1)
 
 
 def manual_step(ticket: TicketSubmitted, *, at: datetime = NOW, text: str = "t",

@@ -14,6 +14,7 @@ from notifier_factories import (
     completed,
     hardware,
     manual_step,
+    queued,
     started,
     step_completed,
     submitted,
@@ -191,6 +192,29 @@ def test_gauges_count_open_tickets_by_state_and_age_band_and_waiting_pages() -> 
     assert board.oldest_page["new_ticket"] == 30 * 60
     # 30 min without a response, and 3 h into a 60-minute intervention.
     assert board.overdue == {"initial_response": 1, "intervention": 1}
+
+
+def test_the_least_time_left_on_an_initial_response_clock_is_the_at_risk_gauge() -> None:
+    now = NOW + 7 * MIN
+    waiting, answered, silent = submitted(at=NOW + 4 * MIN), submitted(at=NOW), \
+        submitted(at=NOW - 20 * MIN)
+    entries = [_entry(waiting),
+               _entry(answered, started(answered, at=NOW + MIN)),
+               _entry(silent)]
+    # The silent ticket passed its deadline 17 min ago; the waiting one has 7 min left.
+    assert snapshot(entries, now).initial_time_left == -17 * 60
+    assert snapshot(entries[:2], now).initial_time_left == 7 * 60
+    assert snapshot(entries[1:2], now).initial_time_left is None  # nothing at risk
+
+
+def test_a_queued_ticket_shows_on_the_board_as_waiting_for_executor_capacity() -> None:
+    ticket = submitted(at=NOW)
+    entry = _entry(ticket, queued(ticket, at=NOW + MIN))
+    assert (entry.phase, entry.queued_at) == ("submitted", NOW + MIN)
+    assert from_document({"_id": ticket.ticket_id, **to_document(entry, 2)}) == entry
+    # Started: no longer queued.
+    assert _entry(ticket, queued(ticket, at=NOW + MIN),
+                  started(ticket, at=NOW + 2 * MIN)).queued_at is None
 
 
 # --- stuck tickets ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from notifier_factories import (
     clarification,
     completed,
     manual_step,
+    queued,
     started,
     step_completed,
     submitted,
@@ -223,3 +224,60 @@ def test_the_state_does_not_depend_on_the_order_facts_were_recorded(rnd: random.
     shuffled = list(facts)
     rnd.shuffle(shuffled)
     assert fold("T", shuffled, POLICY) == fold("T", facts, POLICY)
+
+
+# --- a verified ticket the executor queued (graceful overload) ----------------------------
+
+
+def test_a_queued_ticket_gets_its_notice_after_the_grace_and_it_answers_the_clock() -> None:
+    ticket = submitted(at=NOW)
+    facts = facts_of(ticket, queued(ticket, at=NOW + 1 * MIN))
+    assert [a.kind for a in fire_all(facts, NOW + 1 * MIN + POLICY.queued_notice_after
+                                     - timedelta(seconds=1))] == []
+    [notice] = fire_all(facts, NOW + 1 * MIN + POLICY.queued_notice_after)
+    assert notice.kind == "queued_notice"
+    assert notice.queued is not None
+    assert notice.queued.position == 3
+    state = fold("T", facts, POLICY)
+    initial = state.clock("initial_response")
+    assert initial is not None
+    assert initial.stopped
+    # Answered in time: no warning, no breach, and never a second notice.
+    assert [a.kind for a in fire_all(facts, NOW + 30 * MIN)
+            if a.kind != "escalation"] == []
+
+
+def test_a_start_within_the_grace_means_no_queued_notice() -> None:
+    ticket = submitted(at=NOW)
+    facts = facts_of(ticket, queued(ticket, at=NOW + 1 * MIN),
+                     started(ticket, at=NOW + 1 * MIN + timedelta(seconds=10)))
+    assert [a for a in fire_all(facts, NOW + 30 * MIN) if a.kind == "queued_notice"] == []
+
+
+def test_a_ticket_queued_late_is_answered_at_once_without_a_warning() -> None:
+    ticket = submitted(at=NOW)
+    facts = facts_of(ticket)
+    # Auth was slow: the verdict reached the executor after the warning point would pass.
+    facts += facts_of(queued(ticket, at=NOW + 9 * MIN))
+    due = fire_all(facts, NOW + 9 * MIN)
+    assert [a.kind for a in due if a.kind != "escalation"] == ["queued_notice"]
+
+
+def test_the_notice_is_due_no_later_than_the_warning_point() -> None:
+    policy = SlaPolicy(queued_notice_after=timedelta(minutes=20))
+    ticket = submitted(at=NOW)
+    state = fold("T", facts_of(ticket, queued(ticket, at=NOW + 1 * MIN)), policy)
+    [notice] = [a for a in state.pending(policy) if a.kind == "queued_notice"]
+    assert notice.due_at == NOW + 8 * MIN
+
+
+def test_one_queued_notice_per_revision_and_the_latest_estimate_is_told() -> None:
+    ticket = submitted(at=NOW)
+    first = queued(ticket, at=NOW + 1 * MIN, position=5)
+    again = queued(ticket, at=NOW + 2 * MIN, position=2)  # a re-announcement (takeover)
+    facts = facts_of(ticket, first, again)
+    due = [a for a in fire_all(facts, NOW + 5 * MIN) if a.kind == "queued_notice"]
+    assert len(due) == 1
+    assert due[0].queued is not None
+    assert due[0].queued.position == 2
+    assert [a for a in fire_all(facts, NOW + 6 * MIN) if a.kind == "queued_notice"] == []

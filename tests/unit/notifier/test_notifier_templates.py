@@ -16,6 +16,7 @@ from notifier_factories import (
     completed,
     hardware,
     manual_step,
+    queued,
     rejected,
     started,
     step_completed,
@@ -23,9 +24,15 @@ from notifier_factories import (
 )
 
 from schemas.events import Event, TicketUpdateKind
+from services.notifier.sla import fact_of
 from services.notifier.templates import chat, render
 from services.notifier.templates.context import Extension, UpdateContext
-from services.notifier.updates import contexts_for, customer_updates, overdue_update
+from services.notifier.updates import (
+    contexts_for,
+    customer_updates,
+    overdue_update,
+    queued_update,
+)
 
 LANGUAGES = ("en", "it")
 
@@ -106,6 +113,10 @@ def test_every_update_kind_renders_in_both_languages(language: str) -> None:
             rendered[update.kind] = update.message
     overdue = overdue_update(ticket.ticket_id, language)  # type: ignore[arg-type]
     assert overdue.kind == "extension"
+    waiting = fact_of(queued(ticket))
+    assert waiting is not None
+    notice = queued_update(ticket.ticket_id, language, waiting, waiting.at)  # type: ignore[arg-type]
+    rendered[notice.kind] = notice.message
     assert set(rendered) == set(get_args(TicketUpdateKind))
     for kind, message in rendered.items():
         assert ticket.ticket_id in message or kind in ("rejection", "scope_not_included"), kind

@@ -72,7 +72,8 @@ EXPECTED_CONSUMED = {
     "executor": {"intervention.authorization-verified", "intervention.manual-step-completed"},
     "notifier": {"intervention.ticket-submitted", "intervention.ticket-rejected",
                  "intervention.authorization-rejected", "intervention.clarification-requested",
-                 "intervention.intervention-started", "intervention.manual-step-requested",
+                 "intervention.intervention-queued", "intervention.intervention-started",
+                 "intervention.manual-step-requested",
                  "intervention.manual-step-completed", "intervention.intervention-completed",
                  "intervention.hardware-escalated", "intervention.engineer-acknowledged"},
 }

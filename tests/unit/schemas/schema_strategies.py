@@ -27,6 +27,7 @@ from schemas import (
     HardwareEscalated,
     HelpdeskTicketRequest,
     InterventionCompleted,
+    InterventionQueued,
     InterventionStarted,
     ManualStepCompleted,
     ManualStepRequested,
@@ -281,6 +282,13 @@ EVENT_STRATEGIES: dict[type[EventEnvelope], S[Any]] = {
         ClarificationRequested,
         question=free_text(),
         field=st.none() | st.just("server.service_name"),
+    ),
+    InterventionQueued: event(
+        InterventionQueued,
+        position=st.integers(min_value=1, max_value=1_000),
+        expected_start_at=utc_datetimes,
+        typical_run_seconds=st.integers(min_value=0, max_value=3600),
+        concurrency=st.integers(min_value=1, max_value=64),
     ),
     InterventionStarted: event(
         InterventionStarted,
