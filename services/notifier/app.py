@@ -197,8 +197,7 @@ def build(
 
     # Every acknowledgement and step report leaves signed (services.runtime.facts).
     publish = signing_publisher(runtime.publish, signing_key, "notifier")
-    ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock,
-                          archive_after=timedelta(seconds=settings.notifier_archive_after_s))
+    ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock)
     deadlines = Deadlines(ledger, policy)
     archiver = Archiver(ledger, clock=clock,
                         after=timedelta(seconds=settings.notifier_archive_after_s),

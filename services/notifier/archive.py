@@ -13,10 +13,10 @@ tickets moved, off the ticket path.
 Crash safety without transactions: the archive insert is keyed by the run, so a round
 repeated after a crash between insert and delete inserts nothing new and deletes what is
 left. The delete names the exact documents archived, so a late fact appended meanwhile (at
-the next position) stays live; the ledger continues the numbering after the archived run,
-and a process that does not know the ticket finds the run in the archive (:mod:`.ledger`).
-The delay ``after`` leaves time for the stragglers of a ticket (an acknowledgement racing
-its completion across topics) to find the ticket still live.
+the next position) stays live. The delay ``after`` leaves time for the stragglers of a
+ticket (an acknowledgement or a start racing its completion across topics) to find the
+ticket still live; one later than that starts a live run of its own, and the sweeper joins
+the archived history back before it fires anything for it (:mod:`.ledger`).
 """
 
 from __future__ import annotations

@@ -53,8 +53,11 @@ class Deadlines:
         self._ledger = ledger
         self._policy = policy
 
-    async def state(self, ticket_id: str) -> TicketState:
-        return fold(ticket_id, await self._ledger.facts(ticket_id), self._policy)
+    async def state(self, ticket_id: str, *, history: bool = False) -> TicketState:
+        """The ticket's state from its live facts (``history``: with an archived history
+        joined back, for firing alerts; see :mod:`.ledger`)."""
+        return fold(ticket_id, await self._ledger.facts(ticket_id, history=history),
+                    self._policy)
 
     async def due(self, now: datetime, *, limit: int = 200) -> list[str]:
         """Tickets whose latest view has come due, soonest first."""
@@ -116,7 +119,7 @@ class Sweeper:
         return fired
 
     async def sweep_ticket(self, ticket_id: str, now: datetime) -> list[Alert]:
-        state = await self._deadlines.state(ticket_id)
+        state = await self._deadlines.state(ticket_id, history=True)
         fired: list[Alert] = []
         deferred = False
         for alert in state.due(now, self._policy):

@@ -22,10 +22,14 @@ they would race for the same position and pay a read for it.
 
 History moves out (:mod:`.archive`): a ticket with nothing open is copied to
 ``notifier_ticket_facts_archive`` (one document per run of facts) and deleted from this
-collection, so what the hot path touches holds only in-flight tickets. A fact arriving for a
-ticket this process does not know is appended after reading the live facts; the archive is
-read only when the live collection has none of the ticket and the fact itself is older than
-the archiving delay (a late event of an archived ticket, never a new one), a rare path.
+collection, so what the ticket path touches holds only in-flight tickets, and the ticket
+path never reads the archive. A fact arriving for an archived ticket (a straggler across
+topics) is appended to the live collection like a new ticket's. The sweeper reads with
+``history=True``: for a ticket whose live facts lack its TicketSubmitted it joins the
+archived runs back and appends a ``restored`` marker, whose view then reflects the whole
+history (a late InterventionStarted after its completion was archived fires no SLA alert,
+and the ticket is archived again). That read is the rare path: only a due alert of a ticket
+without its submission in the live collection takes it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -113,14 +117,12 @@ class _Lock:
 
 class TicketLedger:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], view: View, *,
-                 clock: Clock = utc_now, archive_after: timedelta = timedelta(minutes=1),
-                 collection: str = COLLECTION, archive: str = ARCHIVE,
+                 clock: Clock = utc_now, collection: str = COLLECTION, archive: str = ARCHIVE,
                  cache_tickets: int = 10_000) -> None:
         self.coll = db[collection]
         self.archive = db[archive]
         self._view = view
         self._clock = clock
-        self._archive_after = archive_after
         self._cache: OrderedDict[str, _Known] = OrderedDict()
         self._cache_tickets = cache_tickets
         self._locks: dict[str, _Lock] = {}
@@ -129,29 +131,31 @@ class TicketLedger:
 
     async def record(self, ticket_id: str, fact: Fact) -> Recorded:
         """Append ``fact`` unless a fact with its id is already recorded."""
-        fact = as_stored(fact)
         async with self._locked(ticket_id):
             known = self._cache.get(ticket_id)
             if known is None:
                 known = await self._load(ticket_id, fact)
-            while True:
-                if any(f.fact_id == fact.fact_id for f in known.facts):
-                    self._remember(ticket_id, known)
-                    return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts,
-                                    after=known.facts, recorded=False)
-                after = (*known.facts, fact)
-                seq = known.next_seq
-                try:
-                    await self.coll.insert_one({
-                        "_id": _key(ticket_id, seq), "ticket_id": ticket_id, "seq": seq,
-                        "fact": to_document(fact), "view_at": self._clock(),
-                        **self._view(ticket_id, after)})
-                except DuplicateKeyError:
-                    known = await self._forward(ticket_id, known)  # another writer was first
-                    continue
-                self._remember(ticket_id, _Known(after, seq + 1))
+            return await self._append(ticket_id, as_stored(fact), known)
+
+    async def _append(self, ticket_id: str, fact: Fact, known: _Known) -> Recorded:
+        while True:
+            if any(f.fact_id == fact.fact_id for f in known.facts):
+                self._remember(ticket_id, known)
                 return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts,
-                                after=after, recorded=True)
+                                after=known.facts, recorded=False)
+            after = (*known.facts, fact)
+            seq = known.next_seq
+            try:
+                await self.coll.insert_one({
+                    "_id": _key(ticket_id, seq), "ticket_id": ticket_id, "seq": seq,
+                    "fact": to_document(fact), "view_at": self._clock(),
+                    **self._view(ticket_id, after)})
+            except DuplicateKeyError:
+                known = await self._forward(ticket_id, known)  # another writer was first
+                continue
+            self._remember(ticket_id, _Known(after, seq + 1))
+            return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts, after=after,
+                            recorded=True)
 
     async def append(self, ticket_id: str, fact: Fact) -> bool:
         """Record ``fact``; True if this call added it."""
@@ -159,14 +163,19 @@ class TicketLedger:
 
     # -- reads: after a restart, for another replica's facts, for the sweeper and chat -----
 
-    async def facts(self, ticket_id: str) -> list[Fact]:
+    async def facts(self, ticket_id: str, *, history: bool = False) -> list[Fact]:
         """Every fact recorded for the ticket, in recorded order, including any another
-        writer appended since this process last looked (one lookup past what it knows)."""
+        writer appended since this process last looked (one lookup past what it knows).
+
+        ``history``: also join back an archived history (see the module doc), for the
+        sweeper, before it fires anything."""
         async with self._locked(ticket_id):
             known = self._cache.get(ticket_id)
             known = await (self._load(ticket_id, None) if known is None
                            else self._forward(ticket_id, known))
             self._remember(ticket_id, known)
+            if history and not any(f.kind == "submitted" for f in known.facts):
+                known = await self._restore(ticket_id, known)
             return list(known.facts)
 
     def knows_past(self, ticket_id: str, seq: int) -> bool:
@@ -182,29 +191,29 @@ class TicketLedger:
     # -- loading ----------------------------------------------------------------------------
 
     async def _load(self, ticket_id: str, fact: Fact | None) -> _Known:
-        """What this process does not know yet about the ticket."""
+        """What this process does not know yet about the ticket (live facts only)."""
         if fact is not None and fact.kind == "submitted" and fact.revision == 1:
             # A new ticket: nothing to read. Were its position taken, the insert says so.
             return _Known((), 1)
-        known = await self._forward(ticket_id, _Known((), 1))
-        if known.facts:
-            return known
-        stale = fact is None or self._clock() - fact.at > self._archive_after
-        if stale:  # a late fact (or a read) for a ticket whose history may be archived
-            known = await self._archived(ticket_id)
-            if known.facts:
-                known = await self._forward(ticket_id, known)
-        return known
+        return await self._forward(ticket_id, _Known((), 1))
 
-    async def _archived(self, ticket_id: str) -> _Known:
-        facts: list[Fact] = []
-        last = 0
+    async def _restore(self, ticket_id: str, known: _Known) -> _Known:
+        """Join the ticket's archived runs to its live facts (the lock is held)."""
+        archived: list[Fact] = []
         runs = [doc async for doc in self.archive.find({"ticket_id": ticket_id})]
-        for run in sorted(runs, key=lambda d: int(d["first"])):
-            seen = {f.fact_id for f in facts}
-            facts += [f for f in map(from_document, run["facts"]) if f.fact_id not in seen]
-            last = max(last, int(run["last"]))
-        return _Known(tuple(facts), last + 1)
+        for run in sorted(runs, key=lambda d: (int(d["first"]), str(d["_id"]))):
+            archived += map(from_document, run["facts"])
+        seen = {f.fact_id for f in known.facts}
+        missing = tuple(f for f in _unique(archived) if f.fact_id not in seen)
+        if not missing:
+            return known
+        # The marker's document carries the view of the whole history; its id names the
+        # history joined, so a repeated restore (another sweeper) adds nothing.
+        marker = Fact(fact_id=f"{ticket_id}:restored:{len(missing)}", kind="restored",
+                      at=self._clock(), revision=max(f.revision for f in missing))
+        joined = _Known((*missing, *known.facts), known.next_seq)
+        recorded = await self._append(ticket_id, as_stored(marker), joined)
+        return _Known(recorded.after, self._cache[ticket_id].next_seq)
 
     async def _forward(self, ticket_id: str, known: _Known) -> _Known:
         facts, seq = list(known.facts), known.next_seq
@@ -245,6 +254,13 @@ async def latest_documents(coll: AsyncCollection[dict[str, Any]],
         if current is None or doc["seq"] > current["seq"]:
             latest[doc["ticket_id"]] = doc
     return latest
+
+
+def _unique(facts: Sequence[Fact]) -> list[Fact]:
+    unique: dict[str, Fact] = {}
+    for fact in facts:
+        unique.setdefault(fact.fact_id, fact)
+    return list(unique.values())
 
 
 def facts_of(docs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ SLA and escalation:
 - ``NOTIFIER_SWEEP_INTERVAL_S`` = 1.0: how often due deadlines are swept.
 - ``NOTIFIER_ARCHIVE_AFTER_S`` = 60: a ticket with nothing open (no running clock, no
   waiting page) leaves the in-flight facts for the archive this long after its last fact,
-  so the hot collection holds in-flight tickets only (:mod:`services.notifier.archive`).
+  so the hot collection holds in-flight tickets only (:mod:`services.notifier.archive`);
+  stragglers of its events arriving within it find the ticket live.
 - ``NOTIFIER_ARCHIVE_INTERVAL_S`` = 10: how often finished tickets are moved.
 - ``NOTIFIER_CLAIM_LEASE_S`` = 60: a claim (a deadline firing, an ack being published, a chat
   post being sent) older than this whose owner never finished is taken over.

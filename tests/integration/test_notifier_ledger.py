@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "notifier"
 from notifier_factories import completed, started, submitted
 
 from services.notifier.archive import Archiver
+from services.notifier.deadlines import Deadlines
 from services.notifier.ledger import TicketLedger, as_stored
 from services.notifier.sla import Fact, SlaPolicy, fact_of
 from services.notifier.views import ticket_view
@@ -77,34 +78,45 @@ async def test_replicas_appending_to_one_ticket_lose_nothing_and_see_the_exact_h
     assert (latest["seq"], latest["board"], latest["open"]) == (15, None, False)
 
 
-async def test_a_finished_ticket_moves_to_the_archive_and_a_late_fact_finds_its_history(
+async def test_a_finished_ticket_moves_to_the_archive_and_a_late_start_fires_no_alert(
     mongo_db: AsyncDatabase[dict[str, Any]], unique: str,
 ) -> None:
     old = datetime.now(UTC) - timedelta(hours=2)
-    facts = lifecycle(old)
+    ticket = submitted(at=old)
+    # The completion was recorded; the start lagged behind (its topic's group was far back).
+    facts = (fact(ticket), fact(completed(ticket, at=old + timedelta(minutes=30))))
     writer = ledger(mongo_db, unique)
     for f in facts:
-        await writer.record("HD-late", f)
-    await writer.record("HD-open", fact(submitted(at=old)))  # still waiting: stays
+        await writer.record(ticket.ticket_id, f)
+    waiting = submitted(at=old)
+    await writer.record(waiting.ticket_id, fact(waiting))  # still waiting: stays
     archiver = Archiver(writer, clock=lambda: datetime.now(UTC), after=timedelta(0))
-    assert await archiver.archive_once() == ["HD-late"]
+    assert await archiver.archive_once() == [ticket.ticket_id]
     assert await archiver.archive_once() == []
     live = {d["ticket_id"] async for d in writer.coll.find({})}
-    assert live == {"HD-open"}
+    assert live == {waiting.ticket_id}
 
-    # A notifier that never saw the ticket gets a fact from long ago (an acknowledgement
-    # that lagged): it is folded with the archived history, after it, never over it.
-    late = as_stored(Fact(fact_id="late-ack", kind="acknowledged",
-                          at=old + timedelta(minutes=1), revision=1,
-                          page_id=facts[0].fact_id, channel="webhook"))
-    other = ledger(mongo_db, unique, archive_after=timedelta(minutes=1))
-    recorded = await other.record("HD-late", late)
-    assert (recorded.before, recorded.after) == (facts, (*facts, late))
-    assert [d["seq"] async for d in other.coll.find({"ticket_id": "HD-late"})] == [4]
-    assert await ledger(mongo_db, unique).facts("HD-late") == [*facts, late]
-    # Archived again: a second run beside the first, and the history still whole.
-    assert await archiver.archive_once() == ["HD-late"]
-    assert await ledger(mongo_db, unique).facts("HD-late") == [*facts, late]
+    # A notifier that never saw the ticket gets the start, two hours late. The ticket path
+    # does not read the archive: the straggler starts a live run of its own, whose view
+    # alone has a running intervention clock long past due.
+    late = fact(started(ticket, at=old + timedelta(minutes=1)))
+    other = ledger(mongo_db, unique)
+    recorded = await other.record(ticket.ticket_id, late)
+    assert (recorded.before, recorded.after) == ((), (late,))
+    deadlines = Deadlines(ledger(mongo_db, unique), POLICY)
+    assert ticket.ticket_id in await deadlines.due(datetime.now(UTC))
+    # The sweeper reads with the history joined back: nothing is due, and the marker's
+    # view says so, so the ticket is neither swept again nor kept live.
+    state = await deadlines.state(ticket.ticket_id, history=True)
+    assert state.due(datetime.now(UTC), POLICY) == []
+    assert ticket.ticket_id not in await deadlines.due(datetime.now(UTC))
+    latest = (await writer.latest({"ticket_id": ticket.ticket_id}))[ticket.ticket_id]
+    assert (latest["seq"], latest["due_at"], latest["open"]) == (2, None, False)
+    assert await archiver.archive_once() == [ticket.ticket_id]
+    runs = [d async for d in writer.archive.find({"ticket_id": ticket.ticket_id})]
+    kept = {f["fact_id"] for run in runs for f in run["facts"]}
+    assert kept >= {f.fact_id for f in (*facts, late)}
+    assert len(runs) == 2
 
 
 async def test_the_archiver_leaves_a_ticket_a_later_fact_reopened(
