@@ -139,6 +139,9 @@ class Notifier:
         minutes = int(self.parts.policy.initial_response.total_seconds() // 60)
         await self._publish_updates(event, delivery, customer_updates(
             event, initial_response_minutes=minutes))
+        # Published from this process: its later updates (same producer, same partition)
+        # follow it without asking the store (see _after_acknowledgement).
+        self._told(str(event.event_id))
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Record an event's fact (with the deadline it leads to), page engineers, and tell
@@ -225,7 +228,11 @@ class Notifier:
                             event.revision)
                 return
             await asyncio.sleep(0.05)
-        self._acknowledged[key] = None
+        self._told(key)
+
+    def _told(self, submission_id: str) -> None:
+        self._acknowledged[submission_id] = None
+        self._acknowledged.move_to_end(submission_id)
         while len(self._acknowledged) > 10_000:
             self._acknowledged.popitem(last=False)
 
