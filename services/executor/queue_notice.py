@@ -38,6 +38,8 @@ class QueueNotices:
     async def announce(self, event: AuthorizationVerified, delivery: Delivery,
                        claim_id: str) -> bool:
         """Publish InterventionQueued for ``claim_id`` if it waits; True if it does."""
+        if self.worker.is_running(claim_id):
+            return False  # a verdict redelivered while its intervention runs
         place = self.worker.place(claim_id)
         if not place.waits:
             return False

@@ -78,6 +78,9 @@ class Worker:
         return QueuePlace(ahead=ahead, concurrency=self._concurrency,
                           running_for=tuple(now - t for t in self._running_since.values()))
 
+    def is_running(self, claim_id: str) -> bool:
+        return claim_id in self._running_since
+
     def recent_durations(self) -> tuple[float, ...]:
         """How long the recent runs took, in seconds (the newest last)."""
         return tuple(self._recent)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
-from uuid import UUID
 
 import uvicorn
 from fastapi import FastAPI
@@ -187,14 +186,6 @@ def build(
     lease = timedelta(seconds=settings.notifier_claim_lease_s)
     db = runtime.db
 
-    # The customer's acknowledgement of a new ticket has a consumer group of its own (below);
-    # the runtime marks a message processed there only once its update is published.
-    acknowledgement_group = f"{service_name}.{topic_for(TicketSubmitted)}.acknowledgement"
-
-    async def acknowledged(submitted_id: UUID) -> bool:
-        group_id = f"{settings.kafka_topic_prefix}{acknowledgement_group}"  # as subscribe()
-        return await runtime.processed.seen(group_id, str(submitted_id))
-
     # Every acknowledgement and step report leaves signed (services.runtime.facts).
     publish = signing_publisher(runtime.publish, signing_key, "notifier")
     ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock)
@@ -222,7 +213,7 @@ def build(
     notifier = Notifier(Collaborators(
         publish=publish, ledger=ledger, deadlines=deadlines, pages=pages,
         directory=directory, outbox=outbox, policy=policy, clock=clock, redact=redact,
-        projection=projection, acknowledged=acknowledged), desk=desk)
+        projection=projection), desk=desk)
     sweeper = Sweeper(ledger=ledger, deadlines=deadlines,
                       claims=Claims(db, ALERT_CLAIMS, lease=lease), policy=policy,
                       fire=notifier.fire, clock=clock,

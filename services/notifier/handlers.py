@@ -4,9 +4,7 @@ For every consumed event, in this order:
 
 1. the customer's TicketUpdated(s) (:mod:`.updates`), ids derived from the event, so a
    redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
-   it is the initial response the customer waits for. It is published by a consumer group of
-   its own, so a later update of the revision waits (briefly) until it is out: the customer
-   never reads "work has started" above "we received your request";
+   it is the initial response the customer waits for;
 2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
    computed; its one insert also carries the ticket's next deadline and board entry
    (:mod:`.views`), and returns the history just before and after it, so nothing here
@@ -29,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,7 +59,6 @@ from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
-    Fact,
     FactKind,
     Page,
     PageKind,
@@ -86,8 +82,6 @@ from services.runtime.consumer import Delivery
 log = logging.getLogger(__name__)
 
 Publish = Callable[[EventEnvelope], Awaitable[None]]
-Acknowledged = Callable[[UUID], Awaitable[bool]]
-"""True once the customer's acknowledgement of the TicketSubmitted with this id is published."""
 Redact = Callable[[str], str]
 Clock = Callable[[], datetime]
 
@@ -105,7 +99,6 @@ class Collaborators:
     redact: Redact = lambda text: text
     language_wait: timedelta = timedelta(seconds=5)
     projection: TicketProjection | None = None  # metrics and the open-ticket board
-    acknowledged: Acknowledged | None = None  # orders later updates after the acknowledgement
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,6 @@ class Notifier:
     def __init__(self, parts: Collaborators, *, desk: EngineerDesk) -> None:
         self.parts = parts
         self.desk = desk
-        self._acknowledged: OrderedDict[str, None] = OrderedDict()  # submissions known told
 
     # -- events --------------------------------------------------------------------------------
 
@@ -139,9 +131,6 @@ class Notifier:
         minutes = int(self.parts.policy.initial_response.total_seconds() // 60)
         await self._publish_updates(event, delivery, customer_updates(
             event, initial_response_minutes=minutes))
-        # Published from this process: its later updates (same producer, same partition)
-        # follow it without asking the store (see _after_acknowledgement).
-        self._told(str(event.event_id))
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """Record an event's fact (with the deadline it leads to), page engineers, and tell
@@ -156,11 +145,8 @@ class Notifier:
         after = fold(event.ticket_id, recorded.after, p.policy)
         if not isinstance(event, TicketSubmitted):  # a new revision cannot extend a timeline
             language = after.language or await self._language(event.ticket_id)
-            updates = customer_updates(event, language=language,
-                                       extended_to=timeline_extension(before, after))
-            if updates:
-                await self._after_acknowledgement(event, recorded.after)
-            await self._publish_updates(event, delivery, updates)
+            await self._publish_updates(event, delivery, customer_updates(
+                event, language=language, extended_to=timeline_extension(before, after)))
         match event:
             case TicketSubmitted():
                 await self._open_page(event, "new_ticket", chat.new_ticket(event))
@@ -192,49 +178,6 @@ class Notifier:
         log.warning("ticket %s: no TicketSubmitted seen; answering in the default language",
                     ticket_id)
         return None
-
-    async def _after_acknowledgement(self, event: Event, facts: Sequence[Fact]) -> None:
-        """Wait (at most ``language_wait``) until the revision's acknowledgement is published.
-
-        The acknowledgement group and this event's group publish to the same partition of
-        ``intervention.ticket-updated`` independently; under a burst, or after a restart, the
-        acknowledgement group can lag by seconds, and an executor that is quick would put
-        "work has started" on the ticket before "we received your request" (seen as the
-        flaky ordering of test_warning_and_breach_fire_once_each_across_a_restart). The
-        acknowledgement group marks a ticket processed only after its update is published,
-        so once the mark is there, anything published now follows it on the partition.
-        """
-        check = self.parts.acknowledged
-        if check is None:
-            return
-        def submitted(facts: Sequence[Fact]) -> list[Fact]:
-            return [f for f in facts if f.kind == "submitted" and f.revision <= event.revision]
-
-        # The append's exact history, without a read; read only when the ticket overtook
-        # its TicketSubmitted (which _language may have waited for meanwhile).
-        submissions = submitted(facts) or submitted(
-            await self.parts.ledger.facts(event.ticket_id))
-        if not submissions:
-            return  # nothing to follow (a verdict that overtook its ticket: _language waited)
-        key = max(submissions, key=lambda f: f.revision).fact_id
-        if key in self._acknowledged:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.parts.language_wait.total_seconds()
-        while not await check(UUID(key)):
-            if loop.time() >= deadline:
-                log.warning("ticket %s: the acknowledgement of revision %s is not out yet; "
-                            "publishing the next update anyway", event.ticket_id,
-                            event.revision)
-                return
-            await asyncio.sleep(0.05)
-        self._told(key)
-
-    def _told(self, submission_id: str) -> None:
-        self._acknowledged[submission_id] = None
-        self._acknowledged.move_to_end(submission_id)
-        while len(self._acknowledged) > 10_000:
-            self._acknowledged.popitem(last=False)
 
     # -- pages ---------------------------------------------------------------------------------
 
