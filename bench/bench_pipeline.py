@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -112,6 +113,69 @@ def store_round_trips(services: Sequence[Any]) -> dict[str, dict[str, float]]:
     return counts
 
 
+def cpu_seconds(services: Sequence[Any]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each service process, and by the local
+    stack's Kafka and FerretDB when this machine runs them (from /proc)."""
+    pids = {service.name: service.process.pid for service in services}
+    for comp in localstack.infrastructure():
+        record = comp.record()
+        if record is not None:
+            pids[comp.name] = record.pid
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+@contextlib.contextmanager
+def profiled(services: Sequence[Any], directory: Path | None, seconds: float) -> Iterator[None]:
+    """py-spy records each service process for the burst (``--profile DIR``): collapsed
+    stacks in ``DIR/<service>.txt``, for a flame graph or :func:`hottest`."""
+    if directory is None:
+        yield
+        return
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = [subprocess.Popen(
+        ["py-spy", "record", "--pid", str(s.process.pid), "--format", "raw", "--nonblocking",
+         "--duration", str(int(seconds)), "--rate", "50",
+         "--output", str(directory / f"{s.name}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for s in services]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes what it has
+        for spy in spies:
+            spy.wait(60)
+
+
+def hottest(path: Path, top: int = 6) -> list[tuple[str, float]]:
+    """The functions most often on the stack (inclusive share of samples) in a py-spy raw
+    profile, leaving out the event loop's own frames."""
+    totals: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        samples += int(count)
+        for frame in set(stack.split(";")):
+            name = frame.split(" (")[0]
+            if name in {"<module>", "run", "run_forever", "_run_once", "_run", "run_until_complete",
+                        "main", "run_service"}:
+                continue
+            totals[frame] = totals.get(frame, 0) + int(count)
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return [(frame, n / samples) for frame, n in ranked] if samples else []
+
+
 def round_trip_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
                      ) -> dict[str, dict[str, float]]:
     return {name: {what: n - before.get(name, {}).get(what, 0.0)
@@ -129,6 +193,8 @@ class Result:
     stages: dict[str, Percentiles] = field(default_factory=dict)
     # Store round trips the burst cost, per service and "operation collection".
     round_trips: dict[str, dict[str, float]] = field(default_factory=dict)
+    # CPU seconds the burst cost, per process (services, Kafka, FerretDB).
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
@@ -247,6 +313,61 @@ async def run_pipeline(bootstrap: str, prefix: str, sealed: list[dict[str, Any]]
     return result
 
 
+# --- history ---------------------------------------------------------------------------------
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_OBJECT_ID = re.compile(rb"\x07_id\x00.{12}", re.DOTALL)
+_HISTORY_NS = uuid.UUID("0b7c3f43-51d5-4a6c-9a35-1f0c8e0b9d11")
+
+
+async def seed_history(mongodb_uri: str, database: str, ticket_prefix: str, burst: int,
+                       tickets: int) -> int:
+    """Make the store look as if ``tickets`` more tickets had been worked through: every
+    document the burst's (finished) tickets left in any collection is copied with new
+    ticket ids, event ids and object ids, in bulk. Documents that name no burst ticket
+    (inventory, integrations, keys, markers) are left alone.
+
+    Copies are made on the BSON bytes, with replacements of the same length (so every
+    length prefix stays right): ``<prefix>t00017`` becomes ``<prefix>h<number>``, each
+    UUID string another, each ObjectId ``_id`` a new one."""
+    import bson
+    from bson import ObjectId
+    from bson.raw_bson import RawBSONDocument
+    from pymongo import AsyncMongoClient
+    from pymongo.errors import BulkWriteError
+
+    ticket = re.compile(re.escape(ticket_prefix.encode()) + rb"(\d{5})")
+    history = ticket_prefix[:-1].encode() + b"h"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    added = 0
+    try:
+        db = client[database]
+        templates: dict[str, list[bytes]] = {}
+        for name in await db.list_collection_names():
+            raws = [bson.encode(d) for d in await db[name].find({}).to_list()]
+            templates[name] = [r for r in raws if ticket_prefix.encode() in r]
+        for k in range(-(-tickets // burst)):
+            for name, raws in templates.items():
+                docs = []
+                for raw in raws:
+                    raw = ticket.sub(lambda m, k=k: history + b"%05d" % (
+                        k * burst + int(m[1])), raw)
+                    raw = _UUID.sub(lambda m, k=k: str(uuid.uuid5(
+                        _HISTORY_NS, f"{k}:{m[0].decode()}")).encode(), raw)
+                    raw = _OBJECT_ID.sub(lambda _m: b"\x07_id\x00" + ObjectId().binary, raw)
+                    docs.append(RawBSONDocument(raw))
+                if not docs:
+                    continue
+                try:
+                    result = await db[name].insert_many(docs, ordered=False)
+                    added += len(result.inserted_ids)
+                except BulkWriteError as exc:
+                    added += exc.details.get("nInserted", 0)
+    finally:
+        await client.close()
+    return added
+
+
 # --- the raw floor ------------------------------------------------------------------------------
 
 
@@ -321,6 +442,12 @@ def main() -> None:
                              "which measures throughput; a sustainable rate measures latency "
                              "without queueing)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record each service with py-spy during the burst into DIR and "
+                             "print its hottest functions")
+    parser.add_argument("--history", type=int, default=20_000, metavar="TICKETS",
+                        help="after the burst, add this many finished tickets' documents to "
+                             "the store and run the burst again (0: skip)")
     args = parser.parse_args()
     reason = targets.available()
     if reason is not None:
@@ -393,10 +520,27 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         size = statistics.mean(len(json.dumps(t)) for t in tickets)
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
         before = await asyncio.to_thread(store_round_trips, services)
-        pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout, args.rate,
-                                      signer=signer)
+        cpu_before = cpu_seconds(services)
+        with profiled(services, args.profile, args.timeout):
+            pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout,
+                                          args.rate, signer=signer)
+        pipeline.cpu = {name: used - cpu_before.get(name, 0.0)
+                        for name, used in cpu_seconds(services).items()}
         pipeline.round_trips = round_trip_delta(
             before, await asyncio.to_thread(store_round_trips, services))
+        aged: Result | None = None
+        if args.history:
+            print(f"history: {args.history} finished tickets into the same store ...",
+                  flush=True)
+            seeded = await seed_history(mongodb_uri, database, f"BENCH-{run}-t",
+                                        args.tickets, args.history)
+            print(f"history: {seeded} documents added", flush=True)
+            print(f"pipeline after history: {args.tickets} tickets ...", flush=True)
+            before = await asyncio.to_thread(store_round_trips, services)
+            aged = await run_pipeline(bootstrap, prefix, sealed(args.tickets, "u"),
+                                      args.timeout, args.rate, signer=signer)
+            aged.round_trips = round_trip_delta(
+                before, await asyncio.to_thread(store_round_trips, services))
         print(f"raw floor: {args.tickets} messages through {HOPS} aiokafka hops ...",
               flush=True)
         floor = await run_floor(bootstrap, prefix, [(str(t["ticket_id"]),
@@ -415,7 +559,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         await client.close()
         shutil.rmtree(workdir, ignore_errors=True)
     ssh = await ssh_throughput(args.ssh_hosts) if args.ssh_hosts else None
-    table(args, pipeline, floor, size, ssh)
+    table(args, pipeline, floor, size, ssh, aged)
 
 
 async def ssh_throughput(count: int) -> tuple[float, float, float]:
@@ -428,10 +572,10 @@ async def ssh_throughput(count: int) -> tuple[float, float, float]:
         for _ in range(count):
             hosts.append(targets.Sshd.start([user.name]))
         await bench_executor.measure(hosts[:1], user, 1, 1)  # warm-up
-        seq_elapsed, seq_lat, _ = await bench_executor.measure(hosts, user, 1, 1)
-        par_elapsed, par_lat, _ = await bench_executor.measure(hosts, user, 8, 2)
-        return (len(seq_lat) / seq_elapsed, len(par_lat) / par_elapsed,
-                statistics.median(par_lat))
+        seq = await bench_executor.measure(hosts, user, 1, 1)
+        par = await bench_executor.measure(hosts, user, 8, 2)
+        return (len(seq.latencies) / seq.elapsed, len(par.latencies) / par.elapsed,
+                statistics.median(par.latencies))
     finally:
         for sshd in hosts:
             sshd.stop()
@@ -439,7 +583,7 @@ async def ssh_throughput(count: int) -> tuple[float, float, float]:
 
 
 def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float,
-          ssh: tuple[float, float, float] | None) -> None:
+          ssh: tuple[float, float, float] | None, aged: Result | None = None) -> None:
     cores = os.cpu_count()
     print()
     arrival = f"{args.rate:g}/s" if args.rate else "all at once"
@@ -467,6 +611,21 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
         for name, ops in sorted(pipeline.round_trips.items()):
             top = sorted(ops.items(), key=lambda item: -item[1])[:8]
             print(f"  {name}: " + ", ".join(f"{what} {n / args.tickets:.2f}" for what, n in top))
+    if pipeline.cpu:
+        print("CPU per ticket (ms): " + ", ".join(
+            f"{name} {used / args.tickets * 1000:.1f}"
+            for name, used in sorted(pipeline.cpu.items(), key=lambda item: -item[1])))
+    if args.profile is not None:
+        for path in sorted(args.profile.glob("*.txt")):
+            print(f"  hottest in {path.stem} (share of samples): " + "; ".join(
+                f"{frame} {share:.0%}" for frame, share in hottest(path)))
+    if aged is not None:
+        total = sum(sum(ops.values()) for ops in aged.round_trips.values())
+        print(f"after {args.history} finished tickets of history in the same store: "
+              f"{aged.throughput:.1f} tickets/s ({aged.throughput / pipeline.throughput:.2f}x "
+              f"the fresh store), p99 submit -> initial response "
+              f"{aged.initial.at(0.99) * 1000:.0f} ms, p99 told {aged.told.at(0.99) * 1000:.0f}"
+              f" ms, {total / args.tickets:.1f} store round trips per ticket")
     if ssh is not None:
         seq, par, p50 = ssh
         print(f"SSH diagnostics, real runbook ({args.ssh_hosts} sshd targets): "

@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 
 HELPDESK_REQUESTS = "helpdesk.ticket-requests"
-# Heads of the audit log's per-ticket chains, published by every service that appends to it
-# (services.runtime.audit_anchors) and read by ``intervene audit verify``. Compacted: the
-# newest anchor of each ticket is kept for good, not for the retention period. No consumer
-# group reads it, so it has no DLQ.
+# Heads of the audit log's chains (one per ticket and producer), published by every service
+# that appends to it (services.runtime.audit_anchors) and read by ``intervene audit verify``.
+# Keyed ``<ticket>:<producer>`` and compacted: the newest anchor of each chain is kept for
+# good, not for the retention period. No consumer group reads it, so it has no DLQ.
 AUDIT_ANCHORED = "intervention.audit-anchored"
 DLQ_SUFFIX = ".dlq"
 # Three partitions: three consumers per service group can share the load. Test runs set

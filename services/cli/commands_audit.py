@@ -2,7 +2,8 @@
 
 Three checks, each said on its own line before the verdict:
 
-- the per-ticket hash chains and heads in the store (always);
+- the hash chains in the store, one per ticket and producer (the service that wrote them),
+  which together make the ticket's timeline (always);
 - every record's signature and actor, against the services' public audit keys
   (``audit-*.pub`` in ``INTERVENTION_KEYS_DIR``); without such files, said and skipped;
 - the store against the heads anchored in Kafka (``intervention.audit-anchored``, with
@@ -72,14 +73,20 @@ async def _verify(ticket: str | None, *, anchors: bool) -> int:
     finally:
         await client.close()
     scope = f"ticket {ticket}" if ticket else "all tickets"
+    if ticket is not None and report.chain_lengths:
+        # The ticket's timeline is its chains merged: say what each producer contributed.
+        print("chains: " + ", ".join(
+            f"{producer or 'legacy (one chain for all services)'} {n} record(s)"
+            for (_, producer), n in sorted(report.chain_lengths.items(),
+                                           key=lambda c: c[0][1] or "")))
     untrusted = [u for u in read.untrusted if ticket is None or f"ticket {ticket} " in u]
     for problem in untrusted:
         print(f"  untrusted anchor: {problem}")
     if report.ok and not untrusted:
         print(f"audit chain OK: {scope}, {report.tickets_checked} ticket(s), "
-              f"{report.records_checked} record(s)")
+              f"{report.chains_checked} chain(s), {report.records_checked} record(s)")
         return 0
-    print(f"audit chain BROKEN: {scope}, {len(report.broken)} ticket(s) affected"
+    print(f"audit chain BROKEN: {scope}, {len(report.broken)} chain(s) affected"
           + (f", {len(untrusted)} untrusted anchor(s)" if untrusted else ""))
     for brk in report.broken:
         print(f"  {brk}")
@@ -94,7 +101,8 @@ def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
         dest="audit_command", required=True)
     verify = audit.add_parser(
-        "verify", help="check the hash chains of one ticket or all, every record's signature "
+        "verify", help="check the hash chains (per ticket and producer) of one ticket or all, "
+                       "every record's signature "
                        "and actor (audit keys in INTERVENTION_KEYS_DIR) and the store against "
                        "the heads anchored in Kafka; exit 1 naming the first problem of each "
                        "ticket (MONGODB_URI, MONGODB_DATABASE, KAFKA_*)")

@@ -6,8 +6,12 @@
   step, method, deadline), with ``--all`` also the reported and timed-out ones.
 - ``executor vault-key init DIR``: a customer credential-vault key pair for demos and tests
   (the account area keeps the private half; new passwords are sealed to the public half).
-- ``executor vault-key register ACCOUNT FILE``: store an account's vault public key, so a
-  password reset for that account can deliver the new password.
+- ``executor vault-key register ACCOUNT FILE [--operator NAME]``: register (or replace) an
+  account's vault public key, so a password reset for that account can deliver the new
+  password. An operator's action: the registration is signed with the operator key
+  (``operator-signing.key`` in ``INTERVENTION_KEYS_DIR``) and audited (``vault_key_registered``
+  on the chain ``executor-admin-<YYYYMMDD>``, as ``executor:operator``); it counts only for
+  tickets verified after it (:mod:`services.executor.vault`).
 
 Uses ``MONGODB_URI`` and ``MONGODB_DATABASE``. Exit status 0 done, 2 bad input or store.
 """
@@ -17,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import getpass
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,8 +38,21 @@ from services.executor.claims import ClaimStore
 from services.executor.manual import ManualSteps
 from services.executor.settings import ExecutorSettings
 from services.executor.vault import MongoCredentialVault
-from services.runtime.crypto import SEALING_ALGORITHM, PrivateSealingKey, PublicSealingKey
-from services.runtime.keys import KeyFileError, load_sealing_public
+from services.runtime.audit import AuditLog
+from services.runtime.crypto import (
+    SEALING_ALGORITHM,
+    PrivateSealingKey,
+    PublicSealingKey,
+    SigningKey,
+)
+from services.runtime.keys import (
+    OPERATOR_SIGNING_PRIVATE_FILE,
+    KeyFileError,
+    default_keys_dir,
+    load_sealing_public,
+    load_signing_key,
+)
+from services.runtime.service import audit_signer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +74,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reg = vault.add_parser("register", help="store an account's vault public key")
     reg.add_argument("account_id")
     reg.add_argument("file", type=Path, help="customer-vault.pub written by `vault-key init`")
+    reg.add_argument("--operator", default=None,
+                     help="who registers it (default: the login name), signed and audited")
     reg.set_defaults(func=_cmd_vault_register)
 
 
@@ -88,14 +109,18 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
 
 async def _claims(db: Db, *, include_finished: bool) -> list[str]:
-    query: dict[str, object] = {} if include_finished else {
-        "status": {"$in": ["open", "handed_over"]}}
+    # The claims in flight; with --all also the finished ones, which live in the archive.
+    # (One crashed between archiving and deleting is in both: shown once, in flight.)
+    collections = [ClaimStore.ARCHIVE, ClaimStore.CLAIMS] if include_finished else [
+        ClaimStore.CLAIMS]
+    docs = {str(doc["_id"]): doc for name in collections async for doc in db[name].find({})}
     rows = []
     store = ClaimStore(db)
-    async for doc in db[ClaimStore.CLAIMS].find(query).sort("_id", 1):
+    for _, doc in sorted(docs.items()):
         # The live attempt, owner and lease are in the newest lease document, not the claim.
         claim = await store.get(str(doc["_id"]))
-        if claim is None:
+        if claim is None or (claim.status not in ("open", "handed_over")
+                             and not include_finished):
             continue
         steps = doc.get("steps") or {}
         rows.append(
@@ -144,20 +169,40 @@ def _cmd_vault_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_vault_register(args: argparse.Namespace) -> int:
+    settings = ExecutorSettings()
+    keys_dir = (Path(settings.intervention_keys_dir).expanduser()
+                if settings.intervention_keys_dir else default_keys_dir())
+    operator = args.operator or getpass.getuser()
     try:
         key = load_sealing_public(args.file)
+        operator_key = load_signing_key(keys_dir / OPERATOR_SIGNING_PRIVATE_FILE)
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_with_db(ExecutorSettings(),
-                             lambda db: _register(db, args.account_id, key)))
+        asyncio.run(_with_db(settings, lambda db: _register(
+            db, settings, args.account_id, key, operator_key=operator_key, operator=operator)))
     except PyMongoError as exc:
         print(f"error: the vault store did not answer ({type(exc).__name__})", file=sys.stderr)
         return 2
-    print(f"account {args.account_id}: vault key {key.key_id} registered")
+    print(f"account {args.account_id}: vault key {key.key_id} registered by {operator} "
+          "(for tickets verified from now on)")
     return 0
 
 
-async def _register(db: Db, account_id: str, key: PublicSealingKey) -> None:
-    await MongoCredentialVault(db).register_key(account_id, key)
+async def _register(db: Db, settings: ExecutorSettings, account_id: str,
+                    key: PublicSealingKey, *, operator_key: SigningKey, operator: str) -> None:
+    registration = await MongoCredentialVault(db).register_key(
+        account_id, key, operator_key=operator_key, operator=operator)
+    # Audited before the command reports success; as the executor's (its audit key, when
+    # this host holds it), since the executor is what acts on the key.
+    at = datetime.now(UTC)
+    audit = AuditLog(db, signer=audit_signer("executor", settings))
+    await audit.append(f"executor-admin-{at:%Y%m%d}",
+                       record_id=f"vault_key_registered:{registration['registered_at']}:"
+                                 f"{account_id}",
+                       kind="vault_key_registered", actor="executor:operator",
+                       data={"account_id": account_id, "key_id": key.key_id,
+                             "operator": operator,
+                             "operator_key_id": registration["signature"]["key_id"],
+                             "registered_at": registration["registered_at"]})

@@ -27,6 +27,7 @@ from faststream import FastStream
 
 from schemas.events import AuthorizationVerified, ManualStepCompleted
 from schemas.registry import topic_for, topics_produced_by
+from services.executor.claim_integrity import ClaimSealer
 from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
@@ -39,8 +40,13 @@ from services.executor.vault import MongoCredentialVault
 from services.executor.worker import Worker
 from services.runtime.consumer import Decoder, subscribe
 from services.runtime.facts import FactGate
-from services.runtime.keys import load_sealing_keyring, load_verify_keys
-from services.runtime.service import ServiceRuntime, event_decoder
+from services.runtime.keys import (
+    KeyFileError,
+    audit_private_file,
+    load_sealing_keyring,
+    load_verify_keys,
+)
+from services.runtime.service import ServiceRuntime, audit_signer, event_decoder
 from services.runtime.telemetry import Telemetry
 
 SERVICE_NAME = "executor"
@@ -99,10 +105,12 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     runtime = ServiceRuntime(service_name, settings, telemetry=telemetry,
                              produces=topics_produced_by(SERVICE_NAME))
     owner = Owner.this_process()
-    claims = ClaimStore(runtime.db)
-    vault = MongoCredentialVault(runtime.db)
-    manual = ManualSteps(runtime.db)
-    pins = HostKeyPins(runtime.db)
+    sealer = claim_sealer(settings)
+    claims = ClaimStore(runtime.db, sealer)
+    vault = MongoCredentialVault(runtime.db,
+                                 load_verify_keys(*settings.operator_verify_key_paths))
+    manual = ManualSteps(runtime.db, sealer)
+    pins = HostKeyPins(runtime.db, sealer)
     connector = SshConnector(
         pins=pins, connect_timeout_s=settings.executor_connect_timeout_s,
         command_timeout_s=settings.executor_command_timeout_s,
@@ -111,7 +119,8 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
     interventions = Interventions(Dependencies(
         runtime=runtime, claims=claims, connector=connector, vault=vault,
         sealing_keys=sealing_keys, verify_keys=verify_keys, settings=settings, owner=owner,
-        manual=manual, pins=pins, rescue=_rescue_provider(settings, runtime)))
+        manual=manual, pins=pins, sealer=sealer, rescue=_rescue_provider(settings, runtime),
+        clock=clock))
 
     sweep = ManualSweep(steps=manual, claims=claims, audit=runtime.audit, owner=owner)
 
@@ -150,6 +159,18 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
                            interventions=interventions, acceptance=acceptance, vault=vault,
                            owner=owner, manual=manual, reports=reports,
                            sweep=sweep)
+
+
+def claim_sealer(settings: ExecutorSettings) -> ClaimSealer:
+    """The executor signs its claim records with its own audit key (claim_integrity): without
+    it no claim could be trusted after a restart, so the executor does not start."""
+    signer = audit_signer(SERVICE_NAME, settings)
+    if signer is None:
+        raise KeyFileError(
+            f"the executor signs its claims with {audit_private_file(SERVICE_NAME)} in the "
+            "keys directory (INTERVENTION_KEYS_DIR), which is missing: run `intervene keys "
+            "init` (an existing key set gets the missing pairs added)")
+    return ClaimSealer(signer.key)
 
 
 def _rescue_provider(settings: ExecutorSettings, runtime: ServiceRuntime) -> RescueProvider | None:

@@ -111,6 +111,8 @@ class Claim:
     resumptions: int = 0  # re-openings after a manual step: not failed attempts
     review_passed: bool = False
     released: int | None = None  # the attempt whose owner closed or parked the claim
+    # The executor's signed claim records (services.executor.claim_integrity), by field.
+    seals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed_attempts(self) -> int:
@@ -133,6 +135,7 @@ class Claim:
             resumptions=int(doc.get("resumptions", 0)),
             review_passed=bool(doc.get("review_passed")),
             released=int(doc["released"]) if doc.get("released") is not None else None,
+            seals=dict(doc.get("seals") or {}),
         )
 
     def expired(self, now: datetime) -> bool:

@@ -1,9 +1,8 @@
 """Claims: the durable "this ticket revision is ours" record, with its step journal and outbox.
 
-One document per ticket revision, ``_id = "<ticket_id>:<revision>"``: inserting it is the
-claim (MongoDB's unique ``_id`` makes a second claim of the same revision fail), and it is
-inserted before anything touches the server. FerretDB 1.24 has no transactions, so
-everything that must change together lives in this one document:
+One document per ticket revision, ``_id = "<ticket_id>:<revision>"``, inserted before
+anything touches the server. FerretDB 1.24 has no transactions, so everything that must
+change together lives in this one document:
 
 - ``steps``: the runbook journal (see :mod:`services.executor.runbooks.engine`); every write
   is fenced by the writer's lease epoch (below), which stops an executor that lost its lease;
@@ -15,8 +14,21 @@ everything that must change together lives in this one document:
   sealed to the executor's own key, boot back to disk, verification), so a resumed run
   never power-cycles the server twice;
 - ``handover``: while an engineer works a manual step the claim is parked
-  (``handed_over``, out of the open set, lease released); the engineer's report or the
-  step's deadline re-opens it (:meth:`ClaimStore.reopen`) and any executor resumes it.
+  (``handed_over``, lease released); the engineer's report or the step's deadline re-opens
+  it (:meth:`ClaimStore.reopen`) and any executor resumes it.
+
+Only in-flight state on the ticket path. FerretDB 1.24 reads a whole collection for nearly
+every query, so a collection the hot path reads must not grow with history:
+
+- ``executor_claims`` holds the claims still open or parked, nothing else; it is also the
+  set the start-up and periodic scans resume from. A finished or refused claim is moved,
+  final state and all, to ``executor_claims_archive`` (insert first, then delete, so a
+  claim is in at least one of them at every moment), and its lease documents are deleted;
+- ``executor_tickets`` (``_id`` = ticket, ``latest_revision`` and the verdict that claimed
+  it) decides the once-per-revision and stale-revision rules by an *insert*, which costs
+  the same at any size: a ticket's first verdict inserts it and reads nothing. Only a
+  follow-up revision or a duplicate verdict (the insert is refused) reads it, and then
+  the claim (live, else archived): rare paths.
 
 Leases. On FerretDB 1.24 a conditional update is a read, then a whole-document write, with
 nothing in between: several executors racing with ``find_one_and_update({_id, owner: dead})``
@@ -24,38 +36,42 @@ all "won" (measured: up to 8 of 20), and two concurrent ``$set`` of *different* 
 one document lose one of them (the later write replaces the document it read earlier). Only
 the insert of a duplicate ``_id`` is refused atomically. So:
 
-- every run of a claim (*attempt* ``n``, its lease epoch) starts by inserting
+- the executor that inserts a claim holds its attempt 1 straight away, with the claim
+  document's ``owner`` / ``lease_until`` as its lease, and runs it without reading anything
+  back (the claim is what it just wrote; nobody else may take it before that lease runs out);
+- every later run of a claim (*attempt* ``n``, its lease epoch) starts by inserting
   ``executor_claim_leases`` ``_id = "<claim_id>:a<n>"`` (owner, ``lease_until``), ``n`` one
   above the current attempt: of any number of executors taking over an expired lease,
   exactly one inserts it; the others get a duplicate key and back off;
-- the lease lives in that document, renewed only by its owner. The claim document keeps
-  ``owner`` / ``lease_until`` / ``attempt`` as written when the attempt began (for humans and
-  the CLI; ``attempt`` is only a hint), so a renewal never races a journal write into a lost
-  update. An attempt without a lease document (attempt 0, the creator's, until its first
-  acquire; claims from before this scheme) has the claim document's ``owner`` and
-  ``lease_until`` as its lease;
-- an owner holds the claim while no ``a<n+1>`` exists. Every journal, decision, outbox or
-  close write first checks locally that the owner's own lease is still comfortably valid
-  (renewals are every third of the lease; a write needs a sixth of it left), then writes,
-  then confirms no ``a<n+1>`` was inserted; if one was, the writer gets :class:`LeaseLost`
-  and stops before touching the server again. Nothing trusts the claim document's
-  ``owner``, which a stale whole-document write could put back;
-- ``released`` (an attempt number) is set when its owner closed or parked the claim, so a
-  re-opened claim is taken at once instead of after the lease;
+- the lease lives in that document, renewed only by its owner (attempt 1's renewal creates
+  ``a1``). The claim document keeps ``owner`` / ``lease_until`` / ``attempt`` as written
+  when the attempt began (for humans and the CLI; ``attempt`` is only a hint), so a
+  renewal never races a journal write into a lost update. An attempt without a lease
+  document has the claim document's ``owner`` and ``lease_until`` as its lease;
+- an owner holds the claim while no ``a<n+1>`` exists. Every write first checks locally
+  that the owner's own lease is still comfortably valid (renewals are every third of the
+  lease; a write needs a sixth of it left). A write that precedes an effect outside the
+  store (a journal entry before a change on the server, an outbox entry before it is
+  published, a rescue phase) then confirms that no ``a<n+1>`` was inserted; if one was,
+  the writer gets :class:`LeaseLost` and stops before touching the server again. Nothing
+  trusts the claim document's ``owner``, which a stale whole-document write could put back;
+- writes with no effect of their own until a later fenced write are not confirmed one by
+  one, or deferred into that write (see :class:`_Held`): the access decision (confirmed
+  by the outbox write that announces it), a step journalled ``done`` (a crash before the
+  next write only repeats that step's read-only checks) and an outbox entry's
+  ``published`` flag (a resumed run republishes the same bytes, which consumers drop by
+  ``event_id``);
+- ``released`` (an attempt number) is set when its owner parked the claim, so a re-opened
+  claim is taken at once instead of after the lease;
 - :meth:`ClaimStore.reopen` is decided the same way: an insert of ``<claim_id>:r<k>``
   (``k`` = resumptions + 1), so a report and a deadline re-opening a parked claim together
   count one resumption and offer it once.
-
-A small ``executor_open_claims`` collection lists the claims not yet finished or handed
-over, so start-up finds work to resume without scanning every claim ever made (FerretDB
-scans a collection for any filter other than ``_id`` equality).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -63,6 +79,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import AuthorizationVerified
+from services.executor.claim_integrity import ClaimSealer, accepted_record
 from services.executor.claim_record import (
     Claim,
     ClaimStatus,
@@ -73,8 +90,8 @@ from services.executor.claim_record import (
 from services.executor.runbooks.results import JournalEntry, LeaseLost
 
 T = TypeVar("T")
-__all__ = ["Claim", "ClaimJournal", "ClaimStatus", "ClaimStore", "Owner", "claim_id_for",
-           "lease_id", "reopen_id"]
+__all__ = ["Claim", "ClaimJournal", "ClaimStatus", "ClaimStore", "Owner", "StaleRevision",
+           "claim_id_for", "lease_id", "reopen_id"]
 
 
 def lease_id(claim_id: str, attempt: int) -> str:
@@ -85,15 +102,45 @@ def reopen_id(claim_id: str, resumption: int) -> str:
     return f"{claim_id}:r{resumption}"
 
 
+class StaleRevision(Exception):
+    """A newer revision of the ticket was claimed already."""
+
+    def __init__(self, latest: int) -> None:
+        super().__init__(f"revision {latest} was already claimed")
+        self.latest = latest
+
+
+def _apply_set(doc: dict[str, Any], sets: Mapping[str, Any]) -> None:
+    """Apply a ``$set`` (dotted paths) to a local copy of the document."""
+    for path, value in sets.items():
+        *parents, last = path.split(".")
+        node = doc
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[last] = value
+
+
 @dataclass(kw_only=True)
 class _Held:
-    """A lease this process holds: which attempt, and until when it may still write."""
+    """A lease this process holds: which attempt, until when it may still write, and the
+    claim document as this owner last wrote it (what a finished claim is archived as).
+
+    ``pending`` holds ``$set`` fields not yet written: they go with the owner's next write
+    (module doc), so a claim costs about one store round trip per effect outside the store.
+    """
 
     owner_id: str
     attempt: int
     lease_until: datetime | None
     lease_s: float
     closed: bool = False
+    doc: dict[str, Any] | None = None
+    pending: dict[str, Any] = field(default_factory=dict)
+    lease_docs: bool = True  # lease or re-open documents may exist for this claim
+    fresh: bool = False  # made by create() in this process, not yet run
 
     def writable(self, now: datetime) -> bool:
         # A write needs a sixth of the lease left: a write issued this close to the end
@@ -105,15 +152,21 @@ class _Held:
 
 class ClaimStore:
     CLAIMS = "executor_claims"
-    OPEN = "executor_open_claims"
+    ARCHIVE = "executor_claims_archive"
     TICKETS = "executor_tickets"
     HANDOVERS = "executor_handovers"
 
     LEASES = "executor_claim_leases"
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    FINISHED: tuple[ClaimStatus, ...] = ("finished", "refused")
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
+        # The executor signs what it decides about a claim (claim_integrity); a store
+        # without a sealer (the CLI, lease tests) writes unsigned records, which a run refuses.
+        self._sealer = sealer
         self._claims = db[self.CLAIMS]
-        self._open = db[self.OPEN]
+        self._archive = db[self.ARCHIVE]
         self._tickets = db[self.TICKETS]
         self._handovers = db[self.HANDOVERS]
         self._leases = db[self.LEASES]
@@ -124,47 +177,94 @@ class ClaimStore:
     async def create(self, event: AuthorizationVerified, *, verdict_json: str,
                      trace_carrier: Mapping[str, str], owner: Owner, lease_s: float,
                      ) -> tuple[Claim, bool]:
-        """Claim the verdict's revision. Returns the claim and whether this call made it."""
+        """Claim the verdict's revision. Returns the claim and whether this call made it;
+        :class:`StaleRevision` when a newer revision of the ticket was claimed already.
+
+        A ticket's first verdict costs two inserts and no read. Whoever made the claim
+        holds its attempt 1 and may run it without reading it back (:meth:`acquire`).
+        """
         claim_id = claim_id_for(event.ticket_id, event.revision)
         now = datetime.now(UTC)
-        # The open-claims marker first: a crash after it but before the claim leaves a
-        # marker without a claim, which the scan drops; the other order could leave a claim
-        # nobody ever resumes.
-        await self._mark_open(claim_id, {"ticket_id": event.ticket_id, "created_at": now})
-        doc = {
+        try:
+            await self._tickets.insert_one({
+                "_id": event.ticket_id, "latest_revision": event.revision,
+                "verdict_event_id": str(event.event_id), "claimed_at": now})
+        except DuplicateKeyError:
+            existing = await self._seen_ticket(event, claim_id)
+            if existing is not None:
+                return existing, False
+        lease_until = now + timedelta(seconds=lease_s)
+        doc: dict[str, Any] = {
             "_id": claim_id, "ticket_id": event.ticket_id, "revision": event.revision,
             "verdict_event_id": str(event.event_id), "verdict": verdict_json,
             "trace": dict(trace_carrier), "status": "open", "owner": owner.to_doc(),
-            "lease_until": now + timedelta(seconds=lease_s), "attempt": 0, "decision": None,
+            "lease_until": lease_until, "attempt": 1, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
+        accepted = accepted_record(verdict_json, now)
+        seal = self._seal(claim_id, "accepted", accepted)
+        if seal:
+            doc["seals"] = {"accepted": {**seal, "value": accepted}}
         try:
             await self._claims.insert_one(doc)
         except DuplicateKeyError:
             existing = await self.get(claim_id)
-            if existing is None:  # pragma: no cover - claims are never deleted
+            if existing is None:  # pragma: no cover - archived before it is deleted
                 raise
-            if existing.status != "open":
-                await self._open.delete_one({"_id": claim_id})
             return existing, False
-        await self._tickets.update_one({"_id": event.ticket_id},
-                                       {"$max": {"latest_revision": event.revision}},
-                                       upsert=True)
+        self._forget_stale_fresh(now)
+        self._held[(claim_id, owner.id)] = _Held(
+            owner_id=owner.id, attempt=1, lease_until=lease_until, lease_s=lease_s,
+            doc=doc, lease_docs=False, fresh=True)
         return Claim.from_doc(doc), True
 
-    async def _mark_open(self, claim_id: str, fields: Mapping[str, Any]) -> None:
-        # An insert, not an upsert: two concurrent upserts of one new _id both insert on
-        # FerretDB 1.24, and the second fails with a duplicate key.
-        with contextlib.suppress(DuplicateKeyError):
-            await self._open.insert_one({"_id": claim_id, **fields})
+    def _seal(self, claim_id: str, field: str, value: Any) -> dict[str, str]:
+        return self._sealer.seal(claim_id, field, value) if self._sealer is not None else {}
+
+    def _sealed(self, claim_id: str, field: str, value: Any, key: str | None = None,
+                ) -> dict[str, Any]:
+        """``$set`` fields for the signed record of ``field`` (none without a sealer)."""
+        seal = self._seal(claim_id, field, value)
+        return {f"seals.{key or field}": seal} if seal else {}
+
+    async def _seen_ticket(self, event: AuthorizationVerified, claim_id: str) -> Claim | None:
+        """The rare path of :meth:`create`: the ticket had a claimed revision already.
+
+        Returns the revision's existing claim, or None when this verdict may claim it (a
+        newer revision, or a claim whose ticket record was written by a run that crashed
+        before inserting the claim itself)."""
+        ticket = await self._tickets.find_one({"_id": event.ticket_id}) or {}
+        latest = int(ticket.get("latest_revision", 0))
+        if latest > event.revision:
+            raise StaleRevision(latest)
+        if latest < event.revision:
+            # One ticket's verdicts come in order (one partition), so nothing races this.
+            await self._tickets.update_one(
+                {"_id": event.ticket_id},
+                {"$set": {"latest_revision": event.revision,
+                          "verdict_event_id": str(event.event_id),
+                          "claimed_at": datetime.now(UTC)}})
+            return None
+        # Live first, then archived: a finished claim is archived before it is deleted, so
+        # it is never missed between the two reads.
+        return await self.get(claim_id)
+
+    def _forget_stale_fresh(self, now: datetime) -> None:
+        """Drop the leases of claims made here but run elsewhere (their offer was dropped
+        and another executor's scan took them): they ran out long ago."""
+        if len(self._held) < 1024:
+            return
+        for key, held in list(self._held.items()):
+            if held.fresh and (held.lease_until is None or held.lease_until < now):
+                del self._held[key]
 
     async def get(self, claim_id: str) -> Claim | None:
+        """The claim, in flight (with its current lease) or archived."""
         doc = await self._claims.find_one({"_id": claim_id})
-        return await self._resolve(doc) if doc is not None else None
-
-    async def latest_revision(self, ticket_id: str) -> int | None:
-        doc = await self._tickets.find_one({"_id": ticket_id})
-        return int(doc["latest_revision"]) if doc is not None else None
+        if doc is not None:
+            return await self._resolve(doc)
+        archived = await self._archive.find_one({"_id": claim_id})
+        return Claim.from_doc(archived) if archived is not None else None
 
     async def _resolve(self, doc: Mapping[str, Any]) -> Claim:
         """The claim with its current lease: the newest ``a<n>`` lease document (the claim
@@ -182,20 +282,32 @@ class ClaimStore:
         return claim
 
     async def acquire(self, claim_id: str, owner: Owner, *, lease_s: float) -> Claim | None:
-        """Take the open claim to run it: ours already, lease expired or released, or owner
-        gone. Returns the claim with ``attempt`` set to this run's attempt, or None.
+        """Take the open claim to run it: made by us moments ago, ours already, lease
+        expired or released, or owner gone. Returns the claim with ``attempt`` set to this
+        run's attempt, or None.
 
         Insert-wins (module doc): of any number of executors racing for an abandoned claim,
         exactly one inserts the next attempt's lease document. Every successful acquire
-        counts an attempt.
+        counts an attempt; a claim's creator runs attempt 1 with no round trip at all.
         """
-        current = await self.get(claim_id)
-        if current is None:
-            await self._open.delete_one({"_id": claim_id})  # marker of a claim never made
-            return None
-        if current.status != "open":
-            await self._open.delete_one({"_id": claim_id})
-            return None
+        held = self._held.get((claim_id, owner.id))
+        if held is not None and held.fresh and held.doc is not None:
+            held.fresh = False
+            now = datetime.now(UTC)
+            if not held.closed and held.writable(now):
+                assert held.lease_until is not None
+                if held.lease_until - now < timedelta(seconds=held.lease_s * 2 / 3):
+                    # Queued for a while: renew before running, or the first heartbeat
+                    # (a third of the lease in) could come after writes stop being allowed.
+                    try:
+                        await self.renew(claim_id, owner, lease_s=lease_s)
+                    except LeaseLost:
+                        return None
+                return Claim.from_doc(held.doc)
+        doc = await self._claims.find_one({"_id": claim_id})
+        if doc is None or doc.get("status", "open") != "open":
+            return None  # finished (archived) or parked
+        current = await self._resolve(doc)
         now = datetime.now(UTC)
         previous = current.owner
         mine = previous is not None and previous.id == owner.id
@@ -224,6 +336,7 @@ class ClaimStore:
             held.closed = True
             self._held.pop((claim_id, owner.id), None)
             return None
+        held.doc = dict(doc)
         claim = Claim.from_doc(doc)
         claim.attempt, claim.owner, claim.lease_until = attempt, owner, lease_until
         return claim
@@ -234,8 +347,9 @@ class ClaimStore:
             return  # closed or parked: the lease no longer matters
         sent = datetime.now(UTC)
         until = sent + timedelta(seconds=lease_s)
+        held.lease_docs = True
         # Only the owner of attempt n writes a<n> (takers insert a<n+1>), so this update
-        # races nothing. Upsert: attempt 0's lease has no document yet.
+        # races nothing. Upsert: attempt 1's lease (the creator's) has no document yet.
         await self._leases.update_one(
             {"_id": lease_id(claim_id, held.attempt)},
             {"$set": {"claim_id": claim_id, "attempt": held.attempt, "owner": owner.to_doc(),
@@ -245,7 +359,7 @@ class ClaimStore:
 
     async def _held_by(self, claim_id: str, owner: Owner) -> _Held:
         """This process's lease on ``claim_id``; one taken by another instance of the store
-        (or left from :meth:`create`) is looked up. LeaseLost when ``owner`` holds none."""
+        is looked up. LeaseLost when ``owner`` holds none."""
         held = self._held.get((claim_id, owner.id))
         if held is not None:
             return held
@@ -270,47 +384,82 @@ class ClaimStore:
             raise LeaseLost(f"claim {claim_id} was taken over from {owner.id} "
                             f"(attempt {held.attempt + 1})")
 
-    async def _fenced(self, claim_id: str, owner: Owner, write: Callable[[], Awaitable[T]],
-                      ) -> T:
-        """Run one write to the claim document as the holder of its latest attempt.
-
-        Before: the lease must still be comfortably ours by our own clock. After: no newer
-        attempt may have been inserted meanwhile. A write that fails the second check may
-        have landed (harmlessly: the taker re-reads the journal after its insert, and this
-        writer stops here); it is never followed by anything done on the server.
-        """
+    async def _writer(self, claim_id: str, owner: Owner) -> _Held:
+        """The lease, if it is still comfortably ours by our own clock."""
         held = await self._held_by(claim_id, owner)
         if held.closed or not held.writable(datetime.now(UTC)):
             raise LeaseLost(f"claim {claim_id}: the lease of {owner.id} ran out")
-        result = await write()
-        await self._still_latest(claim_id, owner, held)
+        return held
+
+    async def _fenced(self, claim_id: str, owner: Owner,
+                      write: Callable[[_Held], Awaitable[T]], *, confirm: bool = True) -> T:
+        """Run one write to the claim document as the holder of its latest attempt.
+
+        Before: the lease must still be comfortably ours by our own clock. After (unless
+        ``confirm`` is off, for a write a later confirmed one covers): no newer attempt may
+        have been inserted meanwhile. A write that fails the second check may have landed
+        (harmlessly: the taker re-reads the journal after its insert, and this writer stops
+        here); it is never followed by anything done on the server.
+        """
+        held = await self._writer(claim_id, owner)
+        result = await write(held)
+        if confirm:
+            await self._still_latest(claim_id, owner, held)
         return result
 
-    async def _owned_update(self, claim_id: str, owner: Owner, update: dict[str, Any]) -> None:
-        async def write() -> None:
-            result = await self._claims.update_one({"_id": claim_id}, update)
-            if result.matched_count == 0:
+    async def _update(self, held: _Held, claim_id: str, sets: Mapping[str, Any],
+                      condition: Mapping[str, Any] | None = None) -> bool:
+        """One update of the claim document carrying the deferred fields too; the local
+        copy follows what matched."""
+        fields = {**held.pending, **sets}
+        result = await self._claims.update_one({"_id": claim_id, **(condition or {})},
+                                               {"$set": fields})
+        if not result.matched_count:
+            return False
+        held.pending.clear()
+        if held.doc is not None:
+            _apply_set(held.doc, fields)
+        return True
+
+    async def _owned_update(self, claim_id: str, owner: Owner, sets: Mapping[str, Any]) -> None:
+        async def write(held: _Held) -> None:
+            if not await self._update(held, claim_id, sets):
                 raise LeaseLost(f"claim {claim_id} no longer exists")
 
         await self._fenced(claim_id, owner, write)
+
+    async def _defer(self, claim_id: str, owner: Owner, sets: Mapping[str, Any]) -> None:
+        """Fields that go with the owner's next write (module doc): no round trip now."""
+        held = await self._writer(claim_id, owner)
+        held.pending.update(sets)
 
     # --- journal, decision, outbox -----------------------------------------------------
 
     async def record_step(self, claim_id: str, owner: Owner, index: int,
                           entry: JournalEntry) -> None:
-        await self._owned_update(claim_id, owner,
-                                 {"$set": {f"steps.{index:03d}": entry.to_json()}})
+        """Journal a step. A step ``done`` goes with the next write (a crash before it
+        repeats only that step's checks); an intent to change, or a change made, is durable
+        and confirmed before the engine touches the server again."""
+        sets = {f"steps.{index:03d}": entry.to_json()}
+        if entry.state == "done":
+            await self._defer(claim_id, owner, sets)
+            return
+        await self._owned_update(claim_id, owner, sets)
 
     async def set_decision(self, claim_id: str, owner: Owner,
                            decision: dict[str, Any]) -> dict[str, Any]:
-        """Store the access decision once; a resumed run keeps the first one."""
-        async def write() -> int:
-            # Conditional, but only the fenced owner writes: nothing races it.
-            result = await self._claims.update_one({"_id": claim_id, "decision": None},
-                                                   {"$set": {"decision": decision}})
-            return result.matched_count
+        """Store the access decision once; a resumed run keeps the first one.
 
-        if await self._fenced(claim_id, owner, write):
+        Not confirmed on its own: the decision acts through the outbox entry announcing
+        it, whose write is confirmed before anything is published."""
+        async def write(held: _Held) -> bool:
+            # Conditional, but only the fenced owner writes: nothing races it.
+            return await self._update(
+                held, claim_id,
+                {"decision": decision, **self._sealed(claim_id, "decision", decision)},
+                {"decision": None})
+
+        if await self._fenced(claim_id, owner, write, confirm=False):
             return decision
         claim = await self.get(claim_id)
         if claim is None:
@@ -319,11 +468,10 @@ class ClaimStore:
 
     async def stage(self, claim_id: str, owner: Owner, key: str, event_json: str) -> str:
         """Put an event in the outbox unless one is there under ``key``; return the one kept."""
-        async def write() -> int:
-            result = await self._claims.update_one(
-                {"_id": claim_id, f"outbox.{key}": {"$exists": False}},
-                {"$set": {f"outbox.{key}": {"event": event_json, "published": False}}})
-            return result.matched_count
+        async def write(held: _Held) -> bool:
+            return await self._update(
+                held, claim_id, {f"outbox.{key}": {"event": event_json, "published": False}},
+                {f"outbox.{key}": {"$exists": False}})
 
         if await self._fenced(claim_id, owner, write):
             return event_json
@@ -334,48 +482,93 @@ class ClaimStore:
 
     async def record_rescue(self, claim_id: str, owner: Owner, key: str,
                             value: Mapping[str, Any]) -> None:
-        await self._owned_update(claim_id, owner, {"$set": {f"rescue.{key}": dict(value)}})
+        await self._owned_update(claim_id, owner, {
+            f"rescue.{key}": dict(value),
+            **self._sealed(claim_id, f"rescue.{key}", dict(value), key=f"rescue_{key}")})
 
     async def pass_review(self, claim_id: str, owner: Owner) -> None:
         """The engineer approved automation: decide the access anew, without the review."""
-        await self._owned_update(claim_id, owner, {"$set": {
-            "review_passed": True, "decision": None, "handover": None}})
+        await self._owned_update(claim_id, owner, {
+            "review_passed": True, "decision": None, "handover": None,
+            **self._sealed(claim_id, "review_passed", True)})
 
     async def mark_published(self, claim_id: str, owner: Owner, key: str) -> None:
-        await self._owned_update(claim_id, owner, {"$set": {f"outbox.{key}.published": True}})
+        """Deferred (module doc): until the next write, a resumed run republishes the
+        same bytes under the same event id."""
+        await self._defer(claim_id, owner, {f"outbox.{key}.published": True})
 
     async def close(self, claim_id: str, owner: Owner, status: ClaimStatus, *,
                     outcome: str | None = None, handover: Mapping[str, Any] | None = None,
                     ) -> None:
-        """Finish, refuse or hand over the claim; it leaves the open set and the lease is
-        released (a re-opened claim is taken at once)."""
+        """Finish, refuse or hand over the claim, releasing the lease. Parked claims stay
+        in flight (a report or deadline re-opens them); finished and refused ones move to
+        the archive with their lease documents deleted."""
         now = datetime.now(UTC)
         held = await self._held_by(claim_id, owner)
-        await self._owned_update(claim_id, owner, {"$set": {
-            "status": status, "closed_at": now, "outcome": outcome, "released": held.attempt,
-            "handover": dict(handover) if handover else None}})
+        sealed: dict[str, Any] = {}
+        if status in self.FINISHED:
+            # Closed for good: a run finding this record on an open claim refuses it.
+            sealed = self._sealed(claim_id, "closed", {"status": status, "outcome": outcome})
+        elif handover:
+            sealed = self._sealed(claim_id, "handover", dict(handover))
+        sets = {"status": status, "closed_at": now, "outcome": outcome,
+                "released": held.attempt, "handover": dict(handover) if handover else None,
+                **sealed}
+        if status in self.FINISHED:
+            await self._archive_claim(claim_id, owner, held, sets)
+            return
+        await self._owned_update(claim_id, owner, sets)
         held.closed = True
         self._held.pop((claim_id, owner.id), None)
         if status == "handed_over" and handover is not None:
             await self._handovers.replace_one(
                 {"_id": claim_id}, {"_id": claim_id, **dict(handover), "created_at": now},
                 upsert=True)
-        await self._open.delete_one({"_id": claim_id})
+
+    async def _archive_claim(self, claim_id: str, owner: Owner, held: _Held,
+                             sets: Mapping[str, Any]) -> None:
+        """Move a finished claim out of the in-flight collections.
+
+        Not confirmed against a newer attempt: everything a finished run did outside the
+        store came after a confirmed write (the completion's outbox entry), and a taker
+        that got in after it only republishes that entry and closes the claim the same
+        way (then it replaces the archived copy)."""
+        await self._writer(claim_id, owner)
+        doc = held.doc if held.doc is not None else await self._claims.find_one(
+            {"_id": claim_id})
+        if doc is None:
+            raise LeaseLost(f"claim {claim_id} no longer exists")
+        final = dict(doc)
+        _apply_set(final, {**held.pending, **sets})
+        held.pending.clear()
+        held.closed = True
+        self._held.pop((claim_id, owner.id), None)
+        await self._put_in_archive(final)
+        await self._claims.delete_one({"_id": claim_id})
+        if held.lease_docs or held.attempt > 1 or final.get("resumptions"):
+            ids = [lease_id(claim_id, n) for n in range(held.attempt + 1)]
+            ids += [reopen_id(claim_id, k) for k in range(1, int(final.get("resumptions")
+                                                                  or 0) + 1)]
+            await self._leases.delete_many({"_id": {"$in": ids}})
+
+    async def _put_in_archive(self, doc: Mapping[str, Any]) -> None:
+        try:
+            await self._archive.insert_one(dict(doc))
+        except DuplicateKeyError:  # closed again after a crash between archive and delete
+            await self._archive.replace_one({"_id": doc["_id"]}, dict(doc))
 
     async def reopen(self, claim_id: str) -> bool:
         """A parked claim becomes runnable again (an engineer reported, or a deadline passed).
 
-        The open-set marker goes first, like in :meth:`create`: a crash in between leaves a
-        marker the scan drops, never a runnable claim nobody scans. Of several callers
-        re-opening the same parking (a report and the deadline sweep, say), the one that
-        inserts ``<claim_id>:r<k>`` does it; the others get False. The lease was released
-        when the claim was parked, so whichever executor takes it next need not wait.
+        Of several callers re-opening the same parking (a report and the deadline sweep,
+        say), the one that inserts ``<claim_id>:r<k>`` does it; the others get False. The
+        lease was released when the claim was parked, so whichever executor takes it next
+        need not wait.
         """
         now = datetime.now(UTC)
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is None or doc.get("status") != "handed_over":
             return False
-        await self._mark_open(claim_id, {"created_at": now})
         resumption = int(doc.get("resumptions", 0)) + 1
         try:
             await self._leases.insert_one({"_id": reopen_id(claim_id, resumption),
@@ -389,7 +582,24 @@ class ClaimStore:
         return bool(result.matched_count)
 
     async def open_claim_ids(self) -> list[str]:
-        return [str(doc["_id"]) async for doc in self._open.find({}, {"_id": 1})]
+        """The claims to run or resume: the open ones of the in-flight collection. Finished
+        claims found there (stored before the archive existed, or left by a crash between
+        archiving and deleting) are moved to the archive on the way."""
+        ids: list[str] = []
+        async for doc in self._claims.find({}, {"_id": 1, "status": 1}):
+            status = doc.get("status", "open")
+            if status == "open":
+                ids.append(str(doc["_id"]))
+            elif status in self.FINISHED:
+                await self._archive_leftover(str(doc["_id"]))
+        return ids
+
+    async def _archive_leftover(self, claim_id: str) -> None:
+        doc = await self._claims.find_one({"_id": claim_id})
+        if doc is None or doc.get("status") not in self.FINISHED:
+            return
+        await self._put_in_archive(doc)
+        await self._claims.delete_one({"_id": claim_id})
 
 
 @dataclass

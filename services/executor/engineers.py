@@ -72,7 +72,8 @@ class Engineers:
             await self._claims.reopen(claim.id)
 
     async def check(self, claim: Claim, record: Mapping[str, Any],
-                    ) -> proc.StillWaiting | proc.EngineerReported | proc.DeadlinePassed:
+                    ) -> (proc.StillWaiting | proc.EngineerReported | proc.DeadlinePassed
+                          | proc.ClaimTampered):
         """Back from parking: the engineer reported, or the deadline passed."""
         key = wait_id(claim.id, str(record["step_id"]))
         wait = await self._manual.get(key)
@@ -80,6 +81,11 @@ class Engineers:
             wait = await self._manual.expire(key)
         if wait is not None and wait.status == "waiting":
             return proc.StillWaiting()
+        if wait is not None and (problem := await self._manual.decision_problem(
+                key, wait.status)) is not None:
+            # A decision the executor did not record (a document written into the store):
+            # never an engineer's word.
+            return proc.ClaimTampered((f"manual decision {key}: {problem}",))
         # What the automation did before handing over (and the rescue boots it made).
         before = journal_outcomes(claim, with_rescue=True)
         if wait is None or wait.status == "timed_out":

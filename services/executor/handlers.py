@@ -20,7 +20,7 @@ from opentelemetry import propagate
 
 from schemas.events import AuthorizationVerified
 from schemas.registry import encode
-from services.executor.claims import ClaimStore, Owner
+from services.executor.claims import ClaimStore, Owner, StaleRevision
 from services.executor.verdict_check import Refusal, check_verdict
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Delivery
@@ -56,18 +56,18 @@ class Acceptance:
         if refusal is not None:
             await self.refuse(event, delivery, refusal)
             return
-        latest = await self.claims.latest_revision(event.ticket_id)
-        if latest is not None and event.revision < latest:
-            await self.refuse(event, delivery, Refusal(
-                code="revision_stale",
-                message=f"revision {event.revision} is older than revision {latest}, which was "
-                        "already claimed"))
-            return
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # the worker continues this trace, also after a restart
-        claim, created = await self.claims.create(
-            event, verdict_json=encode(event).decode("utf-8"), trace_carrier=carrier,
-            owner=self.owner, lease_s=self.lease_s)
+        try:
+            claim, created = await self.claims.create(
+                event, verdict_json=encode(event).decode("utf-8"), trace_carrier=carrier,
+                owner=self.owner, lease_s=self.lease_s)
+        except StaleRevision as stale:
+            await self.refuse(event, delivery, Refusal(
+                code="revision_stale",
+                message=f"revision {event.revision} is older than revision {stale.latest}, "
+                        "which was already claimed"))
+            return
         if created:
             await self.audit.append(
                 event.ticket_id, record_id=f"claim:{claim.id}", kind="claim",

@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry import propagate
@@ -29,6 +30,7 @@ from schemas.events import AuthorizationVerified
 from schemas.registry import parse_event
 from services.executor import procedure as proc
 from services.executor.access import AccessDecision
+from services.executor.claim_integrity import ClaimSealer, Limits, staleness, tampering
 from services.executor.claims import Claim, ClaimStore, Owner
 from services.executor.engineers import Engineers
 from services.executor.manual import ManualSteps
@@ -61,7 +63,9 @@ class Dependencies:
     owner: Owner
     manual: ManualSteps
     pins: HostKeyPins
+    sealer: ClaimSealer
     rescue: RescueProvider | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 @dataclass(kw_only=True)
@@ -104,6 +108,10 @@ class Interventions:
         self._config = proc.Config(max_attempts=deps.settings.executor_max_attempts,
                                    dry_run=deps.settings.executor_dry_run,
                                    rescue_configured=deps.rescue is not None)
+        self._limits = Limits(
+            max_age=timedelta(seconds=deps.settings.executor_verdict_max_age_s),
+            clock_skew=timedelta(seconds=deps.settings.executor_clock_skew_s),
+            rescue_configured=deps.rescue is not None)
         self._records = ClaimRecords(runtime=deps.runtime, claims=deps.claims, owner=deps.owner)
         self._access = ServerAccess(connector=deps.connector, records=self._records,
                                     tracer=self._tracer)
@@ -219,7 +227,7 @@ class Interventions:
     # --- the commands ----------------------------------------------------------------------
 
     async def _check_verdict(self, run: Run, command: cmd.CheckVerdict,
-                             ) -> proc.VerdictChecked | proc.VerdictRefused:
+                             ) -> proc.VerdictChecked | proc.VerdictRefused | proc.ClaimTampered:
         try:
             verdict = parse_event(run.claim.verdict_json, AuthorizationVerified)
             verify_verdict(verdict, self._deps.verify_keys)
@@ -227,8 +235,15 @@ class Interventions:
             # The claim store was edited: refuse, say why, publish nothing for a verdict
             # that cannot be trusted.
             return proc.VerdictRefused(str(exc))
+        # Every run, not only the first: the claim store is as writable as the verdict.
+        findings = tampering(run.claim, verdict, self._deps.sealer, self._limits)
+        if findings:
+            log.warning("claim %s refused, not written by this executor: %s", run.claim.id,
+                        "; ".join(findings))
+            return proc.ClaimTampered(tuple(findings))
         run.verdict = verdict
-        return proc.VerdictChecked(verdict)
+        return proc.VerdictChecked(verdict, stale=staleness(verdict, self._deps.clock(),
+                                                            self._limits))
 
     async def _audit(self, run: Run, command: cmd.Audit) -> None:
         await self._records.audit(run.claim, command.record_id, command.kind, command.data)
@@ -320,7 +335,8 @@ class Interventions:
         await self._engineers.park(run.claim, command.record)
 
     async def _check_wait(self, run: Run, command: cmd.CheckWait,
-                          ) -> proc.StillWaiting | proc.EngineerReported | proc.DeadlinePassed:
+                          ) -> (proc.StillWaiting | proc.EngineerReported | proc.DeadlinePassed
+                                | proc.ClaimTampered):
         return await self._engineers.check(run.claim, command.record)
 
     async def _pass_review(self, run: Run, command: cmd.PassReview) -> None:

@@ -35,6 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import ManualStepCompleted
+from services.executor.claim_integrity import ClaimSealer
 from services.executor.claims import ClaimStore, Owner
 from services.runtime.audit import AuditLog
 from services.runtime.consumer import Delivery
@@ -88,7 +89,11 @@ class ManualSteps:
 
     DECISIONS = "executor_manual_decisions"
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
+        # Decisions are signed by the executor (claim_integrity) and checked when the claim
+        # reads them: one inserted by someone else is never an engineer's word.
+        self._sealer = sealer
         self._steps = db[self.STEPS]
         self._waiting = db[self.WAITING]
         self._decisions = db[self.DECISIONS]
@@ -147,6 +152,8 @@ class ManualSteps:
         if decision is None:
             if step.get("status") != "waiting":
                 return None
+            if self._sealer is not None:
+                fields = {**fields, "seal": self._sealer.seal(key, "manual_decision", fields)}
             try:
                 await self._decisions.insert_one({"_id": key, **fields})
                 decision = {"_id": key, **fields}
@@ -159,6 +166,20 @@ class ManualSteps:
         await self._steps.update_one({"_id": key},
                                      {"$set": {k: v for k, v in decision.items() if k != "_id"}})
         return decision
+
+    async def decision_problem(self, key: str, status: str) -> str | None:
+        """Why the decision that made step ``key`` ``status`` is not the executor's (None:
+        it is). A decided step without a signed decision of the same status was written
+        into the store by someone else."""
+        if self._sealer is None:
+            return "no key to check decisions with"
+        doc = await self._decisions.find_one({"_id": key})
+        if doc is None:
+            return f"the step is {status} without a recorded decision"
+        fields = {k: v for k, v in doc.items() if k not in ("_id", "seal")}
+        if fields.get("status") != status:
+            return f"the step is {status}, its decision {fields.get('status')}"
+        return self._sealer.problem(doc.get("seal"), key, "manual_decision", fields)
 
     async def unconsumed(self) -> list[str]:
         return [str(doc["_id"]) async for doc in self._waiting.find({}, {"_id": 1})]

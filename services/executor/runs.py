@@ -138,11 +138,18 @@ class Runs:
             for n, step in enumerate(steps)))
 
     def _issuer(self, claim: Claim, verdict: AuthorizationVerified) -> VaultIssuer:
+        async def refused(reason: str) -> None:
+            await self._records.audit(claim, f"vault-key-refused:{claim.id}:{claim.attempt}",
+                                      "vault_key_refused", {"account_id": verdict.account_id,
+                                                            "reason": reason})
+
         return VaultIssuer(vault=self._vault, claim_id=claim.id, attempt=claim.attempt,
                            target=DepositTarget(account_id=verdict.account_id,
                                                 ticket_id=verdict.ticket_id,
                                                 revision=verdict.revision,
-                                                service_id=verdict.server.service_id))
+                                                service_id=verdict.server.service_id,
+                                                verified_at=verdict.occurred_at),
+                           on_refused=refused)
 
     def _engine(self, claim: Claim, session: SshSession, issuer: CredentialIssuer, *,
                 dry_run: bool) -> Engine:

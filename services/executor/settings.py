@@ -11,6 +11,9 @@ Environment variables (besides those of :class:`~services.runtime.settings.Runti
   files (the current one plus any still rotating out): an engineer's report on a manual step
   (ManualStepCompleted) has an effect only if signed by one of them; default
   ``<keys dir>/notifier-signing.pub``.
+- ``EXECUTOR_OPERATOR_VERIFY_KEYS``: comma-separated paths of the operators' public keys
+  (``operator-signing.pub``, plus any rotating out): a customer's vault key counts only if
+  its registration is signed by one of them; default ``<keys dir>/operator-signing.pub``.
 - ``EXECUTOR_CONCURRENCY`` = 8: interventions running at once in this process.
 - ``EXECUTOR_QUEUE_SIZE`` = 256: claims waiting for a worker; beyond that the periodic scan
   of open claims picks them up (the Kafka handler never waits for a free worker).
@@ -61,6 +64,7 @@ from services.executor.rescue.provider import check_provider_url
 from services.executor.rescue.runbooks.firewall import management_sources
 from services.runtime.keys import (
     NOTIFIER_SIGNING_PUBLIC_FILE,
+    OPERATOR_SIGNING_PUBLIC_FILE,
     SEALING_PRIVATE_FILE,
     SIGNING_PUBLIC_FILE,
     default_keys_dir,
@@ -78,6 +82,7 @@ class ExecutorSettings(RuntimeSettings):
     executor_sealing_keys: str | None = None
     executor_verify_keys: str | None = None
     executor_fact_verify_keys: str | None = None
+    executor_operator_verify_keys: str | None = None
     executor_concurrency: int = Field(default=8, ge=1, le=1024)
     executor_queue_size: int = Field(default=256, ge=1, le=100_000)
     executor_typical_run_s: float = Field(default=120.0, ge=1.0, le=86_400.0)
@@ -133,6 +138,11 @@ class ExecutorSettings(RuntimeSettings):
     @property
     def verify_key_paths(self) -> tuple[Path, ...]:
         return _paths(self.executor_verify_keys, self._keys_dir() / SIGNING_PUBLIC_FILE)
+
+    @property
+    def operator_verify_key_paths(self) -> tuple[Path, ...]:
+        return _paths(self.executor_operator_verify_keys,
+                      self._keys_dir() / OPERATOR_SIGNING_PUBLIC_FILE)
 
     @property
     def fact_verify_key_paths(self) -> tuple[Path, ...]:

@@ -10,18 +10,34 @@ in memory so asyncssh also restricts negotiation to that key's algorithm.
 
 Limits. OpenSSH drops unauthenticated connections beyond ``MaxStartups`` (10 by default),
 so handshakes are bounded per host and globally; an established connection runs one
-command at a time (one channel of the ``MaxSessions 10`` allowed).
+command at a time (at most two channels of the ``MaxSessions 10`` allowed).
 
 Privilege. Detected once per connection: root itself, passwordless sudo, or sudo with the
-customer's password, which is written to sudo's stdin (``sudo -k -S -p ''``) and never
-appears in a command line. ``-k`` makes sudo ask every time, so the password line is
-always consumed by sudo and never reaches the command's own input.
+customer's password, which is written to sudo's stdin (``sudo -k -S``) and never appears
+in a command line. ``-k`` makes sudo ask every time, so the password line is always
+consumed by sudo and never reaches a command's own input; the root shell's sudo gets it
+only once it asked for it (with a random prompt), and answering without asking is how
+passwordless sudo is told apart.
+
+Command shells. On Linux a session keeps two long-lived POSIX shells, one channel each:
+one as the account, and one as root (the account itself when it is root, else started by
+the single sudo that also proves the privilege). Each command is written to the right
+shell, runs in a subshell with ``/dev/null`` as its input, and is followed by a random
+per-command marker that carries its exit status, on stdout and on stderr, so every
+command still returns its own output and status (and is audited on its own by the
+engine). Measured on loopback OpenSSH, this is what a host costs: a channel per command
+means a forked session process and a login shell per command, and sudo per root command
+means a password hash per command (yescrypt on current Debian, tens of milliseconds of
+CPU each); the shells pay both once per connection. Commands with input of their own
+(which may be a secret), Windows hosts, and any account whose login shell does not answer
+the shell handshake keep the one-channel-per-command path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shlex
 import time
 import weakref
@@ -34,6 +50,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.executor.access import ProbeOutcome
+from services.executor.claim_integrity import ClaimSealer
 from services.executor.runbooks.model import (
     STANDARD_PATH,
     Command,
@@ -105,21 +122,50 @@ DISK_SOURCE = "server disk (rescue)"
 
 class HostKeyPins:
     """Trust-on-first-use pins, one document per server keyed by ``_id`` (FerretDB pushes
-    only ``_id`` equality down)."""
+    only ``_id`` equality down).
+
+    With a sealer (the executor always has one) each pin carries ``seal``, the executor's
+    signed record of the key and where it came from (:mod:`services.executor.claim_integrity`,
+    subject ``pin:<service id>``): a pin written into the store by anyone else - a key the
+    attacker's host would present, or a "read from disk" the executor never did - is never
+    trusted. Reading it fails the connection as a host-key mismatch (no credential is sent),
+    and the access decision hands the server to an engineer or refuses, as for any mismatch.
+    """
 
     COLLECTION = "executor_host_keys"
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]],
+                 sealer: ClaimSealer | None = None) -> None:
         self._coll = db[self.COLLECTION]
+        self._sealer = sealer
+
+    def _seal(self, service_id: str, line: str, source: str | None) -> dict[str, Any]:
+        if self._sealer is None:
+            return {}
+        return {"seal": self._sealer.seal(f"pin:{service_id}", "host_key",
+                                          {"key": line, "source": source})}
+
+    async def _checked(self, service_id: str) -> dict[str, Any] | None:
+        doc = await self._coll.find_one({"_id": service_id})
+        if doc is None or self._sealer is None:
+            return doc
+        problem = self._sealer.problem(doc.get("seal"), f"pin:{service_id}", "host_key",
+                                       {"key": doc.get("key"), "source": doc.get("source")})
+        if problem is not None:
+            raise SshError("host_key_mismatch",
+                           f"the host key pinned for {service_id} was not pinned by the "
+                           f"executor ({problem}): it is not trusted and no credential is "
+                           "sent; an engineer confirms the server's key")
+        return doc
 
     async def get(self, service_id: str) -> str | None:
-        doc = await self._coll.find_one({"_id": service_id})
+        doc = await self._checked(service_id)
         return str(doc["key"]) if doc else None
 
     async def get_from_disk(self, service_id: str) -> str | None:
         """The pin only if it was read from the server's own disk (:meth:`replace`), not
         trusted on first use."""
-        doc = await self._coll.find_one({"_id": service_id})
+        doc = await self._checked(service_id)
         return str(doc["key"]) if doc and doc.get("source") == DISK_SOURCE else None
 
     async def pin(self, service_id: str, line: str, *, host: str, port: int,
@@ -128,7 +174,8 @@ class HostKeyPins:
         try:
             await self._coll.insert_one({
                 "_id": service_id, "key": line, "fingerprint": fingerprint, "host": host,
-                "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id})
+                "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
+                **self._seal(service_id, line, None)})
         except DuplicateKeyError:
             existing = await self.get(service_id)
             return existing if existing is not None else line
@@ -143,7 +190,7 @@ class HostKeyPins:
         await self._coll.replace_one({"_id": service_id}, {
             "_id": service_id, "key": line, "fingerprint": key.get_fingerprint(), "host": host,
             "port": port, "first_seen": datetime.now(UTC), "ticket_id": ticket_id,
-            "source": DISK_SOURCE}, upsert=True)
+            "source": DISK_SOURCE, **self._seal(service_id, line, DISK_SOURCE)}, upsert=True)
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -164,8 +211,11 @@ class _HostKeyCheck(asyncssh.SSHClient):
 class SshConnector:
     def __init__(self, *, pins: HostKeyPins, connect_timeout_s: float, command_timeout_s: float,
                  per_host_connects: int, global_connects: int,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, command_shells: bool = True) -> None:
         self._pins = pins
+        # False: one channel (and one sudo) per command, the behaviour before command
+        # shells; kept for comparison (bench/bench_executor.py --sequential-commands).
+        self.command_shells = command_shells
         # Output is redacted here, before it is cut to size: a secret straddling the cut
         # would otherwise be kept half in clear by everything downstream.
         self.redactor = redactor or default_redactor()
@@ -318,6 +368,163 @@ class SshConnector:
     def command_timeout_s(self) -> float:
         return self._command_timeout
 
+    @property
+    def connect_timeout_s(self) -> float:
+        return self._connect_timeout
+
+
+class _ShellGone(Exception):
+    """A command shell's channel closed before the command's marker came back."""
+
+
+class CommandShell:
+    """A long-lived POSIX ``sh`` on one channel that runs commands one after another.
+
+    Each command is written as ``(<command line>) </dev/null`` followed by a random marker
+    printed with the exit status, on stdout and on stderr; its output is what came before
+    the marker. The marker is new for every command, so output cannot end a command early
+    unless it guesses 128 random bits. Output arriving after a marker (a background
+    process the command left behind, still writing) closes the shell, so it cannot be
+    taken for the next command's; a sudo configured with a prompt of its own
+    (``passprompt_override``) is not recognised and ends in a timeout, after which the
+    session falls back to a channel per command.
+    """
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._process = process
+        self._lock = asyncio.Lock()
+        self.closed = False
+        self.asked_password = False  # sudo asked for (and accepted) the password
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, *, sudo: bool,
+                    password: str | None, timeout: float,
+                    ) -> CommandShell | Literal["refused"] | None:
+        """Start ``sh`` as the account, or as root through sudo; it announces itself with
+        a random word.
+
+        Through sudo, the password (if any) is written only when sudo asks for it with
+        this call's own random prompt, so an account that needs none (NOPASSWD) is told
+        apart by the shell answering without a prompt. Returns the shell, ``"refused"``
+        when sudo would not run it (it asked a second time: wrong password; or exited:
+        not a sudoer), None when no shell answered (an unusual login shell, a timeout):
+        the caller then uses a channel per command.
+        """
+        ready = f"ivt-ready-{secrets.token_hex(16)}".encode()
+        prompt = f"ivt-password-{secrets.token_hex(16)}:"
+        script = shlex.join(("sh", "-c", f"echo {ready.decode()}; exec sh"))
+        if not sudo:
+            launcher = f"env PATH={STANDARD_PATH}"
+        elif password is None:
+            launcher = "sudo -n --"
+        else:
+            launcher = f"sudo -k -S -p {shlex.quote(prompt)} --"
+        try:
+            process = await asyncio.wait_for(
+                conn.create_process(f"exec {launcher} {script}", encoding=None), timeout)
+        except (TimeoutError, asyncssh.Error, OSError):
+            return None
+        shell = cls(process)
+        started: bool | Literal["refused"] = False
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            started = await asyncio.wait_for(
+                shell._announce(ready, prompt.encode(), password if sudo else None), timeout)
+        if started is True:
+            return shell
+        shell.close()
+        return "refused" if started == "refused" and sudo else None
+
+    async def _announce(self, ready: bytes, prompt: bytes,
+                        password: str | None) -> bool | Literal["refused"]:
+        stdout, stderr = self._process.stdout, self._process.stderr
+        shell_up = asyncio.ensure_future(stdout.readuntil(ready + b"\n"))
+        asked = asyncio.ensure_future(stderr.readuntil(prompt))
+        try:
+            if password is None:
+                await _first(shell_up)
+                return True if _succeeded(shell_up) else "refused"
+            await _first(shell_up, asked)
+            if _succeeded(shell_up):
+                return True  # no prompt: this account needs no password for sudo
+            if not _succeeded(asked):
+                return "refused"  # sudo exited without asking: not a sudoer at all
+            # Nothing but the password is sent before the shell announced itself, so no
+            # command line is ever read by sudo as a password attempt.
+            self._process.stdin.write(password.encode() + b"\n")
+            asked = asyncio.ensure_future(stderr.readuntil(prompt))
+            await _first(shell_up, asked)
+            self.asked_password = True
+            return True if _succeeded(shell_up) else "refused"
+        finally:
+            for task in (shell_up, asked):
+                task.cancel()
+            await asyncio.gather(shell_up, asked, return_exceptions=True)
+
+    async def run(self, line: str, timeout: float) -> tuple[int, bytes, bytes]:
+        """Exit status, stdout and stderr of ``line``; TimeoutError (the shell is closed
+        then, like a channel that timed out) or :class:`_ShellGone`."""
+        async with self._lock:
+            if self.closed:
+                raise _ShellGone
+            mark = secrets.token_hex(16)
+            self._process.stdin.write(
+                f"({line}) </dev/null; printf '\\n%s %s\\n' {mark} \"$?\"; "
+                f"printf '\\n%s\\n' {mark} >&2\n".encode())
+            # Found with bytes.find, not a regular expression: a pattern per random marker
+            # would be compiled anew for every command (and flush the re module's cache).
+            end = b"\n" + mark.encode()
+            try:
+                (out, status, out_extra), (err, _, err_extra) = await asyncio.wait_for(
+                    asyncio.gather(_until(self._process.stdout, end + b" "),
+                                   _until(self._process.stderr, end + b"\n")), timeout)
+            except BaseException:
+                self.close()
+                raise
+            if out_extra or err_extra:
+                # Something (a background process the command left) writes after the
+                # marker: later commands' output would be mixed with it.
+                self.close()
+            return status, out, err
+
+    def close(self) -> None:
+        self.closed = True
+        self._process.close()
+
+
+async def _first(*tasks: asyncio.Future[bytes]) -> None:
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _succeeded(task: asyncio.Future[bytes]) -> bool:
+    """Done with a result (EOF before the word raises IncompleteReadError)."""
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+async def _until(reader: asyncssh.SSHReader[bytes], end: bytes) -> tuple[bytes, int, bool]:
+    """Everything ``reader`` gives up to the ``end`` marker: (data, the number that follows
+    a marker ending in a space, up to its newline; whether more data followed)."""
+    buffer = bytearray()
+    searched = 0
+    while True:
+        at = buffer.find(end, searched)
+        if at >= 0:
+            tail = at + len(end)
+            if not end.endswith(b" "):
+                return bytes(buffer[:at]), 0, tail != len(buffer)
+            newline = buffer.find(b"\n", tail)
+            if newline >= 0 and buffer[tail:newline].isdigit():
+                return bytes(buffer[:at]), int(buffer[tail:newline]), newline + 1 != len(buffer)
+            if newline >= 0:
+                raise _ShellGone  # not a status: the protocol is broken
+            searched = at  # the status is still on its way
+        else:
+            # A marker may straddle two reads: search again from before the old end.
+            searched = max(0, len(buffer) - len(end))
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise _ShellGone
+        buffer += chunk
+
 
 _WINDOWS_IS_ADMIN = (
     "([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent())"
@@ -338,6 +545,12 @@ class SshSession:
         self._credential = credential
         self.host_key = host_key
         self.privilege: Privilege = "none"
+        # Command shells (module docstring): opened on first use, None when closed. Once the
+        # account's shell fails its handshake, every command takes a channel of its own.
+        self._shells = connector.command_shells and platform == "linux"
+        self._user_shell: CommandShell | None = None
+        self._root_shell: CommandShell | None = None
+        self._opening = asyncio.Lock()
 
     @property
     def privileged(self) -> bool:
@@ -356,6 +569,15 @@ class SshSession:
         if result.exit_status == 0 and result.stdout.strip() == "0":
             self.privilege = "root"
             return
+        if self._user_shell is not None:
+            # The sudo that proves the privilege is the one that starts the root shell: one
+            # password check for the whole connection.
+            opened = await self._open_root_shell()
+            if opened == "refused":
+                return
+            if opened != "unknown":
+                self.privilege = opened
+                return
         if (await self._exec(Command(argv=("sudo", "-k", "-n", "true")), as_is=True)
                 ).exit_status == 0:
             self.privilege = "sudo_nopasswd"
@@ -389,8 +611,59 @@ class SshSession:
         except PermissionError as exc:
             return CommandResult(exit_status=None, error=str(exc))
 
+    async def _open_root_shell(
+            self) -> Literal["sudo_password", "sudo_nopasswd", "refused", "unknown"]:
+        started = await CommandShell.start(self._conn, sudo=True,
+                                           password=self._credential.password,
+                                           timeout=self._connector.connect_timeout_s)
+        if started == "refused":
+            return "refused"
+        if started is None:
+            return "unknown"
+        try:
+            status, out, _ = await started.run("id -u", self._connector.connect_timeout_s)
+        except (TimeoutError, _ShellGone, asyncssh.Error, OSError):
+            started.close()
+            return "unknown"
+        if (status, out.strip()) != (0, b"0"):
+            started.close()  # sudo runs commands as another user by default here
+            return "refused"
+        self._root_shell = started
+        return "sudo_password" if started.asked_password else "sudo_nopasswd"
+
+    async def _shell_for(self, command: Command, *, as_is: bool,
+                         stdin: str | None) -> CommandShell | None:
+        """The command shell ``command`` runs in, None for a channel of its own."""
+        if not self._shells or command.powershell or (stdin if as_is else command.stdin):
+            return None
+        async with self._opening:  # one shell of each kind, even for concurrent callers
+            if command.root and not as_is and self.privilege in ("sudo_password",
+                                                                  "sudo_nopasswd"):
+                if self._root_shell is None or self._root_shell.closed:
+                    self._root_shell = None
+                    # Reopened after a timeout closed it: the privilege must be as found.
+                    if await self._open_root_shell() != self.privilege:
+                        if self._root_shell is not None:
+                            self._root_shell.close()
+                        self._root_shell = None
+                        return None
+                return self._root_shell
+            if command.root and not as_is and self.privilege != "root":
+                return None  # refused by command_line, as on the channel path
+            if self._user_shell is None or self._user_shell.closed:
+                started = await CommandShell.start(self._conn, sudo=False, password=None,
+                                                   timeout=self._connector.connect_timeout_s)
+                if not isinstance(started, CommandShell):
+                    self._shells = False  # this login shell takes no handshake: channels
+                    return None
+                self._user_shell = started
+            return self._user_shell
+
     async def _exec(self, command: Command, *, as_is: bool = False,
                     stdin: str | None = None) -> CommandResult:
+        shell = await self._shell_for(command, as_is=as_is, stdin=stdin)
+        if shell is not None:
+            return await self._in_shell(shell, command)
         if as_is:
             line, data = shlex.join(command.argv), stdin
             if command.powershell:
@@ -420,6 +693,23 @@ class SshSession:
                              stdout=self._tail(completed.stdout, MAX_STDOUT_CHARS),
                              stderr=self._tail(completed.stderr, MAX_STDERR_CHARS),
                              duration_ms=elapsed)
+
+    async def _in_shell(self, shell: CommandShell, command: Command) -> CommandResult:
+        timeout = command.timeout_s or self._connector.command_timeout_s
+        began = time.perf_counter()
+        try:
+            status, out, err = await shell.run(shlex.join(command.argv), timeout)
+        except TimeoutError:
+            return CommandResult(exit_status=None, error=f"no answer within {timeout:.0f} s",
+                                 duration_ms=int((time.perf_counter() - began) * 1000))
+        except (_ShellGone, asyncssh.Error, OSError):
+            # The command may have run: it is reported as broken off, never run again.
+            return CommandResult(exit_status=None, error="connection failed: the command "
+                                 "shell closed", duration_ms=int((time.perf_counter() - began)
+                                                                  * 1000))
+        return CommandResult(exit_status=status, stdout=self._tail(out, MAX_STDOUT_CHARS),
+                             stderr=self._tail(err, MAX_STDERR_CHARS),
+                             duration_ms=int((time.perf_counter() - began) * 1000))
 
     def _tail(self, value: str | bytes | None, limit: int) -> str:
         return tail(value, limit, self._connector.redactor)

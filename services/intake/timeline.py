@@ -92,7 +92,9 @@ def ticket_status(ticket_id: str, records: Iterable[AuditRecord]) -> TicketStatu
     status = "received"
     revision: int | None = None
     category = scope = outcome = credentials = None
-    for record in records:
+    # The records come as one timeline (the ticket's chains merged by time); an entry's
+    # seq is its place in it, since each service's chain counts its own seq.
+    for position, record in enumerate(records, start=1):
         data = record.data
         if record.kind == "event" and isinstance(data.get("event"), Mapping):
             event = data["event"]
@@ -114,7 +116,7 @@ def ticket_status(ticket_id: str, records: Iterable[AuditRecord]) -> TicketStatu
         else:
             event_revision = None
         entries.append(TimelineEntry(
-            seq=record.seq, at=record.at, actor=record.actor, kind=record.kind,
+            seq=position, at=record.at, actor=record.actor, kind=record.kind,
             event_type=event_type, revision=event_revision, details=details,
         ))
     if not entries:

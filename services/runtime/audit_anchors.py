@@ -1,23 +1,27 @@
-"""Audit heads anchored outside the store: the compacted Kafka topic
-``intervention.audit-anchored``, keyed by ticket.
+"""Audit chain heads anchored outside the store: the compacted Kafka topic
+``intervention.audit-anchored``, keyed by chain (``<ticket>:<producer>``).
 
-Someone who can write MongoDB can rewrite a ticket's records *and* its head consistently,
-delete both, or roll the head back. Kafka is a second system with its own credentials and
-ACLs (a service may only append to this topic), so each service publishes the heads it
-wrote there, signed with its audit key (:class:`~services.runtime.audit.AuditSigner`):
+Someone who can write MongoDB can rewrite a chain's records consistently (re-hashed),
+delete them, or cut its tail. Kafka is a second system with its own credentials and ACLs
+(a service may only append to this topic), so each service publishes the heads of the
+chains it wrote there, signed with its audit key
+(:class:`~services.runtime.audit_signing.AuditSigner`):
 
-- :class:`AnchorBook` keeps, per ticket, the newest record this process appended and
-  publishes the pending heads every ``AUDIT_ANCHOR_INTERVAL_S`` and at once when a ticket's
-  final event is appended (:data:`FINAL_EVENT_TYPES`). A publish that fails keeps the head
-  pending for the next round: anchoring never blocks or fails an append.
+- :class:`AnchorBook` keeps, per chain (ticket and producer), the newest record this
+  process appended and publishes the pending heads every ``AUDIT_ANCHOR_INTERVAL_S`` and
+  at once when a ticket's final event is appended (:data:`FINAL_EVENT_TYPES`). A publish
+  that fails keeps the head pending for the next round: anchoring never blocks or fails an
+  append, and costs the append path no store round trip.
 - :func:`read_anchors` reads the whole topic (compaction keeps at least the newest anchor of
   each ticket) for ``intervene audit verify``, which checks the store against them
   (:func:`services.runtime.audit.verify_chain`).
 
-The value is JSON: ``ticket_id``, ``seq``, ``hash``, ``service``, ``anchored_at``,
-``key_id``, ``signature`` (Ed25519 over ``b"intervention-audit-anchor:v1:"`` + the canonical
-JSON of the first five). With audit keys, an anchor that is unsigned, signed by an unknown
-key or by another service's key than it names is not trusted and is reported.
+The value is JSON: ``ticket_id``, ``producer``, ``seq``, ``hash``, ``service``,
+``anchored_at``, ``key_id``, ``signature`` (Ed25519 over ``b"intervention-audit-anchor:v2:"``
++ the canonical JSON of the first six; anchors from before per-producer chains have no
+``producer`` and sign ``v1`` over the other five). With audit keys, an anchor that is
+unsigned, signed by an unknown key or by another service's key than it names, or that
+anchors another service's chain, is not trusted and is reported.
 """
 
 from __future__ import annotations
@@ -33,18 +37,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.topics import AUDIT_ANCHORED, physical
-from services.runtime.audit import (
-    Anchor,
-    AuditKeys,
-    AuditRecord,
-    AuditSigner,
-    check_signature,
-)
+from services.runtime.audit_records import AuditRecord
+from services.runtime.audit_signing import Anchor, AuditKeys, AuditSigner, check_signature
 from services.runtime.kafka_security import kafka_security_options, start_client
 from services.runtime.settings import RuntimeSettings
 
-__all__ = ["FINAL_EVENT_TYPES", "AnchorBook", "AnchorRead", "decode_anchor", "encode_anchor",
-           "read_anchors"]
+__all__ = ["FINAL_EVENT_TYPES", "AnchorBook", "AnchorRead", "anchor_key", "anchor_ticket",
+           "decode_anchor", "encode_anchor", "read_anchors"]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,26 @@ log = logging.getLogger(__name__)
 FINAL_EVENT_TYPES = frozenset({"InterventionCompleted", "TicketRejected",
                                "AuthorizationRejected"})
 
-Publish = Callable[[str, bytes], Awaitable[None]]  # (ticket id, value)
+Publish = Callable[[str, bytes], Awaitable[None]]  # (message key, value)
+
+
+def anchor_key(ticket_id: str, producer: str) -> str:
+    """The topic key of a chain's anchors: compaction keeps the newest anchor per chain.
+    The ticket comes first and a producer never contains ``:``, so :func:`anchor_ticket`
+    gets the ticket back (the ticket attribute of the publish span)."""
+    return f"{ticket_id}:{producer}"
+
+
+def anchor_ticket(key: str) -> str:
+    """The ticket of an :func:`anchor_key`."""
+    return key.rpartition(":")[0] or key
 
 
 def encode_anchor(anchor: Anchor) -> bytes:
-    return json.dumps({"ticket_id": anchor.ticket_id, "seq": anchor.seq, "hash": anchor.hash,
+    fields: dict[str, object] = {"ticket_id": anchor.ticket_id}
+    if anchor.producer is not None:
+        fields["producer"] = anchor.producer
+    return json.dumps({**fields, "seq": anchor.seq, "hash": anchor.hash,
                        "service": anchor.service, "anchored_at": anchor.anchored_at,
                        "key_id": anchor.key_id, "signature": anchor.signature},
                       separators=(",", ":")).encode()
@@ -73,9 +87,12 @@ def decode_anchor(raw: bytes) -> Anchor:
                                                   for v in text.values()):
         raise ValueError("an anchor needs ticket_id, seq >= 1, hash, service, anchored_at")
     key_id, signature = data.get("key_id"), data.get("signature")
+    producer = data.get("producer")
+    if producer is not None and not (isinstance(producer, str) and producer):
+        raise ValueError("an anchor's producer is a service name")
     return Anchor(ticket_id=str(text["ticket_id"]), seq=seq, hash=str(text["hash"]),
                   service=str(text["service"]), anchored_at=str(text["anchored_at"]),
-                  key_id=key_id if isinstance(key_id, str) else None,
+                  producer=producer, key_id=key_id if isinstance(key_id, str) else None,
                   signature=signature if isinstance(signature, str) else None)
 
 
@@ -84,11 +101,12 @@ def sign_anchor(anchor: Anchor, signer: AuditSigner | None) -> Anchor:
         return anchor
     return Anchor(ticket_id=anchor.ticket_id, seq=anchor.seq, hash=anchor.hash,
                   service=anchor.service, anchored_at=anchor.anchored_at,
-                  key_id=signer.key.key_id, signature=signer.sign(anchor.content()))
+                  producer=anchor.producer, key_id=signer.key.key_id,
+                  signature=signer.sign(anchor.content()))
 
 
 class AnchorBook:
-    """The heads this process appended and has not anchored yet; publishes them."""
+    """The chain heads this process appended and has not anchored yet; publishes them."""
 
     def __init__(self, *, service: str, signer: AuditSigner | None, publish: Publish,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -96,44 +114,56 @@ class AnchorBook:
         self.signer = signer
         self._publish = publish
         self._clock = clock
-        self._pending: dict[str, tuple[int, str]] = {}
+        # ticket -> producer -> (seq, hash): a ticket's chains flush together at its end.
+        self._pending: dict[str, dict[str, tuple[int, str]]] = {}
         self.published = 0
         self.failures = 0
 
     def note(self, record: AuditRecord) -> None:
-        """Remember ``record`` as its ticket's head unless a later one is already noted."""
-        known = self._pending.get(record.ticket_id)
+        """Remember ``record`` as its chain's head unless a later one is already noted."""
+        producer = record.producer
+        if producer is None:  # a legacy record read back, never one this log wrote
+            return
+        chains = self._pending.setdefault(record.ticket_id, {})
+        known = chains.get(producer)
         if known is None or known[0] < record.seq:
-            self._pending[record.ticket_id] = (record.seq, record.hash)
+            chains[producer] = (record.seq, record.hash)
 
     @property
-    def pending(self) -> Mapping[str, tuple[int, str]]:
-        return dict(self._pending)
+    def pending(self) -> Mapping[str, Mapping[str, tuple[int, str]]]:
+        """Ticket -> producer -> (seq, hash) of the heads not anchored yet."""
+        return {ticket: dict(chains) for ticket, chains in self._pending.items()}
 
     async def flush(self, ticket_id: str | None = None) -> int:
-        """Publish the pending heads (all, or one ticket's); returns how many went out."""
+        """Publish the pending heads (all, or one ticket's chains); returns how many went
+        out."""
         tickets = [ticket_id] if ticket_id is not None else list(self._pending)
         sent = 0
         for ticket in tickets:
-            head = self._pending.get(ticket)
-            if head is None:
-                continue
-            anchor = sign_anchor(Anchor(
-                ticket_id=ticket, seq=head[0], hash=head[1], service=self._service,
-                anchored_at=self._clock().isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z")), self.signer)
-            try:
-                await self._publish(ticket, encode_anchor(anchor))
-            except Exception as exc:  # noqa: BLE001 - kept pending, tried again next round
-                self.failures += 1
-                log.warning("audit anchor of ticket %s not published (kept for the next "
-                            "round): %s", ticket, type(exc).__name__)
-                continue
-            if self._pending.get(ticket) == head:  # unless a newer head arrived meanwhile
-                del self._pending[ticket]
-            sent += 1
+            for producer, head in list(self._pending.get(ticket, {}).items()):
+                if await self._publish_head(ticket, producer, head):
+                    sent += 1
         self.published += sent
         return sent
+
+    async def _publish_head(self, ticket: str, producer: str, head: tuple[int, str]) -> bool:
+        anchor = sign_anchor(Anchor(
+            ticket_id=ticket, producer=producer, seq=head[0], hash=head[1],
+            service=self._service, anchored_at=self._clock().isoformat(
+                timespec="milliseconds").replace("+00:00", "Z")), self.signer)
+        try:
+            await self._publish(anchor_key(ticket, producer), encode_anchor(anchor))
+        except Exception as exc:  # noqa: BLE001 - kept pending, tried again next round
+            self.failures += 1
+            log.warning("audit anchor of ticket %s (%s chain) not published (kept for the "
+                        "next round): %s", ticket, producer, type(exc).__name__)
+            return False
+        chains = self._pending.get(ticket, {})
+        if chains.get(producer) == head:  # unless a newer head arrived meanwhile
+            del chains[producer]
+            if not chains:
+                self._pending.pop(ticket, None)
+        return True
 
     async def run(self, interval_s: float) -> None:
         """Flush every ``interval_s`` until cancelled; a last flush on the way out."""
@@ -166,9 +196,14 @@ def sort_anchors(raw: list[bytes], keys: AuditKeys | None) -> AnchorRead:
             continue
         if keys is not None:
             verdict = check_signature(anchor.content(), anchor.key_id, anchor.signature, keys)
+            why: str | None = None
             if verdict != f"ok:{anchor.service}":
                 why = (f"signed with the {verdict[3:]} key" if verdict and verdict.startswith("ok:")
                        else verdict)
+            elif anchor.producer is not None and anchor.producer != anchor.service:
+                # A service writes, and so anchors, only its own chains.
+                why = f"anchors the {anchor.producer} chain, which {anchor.service} never writes"
+            if why is not None:
                 read.untrusted.append(f"anchor of ticket {anchor.ticket_id} (record "
                                       f"{anchor.seq}, says {anchor.service}) not trusted: {why}")
                 continue

@@ -1,13 +1,27 @@
-"""Durable consumption: decode, drop duplicates, retry with backoff, DLQ, then commit.
+"""Durable consumption in batches: decode, drop duplicates, retry with backoff, DLQ, commit.
 
 Every subscriber of every service goes through :func:`subscribe`, so the guarantees of
-ARCHITECTURE §5 hold in one place:
+ARCHITECTURE §5 hold in one place.
 
-- the offset is committed (manual ack) only after the handler's effects are durable —
-  its published events acknowledged by the broker, its audit records written;
+**Group commit, key-ordered concurrency.** Each subscription takes what the broker already
+has, up to ``CONSUMER_BATCH_MAX_RECORDS`` (waiting at most ``CONSUMER_BATCH_LINGER_MS`` for
+the first message), and works through the batch as Confluent's Parallel Consumer does:
+
+- messages of different tickets are handled concurrently (up to ``CONSUMER_LANES`` lanes),
+  messages of one ticket in their order;
+- the batch's idempotency marks go to the store in one insert per partition
+  (:meth:`services.runtime.idempotency.ProcessedEvents.begin`), not a read per message;
+- the offsets are committed once, after every message of the batch is settled (handled,
+  dropped as a duplicate or dead-lettered), so the committed position never passes a
+  message whose effects are not durable.
+
+The guarantees, per message, are those of one-at-a-time consumption:
+
+- the offset is committed only after the handler's effects are durable — its published
+  events acknowledged by the broker, its audit records written;
 - a redelivered message whose idempotency key was already processed has no second effect;
 - processed keys are kept for ``PROCESSED_EVENTS_RETENTION_DAYS`` (8), longer than the
-  topics' retention, and pruned at most hourly after an acknowledgement;
+  topics' retention, in day partitions dropped whole;
 - a message that cannot be decoded, or whose handler still fails after bounded retries
   with exponential backoff, goes to ``<topic>.dlq`` with the reason in its headers, and
   the consumer moves on to the next message (no tight retry loop, never a stuck partition);
@@ -30,20 +44,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from faststream.message import StreamMessage
-from opentelemetry import trace
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
 from services.runtime.decoding import Decoded, DecodeError, Decoder
 from services.runtime.dependencies import outage_of
-from services.runtime.kafka_telemetry import CONSUMER_GROUP
+from services.runtime.idempotency import Begin
+from services.runtime.kafka_telemetry import process_span
 from services.runtime.service import ServiceRuntime
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 
@@ -117,6 +131,41 @@ async def _raw_body(msg: StreamMessage[Any]) -> bytes:
     return msg.body
 
 
+@dataclass(kw_only=True, eq=False)
+class _Item(Generic[T]):
+    """One message of a batch on its way through: decoded, then settled exactly once."""
+
+    record: ConsumerRecord[Any, Any]
+    body: bytes
+    decoded: Decoded[T]
+    headers: dict[str, str]
+    caller: Any
+
+    @property
+    def lane(self) -> str:
+        # One ticket's messages in order; a message without a ticket is its own lane.
+        return self.decoded.ticket_id or self.decoded.key
+
+
+@dataclass
+class _Batch(Generic[T]):
+    """What a batch has done so far, kept across waits for an outage: nothing settled is
+    done twice when the batch is taken up again."""
+
+    records: tuple[ConsumerRecord[Any, Any], ...]
+    settled: set[int] = field(default_factory=set)  # id() of settled records
+    items: list[_Item[T]] | None = None
+    duplicates: set[str] | None = None
+    handled: set[str] = field(default_factory=set)  # keys handled in this batch
+    finished: set[str] = field(default_factory=set)  # keys whose done mark is written
+
+    def settle(self, record: ConsumerRecord[Any, Any]) -> None:
+        self.settled.add(id(record))
+
+    def open(self, record: ConsumerRecord[Any, Any]) -> bool:
+        return id(record) not in self.settled
+
+
 def subscribe(
     runtime: ServiceRuntime,
     topic: str,
@@ -144,6 +193,9 @@ def subscribe(
     check (a signed fact's signature, :class:`services.runtime.facts.FactGate`): a
     :class:`DecodeError` from it dead-letters the message with reason ``unauthenticated``
     too, and the handler never sees it.
+
+    Handlers of different tickets run concurrently (see the module's docstring): a handler
+    must not assume it is the only one running in its process.
     """
     settings = runtime.settings
     # The topic prefix isolates groups too: test runs and demos sharing a broker must not
@@ -154,6 +206,7 @@ def subscribe(
     backoff = settings.handler_retry_backoff_s if backoff_s is None else backoff_s
     source = physical(topic, settings.kafka_topic_prefix)
     dlq_topic = physical(topic + DLQ_SUFFIX, settings.kafka_topic_prefix)
+    tracer = runtime.telemetry.tracer_provider.get_tracer("intervention.consumer")
     runtime.metrics.subscribed(topic)
     runtime.consumes(topic)  # ensured (or checked) at start, with its DLQ
 
@@ -172,109 +225,176 @@ def subscribe(
         log.warning("message sent to DLQ", extra={"dlq_topic": dlq_topic, "reason": reason,
                                                    "error_class": error_class})
 
-    async def process_once(msg: KafkaMessage) -> None:
-        record: ConsumerRecord[Any, Any] = msg.raw_message
-        runtime.metrics.consuming(topic=topic, group=group_name, physical_topic=record.topic,
-                                  partition=record.partition, offset=record.offset,
-                                  consumer=msg.consumer)
-        body: bytes = msg.body
-        # FastStream's process span: it does not know the group, and the key may not be
-        # the ticket (an integration's bug), the decoded message is.
-        span = trace.get_current_span()
-        span.set_attribute(CONSUMER_GROUP, group_id)
+    async def prepare(record: ConsumerRecord[Any, Any]) -> _Item[T] | None:
+        """Decode and check one message; None when it went to the DLQ instead."""
+        body: bytes = record.value if isinstance(record.value, bytes) else b""
         try:
             decoded = decoder(body)
         except DecodeError as exc:
             await to_dlq(record, body, reason="decode", exc=exc, attempts=0)
-            await msg.ack()
-            return
+            return None
         except Exception as exc:  # a decoder bug or hostile input (say, RecursionError)
-            # Never leave the message unacknowledged and unanswered: it is dead-lettered like
-            # any undecodable message, and the partition moves on.
+            # Never leave the message unanswered: it is dead-lettered like any undecodable
+            # message, and the partition moves on.
             log.exception("decoder raised %s; sending to DLQ", type(exc).__name__)
             await to_dlq(record, body, reason="decode", exc=exc, attempts=0)
-            await msg.ack()
-            return
+            return None
         headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
         caller: Any = None
-        if authenticate is not None:
-            try:
-                caller = await authenticate(body, headers)
-            except DecodeError as exc:
-                await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
-                await msg.ack()
-                return
-        if verify is not None:
-            try:
-                await verify(decoded.value)
-            except DecodeError as exc:
-                await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
-                await msg.ack()
-                return
-        if decoded.ticket_id is not None:
-            span.set_attribute(TICKET_ID_ATTRIBUTE, decoded.ticket_id)
-        token = current_ticket.set(decoded.ticket_id)
         try:
-            delivery = Delivery(
-                runtime=runtime, topic=topic, partition=record.partition, offset=record.offset,
-                key=decoded.key, ticket_id=decoded.ticket_id, headers=headers, caller=caller,
-            )
-            if await runtime.processed.seen(group_id, decoded.key):
-                runtime.metrics.duplicate(topic)
-                if on_duplicate is not None:
-                    try:
-                        await on_duplicate(decoded.value, delivery)
-                    except Exception:  # recording a duplicate must not block the partition
-                        log.exception("on_duplicate hook failed")
-                await msg.ack()
+            if authenticate is not None:
+                caller = await authenticate(body, headers)
+            if verify is not None:
+                await verify(decoded.value)
+        except DecodeError as exc:
+            await to_dlq(record, body, reason="unauthenticated", exc=exc, attempts=0)
+            return None
+        return _Item(record=record, body=body, decoded=decoded, headers=headers,
+                     caller=caller)
+
+    async def handle(item: _Item[T], batch: _Batch[T]) -> None:
+        """One message of a lane, in its own process span; settled unless an outage
+        interrupts it (then the whole batch is taken up again after the wait)."""
+        record, decoded = item.record, item.decoded
+        with process_span(tracer, runtime.kafka_middleware, record, group_id, item.headers,
+                          len(item.body)) as span:
+            if decoded.ticket_id is not None:
+                span.set_attribute(TICKET_ID_ATTRIBUTE, decoded.ticket_id)
+            token = current_ticket.set(decoded.ticket_id)
+            try:
+                delivery = Delivery(
+                    runtime=runtime, topic=topic, partition=record.partition,
+                    offset=record.offset, key=decoded.key, ticket_id=decoded.ticket_id,
+                    headers=item.headers, caller=item.caller,
+                )
+                assert batch.duplicates is not None
+                if decoded.key in batch.duplicates or decoded.key in batch.handled:
+                    runtime.metrics.duplicate(topic)
+                    if on_duplicate is not None:
+                        try:
+                            await on_duplicate(decoded.value, delivery)
+                        except Exception:  # recording a duplicate must not block the partition
+                            log.exception("on_duplicate hook failed")
+                    batch.settle(record)
+                    return
+                await run_handler(item, delivery)
+                batch.handled.add(decoded.key)
+                batch.settle(record)
+            finally:
+                current_ticket.reset(token)
+
+    async def run_handler(item: _Item[T], delivery: Delivery) -> None:
+        for attempt in range(1, attempts_max + 1):
+            began = time.perf_counter()
+            try:
+                await handler(item.decoded.value, delivery)
+            except Exception as exc:  # every failure is retried, then DLQ'd
+                runtime.metrics.handled(topic, "error", time.perf_counter() - began)
+                if outage_of(exc) is not None:
+                    # Kafka or the store is away: not the message's fault, and no attempt
+                    # used up. The batch waits for the dependency and runs it again (the
+                    # handler is idempotent).
+                    raise
+                if attempt == attempts_max:
+                    log.exception("handler failed %d times; sending to DLQ", attempt)
+                    await to_dlq(item.record, item.body, reason="handler", exc=exc,
+                                 attempts=attempt)
+                    # The same event sent again later (an operator's re-drive) must run.
+                    await runtime.processed.forget(group_id, item.decoded.key)
+                    return
+                delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+                log.warning("handler failed (attempt %d/%d), retrying in %.2fs: %s",
+                            attempt, attempts_max, delay, type(exc).__name__)
+                await asyncio.sleep(delay)
+            else:
+                runtime.metrics.handled(topic, "ok", time.perf_counter() - began)
                 return
-            for attempt in range(1, attempts_max + 1):
-                began = time.perf_counter()
-                try:
-                    await handler(decoded.value, delivery)
-                except Exception as exc:  # every failure is retried, then DLQ'd
-                    runtime.metrics.handled(topic, "error", time.perf_counter() - began)
-                    if outage_of(exc) is not None:
-                        # Kafka or the store is away: not the message's fault, and no
-                        # attempt used up. consume() waits for the dependency and runs the
-                        # message again (the handler is idempotent).
-                        raise
-                    if attempt == attempts_max:
-                        log.exception("handler failed %d times; sending to DLQ", attempt)
-                        await to_dlq(record, body, reason="handler", exc=exc, attempts=attempt)
-                        break
-                    delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
-                    log.warning("handler failed (attempt %d/%d), retrying in %.2fs: %s",
-                                attempt, attempts_max, delay, type(exc).__name__)
-                    await asyncio.sleep(delay)
+
+    async def work(batch: _Batch[T], consumer: AIOKafkaConsumer) -> None:
+        """Settle every open message of ``batch``: raises on an outage (or a bug), having
+        settled what it could."""
+        if batch.items is None:
+            items: list[_Item[T]] = []
+            for record in batch.records:
+                if not batch.open(record):
+                    continue
+                item = await prepare(record)
+                if item is None:
+                    batch.settle(record)
                 else:
-                    runtime.metrics.handled(topic, "ok", time.perf_counter() - began)
-                    await runtime.processed.mark(group_id, decoded.key,
-                                                 ticket_id=decoded.ticket_id)
-                    break
-            await msg.ack()
-            # Housekeeping after the commit: at most hourly, one process per hour (see
-            # services.runtime.idempotency); never raises.
-            await runtime.processed.prune_if_due()
-        finally:
-            current_ticket.reset(token)
+                    items.append(item)
+            batch.items = items
+        if batch.duplicates is None:
+
+            async def committed(topic_name: str, partition: int) -> int | None:
+                position = await consumer.committed(TopicPartition(topic_name, partition))
+                return None if position is None else int(position)
+
+            batch.duplicates = await runtime.processed.begin(group_id, [
+                Begin(key=i.decoded.key, ticket_id=i.decoded.ticket_id, topic=i.record.topic,
+                      partition=i.record.partition, offset=i.record.offset,
+                      timestamp_ms=i.record.timestamp)
+                for i in batch.items], committed=committed)
+        lanes: dict[str, list[_Item[T]]] = {}
+        for item in batch.items:
+            if batch.open(item.record):
+                lanes.setdefault(item.lane, []).append(item)
+        gate = asyncio.Semaphore(settings.consumer_lanes)
+
+        async def lane(items: list[_Item[T]]) -> None:
+            async with gate:
+                for item in items:
+                    await handle(item, batch)
+
+        results = await asyncio.gather(*(lane(items) for items in lanes.values()),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+
+    async def commit(batch: _Batch[T], consumer: AIOKafkaConsumer) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in batch.records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        await consumer.commit(offsets)
 
     async def consume(msg: KafkaMessage) -> None:
-        """``process_once`` until it gets through an outage of Kafka or the store.
+        """Settle the batch until it gets through an outage of Kafka or the store, then
+        commit its offsets once.
 
-        An exception escaping here would leave the message unacknowledged while the consumer
+        An exception escaping here would leave the batch uncommitted while the consumer
         moves on, and the next commit would skip it: so an outage is waited out (backoff
         doubling from ``OUTAGE_BACKOFF_S`` to ``OUTAGE_BACKOFF_MAX_S``), however long it
-        lasts, and the message processed again from the start (dedupe included)."""
+        lasts, and the batch's unsettled messages processed again (dedupe included)."""
+        records = tuple(msg.raw_message) if isinstance(msg.raw_message, tuple) else (
+            msg.raw_message,)
+        if not records:
+            return
+        consumer: AIOKafkaConsumer = msg.consumer
+        last: dict[tuple[str, int], ConsumerRecord[Any, Any]] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record
+        for record in last.values():
+            runtime.metrics.consuming(topic=topic, group=group_name,
+                                      physical_topic=record.topic, partition=record.partition,
+                                      offset=record.offset, consumer=consumer)
+        batch: _Batch[T] = _Batch(records)
         delay = OUTAGE_BACKOFF_S
         while True:
             try:
-                await process_once(msg)
+                await work(batch, consumer)
+                if batch.handled - batch.finished:
+                    # Before the commit: a crash between the two drops the copies anyway.
+                    await runtime.processed.finish(group_id, batch.handled - batch.finished)
+                    batch.finished |= batch.handled
+                await commit(batch, consumer)
             except CommitFailedError:
-                # The group rebalanced while we waited: the partition's new owner (maybe
-                # this process again) gets the message from the last commit.
-                log.warning("offset commit refused after a rebalance; the message is "
-                            "redelivered to the partition's owner")
+                # The group rebalanced while we worked: the partitions' new owner (maybe
+                # this process again) gets the messages from the last commit, and the
+                # marks make the settled ones duplicates.
+                log.warning("offset commit refused after a rebalance; the batch is "
+                            "redelivered to the partitions' owner")
                 return
             except Exception as exc:
                 dependency = outage_of(exc)
@@ -288,13 +408,22 @@ def subscribe(
             if delay != OUTAGE_BACKOFF_S:
                 runtime.dependencies.recovered("kafka")
                 runtime.dependencies.recovered("mongodb")
-            return
+            break
+        # Housekeeping after the commit: at most hourly per process (see
+        # services.runtime.idempotency); never raises.
+        await runtime.processed.prune_if_due()
 
     runtime.broker.subscriber(
         source,
+        batch=True,
+        max_records=settings.consumer_batch_max_records,
+        batch_timeout_ms=settings.consumer_batch_linger_ms,
         decoder=_raw_body,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset="earliest",
         title=f"{runtime.service_name}:{topic}",
+        description=(f"{runtime.service_name} consumes {topic} in batches, each ticket's "
+                     f"messages in order, and commits after their effects are durable; a "
+                     f"message it cannot handle goes to {topic}{DLQ_SUFFIX} with the reason."),
     )(consume)

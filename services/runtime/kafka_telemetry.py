@@ -11,7 +11,8 @@ re-implementing the middleware:
   ``messaging.destination.name``, ``messaging.destination.partition.id``,
   ``messaging.kafka.offset``, ``messaging.kafka.message.key`` as text,
   ``messaging.message.body.size`` and, since every topic is keyed by ``ticket_id``, the
-  ticket attribute (:data:`~services.runtime.telemetry.TICKET_ID_ATTRIBUTE`);
+  ticket attribute (:data:`~services.runtime.telemetry.TICKET_ID_ATTRIBUTE`; the audit
+  anchors are keyed by chain, ``<ticket>:<producer>``, and name their ticket);
 - the span *name* and ``messaging.operation`` are set by the middleware itself, so the
   middleware gets a tracer (:class:`_MessagingTracer`) that names each span
   ``"{operation} {destination}"``, adds ``messaging.operation.type``/``.name`` and drops the
@@ -25,17 +26,21 @@ FastStream's metrics keep their names and labels (the dashboard and alerts use t
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from faststream.kafka.opentelemetry.provider import KafkaTelemetrySettingsProvider
 from faststream.opentelemetry.middleware import TelemetryMiddleware
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
+from schemas.topics import AUDIT_ANCHORED
+from services.runtime.audit_anchors import anchor_ticket
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 if TYPE_CHECKING:
@@ -53,6 +58,8 @@ BODY_SIZE = "messaging.message.body.size"
 MESSAGE_ID = "messaging.message.id"
 CONVERSATION_ID = "messaging.message.conversation_id"
 CONSUMER_GROUP = "messaging.consumer.group.name"
+DESTINATION_PUBLISH = "messaging.destination_publish.name"  # FastStream's metric label
+ERROR_TYPE = "error.type"
 OPERATION_TYPE = "messaging.operation.type"
 OPERATION_NAME = "messaging.operation.name"
 DEPRECATED_OPERATION = "messaging.operation"
@@ -88,7 +95,8 @@ class SemconvKafkaSettingsProvider(KafkaTelemetrySettingsProvider):
             CONVERSATION_ID: msg.correlation_id,
         }
         if record.key is not None:
-            attrs[KEY] = attrs[TICKET_ID_ATTRIBUTE] = _text(record.key)
+            attrs[KEY] = _text(record.key)
+            attrs[TICKET_ID_ATTRIBUTE] = _ticket_of(record.topic, attrs[KEY])
         return attrs
 
     def get_publish_attrs_from_cmd(self, cmd: KafkaPublishCommand) -> dict[str, Any]:
@@ -102,13 +110,58 @@ class SemconvKafkaSettingsProvider(KafkaTelemetrySettingsProvider):
         if cmd.partition is not None:
             attrs[PARTITION] = str(cmd.partition)
         if cmd.key is not None:
-            attrs[KEY] = attrs[TICKET_ID_ATTRIBUTE] = _text(cmd.key)
+            attrs[KEY] = _text(cmd.key)
+            attrs[TICKET_ID_ATTRIBUTE] = _ticket_of(cmd.destination, attrs[KEY])
         return attrs
 
 
+def _ticket_of(topic: str, key: str) -> str:
+    return anchor_ticket(key) if topic.endswith(AUDIT_ANCHORED) else key
+
+
 def _settings_provider(msg: object) -> SemconvKafkaSettingsProvider | None:
-    # Batches are never consumed here (every subscriber takes one message at a time).
-    return None if isinstance(msg, Sequence) else SemconvKafkaSettingsProvider()
+    # A batch gets no span of its own: the consumer runtime opens one per message
+    # (process_span), in that message's trace - a ticket's trace, not a batch's.
+    return None if isinstance(msg, Sequence) or isinstance(
+        getattr(msg, "raw_message", None), tuple) else SemconvKafkaSettingsProvider()
+
+
+@contextlib.contextmanager
+def process_span(tracer: trace.Tracer, middleware: TelemetryMiddleware[Any] | None,
+                 record: ConsumerRecord[Any, Any], group: str, headers: Mapping[str, str],
+                 body_size: int) -> Iterator[Span]:
+    """The ``process <topic>`` span of one message of a batch, a child of the trace context
+    its headers carry (FastStream's middleware does this for single messages, and gives a
+    batch one span linked to all), with the same attributes and the same
+    ``messaging.process.duration`` / ``messaging.process.messages`` metrics."""
+    parent = propagate.extract(dict(headers))
+    attrs: dict[str, Any] = {
+        SYSTEM: "kafka", DESTINATION: record.topic, PARTITION: str(record.partition),
+        OFFSET: record.offset, BODY_SIZE: body_size, CONSUMER_GROUP: group,
+        OPERATION_TYPE: "process", OPERATION_NAME: "process",
+    }
+    if record.key is not None:
+        attrs[KEY] = attrs[TICKET_ID_ATTRIBUTE] = _text(record.key)
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        # A message from outside (a helpdesk) carries no trace: it starts one, as
+        # FastStream's middleware does with a "create" span.
+        created = tracer.start_span(f"create {record.topic}", kind=SpanKind.CONSUMER,
+                                    attributes={**attrs, OPERATION_TYPE: "create",
+                                                OPERATION_NAME: "create"})
+        parent = trace.set_span_in_context(created)
+        created.end()
+    metric_attrs: dict[str, Any] = {SYSTEM: "kafka", DESTINATION_PUBLISH: record.topic}
+    began = time.perf_counter()
+    try:
+        with tracer.start_as_current_span(f"process {record.topic}", context=parent,
+                                          kind=SpanKind.CONSUMER, attributes=attrs) as span:
+            yield span
+    except Exception as exc:
+        metric_attrs[ERROR_TYPE] = type(exc).__name__
+        raise
+    finally:
+        if middleware is not None:
+            middleware._metrics.observe_consume(metric_attrs, time.perf_counter() - began, 1)
 
 
 def messaging_name(name: str, attributes: types.Attributes) -> tuple[str, dict[str, Any]]:

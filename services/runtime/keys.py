@@ -64,6 +64,8 @@ __all__ = [
     "KEYS_DIR_ENV",
     "NOTIFIER_SIGNING_PRIVATE_FILE",
     "NOTIFIER_SIGNING_PUBLIC_FILE",
+    "OPERATOR_SIGNING_PRIVATE_FILE",
+    "OPERATOR_SIGNING_PUBLIC_FILE",
     "SEALING_PRIVATE_FILE",
     "SEALING_PUBLIC_FILE",
     "SIGNING_PRIVATE_FILE",
@@ -97,10 +99,16 @@ NOTIFIER_SIGNING_PUBLIC_FILE = "notifier-signing.pub"
 # Intake signs every TicketSubmitted; auth decides only on a ticket that verifies.
 INTAKE_SIGNING_PRIVATE_FILE = "intake-signing.key"
 INTAKE_SIGNING_PUBLIC_FILE = "intake-signing.pub"
+# An operator signs the registration of a customer's vault key (`intervene executor
+# vault-key register`); the executor seals new passwords only to keys it signed. The private
+# half stays with the operators (the executor needs only the public one).
+OPERATOR_SIGNING_PRIVATE_FILE = "operator-signing.key"
+OPERATOR_SIGNING_PUBLIC_FILE = "operator-signing.pub"
 # Who signs the facts other services act on: (service, private file, public file).
 FACT_SIGNERS: tuple[tuple[str, str, str], ...] = (
     ("notifier", NOTIFIER_SIGNING_PRIVATE_FILE, NOTIFIER_SIGNING_PUBLIC_FILE),
     ("intake", INTAKE_SIGNING_PRIVATE_FILE, INTAKE_SIGNING_PUBLIC_FILE),
+    ("operator", OPERATOR_SIGNING_PRIVATE_FILE, OPERATOR_SIGNING_PUBLIC_FILE),
 )
 # The services that append to the audit log, each with its own audit signing key.
 AUDIT_SERVICES: tuple[str, ...] = ("intake", "auth", "executor", "notifier")

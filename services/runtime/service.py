@@ -43,8 +43,8 @@ from services.runtime.keys import (
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
-from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.settings import RuntimeSettings, SettingsError
+from services.runtime.store_metrics import StoreRoundTrips
 from services.runtime.telemetry import (
     Telemetry,
     configure_logging,
@@ -88,6 +88,9 @@ class ServiceRuntime:
         # The executor's runbook step spans become step-duration metrics (other services
         # open no step spans, so for them this does nothing).
         self.telemetry.tracer_provider.add_span_processor(self.metrics.runbook_steps)
+        # Kept: the batch consumer records its per-message metrics through it.
+        self.kafka_middleware = kafka_telemetry_middleware(
+            self.telemetry.tracer_provider, self.telemetry.meter_provider)
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             client_id=service_name,
@@ -97,8 +100,7 @@ class ServiceRuntime:
             enable_idempotence=True,
             allow_auto_create_topics=False,
             graceful_timeout=settings.graceful_timeout_s,
-            middlewares=[kafka_telemetry_middleware(
-                self.telemetry.tracer_provider, self.telemetry.meter_provider)],
+            middlewares=[self.kafka_middleware],
             logger=logging.getLogger(f"intervention.{service_name}.broker"),
         )
         # Every command sent to the store is counted (intervention.store.round_trips).
@@ -208,10 +210,11 @@ class ServiceRuntime:
                 await task
         await self.anchors.flush()
 
-    async def _publish_anchor(self, ticket_id: str, value: bytes) -> None:
+    async def _publish_anchor(self, key: str, value: bytes) -> None:
+        # Keyed by chain (audit_anchors.anchor_key): compaction keeps each chain's newest.
         await self.broker.publish(
             value, topic=physical(AUDIT_ANCHORED, self.settings.kafka_topic_prefix),
-            key=ticket_id.encode())
+            key=key.encode())
 
     async def publish(self, event: BaseModel) -> None:
         """Audit, then publish: both are idempotent on the event id, so a retry is safe."""

@@ -122,6 +122,14 @@ class RuntimeSettings(BaseSettings):
     # Bounded: attempts x backoff must stay far below aiokafka's max.poll.interval (5 min).
     handler_retry_backoff_s: float = Field(default=0.5, ge=0.0, le=10.0)
     graceful_timeout_s: float = Field(default=15.0, gt=0)
+    # Group commit (services.runtime.consumer): each subscription takes up to this many
+    # messages the broker already has, handles different tickets concurrently (up to the
+    # lanes) and commits once per batch. The linger is the longest a poll waits for the
+    # first message when there is none; what arrives while a batch is handled (the fetcher
+    # runs in the background) forms the next batch, so a burst batches by itself.
+    consumer_batch_max_records: int = Field(default=200, ge=1, le=10_000)
+    consumer_batch_linger_ms: int = Field(default=100, ge=1, le=10_000)
+    consumer_lanes: int = Field(default=64, ge=1, le=10_000)
     ops_http_host: str = "127.0.0.1"
     ops_http_port: int | None = Field(default=None, ge=0, le=65535)
     kafka_create_topics: bool = True

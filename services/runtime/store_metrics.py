@@ -15,6 +15,7 @@ handler sent and are left out.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -30,10 +31,15 @@ _DRIVER_COMMANDS = frozenset({"hello", "ismaster", "isMaster", "saslStart", "sas
                               "endSessions", "killCursors", "buildInfo", "getnonce"})
 
 
+# Time-partitioned collections (processed_events_20261206) count under one name: a label
+# value per day would grow the series without bound.
+_PARTITION = re.compile(r"_\d{8}$")
+
+
 def _collection(command_name: str, command: Any) -> str:
     value = command.get(command_name) if hasattr(command, "get") else None
     if isinstance(value, str) and value:
-        return value
+        return _PARTITION.sub("_{day}", value)
     return "-"  # database-wide commands (ping, listCollections, dropDatabase)
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import executor_targets as targets
+from executor_process import Executor
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,13 @@ def ssh_targets() -> Iterator[SshTargets]:
                 thing.stop()
             else:
                 thing.remove()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def executors() -> Iterator[list[Executor]]:
+    """The executor processes a test starts (``executor_process.start_executor``), stopped
+    when it ends."""
+    started: list[Executor] = []
+    yield started
+    for executor in started:
+        executor.stop()

@@ -1,7 +1,8 @@
 """An insider with write access to the audit store, against the real FerretDB and Kafka.
 
 Two services (executor and notifier, as ``ServiceRuntime``s with their own audit keys)
-append to the audit log and anchor the heads in ``intervention.audit-anchored``. Then
+append to the audit log, each to its own chain of the ticket, and anchor the chains' heads
+in ``intervention.audit-anchored``. Then
 someone with the database credential (and, for one case, the notifier's own key) rewrites,
 truncates, deletes and forges records directly in the store. ``intervene audit verify``
 must name each: what it checks against are the services' public audit keys and the anchors
@@ -22,13 +23,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.cli.main import main
-from services.runtime.audit import (
-    AuditRecord,
-    AuditSigner,
-    _new_record,
-    heads_collection,
-    record_key,
-)
+from services.runtime.audit import AuditRecord, AuditSigner, new_record, record_key
 from services.runtime.keys import KeySetPaths, init_keys, load_audit_signing_key
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
@@ -90,7 +85,8 @@ def cli(estate: Estate, monkeypatch: pytest.MonkeyPatch,
 
 
 async def history(estate: Estate, ticket: str, n: int = 4) -> list[AuditRecord]:
-    """A ticket worked by the executor, then told to the customer by the notifier."""
+    """A ticket worked by the executor (its chain: records 1-3), then told to the customer
+    by the notifier (its chain: record 1)."""
     records = [await estate.executor.audit.append(
         ticket, record_id=f"cmd-{i}", kind="command", actor="executor:exec-1",
         data={"command": f"step {i}", "exit_status": 0}) for i in range(1, n)]
@@ -103,21 +99,13 @@ async def history(estate: Estate, ticket: str, n: int = 4) -> list[AuditRecord]:
 
 
 async def insert(db: Db, record: AuditRecord) -> None:
-    """The insider's write: a record straight into the store, and the head moved to it."""
-    await db["audit"].insert_one({"_id": record_key(record.ticket_id, record.seq),
-                                  **record.to_document()})
-    await set_head(db, record)
-
-
-async def set_head(db: Db, record: AuditRecord) -> None:
-    await db[heads_collection("audit")].replace_one(
-        {"_id": record.ticket_id},
-        {"seq": record.seq, "head": f"{record.seq:020d}:{record.hash}"}, upsert=True)
+    """The insider's write: a record straight into the store."""
+    await db["audit"].insert_one(record.to_stored())
 
 
 def forged(ticket: str, seq: int, prev: str, *, actor: str, signer: AuditSigner | None,
            data: dict[str, Any] | None = None) -> AuditRecord:
-    return _new_record(ticket_id=ticket, seq=seq, prev_hash=prev, record_id=f"forged-{seq}",
+    return new_record(ticket_id=ticket, seq=seq, prev_hash=prev, record_id=f"forged-{seq}",
                        kind="command", actor=actor, at=datetime.now(UTC),
                        data=data or {"command": "passwd root", "exit_status": 0},
                        signer=signer)
@@ -130,6 +118,7 @@ async def test_an_untouched_history_verifies_with_keys_and_anchors_against_real_
     status, out = await cli(ticket)
     assert status == 0, out
     assert "signatures: checked against 4 audit key(s)" in out
+    assert "chains: executor 3 record(s), notifier 1 record(s)" in out
     assert "audit chain OK" in out
 
 
@@ -137,27 +126,27 @@ async def test_a_record_rewritten_and_consistently_rehashed_is_named(
         estate: Estate, cli: Any, unique: str, mongo_db: Db, tmp_path: Path) -> None:
     ticket = f"HD-RW-{unique}"
     records = await history(estate, ticket)
-    # The insider changes what record 2 says and recomputes every hash after it, the head
-    # included, keeping the signatures they cannot make.
+    # The insider changes what the executor's record 2 says and recomputes every hash after
+    # it in that chain, keeping the signatures they cannot make.
     prev = records[0].hash
-    for old in records[1:]:
-        new = _new_record(ticket_id=ticket, seq=old.seq, prev_hash=prev,
-                          record_id=old.record_id, kind=old.kind, actor=old.actor, at=old.at,
-                          data={"command": "nothing happened"} if old.seq == 2 else old.data)
+    for old in records[1:3]:
+        new = new_record(ticket_id=ticket, seq=old.seq, prev_hash=prev,
+                         record_id=old.record_id, kind=old.kind, actor=old.actor, at=old.at,
+                         data={"command": "nothing happened"} if old.seq == 2 else old.data)
         replacement = AuditRecord(**{**new.model_dump(), "key_id": old.key_id,
                                      "signature": old.signature})
-        await mongo_db["audit"].replace_one({"_id": record_key(ticket, old.seq)},
+        await mongo_db["audit"].replace_one({"_id": record_key(ticket, "executor", old.seq)},
                                             replacement.to_document())
         prev = new.hash
-        await set_head(mongo_db, replacement)
     status, out = await cli(ticket)
     assert status == 1
-    assert f"ticket {ticket}, record 2: bad signature" in out
+    assert f"ticket {ticket}, executor record 2: bad signature" in out
+    assert f"ticket {ticket}, notifier" not in out  # the notifier's chain is intact
     # Without the keys the anchors alone still see it.
     status, out = await cli(ticket, keys_dir=tmp_path)
     assert status == 1
     assert "signatures: NOT checked" in out
-    assert f"ticket {ticket}, record 4: history rewritten" in out
+    assert f"ticket {ticket}, executor record 3: history rewritten" in out
 
 
 async def test_a_deleted_ticket_history_is_named_from_its_anchor(
@@ -165,25 +154,35 @@ async def test_a_deleted_ticket_history_is_named_from_its_anchor(
     ticket = f"HD-DEL-{unique}"
     await history(estate, ticket)
     await mongo_db["audit"].delete_many({"ticket_id": ticket})
-    await mongo_db[heads_collection("audit")].delete_one({"_id": ticket})
     status, out = await cli(ticket)
     assert status == 1
-    assert f"ticket {ticket}, record 4: ticket deleted: records and head are gone" in out
+    assert f"ticket {ticket}, executor record 3: ticket deleted: its records are gone" in out
+    assert f"ticket {ticket}, notifier record 1: ticket deleted: its records are gone" in out
+
+
+async def test_one_services_chain_deleted_from_a_ticket_is_named(
+        estate: Estate, cli: Any, unique: str, mongo_db: Db) -> None:
+    ticket = f"HD-DCH-{unique}"
+    await history(estate, ticket)
+    await mongo_db["audit"].delete_many({"ticket_id": ticket, "producer": "notifier"})
+    status, out = await cli(ticket)
+    assert status == 1
+    assert (f"ticket {ticket}, notifier record 1: chain deleted: the notifier records are "
+            "gone, but record 1 was anchored by notifier") in out
 
 
 async def test_a_truncated_tail_with_a_rolled_back_head_is_named(
         estate: Estate, cli: Any, unique: str, mongo_db: Db) -> None:
     ticket = f"HD-TR-{unique}"
-    records = await history(estate, ticket)
-    await mongo_db["audit"].delete_many({"_id": {"$in": [record_key(ticket, 3),
-                                                         record_key(ticket, 4)]}})
-    await set_head(mongo_db, records[1])  # a consistent, shorter chain
+    await history(estate, ticket)
+    await mongo_db["audit"].delete_many({"_id": {"$in": [record_key(ticket, "executor", 2),
+                                                         record_key(ticket, "executor", 3)]}})
     status, out = await cli(ticket, "--no-anchors")
     assert status == 0, out  # the store alone cannot tell: this is what anchors are for
     status, out = await cli(ticket)
     assert status == 1
-    assert (f"ticket {ticket}, record 3: truncated: the chain ends at record 2, but record 4 "
-            "was anchored by notifier") in out
+    assert (f"ticket {ticket}, executor record 2: truncated: the chain ends at record 1, but "
+            "record 3 was anchored by executor") in out
 
 
 async def test_records_appended_under_another_services_name_are_named(
@@ -193,20 +192,28 @@ async def test_records_appended_under_another_services_name_are_named(
     # The notifier's database credential and its own audit key, claiming to be the executor.
     notifier_key = AuditSigner(service="notifier", key=load_audit_signing_key(
         estate.keys.audit_private("notifier"), "notifier"))
-    as_executor = forged(ticket, 5, records[-1].hash, actor="executor:exec-1",
+    as_executor = forged(ticket, 4, records[2].hash, actor="executor:exec-1",
                          signer=notifier_key)
     await insert(mongo_db, as_executor)
     status, out = await cli(ticket)
     assert status == 1
-    assert (f"ticket {ticket}, record 5: written by the wrong service: actor 'executor:exec-1' "
-            "but signed with the notifier audit key") in out
+    assert (f"ticket {ticket}, executor record 4: written by the wrong service: actor "
+            "'executor:exec-1' but signed with the notifier audit key") in out
+    # The same claim filed in the notifier's own chain: its actor is not its producer.
+    in_own_chain = forged(ticket, 2, records[3].hash, actor="executor:exec-1",
+                          signer=notifier_key)
+    await insert(mongo_db, AuditRecord(**{**in_own_chain.model_dump(), "producer": "notifier"}))
+    status, out = await cli(ticket)
+    assert status == 1
+    assert (f"ticket {ticket}, notifier record 2: in the notifier chain, but its actor is "
+            "'executor:exec-1': record moved between chains") in out
     # Without any key at all: an unsigned record.
     other = f"HD-UN-{unique}"
     records = await history(estate, other)
-    await insert(mongo_db, forged(other, 5, records[-1].hash, actor="executor", signer=None))
+    await insert(mongo_db, forged(other, 4, records[2].hash, actor="executor", signer=None))
     status, out = await cli(other)
     assert status == 1
-    assert f"ticket {other}, record 5: unsigned record" in out
+    assert f"ticket {other}, executor record 4: unsigned record" in out
 
 
 async def test_heads_are_anchored_periodically_without_an_explicit_flush(
@@ -220,7 +227,6 @@ async def test_heads_are_anchored_periodically_without_an_explicit_flush(
         await asyncio.sleep(0.1)
     assert ticket not in estate.executor.anchors.pending
     await mongo_db["audit"].delete_many({"ticket_id": ticket})
-    await mongo_db[heads_collection("audit")].delete_one({"_id": ticket})
     status, out = await cli(ticket)
     assert status == 1
     assert "ticket deleted" in out
@@ -248,8 +254,7 @@ async def test_a_tickets_final_event_anchors_its_head_at_once(
     finally:
         await auth.stop()
     await mongo_db["audit"].delete_many({"ticket_id": rejection.ticket_id})
-    await mongo_db[heads_collection("audit")].delete_one({"_id": rejection.ticket_id})
     status, out = await cli(rejection.ticket_id)
     assert status == 1
-    assert f"ticket {rejection.ticket_id}, record 1: ticket deleted" in out
+    assert f"ticket {rejection.ticket_id}, auth record 1: ticket deleted" in out
     assert "anchored by auth" in out

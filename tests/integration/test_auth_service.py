@@ -209,6 +209,20 @@ async def test_a_ticket_gets_exactly_one_signed_verdict_and_audit_records(auth: 
     assert audited.data["event_type"] == "AuthorizationVerified"
 
 
+async def test_a_tickets_audit_costs_one_insert_per_record_and_no_read(auth: Auth) -> None:
+    trips = auth.service.runtime.store_round_trips.totals
+    before = dict(trips)
+    t = ticket(account_id="ACC-1", server={"ip": "192.0.2.10"})
+    await auth.submit(t)
+    await auth.bus.verdicts(t.ticket_id)
+    await asyncio.sleep(0.3)  # the handler's last writes after its publish
+    spent = {k: n - before.get(k, 0) for k, n in trips.items() if n != before.get(k, 0)}
+    records = await auth.service.runtime.audit.records(t.ticket_id)
+    assert records, "auth audited nothing"
+    assert spent.get(("insert", "audit")) == len(records)
+    assert not [k for k in spent if k[1] in ("audit", "audit_heads") and k[0] != "insert"]
+
+
 async def test_redelivery_of_a_ticket_gives_no_second_verdict(auth: Auth) -> None:
     first = ticket(account_id="ACC-1", server={"service_id": "SRV-A2"})
 

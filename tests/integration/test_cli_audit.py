@@ -45,5 +45,5 @@ async def test_audit_verify_names_the_first_edited_record_and_exits_nonzero(
     out = capsys.readouterr().out
     assert "BROKEN" in out
     assert ticket in out
-    assert f"ticket {ticket}, record 2: hash mismatch" in out
+    assert f"ticket {ticket}, executor record 2: hash mismatch" in out
     assert "edited" in out

@@ -100,7 +100,9 @@ async def test_killed_mid_runbook_resumes_without_repeating_a_step(
     # The service was restarted once, by the first process; the second only verified.
     assert service.starts() == starts_before + 1
     assert service.pid() is not None
-    doc = await claims.find_one({"_id": claim_id})
+    # Finished: moved out of the in-flight claims, whole journal and all.
+    assert await claims.find_one({"_id": claim_id}) is None
+    doc = await stack.db["executor_claims_archive"].find_one({"_id": claim_id})
     assert doc is not None
     assert (doc["status"], doc["attempt"]) == ("finished", 2)
     assert doc["steps"]["002"]["state"] == "done"
@@ -166,7 +168,7 @@ async def test_killed_during_a_change_the_precheck_decides_and_nothing_is_applie
     assert completed.outcome == "resolved", completed.reason
     assert slow_repo.installed(package)
     assert slow_repo.postinst_runs(package) == 1  # configured once, whatever the crash did
-    doc = await claims.find_one({"_id": claim_id})
+    doc = await stack.db["executor_claims_archive"].find_one({"_id": claim_id})
     assert doc is not None
     assert doc["steps"]["001"]["result"] == "changed"
     records = [r async for r in stack.db["audit"].find({"ticket_id": event.ticket_id})]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.executor.vault import (
     VaultIssuer,
     open_deposit,
 )
-from services.runtime.crypto import PrivateSealingKey
+from services.runtime.crypto import PrivateSealingKey, SigningKey
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ async def run_runbook(ssh_targets: Any, db: AsyncDatabase[dict[str, Any]], runbo
     claim = f"HD-{uuid.uuid4().hex[:8]}:1"
     issuer = VaultIssuer(vault=vault or MongoCredentialVault(db), claim_id=claim, attempt=1,
                          target=DepositTarget(account_id=account_id, ticket_id=claim[:-2],
-                                              revision=1, service_id="SRV-RB"))
+                                              revision=1, service_id="SRV-RB",
+                                              verified_at=datetime.now(UTC)))
     engine = Engine(host=session, journal=FakeJournal(), log=log, issuer=issuer,
                     secrets_sink=sink, tracer=TracerProvider().get_tracer("t"),
                     options=RunOptions(dry_run=dry_run, service_settle_s=0.5))
@@ -184,10 +186,12 @@ async def test_password_reset_changes_the_password_and_a_fresh_login_proves_it(
         ssh_targets: Any, mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
     user = ssh_targets.target
     old = user.password
-    vault = MongoCredentialVault(mongo_db)
+    operator = SigningKey.generate(key_id_prefix="operator")
+    vault = MongoCredentialVault(mongo_db, {operator.key_id: operator.verify_key})
     customer = PrivateSealingKey.generate(key_id_prefix="cust")
     account = f"ACC-{uuid.uuid4().hex[:6]}"
-    await vault.register_key(account, customer.public)
+    await vault.register_key(account, customer.public, operator_key=operator,
+                             operator="test-operator", at=datetime.now(UTC) - timedelta(1))
     result, log, sink = await run_runbook(ssh_targets, mongo_db, "root_password_reset",
                                           {"account": user.name}, vault=vault,
                                           account_id=account)

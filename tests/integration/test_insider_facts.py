@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,14 +57,6 @@ async def stack(kafka_bootstrap: str, topic_prefix: str, database_name: str, rea
                  "EXECUTOR_CONNECT_TIMEOUT_S": "3",
                  "EXECUTOR_MANUAL_STEP_TIMEOUT_S": "600"}) as stack:
         yield stack
-
-
-@pytest.fixture
-def executors() -> Iterator[list[Executor]]:
-    started: list[Executor] = []
-    yield started
-    for executor in started:
-        executor.stop()
 
 
 def report_on(request: ManualStepRequested, status: str = "done",

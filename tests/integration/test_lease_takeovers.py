@@ -10,8 +10,10 @@ tasks on one connection and as 20 separate ``AsyncMongoClient`` connections.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
@@ -19,13 +21,18 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.executor.claims import ClaimStore, Owner, lease_id
+from services.executor.claims import ClaimStore, Owner, StaleRevision, lease_id
 from services.executor.manual import ManualSteps, wait_id
 from services.executor.runbooks.engine import JournalEntry, LeaseLost
 from services.intake.outbox import Entry as OutboxEntry
 from services.intake.outbox import MongoOutbox
 from services.intake.store import Claim as IntakeClaim
 from services.notifier.claims import Claims
+from services.runtime.crypto import PrivateSealingKey
+from services.runtime.store_metrics import StoreRoundTrips
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
+from executor_verdicts import verdict
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +70,16 @@ async def abandoned_claim(db: AsyncDatabase[dict[str, Any]], unique: str) -> str
         "verdict_event_id": str(uuid4()), "verdict": "{}", "trace": {}, "status": "open",
         "owner": owner("crashed").to_doc(), "lease_until": now - timedelta(seconds=5),
         "attempt": 0, "decision": None, "steps": {}, "outbox": {}, "created_at": now})
-    await db[ClaimStore.OPEN].insert_one({"_id": claim_id})
     return claim_id
+
+
+async def acquired_claim(db: AsyncDatabase[dict[str, Any]], unique: str, name: str, *,
+                         lease_s: float = 30) -> tuple[ClaimStore, str, Owner]:
+    """An abandoned claim, taken over by ``name`` (attempt 1)."""
+    claim_id = await abandoned_claim(db, unique)
+    store, me = ClaimStore(db), owner(name)
+    assert await store.acquire(claim_id, me, lease_s=lease_s) is not None
+    return store, claim_id, me
 
 
 async def expire(db: AsyncDatabase[dict[str, Any]], claim_id: str, attempt: int) -> None:
@@ -147,10 +162,7 @@ async def test_a_taken_over_owner_is_fenced_even_when_a_stale_write_restores_it(
 
 async def test_an_owner_whose_lease_ran_out_stops_before_writing(
         mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
-    claim_id = await abandoned_claim(mongo_db, unique)
-    store = ClaimStore(mongo_db)
-    me = owner("slow")
-    assert await store.acquire(claim_id, me, lease_s=0.6) is not None
+    store, claim_id, me = await acquired_claim(mongo_db, unique, "slow", lease_s=0.6)
     await asyncio.sleep(0.6)  # no renewal got through: under a sixth of the lease is left
     with pytest.raises(LeaseLost):
         await store.record_step(claim_id, me, 0, JournalEntry(name="x", state="changing"))
@@ -209,6 +221,139 @@ async def test_reopening_a_parked_claim_has_one_winner(
     assert taken is not None
     assert taken.attempt == 2
     assert taken.failed_attempts == 1
+
+
+def verdict_for(ticket_id: str, revision: int = 1) -> Any:
+    return verdict(signing_key=None, sealing_key=PrivateSealingKey.generate().public,
+                   username="root", password="pw", ticket_id=ticket_id, revision=revision)
+
+
+async def create(store: ClaimStore, event: Any, who: Owner, lease_s: float = 30) -> Any:
+    return await store.create(event, verdict_json=event.model_dump_json(), trace_carrier={},
+                              owner=who, lease_s=lease_s)
+
+
+async def test_the_creator_runs_attempt_1_without_reading_the_claim_back(
+        real_parts: Any, database_name: str, mongo_db: AsyncDatabase[dict[str, Any]],
+        unique: str) -> None:
+    counted = StoreRoundTrips()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        real_parts.mongodb_uri, tz_aware=True, event_listeners=[counted])
+    try:
+        store, other = ClaimStore(client[database_name]), ClaimStore(mongo_db)
+        me = owner("creator")
+        claim, created = await create(store, verdict_for(f"T-{unique}"), me)
+        assert created
+        taken = await store.acquire(claim.id, me, lease_s=30)
+        assert taken is not None
+        assert (taken.attempt, taken.owner.id if taken.owner else None) == (1, "creator")
+        # Two inserts in all: the ticket record and the claim. Nothing read back.
+        assert sorted(counted.totals) == [("insert", ClaimStore.CLAIMS),
+                                          ("insert", ClaimStore.TICKETS)]
+        assert counted.total() == 2
+        # Its lease is the claim document's: nobody else takes the claim while it lasts,
+        assert await other.acquire(claim.id, owner("rival"), lease_s=30) is None
+        # and a taker after it ran out is attempt 2, which fences the creator.
+        await mongo_db[ClaimStore.CLAIMS].update_one(
+            {"_id": claim.id}, {"$set": {"lease_until": datetime.now(UTC)}})
+        rival = await other.acquire(claim.id, owner("rival"), lease_s=30)
+        assert rival is not None
+        assert rival.attempt == 2
+        with pytest.raises(LeaseLost):
+            await store.record_step(claim.id, me, 0, JournalEntry(name="x", state="changing"))
+    finally:
+        await client.close()
+
+
+async def test_a_claim_queued_for_long_is_renewed_or_taken_anew_before_it_runs(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    store = ClaimStore(mongo_db)
+    me = owner("queued")
+    lease = 3.0
+    # Waited past a third of the lease: renewed first (the heartbeat comes a third later).
+    waited, _ = await create(store, verdict_for(f"T-{unique}-a"), me, lease_s=lease)
+    await asyncio.sleep(1.2)
+    taken = await store.acquire(waited.id, me, lease_s=lease)
+    assert taken is not None
+    assert taken.attempt == 1
+    renewed = await mongo_db[ClaimStore.LEASES].find_one({"_id": lease_id(waited.id, 1)})
+    assert renewed is not None
+    assert renewed["lease_until"].replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(
+        seconds=lease * 0.8)
+    # Waited until too little was left to write: taken as a new attempt, as after a crash.
+    late, _ = await create(store, verdict_for(f"T-{unique}-b"), me, lease_s=lease)
+    await asyncio.sleep(2.6)
+    retaken = await store.acquire(late.id, me, lease_s=lease)
+    assert retaken is not None
+    assert retaken.attempt == 2
+
+
+async def test_revisions_are_claimed_once_and_never_after_a_newer_one(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    store = ClaimStore(mongo_db)
+    me = owner("claimer")
+    ticket = f"T-{unique}"
+    first = verdict_for(ticket, revision=2)
+    claim, created = await create(store, first, me)
+    assert created
+    again, created_again = await create(store, first, me)
+    assert (again.id, created_again) == (claim.id, False)
+    await store.close(claim.id, me, "finished", outcome="resolved")
+    # Finished and archived: a later verdict for the revision still finds it.
+    archived, made = await create(store, verdict_for(ticket, revision=2), me)
+    assert (archived.id, archived.status, made) == (claim.id, "finished", False)
+    with pytest.raises(StaleRevision):
+        await create(store, verdict_for(ticket, revision=1), me)
+    follow_up, made = await create(store, verdict_for(ticket, revision=3), me)
+    assert (follow_up.revision, made) == (3, True)
+    with pytest.raises(StaleRevision):
+        await create(store, verdict_for(ticket, revision=2), me)
+
+
+async def test_a_ticket_record_without_its_claim_is_claimed_on_redelivery(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    # A crash between the ticket record and the claim insert: the verdict's redelivery
+    # (its offset was never committed) makes the claim.
+    event = verdict_for(f"T-{unique}")
+    await mongo_db[ClaimStore.TICKETS].insert_one({
+        "_id": event.ticket_id, "latest_revision": 1, "verdict_event_id": str(event.event_id)})
+    claim, created = await create(ClaimStore(mongo_db), event, owner("redelivered"))
+    assert created
+    assert claim.id == f"{event.ticket_id}:1"
+
+
+async def test_a_finished_claim_moves_to_the_archive_with_its_leases_gone(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    store, claim_id, me = await acquired_claim(mongo_db, unique, "finisher")
+    await store.renew(claim_id, me, lease_s=30)
+    await store.record_step(claim_id, me, 0, JournalEntry(name="a", state="done",
+                                                          result="ok"))
+    await store.stage(claim_id, me, "z_completed", '{"done": true}')
+    await store.mark_published(claim_id, me, "z_completed")
+    await store.close(claim_id, me, "finished", outcome="resolved")
+    assert await mongo_db[ClaimStore.CLAIMS].find_one({"_id": claim_id}) is None
+    assert await mongo_db[ClaimStore.LEASES].find_one({"claim_id": claim_id}) is None
+    assert claim_id not in await store.open_claim_ids()
+    archived = await store.get(claim_id)
+    assert archived is not None
+    assert (archived.status, archived.attempt) == ("finished", 1)
+    # The deferred writes (a step done, the published flag) are in the archived claim.
+    assert archived.steps["000"]["state"] == "done"
+    assert archived.outbox["z_completed"] == {"event": '{"done": true}', "published": True}
+
+
+async def test_the_scan_archives_a_finished_claim_left_in_flight(
+        mongo_db: AsyncDatabase[dict[str, Any]], unique: str) -> None:
+    # Finished before the archive existed, or a crash between archiving and deleting.
+    claim_id = await abandoned_claim(mongo_db, unique)
+    await mongo_db[ClaimStore.CLAIMS].update_one({"_id": claim_id},
+                                                 {"$set": {"status": "finished"}})
+    store = ClaimStore(mongo_db)
+    assert claim_id not in await store.open_claim_ids()
+    assert await mongo_db[ClaimStore.CLAIMS].find_one({"_id": claim_id}) is None
+    archived = await store.get(claim_id)
+    assert archived is not None
+    assert archived.status == "finished"
 
 
 # --- intake ---------------------------------------------------------------------------------

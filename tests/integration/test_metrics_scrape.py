@@ -56,6 +56,9 @@ ALLOWED_LABELS = {
     "tier", "category", "access_method", "mode", "dry_run", "component", "severity",
     "runbook", "step", "result", "otel_scope_name", "otel_scope_version",
     "dependency",  # intervention_dependency_up: kafka or mongodb, a fixed pair
+    # intervention_store_round_trips: command names and collection names (partitions
+    # folded into one name), both bounded by the code.
+    "db_operation_name", "db_collection_name",
     "otel_scope_schema_url",
     # target_info: the process's resource, one series.
     "service_name", "service_namespace", "service_instance_id", "telemetry_sdk_language",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,6 @@ async def stack(kafka_bootstrap: str, topic_prefix: str, database_name: str, rea
                  "EXECUTOR_MANUAL_STEP_TIMEOUT_S": "600",
                  "EXECUTOR_DATACENTER_STEP_TIMEOUT_S": str(ONSITE_TIMEOUT_S)}) as stack:
         yield stack
-
-
-@pytest.fixture
-def executors() -> Iterator[list[Executor]]:
-    started: list[Executor] = []
-    yield started
-    for executor in started:
-        executor.stop()
 
 
 def report(stack: Stack, request: ManualStepRequested, status: str, notes: str,

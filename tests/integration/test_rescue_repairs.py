@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,12 @@ from services.executor.vault import open_deposit
 from services.runtime.audit import verify_chain
 from services.runtime.crypto import PrivateSealingKey, PublicSealingKey, SigningKey
 from services.runtime.kafka_admin import ensure_topics
-from services.runtime.keys import init_keys, load_sealing_public, load_signing_key
+from services.runtime.keys import (
+    OPERATOR_SIGNING_PRIVATE_FILE,
+    init_keys,
+    load_sealing_public,
+    load_signing_key,
+)
 from services.runtime.redaction import Redactor
 
 pytestmark = pytest.mark.integration
@@ -132,7 +138,11 @@ async def rig(kafka_bootstrap: str, topic_prefix: str, database_name: str, real_
     service = build(settings)
     customer = PrivateSealingKey.generate(key_id_prefix="cust")
     account = f"ACC-{run}"
-    await service.vault.register_key(account, customer.public)
+    # An operator registered the account's key before any of these tickets was verified.
+    await service.vault.register_key(
+        account, customer.public, operator="test-operator",
+        operator_key=load_signing_key(keys.directory / OPERATOR_SIGNING_PRIVATE_FILE),
+        at=datetime.now(UTC) - timedelta(days=1))
     bus = targets.EventBus(kafka_bootstrap, prefix)
     await bus.start()
     await service.start()

@@ -182,7 +182,8 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_transient_failu
 
     await eventually(all_done, 30, interval=0.2)
     assert calls == {broken: 3, transient: 2, after: 1}
-    assert done == [transient, after]
+    # Three tickets: handled concurrently, so "after" need not wait for the retries.
+    assert sorted(done) == sorted([transient, after])
     dlq = await read_topic(f"{harness.runtime.settings.kafka_topic_prefix}{harness.topic}.dlq",
                            expect=1)
     assert len(dlq) == 1

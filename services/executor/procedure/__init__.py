@@ -6,7 +6,10 @@ carries out the commands and feeds back the event the last of them produced. Rea
 module top to bottom to follow an intervention:
 
 1. **claimed** — the claim was acquired; the stored verdict is checked again (the claim
-   store is not trusted more than the bus). An edited verdict is *refused*. A run resumed
+   store is not trusted more than the bus). An edited verdict, a claim record the executor
+   did not sign or one that does not follow from the verdict (another runbook, a re-opened
+   closed claim, a forged review approval) is *refused*; so is a verdict past its age limit
+   when the run would still act on the server. A run resumed
    after a crash goes straight to what is left: republishing a staged completion, the
    engineer's step it is parked on, or an engineer when it was interrupted too often.
 2. **verified** — the customer's credentials are opened (in the interpreter's memory only:
@@ -40,6 +43,7 @@ from __future__ import annotations
 from services.executor.procedure.events import (
     Acquired,
     Announced,
+    ClaimTampered,
     Connected,
     ConnectFailed,
     CredentialsOpened,
@@ -75,8 +79,8 @@ from services.executor.procedure.transition import (
 )
 
 __all__ = [
-    "EDGES", "STAGES", "TERMINAL", "Acquired", "Announced", "Config", "ConnectFailed",
-    "Connected", "CredentialsOpened", "CredentialsRefused", "DeadlinePassed",
+    "EDGES", "STAGES", "TERMINAL", "Acquired", "Announced", "ClaimTampered", "Config",
+    "ConnectFailed", "Connected", "CredentialsOpened", "CredentialsRefused", "DeadlinePassed",
     "DecisionRecorded", "Edge", "EngineerAsked", "EngineerReported", "Event",
     "IllegalTransition", "LeaseLost", "ProbeFinished", "Published", "RunFinished",
     "RunHandedOver", "Stage", "State", "StillWaiting", "VerdictChecked", "VerdictRefused",

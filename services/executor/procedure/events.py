@@ -33,6 +33,17 @@ class Acquired:
 @dataclass(frozen=True)
 class VerdictChecked:
     verdict: AuthorizationVerified
+    # Why the verdict may no longer lead to an action on a server (its age limit, checked
+    # on every run as at first acceptance); None while it may.
+    stale: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimTampered:
+    """The claim as stored was not written by the executor, or does not follow from its
+    verdict (:mod:`services.executor.claim_integrity`): what does not hold."""
+
+    findings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,8 @@ class LeaseLost:
     """Another executor took the claim over; this one must not act again."""
 
 
-Event = (Acquired | VerdictChecked | VerdictRefused | CredentialsOpened | CredentialsRefused
+Event = (Acquired | VerdictChecked | VerdictRefused | ClaimTampered | CredentialsOpened
+         | CredentialsRefused
          | ProbeFinished | DecisionRecorded | Announced | Connected | ConnectFailed
          | RunFinished | RunHandedOver | EngineerAsked | StillWaiting | EngineerReported
          | DeadlinePassed | Published | LeaseLost)

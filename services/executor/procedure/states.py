@@ -44,6 +44,7 @@ class State:
     claim: ev.Acquired | None = None
     verdict: AuthorizationVerified | None = None
     decision: AccessDecision | None = None
+    stale: str | None = None  # the verdict is past its age limit: no new action on a server
     session: bool = False
     via: Edge | None = field(default=None, compare=False)  # the edge that led here
 
@@ -73,6 +74,8 @@ def _edges(*rows: tuple[Stage, type[Any], Stage, str]) -> dict[str, Edge]:
 _TABLE = _edges(
     ("claimed", ev.Acquired, "claimed", ""),
     ("claimed", ev.VerdictRefused, "refused", "stored verdict does not verify"),
+    ("claimed", ev.ClaimTampered, "refused", "claim record not signed or not the verdict's"),
+    ("claimed", ev.VerdictChecked, "refused", "verdict too old to act on"),
     ("claimed", ev.VerdictChecked, "completing", "completion already staged"),
     ("claimed", ev.VerdictChecked, "waiting_for_engineer", "parked on an engineer's step"),
     ("claimed", ev.VerdictChecked, "handing_over", "interrupted too often"),
@@ -106,6 +109,9 @@ _TABLE = _edges(
     ("handing_over", ev.EngineerAsked, "waiting_for_engineer", ""),
     ("waiting_for_engineer", ev.StillWaiting, "waiting_for_engineer", ""),
     ("waiting_for_engineer", ev.EngineerReported, "verified", "review approved"),
+    ("waiting_for_engineer", ev.EngineerReported, "refused",
+     "review approved, verdict too old to act on"),
+    ("waiting_for_engineer", ev.ClaimTampered, "refused", "step decision not signed"),
     ("waiting_for_engineer", ev.EngineerReported, "completing", "done"),
     ("waiting_for_engineer", ev.EngineerReported, "completing", "failed"),
     ("waiting_for_engineer", ev.DeadlinePassed, "completing", "deadline passed"),

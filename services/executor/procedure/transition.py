@@ -75,9 +75,30 @@ def _verdict_refused(state: State, event: ev.VerdictRefused) -> Step:
                cmd.CloseClaim(status="refused", outcome="refused"))
 
 
+def _claim_tampered(state: State, event: ev.ClaimTampered) -> Step:
+    """Someone wrote the claim (or an engineer's decision on it) who is not the executor:
+    nothing more happens on the server; the audit trail says what was found."""
+    claim = _claim(state)
+    guard = ("claim record not signed or not the verdict's" if state.stage == "claimed"
+             else "step decision not signed")
+    return _go(state, _edge(state.stage, ev.ClaimTampered, guard),
+               cmd.Audit(record_id=f"claim-tampered:{claim.claim_id}:{claim.attempt}",
+                         kind="claim_tampered",
+                         data={"findings": [f[:300] for f in event.findings[:20]]}),
+               cmd.CloseClaim(status="refused", outcome="refused"))
+
+
+def _refuse_stale(state: State, event: type[Any], guard: str) -> Step:
+    claim = _claim(state)
+    return _go(state, _edge(state.stage, event, guard),
+               cmd.Audit(record_id=f"claim-refused:{claim.claim_id}", kind="claim_refused",
+                         data={"reason": f"verdict_stale: {state.stale}"[:500]}),
+               cmd.CloseClaim(status="refused", outcome="refused"))
+
+
 def _verdict_checked(state: State, event: ev.VerdictChecked) -> Step:
     claim = _claim(state)
-    state = replace(state, verdict=event.verdict)
+    state = replace(state, verdict=event.verdict, stale=event.stale)
     resumed: tuple[cmd.Command, ...] = ()
     if claim.attempt > 1:
         resumed = (cmd.Audit(record_id=f"resume:{claim.claim_id}:{claim.attempt}",
@@ -90,6 +111,9 @@ def _verdict_checked(state: State, event: ev.VerdictChecked) -> Step:
     if claim.parked and claim.parked.get("step_id"):
         return _go(state, _edge("claimed", ev.VerdictChecked, "parked on an engineer's step"),
                    *resumed, cmd.CheckWait(record=claim.parked))
+    if state.stale is not None:
+        # A replayed or long-stuck verdict leads to nothing more on the server.
+        return _refuse_stale(state, ev.VerdictChecked, "verdict too old to act on")
     if claim.failed_attempts > state.config.max_attempts:
         decision = state.decision or retry_decision(event.verdict)
         return _go(state, _edge("claimed", ev.VerdictChecked, "interrupted too often"),
@@ -242,6 +266,9 @@ def _still_waiting(state: State, event: ev.StillWaiting) -> Step:
 def _engineer_reported(state: State, event: ev.EngineerReported) -> Step:
     claim = _claim(state)
     record = claim.parked or {}
+    if record.get("kind") == "review" and event.status == "done" and state.stale is not None:
+        return _refuse_stale(state, ev.EngineerReported,
+                             "review approved, verdict too old to act on")
     if record.get("kind") == "review" and event.status == "done":
         # Approved: decide the access anew, this time without the review.
         wait = f"{claim.claim_id}:{record['step_id']}"
@@ -319,6 +346,8 @@ def _decision(state: State) -> AccessDecision:
 _HANDLERS: dict[tuple[Stage, type[Any]], Callable[[State, Any], Step]] = {
     ("claimed", ev.Acquired): _acquired,
     ("claimed", ev.VerdictRefused): _verdict_refused,
+    ("claimed", ev.ClaimTampered): _claim_tampered,
+    ("waiting_for_engineer", ev.ClaimTampered): _claim_tampered,
     ("claimed", ev.VerdictChecked): _verdict_checked,
     ("verified", ev.CredentialsRefused): _credentials_refused,
     ("verified", ev.CredentialsOpened): _credentials_opened,

@@ -382,7 +382,10 @@ class RescueRun:
 
     async def _pin(self, key: str, keys: list[str]) -> None:
         server = self._verdict.server
-        pinned = await self._p.pins.get(server.service_id)
+        try:
+            pinned = await self._p.pins.get(server.service_id)
+        except SshError:
+            pinned = None  # a pin the executor did not write: the key read from disk replaces it
         if pinned == key:
             return
         if pinned is not None and pinned in keys:

@@ -47,7 +47,8 @@ def key_files() -> dict[str, list[str]]:
     executor = ExecutorSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 executor_sealing_keys=None,
                                                 executor_verify_keys=None,
-                                                executor_fact_verify_keys=None)
+                                                executor_fact_verify_keys=None,
+                                                executor_operator_verify_keys=None)
     notifier = NotifierSettings.model_construct(intervention_keys_dir=KEYS_DIR,
                                                 notifier_signing_key=None,
                                                 notifier_fact_verify_keys=None)
@@ -59,7 +60,8 @@ def key_files() -> dict[str, list[str]]:
                         key_path(Path(KEYS_DIR)), audit("intake")),
         "auth": names(auth.signing_key_path, *auth.intake_verify_key_paths, audit("auth")),
         "executor": names(*executor.sealing_key_paths, *executor.verify_key_paths,
-                          *executor.fact_verify_key_paths, audit("executor")),
+                          *executor.fact_verify_key_paths,
+                          *executor.operator_verify_key_paths, audit("executor")),
         "notifier": names(notifier.signing_key_path, *notifier.fact_verify_key_paths,
                           audit("notifier")),
     }

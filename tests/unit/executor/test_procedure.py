@@ -25,6 +25,7 @@ from services.executor.procedure import (
     EDGES,
     Acquired,
     Announced,
+    ClaimTampered,
     Config,
     Connected,
     ConnectFailed,
@@ -160,6 +161,20 @@ def _decision(method: str, disposition: str) -> Callable[[tuple[cmd.Command, ...
     return check
 
 
+def _refused(kind: str, says: str) -> Callable[[tuple[cmd.Command, ...]], None]:
+    """The claim ends refused, audited as ``kind`` saying ``says``; nothing else is done."""
+    def check(commands: tuple[cmd.Command, ...]) -> None:
+        assert kinds(commands) == ["Audit", "CloseClaim"]
+        assert only(commands, cmd.CloseClaim).status == "refused"
+        audit = only(commands, cmd.Audit)
+        assert audit.kind == kind
+        assert says in str(audit.data)
+    return check
+
+
+STALE = "the verdict was issued 90000 s ago, more than the 86400 s a verdict stays valid"
+
+
 def _reported(status: Any) -> EngineerReported:
     return EngineerReported(status=status, report={"status": status, "engineer_id": "eng-1",
                                                    "channel": "matrix", "notes": "fixed"},
@@ -177,6 +192,12 @@ CASES: dict[str, Callable[[], Case]] = {
         lambda c: (kinds(c) == ["Audit", "CloseClaim"]
                    and only(c, cmd.CloseClaim).status == "refused"
                    and only(c, cmd.Audit).kind == "claim_refused") or pytest.fail(str(c))),
+    "claimed/ClaimTampered/claim record not signed or not the verdict's": lambda: Case(
+        at("claimed", verdict=None), ClaimTampered(("review_passed: not signed by the executor",)),
+        _refused("claim_tampered", "review_passed")),
+    "claimed/VerdictChecked/verdict too old to act on": lambda: Case(
+        at("claimed", claim=claim(attempt=2)), VerdictChecked(a_verdict(), stale=STALE),
+        _refused("claim_refused", "verdict_stale")),
     "claimed/VerdictChecked/completion already staged": lambda: Case(
         at("claimed", claim=claim(attempt=2, completion_staged=True)),
         VerdictChecked(a_verdict()), _kinds("Audit", "PublishOutbox")),
@@ -272,6 +293,13 @@ CASES: dict[str, Callable[[], Case]] = {
     "waiting_for_engineer/EngineerReported/review approved": lambda: Case(
         at("waiting_for_engineer", claim=claim(parked=REVIEW_PARKED)), _reported("done"),
         _kinds("Audit", "PassReview", "ConsumeWait", "OpenCredentials")),
+    "waiting_for_engineer/EngineerReported/review approved, verdict too old to act on": (
+        lambda: Case(at("waiting_for_engineer", claim=claim(parked=REVIEW_PARKED), stale=STALE),
+                     _reported("done"), _refused("claim_refused", "verdict_stale"))),
+    "waiting_for_engineer/ClaimTampered/step decision not signed": lambda: Case(
+        at("waiting_for_engineer", claim=claim(parked=REVIEW_PARKED)),
+        ClaimTampered(("manual decision HD-1:1:r1-review: manual_decision: bad signature",)),
+        _refused("claim_tampered", "manual decision")),
     "waiting_for_engineer/EngineerReported/done": lambda: Case(
         at("waiting_for_engineer", claim=claim(parked=PARKED)), _reported("done"),
         _completion("resolved")),

@@ -101,3 +101,14 @@ def test_unknown_records_show_only_who_did_what_when() -> None:
     assert status is not None
     assert status.timeline[0].details == {}
     assert status.status == "received"
+
+
+def test_timeline_seq_is_the_place_in_the_merged_timeline_not_a_chains_seq() -> None:
+    # Each service's chain counts its own seq: intake 1, auth 1, intake 2.
+    records = [SUBMITTED.model_copy(update={"seq": 1}),
+               event(1, "AuthorizationVerified", "auth", review_required=False),
+               record(2, "intake.refused", {"revision": 1, "reason": "stale"})]
+    status = ticket_status("HD-1", records)
+    assert status is not None
+    assert [e.seq for e in status.timeline] == [1, 2, 3]
+    assert [e.actor for e in status.timeline] == ["intake", "auth", "intake"]

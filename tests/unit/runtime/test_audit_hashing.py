@@ -16,14 +16,12 @@ import bson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pymongo.errors import DuplicateKeyError
 
 from services.runtime.audit import (
     GENESIS_HASH,
     AuditRecord,
     ChainBreak,
     TicketChainCheck,
-    _violated_index,
     format_at,
     normalise_at,
     record_hash,
@@ -78,6 +76,7 @@ def head_doc(seq: int, digest: str) -> dict[str, Any]:
 
 
 def walk(docs: list[dict[str, Any]], head: dict[str, Any] | None = None) -> ChainBreak | None:
+    """A legacy chain (one per ticket, no producer) with its head document."""
     check = TicketChainCheck("HD-1", head=head)
     for doc in docs:
         broken = check.check(doc)
@@ -225,24 +224,6 @@ def test_what_is_hashed_is_exactly_what_bson_reads_back(data: dict[str, Any]) ->
     assert storable_data(stored, Identity()) == stored  # reducing twice changes nothing
 
 
-# --- which unique index refused an insert ----------------------------------------------
-
-
-def test_mongodb_names_the_violated_index_ferretdb_does_not() -> None:
-    seq = DuplicateKeyError("dup", 11000, {"keyPattern": {"ticket_id": 1, "seq": 1}})
-    rec = DuplicateKeyError("dup", 11000, {"keyPattern": {"ticket_id": 1, "record_id": 1}})
-    by_name = DuplicateKeyError("dup", 11000, {
-        "errmsg": "E11000 duplicate key error collection: db.audit index: ticket_seq_unique"})
-    ferret = DuplicateKeyError("dup", 11000, {
-        "errmsg": "E11000 duplicate key error collection: db.audit"})
-    by_id = DuplicateKeyError("dup", 11000, {"keyPattern": {"_id": 1}})
-    assert _violated_index(seq) == "seq"
-    assert _violated_index(by_id) == "seq"
-    assert _violated_index(rec) == "record_id"
-    assert _violated_index(by_name) == "seq"
-    assert _violated_index(ferret) is None
-
-
 # --- the chain walk --------------------------------------------------------------------
 
 
@@ -256,47 +237,47 @@ def test_valid_chain_passes_with_head_at_the_end_lagging_or_absent() -> None:
 def test_edited_data_is_named_at_its_seq() -> None:
     docs = make_chain()
     docs[2]["data"]["exit_status"] = 1
-    assert walk(docs) == ChainBreak("HD-1", 3, "hash mismatch: record edited")
+    assert walk(docs) == ChainBreak("HD-1", None, 3, "hash mismatch: record edited")
 
 
 def test_edited_hash_is_named_at_its_seq() -> None:
     docs = make_chain()
     docs[1]["hash"] = "0" * 64
-    assert walk(docs) == ChainBreak("HD-1", 2, "hash mismatch: record edited")
+    assert walk(docs) == ChainBreak("HD-1", None, 2, "hash mismatch: record edited")
 
 
 def test_deleted_middle_record_is_a_seq_gap() -> None:
     docs = make_chain()
     del docs[1]
-    assert walk(docs) == ChainBreak("HD-1", 2, "seq gap: record 2 missing")
+    assert walk(docs) == ChainBreak("HD-1", None, 2, "seq gap: record 2 missing")
 
 
 def test_deleted_first_record_is_a_seq_gap() -> None:
-    assert walk(make_chain()[1:]) == ChainBreak("HD-1", 1, "seq gap: record 1 missing")
+    assert walk(make_chain()[1:]) == ChainBreak("HD-1", None, 1, "seq gap: record 1 missing")
 
 
 def test_swapped_records_break_the_prev_hash_link() -> None:
     docs = make_chain()
     docs[1]["seq"], docs[2]["seq"] = 3, 2
     docs[1], docs[2] = docs[2], docs[1]
-    assert walk(docs) == ChainBreak("HD-1", 2, "prev_hash does not match record 1")
+    assert walk(docs) == ChainBreak("HD-1", None, 2, "prev_hash does not match record 1")
 
 
 def test_deleted_tail_is_caught_by_the_head() -> None:
     docs = make_chain()
     head = head_doc(4, docs[3]["hash"])
     assert walk(docs[:2], head=head) == ChainBreak(
-        "HD-1", 3, "head points past the last record: tail deleted"
+        "HD-1", None, 3, "head points past the last record: tail deleted"
     )
     assert walk([], head=head) == ChainBreak(
-        "HD-1", 1, "head points past the last record: tail deleted"
+        "HD-1", None, 1, "head points past the last record: tail deleted"
     )
 
 
 def test_head_disagreeing_with_its_record_means_the_chain_was_rewritten() -> None:
     docs = make_chain()
     assert walk(docs, head=head_doc(2, "e" * 64)) == ChainBreak(
-        "HD-1", 2, "head hash does not match record 2: chain rewritten"
+        "HD-1", None, 2, "head hash does not match record 2: chain rewritten"
     )
 
 
@@ -311,4 +292,4 @@ def test_malformed_record_is_named_not_crashed_on() -> None:
 def test_head_document_tampered_into_nonsense_is_reported() -> None:
     docs = make_chain()
     head = {**head_doc(4, docs[3]["hash"]), "seq": 9}  # seq no longer matches its marker
-    assert walk(docs, head=head) == ChainBreak("HD-1", 5, "malformed head document")
+    assert walk(docs, head=head) == ChainBreak("HD-1", None, 5, "malformed head document")

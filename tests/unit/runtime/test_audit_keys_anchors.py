@@ -20,7 +20,7 @@ from services.runtime.audit import (
     AuditSigner,
     ChainBreak,
     TicketChainCheck,
-    _new_record,
+    new_record,
 )
 from services.runtime.audit_anchors import AnchorBook, encode_anchor, sign_anchor, sort_anchors
 from services.runtime.crypto import SigningKey
@@ -36,7 +36,7 @@ def chain(n: int = 4, *, signer: AuditSigner | None = EXECUTOR, actor: str = "ex
           prev: str = GENESIS_HASH) -> list[AuditRecord]:
     records = []
     for seq in range(start, start + n):
-        record = _new_record(ticket_id="HD-1", seq=seq, prev_hash=prev, record_id=f"r{seq}",
+        record = new_record(ticket_id="HD-1", seq=seq, prev_hash=prev, record_id=f"r{seq}",
                              kind="command", actor=actor, at=AT + timedelta(seconds=seq),
                              data=data or {"step": seq}, signer=signer)
         records.append(record)
@@ -45,23 +45,32 @@ def chain(n: int = 4, *, signer: AuditSigner | None = EXECUTOR, actor: str = "ex
 
 
 def head_of(record: AuditRecord) -> dict[str, Any]:
+    """A legacy chain's head document (per-producer chains have none)."""
     return {"_id": record.ticket_id, "seq": record.seq,
             "head": f"{record.seq:020d}:{record.hash}"}
 
 
+def legacy(records: list[AuditRecord]) -> list[AuditRecord]:
+    """The records as the single per-ticket chain of old wrote them: no producer."""
+    return [AuditRecord(**{**r.model_dump(), "producer": None}) for r in records]
+
+
 def anchor(record: AuditRecord, service: str = "executor") -> Anchor:
     return Anchor(ticket_id=record.ticket_id, seq=record.seq, hash=record.hash,
-                  service=service, anchored_at="2026-11-22T10:00:00.000Z")
+                  service=service, anchored_at="2026-11-22T10:00:00.000Z",
+                  producer=record.producer)
 
 
 def walk(records: list[AuditRecord], *, head: dict[str, Any] | None = None,
-         keys: AuditKeys | None = KEYS, anchors: tuple[Anchor, ...] = ()) -> ChainBreak | None:
-    check = TicketChainCheck("HD-1", head=head, keys=keys, anchors=anchors)
+         keys: AuditKeys | None = KEYS, anchors: tuple[Anchor, ...] = (),
+         producer: str | None = "executor",
+         ticket_has_records: bool | None = None) -> ChainBreak | None:
+    check = TicketChainCheck("HD-1", producer, head=head, keys=keys, anchors=anchors)
     for record in records:
         broken = check.check(record.to_document())
         if broken is not None:
             return broken
-    return check.finish()
+    return check.finish(ticket_has_records=ticket_has_records)
 
 
 # --- keyed records -----------------------------------------------------------------------
@@ -70,7 +79,7 @@ def walk(records: list[AuditRecord], *, head: dict[str, Any] | None = None,
 def test_records_signed_by_their_actors_service_verify() -> None:
     records = chain()
     assert all(r.key_id == EXECUTOR.key.key_id and r.signature for r in records)
-    assert walk(records, head=head_of(records[-1])) is None
+    assert walk(records) is None
 
 
 def test_an_unsigned_record_is_reported_when_keys_are_known() -> None:
@@ -101,8 +110,8 @@ def test_a_consistently_rehashed_edit_fails_its_signature() -> None:
     rehashed = [records[0], *(AuditRecord(**{**r.model_dump(), "key_id": o.key_id,
                                              "signature": o.signature})
                              for r, o in zip(edited, records[1:], strict=True))]
-    assert walk(rehashed, head=head_of(rehashed[-1]), keys=None) is None  # chain alone: fine
-    broken = walk(rehashed, head=head_of(rehashed[-1]))
+    assert walk(rehashed, keys=None) is None  # chain alone: fine
+    broken = walk(rehashed)
     assert broken is not None
     assert broken.seq == 2
     assert "bad signature" in broken.reason
@@ -127,37 +136,53 @@ async def test_the_writer_refuses_to_sign_for_another_service() -> None:
 def test_a_rewritten_history_is_caught_by_its_anchor_even_without_keys() -> None:
     records = chain(4)
     rewritten = [records[0], *chain(3, data={"step": 99}, start=2, prev=records[0].hash)]
-    broken = walk(rewritten, head=head_of(rewritten[-1]), keys=None,
-                  anchors=(anchor(records[2]),))
+    broken = walk(rewritten, keys=None, anchors=(anchor(records[2]),))
     assert broken is not None
     assert broken.seq == 3
     assert "history rewritten" in broken.reason
 
 
-def test_a_truncated_tail_with_its_head_rolled_back_is_caught() -> None:
+def test_a_truncated_tail_is_caught_by_its_anchor() -> None:
     records = chain(4)
-    broken = walk(records[:2], head=head_of(records[1]), anchors=(anchor(records[3]),))
-    assert broken is not None
-    assert "truncated: the chain ends at record 2, but record 4 was anchored" in broken.reason
+    assert walk(records[:2]) is None  # the store alone cannot tell: this is what anchors are for
+    broken = walk(records[:2], anchors=(anchor(records[3]),))
+    assert broken == ChainBreak(
+        "HD-1", "executor", 3, "truncated: the chain ends at record 2, but record 4 was "
+        "anchored by executor at 2026-11-22T10:00:00.000Z (tail deleted or head rolled back)")
 
 
-def test_a_head_rolled_back_over_intact_records_is_caught() -> None:
-    records = chain(4)
-    broken = walk(records, head=head_of(records[1]), anchors=(anchor(records[3]),))
+def test_a_legacy_head_rolled_back_over_intact_records_is_caught() -> None:
+    records = legacy(chain(4))
+    broken = walk(records, head=head_of(records[1]), anchors=(anchor(records[3]),),
+                  producer=None)
     assert broken is not None
     assert "head rolled back to record 2" in broken.reason
 
 
-def test_a_ticket_whose_records_and_head_were_deleted_is_named() -> None:
+def test_a_ticket_whose_records_were_all_deleted_is_named() -> None:
     records = chain(3)
-    broken = walk([], head=None, anchors=(anchor(records[2]),))
+    broken = walk([], anchors=(anchor(records[2]),), ticket_has_records=False)
     assert broken is not None
-    assert "ticket deleted: records and head are gone" in broken.reason
+    assert "ticket deleted: its records are gone, but record 3 was anchored" in broken.reason
+
+
+def test_one_producers_chain_deleted_from_a_ticket_is_named() -> None:
+    records = chain(3)
+    broken = walk([], anchors=(anchor(records[2]),), ticket_has_records=True)
+    assert broken is not None
+    assert "chain deleted: the executor records are gone, but record 3" in broken.reason
+
+
+def test_a_record_moved_into_another_producers_chain_is_named() -> None:
+    # The executor's signed records, filed (by a database writer) as the notifier's chain.
+    broken = walk(chain(2), producer="notifier", keys=None)
+    assert broken == ChainBreak("HD-1", "notifier", 1, "in the notifier chain, but its actor "
+                                "is 'executor:e1': record moved between chains")
 
 
 def test_records_after_the_last_anchor_are_fine() -> None:
     records = chain(5)
-    assert walk(records, head=head_of(records[-1]), anchors=(anchor(records[1]),)) is None
+    assert walk(records, anchors=(anchor(records[1]),)) is None
 
 
 def test_anchors_must_be_signed_by_the_service_they_name() -> None:
@@ -166,13 +191,28 @@ def test_anchors_must_be_signed_by_the_service_they_name() -> None:
     unsigned = anchor(records[0])
     impostor = sign_anchor(anchor(records[1], service="executor"), NOTIFIER)
     tampered = Anchor(**{**good.__dict__, "seq": 1})
-    read = sort_anchors([encode_anchor(a) for a in (good, unsigned, impostor, tampered)]
+    # The notifier's own key, anchoring the executor's chain (which it never writes).
+    foreign = sign_anchor(Anchor(**{**anchor(records[1], service="notifier").__dict__}),
+                          NOTIFIER)
+    read = sort_anchors([encode_anchor(a) for a in (good, unsigned, impostor, tampered, foreign)]
                         + [b"not json"], KEYS)
     assert read.anchors == {"HD-1": [good]}
-    assert len(read.untrusted) == 4
+    assert len(read.untrusted) == 5
+    assert any("anchors the executor chain, which notifier never writes" in u
+               for u in read.untrusted)
     assert any("signed with the notifier key" in u for u in read.untrusted)
     assert any("unsigned" in u for u in read.untrusted)
     assert any("bad signature" in u for u in read.untrusted)
+
+
+def test_an_anchor_from_before_per_producer_chains_still_checks() -> None:
+    records = legacy(chain(2))
+    old = sign_anchor(anchor(records[1]), EXECUTOR)
+    assert old.producer is None
+    assert old.content().startswith(b"intervention-audit-anchor:v1:")
+    read = sort_anchors([encode_anchor(old)], KEYS)
+    assert read.anchors == {"HD-1": [old]}
+    assert walk(records, anchors=(old,), producer=None) is None
 
 
 async def test_the_anchor_book_keeps_the_newest_head_and_retries_a_failed_publish() -> None:
@@ -188,12 +228,14 @@ async def test_the_anchor_book_keeps_the_newest_head_and_retries_a_failed_publis
     records = chain(3)
     for record in (records[1], records[2], records[0]):
         book.note(record)
-    assert book.pending == {"HD-1": (3, records[2].hash)}
+    assert book.pending == {"HD-1": {"executor": (3, records[2].hash)}}
     assert await book.flush() == 0  # kept for the next round
-    assert book.pending == {"HD-1": (3, records[2].hash)}
+    assert book.pending == {"HD-1": {"executor": (3, records[2].hash)}}
     failing = False
     assert await book.flush("HD-1") == 1
     assert book.pending == {}
+    assert [key for key, _ in sent] == ["HD-1:executor"]  # compacted per chain
     read = sort_anchors([value for _, value in sent], KEYS)
     [published] = read.anchors["HD-1"]
-    assert (published.seq, published.hash, published.service) == (3, records[2].hash, "executor")
+    assert (published.seq, published.hash, published.service, published.producer) == (
+        3, records[2].hash, "executor", "executor")

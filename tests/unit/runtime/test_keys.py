@@ -69,6 +69,8 @@ def test_key_files_follow_the_documented_layout(tmp_path: Path) -> None:
         "intake-signing.pub",
         "notifier-signing.key",
         "notifier-signing.pub",
+        "operator-signing.key",
+        "operator-signing.pub",
     ]
     private = json.loads(paths.sealing_private.read_text())
     public = json.loads(paths.sealing_public.read_text())

@@ -103,6 +103,20 @@ async def test_kafka_spans_are_named_operation_destination_with_current_attribut
     assert len({s.context.trace_id for s in spans.finished()}) == 1
 
 
+async def test_an_audit_anchor_span_names_the_ticket_of_its_chain_key(spans: Spans) -> None:
+    from services.runtime.audit_anchors import anchor_key
+
+    broker = KafkaBroker(middlewares=[kafka_telemetry_middleware(spans.provider,
+                                                                 MeterProvider())])
+    async with TestKafkaBroker(broker):
+        await broker.publish(b"{}", "t1.intervention.audit-anchored",
+                             key=anchor_key(TICKET, "executor").encode())
+    [send] = [s for s in spans.finished() if s.name == "send t1.intervention.audit-anchored"]
+    attrs = dict(send.attributes or {})
+    assert attrs["messaging.kafka.message.key"] == f"{TICKET}:executor"
+    assert attrs[TICKET_ID_ATTRIBUTE] == TICKET
+
+
 def test_only_faststream_messaging_names_are_rewritten() -> None:
     attrs = {"messaging.system": "kafka", "messaging.destination.name": "p.topic"}
     assert messaging_name("p.topic publish", attrs)[0] == "send p.topic"
