@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "notifier_support"))
@@ -28,6 +29,7 @@ from polling import eventually
 from schemas import TicketSubmitted, TicketUpdated, topic_for
 from services.notifier.app import CONSUMED
 from services.notifier.ledger import ARCHIVE, COLLECTION
+from services.runtime.idempotency import ProcessedEvents
 
 pytestmark = pytest.mark.integration
 
@@ -56,10 +58,12 @@ def own(totals: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
 
 
 async def handled(stack: Stack, events: list[Any]) -> None:
-    """Wait until the notifier marked every event processed in its SLA groups."""
+    """Wait until the notifier marked every event processed in its SLA groups (asked on a
+    client of the test's own, so the service's count holds only the service's trips)."""
     prefix = stack.settings.kafka_topic_prefix
     groups = [f"{prefix}notifier.{topic_for(m)}" for m in CONSUMED]
-    processed = stack.service.runtime.processed
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.settings.mongodb_uri)
+    processed = ProcessedEvents(client[stack.settings.mongodb_database])
 
     async def done() -> bool:
         for event in events:
@@ -67,7 +71,10 @@ async def handled(stack: Stack, events: list[Any]) -> None:
                 return False
         return True
 
-    await eventually(done, timeout=60)
+    try:
+        await eventually(done, timeout=60)
+    finally:
+        await client.close()
 
 
 async def lifecycles(stack: Stack, n: int, at: datetime) -> list[TicketSubmitted]:
@@ -97,12 +104,15 @@ async def test_a_ticket_lifecycle_costs_the_notifier_a_handful_of_store_round_tr
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     async with notifier_stack(settings, clock=clock) as stack:
         await lifecycles(stack, 1, clock.now)  # warm-up: the engineers' roster, indexes
-        before = own(stack.service.runtime.store_round_trips.totals)
+        totals = stack.service.runtime.store_round_trips.totals
+        before = totals.copy()
         await lifecycles(stack, TICKETS, clock.now)
-        spent = own(stack.service.runtime.store_round_trips.totals) - before
+        whole = totals - before
+        spent = own(whole)
     per_ticket = sum(spent.values()) / TICKETS
-    print(f"notifier round trips per ticket: {per_ticket:.2f} "
-          + ", ".join(f"{op} {coll} {n / TICKETS:.2f}" for (op, coll), n in spent.items()))
+    print(f"notifier round trips per ticket: {per_ticket:.2f} of its own, "
+          f"{sum(whole.values()) / TICKETS:.2f} with the runtime's: "
+          + ", ".join(f"{op} {coll} {n / TICKETS:.2f}" for (op, coll), n in whole.items()))
     assert per_ticket <= BOUND_PER_TICKET, spent
     # None of them reads the ticket's history: every fact is written by insert.
     assert not [key for key in spent if key[0] == "find" and key[1].startswith(COLLECTION)], \
