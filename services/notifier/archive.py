@@ -17,6 +17,12 @@ the next position) stays live. The delay ``after`` leaves time for the straggler
 ticket (an acknowledgement or a start racing its completion across topics) to find the
 ticket still live; one later than that starts a live run of its own, and the sweeper joins
 the archived history back before it fires anything for it (:mod:`.ledger`).
+
+Upgrading from the layout before views rode on the facts (a ``notifier_deadlines`` hint and
+a ``notifier_ticket_board`` entry per open ticket, fact documents without views) is done by
+:meth:`Archiver.adopt_legacy` once at start: the tickets those collections list get a
+``restored`` marker fact whose document carries their view (so the sweeper finds their next
+deadline), every other ticket's facts are archived, and the old collections are dropped.
 """
 
 from __future__ import annotations
@@ -29,15 +35,20 @@ from typing import Any
 
 from services.notifier.claims import insert_new
 from services.notifier.ledger import TicketLedger, facts_of
+from services.notifier.sla import Fact
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
 
+LEGACY = ("notifier_deadlines", "notifier_ticket_board")
+"""The per-ticket hint and board documents of the layout before views rode on the facts."""
+
+
 class Archiver:
     def __init__(self, ledger: TicketLedger, *, clock: Clock, after: timedelta,
-                 interval: timedelta = timedelta(seconds=10), batch: int = 500) -> None:
+                 interval: timedelta = timedelta(seconds=10), batch: int = 1000) -> None:
         self._ledger = ledger
         self._clock = clock
         self._after = after
@@ -45,21 +56,52 @@ class Archiver:
         self._batch = batch
 
     async def archive_once(self) -> list[str]:
-        """Move the tickets closed for long enough; returns their ids."""
+        """Move (up to a batch of) the tickets closed for long enough; returns their ids."""
         cutoff = self._clock() - self._after
         closed = await self._ledger.latest({"open": False, "view_at": {"$lte": cutoff}},
                                            {"ticket_id": 1, "seq": 1})
-        if not closed:
-            return []
-        wanted = sorted(closed)[:self._batch]
         # Every live document of those tickets: one closed document is the ticket's state
         # only if nothing came after it.
-        runs: dict[str, list[dict[str, Any]]] = {}
-        async for doc in self._ledger.coll.find({"ticket_id": {"$in": wanted}}):
-            runs.setdefault(doc["ticket_id"], []).append(doc)
-        moved: dict[str, list[dict[str, Any]]] = {
+        runs = await self._runs(sorted(closed)[:self._batch])
+        return await self._move({
             ticket_id: docs for ticket_id, docs in runs.items()
-            if max(int(d["seq"]) for d in docs) == int(closed[ticket_id]["seq"])}
+            if max(int(d["seq"]) for d in docs) == int(closed[ticket_id]["seq"])})
+
+    async def adopt_legacy(self) -> list[str]:
+        """Once, after an upgrade from the layout without views: give each ticket the old
+        hint or board listed (in flight) a view, by appending a ``restored`` marker; archive
+        the others' facts (finished); then drop the old collections. Repeatable after a
+        crash midway (markers and archive runs are keyed). Returns the tickets archived."""
+        db = self._ledger.coll.database
+        legacy = [name for name in LEGACY if name in set(await db.list_collection_names())]
+        if not legacy:
+            return []
+        in_flight = {str(doc["_id"]) for name in legacy
+                     async for doc in db[name].find({}, {"_id": 1})}
+        for ticket_id in sorted(in_flight):
+            await self._ledger.record(ticket_id, Fact(
+                fact_id=f"{ticket_id}:adopted", kind="restored", at=self._clock(),
+                revision=0))
+        finished = sorted({str(doc["ticket_id"]) async for doc in self._ledger.coll.find(
+            {"view_at": {"$exists": False}}, {"ticket_id": 1})} - in_flight)
+        moved: list[str] = []
+        for start in range(0, len(finished), self._batch):
+            moved += await self._move(await self._runs(finished[start:start + self._batch]))
+        for name in legacy:
+            await db.drop_collection(name)
+        log.info("adopted the notifier's legacy layout: %d tickets in flight, %d archived",
+                 len(in_flight), len(moved))
+        return moved
+
+    async def _runs(self, tickets: list[str]) -> dict[str, list[dict[str, Any]]]:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        if tickets:
+            async for doc in self._ledger.coll.find({"ticket_id": {"$in": tickets}}):
+                runs.setdefault(doc["ticket_id"], []).append(doc)
+        return runs
+
+    async def _move(self, moved: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Archive each ticket's run of live documents, then delete exactly those."""
         if not moved:
             return []
         now = self._clock()
@@ -77,10 +119,16 @@ class Archiver:
         return sorted(moved)
 
     async def run(self) -> None:
-        """Archive every ``interval`` until cancelled."""
+        """Adopt a legacy layout once, then archive every ``interval`` until cancelled; a
+        full batch is followed at once by the next (a backlog drains without waiting)."""
+        adopted = False
         while True:
             try:
-                await self.archive_once()
+                if not adopted:
+                    await self.adopt_legacy()
+                    adopted = True
+                while len(await self.archive_once()) >= self._batch:
+                    pass
             except asyncio.CancelledError:
                 raise
             except Exception:  # the store may blip; the next round retries

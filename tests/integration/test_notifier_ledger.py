@@ -20,7 +20,7 @@ from notifier_factories import completed, started, submitted
 
 from services.notifier.archive import Archiver
 from services.notifier.deadlines import Deadlines
-from services.notifier.ledger import TicketLedger, as_stored
+from services.notifier.ledger import TicketLedger, as_stored, to_document
 from services.notifier.sla import Fact, SlaPolicy, fact_of
 from services.notifier.views import ticket_view
 
@@ -134,3 +134,30 @@ async def test_the_archiver_leaves_a_ticket_a_later_fact_reopened(
     archiver = Archiver(writer, clock=lambda: datetime.now(UTC), after=timedelta(minutes=1))
     assert await archiver.archive_once() == []
     assert len([d async for d in writer.coll.find({"ticket_id": ticket.ticket_id})]) == 3
+
+
+async def test_a_store_in_the_layout_before_views_is_adopted_once_at_start(
+    mongo_db: AsyncDatabase[dict[str, Any]], unique: str,
+) -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    waiting, done = submitted(at=old), submitted(at=old)
+    writer = ledger(mongo_db, unique)
+    legacy = [(waiting.ticket_id, fact(waiting)), (done.ticket_id, fact(done)),
+              (done.ticket_id, fact(started(done, at=old + timedelta(seconds=5)))),
+              (done.ticket_id, fact(completed(done, at=old + timedelta(seconds=30))))]
+    seqs: dict[str, int] = {}
+    for ticket_id, f in legacy:  # fact documents as the old ledger wrote them: no view
+        seqs[ticket_id] = seq = seqs.get(ticket_id, 0) + 1
+        await writer.coll.insert_one({"_id": f"{ticket_id}#{seq:06d}", "ticket_id": ticket_id,
+                                      "seq": seq, "fact": to_document(f)})
+    hints = mongo_db["notifier_deadlines"]  # shared by this run's tests: this one's ticket
+    await hints.insert_one({"_id": waiting.ticket_id, "due_at": old, "facts": 1})
+    archiver = Archiver(writer, clock=lambda: datetime.now(UTC), after=timedelta(minutes=1))
+    assert await archiver.adopt_legacy() == [done.ticket_id]
+    assert await archiver.adopt_legacy() == []  # once: the old collections are gone
+    assert "notifier_deadlines" not in await mongo_db.list_collection_names()
+    # The ticket still waiting got a view: its overdue initial response is found again.
+    assert waiting.ticket_id in await Deadlines(writer, POLICY).due(datetime.now(UTC))
+    assert {d["ticket_id"] async for d in writer.coll.find({})} == {waiting.ticket_id}
+    [run] = [d async for d in writer.archive.find({"ticket_id": done.ticket_id})]
+    assert [f["fact_id"] for f in run["facts"]] == [f.fact_id for t, f in legacy[1:]]
