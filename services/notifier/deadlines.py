@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -59,14 +59,15 @@ class Deadlines:
         return fold(ticket_id, await self._ledger.facts(ticket_id, history=history),
                     self._policy)
 
-    async def due(self, now: datetime, *, limit: int = 200) -> list[str]:
-        """Tickets whose latest view has come due, soonest first."""
+    async def due(self, now: datetime, *, limit: int = 200,
+                  skip: Container[str] = ()) -> list[str]:
+        """Tickets whose latest view has come due, soonest first (but those in ``skip``)."""
         # Not limited in the store: a ticket's latest document must be among those read,
         # else one of its older, superseded documents would pass for its state.
         docs = await self._ledger.latest({"due_at": {"$lte": now}},
                                          {"ticket_id": 1, "seq": 1, "due_at": 1})
-        due = [doc for ticket_id, doc in docs.items()
-               if not self._ledger.knows_past(ticket_id, int(doc["seq"]))]
+        due = [doc for ticket_id, doc in docs.items() if ticket_id not in skip
+               and not self._ledger.knows_past(ticket_id, int(doc["seq"]))]
         return [str(doc["ticket_id"]) for doc in sorted(due, key=lambda d: d["due_at"])][:limit]
 
     async def hint(self, ticket_id: str) -> datetime | None:
@@ -108,9 +109,9 @@ class Sweeper:
         now = now or self._clock()
         fired: list[Alert] = []
         self._later = {t: at for t, at in self._later.items() if at > now}
-        for ticket_id in await self._deadlines.due(now):
-            if ticket_id in self._later:
-                continue
+        # Deferred tickets are left out before the batch is cut, so they cannot crowd out
+        # the others.
+        for ticket_id in await self._deadlines.due(now, skip=self._later):
             try:
                 fired += await self.sweep_ticket(ticket_id, now)
             except Exception:  # one ticket's failure must not stop the others' timers

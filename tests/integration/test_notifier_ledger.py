@@ -161,3 +161,17 @@ async def test_a_store_in_the_layout_before_views_is_adopted_once_at_start(
     assert {d["ticket_id"] async for d in writer.coll.find({})} == {waiting.ticket_id}
     [run] = [d async for d in writer.archive.find({"ticket_id": done.ticket_id})]
     assert [f["fact_id"] for f in run["facts"]] == [f.fact_id for t, f in legacy[1:]]
+
+
+async def test_tickets_the_sweeper_put_off_do_not_crowd_out_the_others(
+    mongo_db: AsyncDatabase[dict[str, Any]], unique: str,
+) -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    writer = ledger(mongo_db, unique)
+    tickets = [submitted(at=old + timedelta(seconds=i)) for i in range(3)]
+    for ticket in tickets:  # each initial response long overdue
+        await writer.record(ticket.ticket_id, fact(ticket))
+    deadlines = Deadlines(writer, POLICY)
+    ids = [t.ticket_id for t in tickets]
+    assert await deadlines.due(datetime.now(UTC), limit=2) == ids[:2]
+    assert await deadlines.due(datetime.now(UTC), limit=2, skip={ids[0]}) == ids[1:]
