@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -145,8 +146,14 @@ class PageRecord:
 
 
 class PageIndex:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    """Pages by id. A page never changes once indexed, so a process remembers the pages it
+    indexed or read (the handler that resolves a ticket's page usually indexed it moments
+    before): the ticket path does not read this collection, which grows with history."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], *, remember: int = 10_000) -> None:
         self._coll = db[PAGES]
+        self._known: OrderedDict[str, PageRecord] = OrderedDict()
+        self._remember = remember
 
     async def add(self, record: PageRecord) -> None:
         with contextlib.suppress(DuplicateKeyError):
@@ -155,16 +162,29 @@ class PageIndex:
                                          "step_id": record.step_id, "post_id": record.post_id,
                                          "text": record.text,
                                          "trace_carrier": dict(record.trace_carrier)})
+            # Only the inserter's record is remembered: after a duplicate, the stored one
+            # (a redelivery's, text and trace identical or older) is what get() must return.
+            self._keep(record)
 
     async def get(self, page_id: str) -> PageRecord | None:
+        if (known := self._known.get(page_id)) is not None:
+            return known
         doc = await self._coll.find_one({"_id": page_id})
         if doc is None:
             return None
-        return PageRecord(page_id=page_id, ticket_id=str(doc["ticket_id"]),
-                          revision=int(doc["revision"]), kind=doc["kind"],
-                          step_id=doc.get("step_id"), post_id=str(doc["post_id"]),
-                          text=str(doc["text"]),
-                          trace_carrier=dict(doc.get("trace_carrier") or {}))
+        record = PageRecord(page_id=page_id, ticket_id=str(doc["ticket_id"]),
+                            revision=int(doc["revision"]), kind=doc["kind"],
+                            step_id=doc.get("step_id"), post_id=str(doc["post_id"]),
+                            text=str(doc["text"]),
+                            trace_carrier=dict(doc.get("trace_carrier") or {}))
+        self._keep(record)
+        return record
+
+    def _keep(self, record: PageRecord) -> None:
+        self._known[record.page_id] = record
+        self._known.move_to_end(record.page_id)
+        while len(self._known) > self._remember:
+            self._known.popitem(last=False)
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -325,13 +345,14 @@ class EngineerDesk:
         """The automation no longer needs a human on ``page``: close it unless an engineer
         acknowledged it first. True when this call closed it."""
         now = self._clock()
+        # Inserted done: a resolve publishes nothing, and a take-over of a resolve only ever
+        # completed it (the chat edit below is not redone), so "claimed" would protect nothing.
         claim = await self._closures.claim(
-            f"close:{page.page_id}", now=now,
+            f"close:{page.page_id}", now=now, done=True,
             data={"how": "resolved", "at": now, "reason": reason, "ticket_id": page.ticket_id},
         )
         if claim.outcome != "won":
             return False
-        await self._closures.complete(claim.key)
         await self.on_closed(page, Closure.from_claim(claim.data))
         return True
 

@@ -1,7 +1,8 @@
 """The notifier's wiring: subscribers, the deadline sweeper, chat delivery and bots.
 
 Subscribers (one per topic, each idempotent on ``event_id`` through the shared runtime)
-hand every event to :meth:`Notifier.handle`. Beside them run the deadline sweeper, one
+hand every event to :meth:`Notifier.handle`. Beside them run the deadline sweeper and the
+archiver of finished tickets (both switched by ``run_sweeper``), one
 delivery worker per enabled chat adapter, the adapters' own listeners (Matrix sync) and,
 when Slack or Telegram is enabled, the HTTP endpoint their callbacks reach.
 """
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import uvicorn
@@ -43,6 +45,7 @@ from services.notifier.acks import (
     EngineerDirectory,
     PageIndex,
 )
+from services.notifier.archive import Archiver
 from services.notifier.board import TicketBoard
 from services.notifier.bots.base import ChatBot
 from services.notifier.bots.matrix import MatrixBot
@@ -56,6 +59,7 @@ from services.notifier.http import create_http_app
 from services.notifier.ledger import TicketLedger
 from services.notifier.metrics import NotifierMetrics, TicketProjection
 from services.notifier.settings import NotifierSettings
+from services.notifier.views import ticket_view
 from services.runtime.consumer import Decoder, Delivery, Handler, subscribe
 from services.runtime.crypto import build_keyring
 from services.runtime.facts import FactGate, signing_publisher
@@ -96,6 +100,7 @@ class NotifierService:
     ledger: TicketLedger
     deadlines: Deadlines
     sweeper: Sweeper
+    archiver: Archiver
     outbox: Outbox
     bots: list[ChatBot]
     workers: list[DeliveryWorker]
@@ -114,6 +119,7 @@ class NotifierService:
             self._tasks.append(asyncio.create_task(worker.run(), name=f"deliver-{worker.channel}"))
         if self.run_sweeper:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sla-sweeper"))
+            self._tasks.append(asyncio.create_task(self.archiver.run(), name="archiver"))
         if self.projection is not None:
             interval = timedelta(seconds=self.settings.notifier_metrics_refresh_s)
             self._tasks.append(asyncio.create_task(self.projection.run(interval),
@@ -182,8 +188,11 @@ def build(
 
     # Every acknowledgement and step report leaves signed (services.runtime.facts).
     publish = signing_publisher(runtime.publish, signing_key, "notifier")
-    ledger = TicketLedger(db)
-    deadlines = Deadlines(db, ledger, policy)
+    ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock)
+    deadlines = Deadlines(ledger, policy)
+    archiver = Archiver(ledger, clock=clock,
+                        after=timedelta(seconds=settings.notifier_archive_after_s),
+                        interval=timedelta(seconds=settings.notifier_archive_interval_s))
     pages = PageIndex(db)
     directory = EngineerDirectory(db)
     switches: tuple[tuple[ChatChannel, bool], ...] = (
@@ -194,7 +203,7 @@ def build(
     channels = [*enabled, *(b.channel for b in extra if b.channel not in enabled)]
     outbox = Outbox(db, channels, clock=clock, lease=lease)
     projection = TicketProjection(
-        db=db, board=TicketBoard(db, ledger, policy),
+        db=db, board=TicketBoard(ledger),
         metrics=NotifierMetrics(runtime.telemetry.meter_provider, policy), clock=clock)
     desk = EngineerDesk(
         directory=directory, pages=pages, closures=Claims(db, CLOSURES, lease=lease),
@@ -258,7 +267,8 @@ def build(
 
     return NotifierService(
         runtime=runtime, settings=settings, notifier=notifier, desk=desk, directory=directory,
-        ledger=ledger, deadlines=deadlines, sweeper=sweeper, outbox=outbox, bots=all_bots,
+        ledger=ledger, deadlines=deadlines, sweeper=sweeper, archiver=archiver, outbox=outbox,
+        bots=all_bots,
         workers=workers, http_app=http_app, projection=projection, run_sweeper=run_sweeper,
         serve_http=serve_http)
 

@@ -1,21 +1,21 @@
 """The open-ticket board: where each open ticket stands, what it waits for, its deadlines.
 
-A read model of the ticket ledger (:mod:`.ledger`), one document per ticket that is open or
-still has a page waiting for an engineer (``_id = ticket_id``); a ticket that closes with
-nothing waiting is removed, so the collection holds only open work and reading it whole
-stays cheap (FerretDB scans for any filter but ``_id``). It feeds the open-ticket gauges
+A read model of the ticket ledger (:mod:`.ledger`): every fact document carries the
+ticket's board entry after it (:mod:`.views`), absent when the ticket is closed with nothing
+waiting, so a ticket's entry is its latest fact document's. The ledger's live collection
+holds only in-flight tickets (finished ones are archived), so reading it whole stays cheap
+(FerretDB scans for any filter but ``_id``). It feeds the open-ticket gauges
 (:mod:`.metrics`) and ``intervene status --stuck`` (:mod:`services.cli.stuck`).
 
 The lifecycle phase is the latest lifecycle fact in time order, the same order the SLA fold
 uses; pages and clocks come from the fold itself, so the board can never disagree with the
-clocks the sweeper enforces. Written after the facts it was computed from, then checked
-against the ledger for a fact appended meanwhile, exactly like :class:`.deadlines.Deadlines`:
-the last write always reflects every fact.
+clocks the sweeper enforces. Entries are never rewritten: each is exact for the facts up to
+its own (see :mod:`.ledger`), so no writer can overwrite a newer entry with an older one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -23,10 +23,8 @@ from typing import Any, Final, Literal
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.events import SlaClock as ClockName
-from services.notifier.ledger import TicketLedger
-from services.notifier.sla import Fact, FactKind, PageKind, SlaPolicy, TicketState, fold
-
-COLLECTION = "notifier_ticket_board"
+from services.notifier.ledger import COLLECTION, TicketLedger, latest_documents
+from services.notifier.sla import Fact, FactKind, PageKind, TicketState
 
 Phase = Literal["submitted", "waiting_customer", "in_progress", "waiting_engineer"]
 PHASES: Final[tuple[Phase, ...]] = (
@@ -152,31 +150,22 @@ def from_document(doc: dict[str, Any]) -> BoardEntry:
 
 
 class TicketBoard:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], ledger: TicketLedger,
-                 policy: SlaPolicy, *, collection: str = COLLECTION) -> None:
-        self._coll = db[collection]
+    def __init__(self, ledger: TicketLedger) -> None:
         self._ledger = ledger
-        self._policy = policy
-
-    async def refresh(self, ticket_id: str) -> tuple[Sequence[Fact], TicketState]:
-        """Rewrite the ticket's entry from its ledger; returns the facts and their fold."""
-        while True:
-            facts = await self._ledger.facts(ticket_id)
-            state = fold(ticket_id, facts, self._policy)
-            entry = board_entry(ticket_id, facts, state)
-            if entry.listed:
-                await self._coll.replace_one({"_id": ticket_id},
-                                             to_document(entry, len(facts)), upsert=True)
-            else:
-                await self._coll.delete_one({"_id": ticket_id})
-            if await self._ledger.count(ticket_id) == len(facts):
-                return facts, state
 
     async def entries(self) -> list[BoardEntry]:
-        return [from_document(doc) async for doc in self._coll.find({})]
+        return _listed(await self._ledger.latest(projection=_FIELDS))
+
+
+_FIELDS = {"ticket_id": 1, "seq": 1, "board": 1}
+
+
+def _listed(latest: dict[str, dict[str, Any]]) -> list[BoardEntry]:
+    return [from_document({"_id": ticket_id, **doc["board"]})
+            for ticket_id, doc in latest.items() if doc.get("board")]
 
 
 async def read_board(db: AsyncDatabase[dict[str, Any]], *, collection: str = COLLECTION
                      ) -> list[BoardEntry]:
     """Every entry on the board, for readers that do not write it (the CLI)."""
-    return [from_document(doc) async for doc in db[collection].find({})]
+    return _listed(await latest_documents(db[collection], projection=_FIELDS))

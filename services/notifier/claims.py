@@ -25,19 +25,32 @@ take-over itself must have one winner).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]
 
 TAKEOVERS = "notifier_claim_takeovers"
+DUPLICATE_KEY = 11000
+
+
+async def insert_new(coll: AsyncCollection[dict[str, Any]],
+                     docs: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``docs`` in one round trip, skipping those whose ``_id`` is already there
+    (a repeat after a redelivery or a crash); any other failure propagates."""
+    try:
+        await coll.insert_many([dict(d) for d in docs], ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
+            raise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,10 +79,13 @@ class Claims:
         self.lease = lease
 
     async def claim(self, key: str, *, now: datetime, data: Mapping[str, Any] | None = None,
-                    owner: str = "") -> Claim:
-        """Try to take ``key``. ``data`` is stored with a new claim (who, what for)."""
-        doc = {"_id": key, "state": "claimed", "claimed_at": now, "owner": owner,
-               "nonce": uuid4().hex, **(data or {})}
+                    owner: str = "", done: bool = False) -> Claim:
+        """Try to take ``key``. ``data`` is stored with a new claim (who, what for).
+
+        ``done``: a winner has nothing left that a take-over would redo, so the claim is
+        inserted finished (one round trip instead of a claim and a :meth:`complete`)."""
+        doc = {"_id": key, "state": "done" if done else "claimed", "claimed_at": now,
+               "owner": owner, "nonce": uuid4().hex, **(data or {})}
         try:
             await self._coll.insert_one(doc)
         except DuplicateKeyError:
@@ -78,7 +94,7 @@ class Claims:
             return Claim(key=key, outcome="won", data=doc)
         existing = await self._coll.find_one({"_id": key})
         if existing is None:  # released between our insert and read: try once more
-            return await self.claim(key, now=now, data=data, owner=owner)
+            return await self.claim(key, now=now, data=data, owner=owner, done=done)
         if existing.get("state") == "done":
             return Claim(key=key, outcome="done", data=existing)
         claimed_at = existing.get("claimed_at")

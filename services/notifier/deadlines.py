@@ -3,15 +3,14 @@
 Lessons from paging tools: in-memory delayed tasks are lost on restart, so every deadline
 lives in MongoDB and a periodic sweep fires what is due.
 
-- :class:`Deadlines` keeps one document per ticket with something pending
-  (``_id = ticket_id``, ``due_at`` = when its next alert falls due). It is only a *hint*:
-  what is due is always recomputed from the ticket's ledger (:func:`sla.fold`), so a stale
-  hint can make the sweeper look too early, never fire the wrong thing. The hint is written
-  after the facts it was computed from, then the ledger is checked for a fact appended in
-  the meantime, and if there is one the hint is recomputed: the last write always reflects
-  every fact (no lock needed, which FerretDB could not give anyway). Only tickets with
-  something pending have a hint, so the sweep's range query (FerretDB scans for anything
-  but ``_id``) stays small.
+- :class:`Deadlines` finds what is due from the ledger itself: every fact document carries
+  ``due_at``, when the ticket's next alert falls due after that fact (:mod:`.views`), and a
+  ticket's latest fact document is its current state. It is only a *hint*: what is due is
+  always recomputed from the ticket's facts (:func:`sla.fold`), so a stale hint can make
+  the sweeper look too early, never fire the wrong thing. The sweep's range query scans the
+  ledger's live collection, which holds only in-flight tickets (:mod:`.archive`), so it
+  stays small; a superseded document whose ``due_at`` has passed is skipped without a read
+  when this process knows a later fact, and read past once otherwise.
 - :class:`Sweeper` fires each due alert once: it claims the alert id
   (:class:`~services.notifier.claims.Claims`), performs it, marks the claim done and records
   an ``alert_fired`` fact. A crash after the claim leaves it ``claimed``; after the lease a
@@ -24,71 +23,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
-
-from pymongo.asynchronous.database import AsyncDatabase
+from typing import Literal
 
 from services.notifier.claims import Claims
-from services.notifier.ledger import TicketLedger
+from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.sla import Alert, SlaPolicy, TicketState, fired_fact, fold
 
 log = logging.getLogger(__name__)
 
-COLLECTION = "notifier_deadlines"
 ALERT_CLAIMS = "notifier_alert_claims"
 
 Clock = Callable[[], datetime]
 FireResult = Literal["fired", "deferred"]
 FireAlert = Callable[[Alert, TicketState, datetime], Awaitable[FireResult]]
 """Performs an alert (publishes, posts); ``deferred`` when it must not fire yet."""
-Recorded = Callable[[str], Awaitable[None]]
-"""Called with a ticket id after alerts of it fired and their facts were recorded."""
+AfterRecord = Callable[[Recorded], Awaitable[None]]
+"""Called with each fired alert's fact append (a "queued" update answers a clock: its
+milestone is counted from the append's before and after)."""
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class Deadlines:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], ledger: TicketLedger,
-                 policy: SlaPolicy, *, collection: str = COLLECTION) -> None:
-        self._coll = db[collection]
+    def __init__(self, ledger: TicketLedger, policy: SlaPolicy) -> None:
         self._ledger = ledger
         self._policy = policy
 
-    async def state(self, ticket_id: str) -> TicketState:
-        return fold(ticket_id, await self._ledger.facts(ticket_id), self._policy)
+    async def state(self, ticket_id: str, *, history: bool = False) -> TicketState:
+        """The ticket's state from its live facts (``history``: with an archived history
+        joined back, for firing alerts; see :mod:`.ledger`)."""
+        return fold(ticket_id, await self._ledger.facts(ticket_id, history=history),
+                    self._policy)
 
-    async def refresh(self, ticket_id: str, *, not_before: datetime | None = None
-                      ) -> datetime | None:
-        """Rewrite the ticket's hint from its ledger; returns the next due time."""
-        while True:
-            facts = await self._ledger.facts(ticket_id)
-            due = fold(ticket_id, facts, self._policy).next_due(self._policy)
-            if due is not None and not_before is not None:
-                due = max(due, not_before)
-            if due is None:
-                await self._coll.delete_one({"_id": ticket_id})
-            else:
-                await self._coll.replace_one({"_id": ticket_id},
-                                             {"due_at": due, "facts": len(facts)}, upsert=True)
-            if await self._ledger.count(ticket_id) == len(facts):
-                return due
-
-    async def due(self, now: datetime, *, limit: int = 200) -> list[str]:
-        """Tickets whose hint has come due, oldest first."""
-        cursor = self._coll.find({"due_at": {"$lte": now}}, {"_id": 1}).sort("due_at", 1)
-        return [str(doc["_id"]) async for doc in cursor.limit(limit)]
+    async def due(self, now: datetime, *, limit: int = 200,
+                  skip: Container[str] = ()) -> list[str]:
+        """Tickets whose latest view has come due, soonest first (but those in ``skip``)."""
+        # Not limited in the store: a ticket's latest document must be among those read,
+        # else one of its older, superseded documents would pass for its state.
+        docs = await self._ledger.latest({"due_at": {"$lte": now}},
+                                         {"ticket_id": 1, "seq": 1, "due_at": 1})
+        due = [doc for ticket_id, doc in docs.items() if ticket_id not in skip
+               and not self._ledger.knows_past(ticket_id, int(doc["seq"]))]
+        return [str(doc["ticket_id"]) for doc in sorted(due, key=lambda d: d["due_at"])][:limit]
 
     async def hint(self, ticket_id: str) -> datetime | None:
-        doc = await self._coll.find_one({"_id": ticket_id})
-        return None if doc is None else _aware(doc["due_at"])
+        """When the ticket's next alert falls due (None: nothing pending)."""
+        return (await self.state(ticket_id)).next_due(self._policy)
 
 
 class Sweeper:
@@ -104,7 +88,7 @@ class Sweeper:
         interval: timedelta = timedelta(seconds=1),
         retry: timedelta = timedelta(seconds=5),
         owner: str = "",
-        recorded: Recorded | None = None,
+        recorded: AfterRecord | None = None,
     ) -> None:
         self._recorded = recorded
         self._ledger = ledger
@@ -116,21 +100,27 @@ class Sweeper:
         self._interval = interval
         self._retry = retry
         self._owner = owner
+        # Tickets to leave alone until then (a failure or a deferral): in memory, since a
+        # restarted sweeper may as well look again at once.
+        self._later: dict[str, datetime] = {}
 
     async def sweep_once(self, now: datetime | None = None) -> list[Alert]:
         """Fire everything due at ``now`` (the injected clock's time by default)."""
         now = now or self._clock()
         fired: list[Alert] = []
-        for ticket_id in await self._deadlines.due(now):
+        self._later = {t: at for t, at in self._later.items() if at > now}
+        # Deferred tickets are left out before the batch is cut, so they cannot crowd out
+        # the others.
+        for ticket_id in await self._deadlines.due(now, skip=self._later):
             try:
                 fired += await self.sweep_ticket(ticket_id, now)
             except Exception:  # one ticket's failure must not stop the others' timers
                 log.exception("sweeping ticket %s failed; retrying later", ticket_id)
-                await self._deadlines.refresh(ticket_id, not_before=now + self._retry)
+                self._later[ticket_id] = now + self._retry
         return fired
 
     async def sweep_ticket(self, ticket_id: str, now: datetime) -> list[Alert]:
-        state = await self._deadlines.state(ticket_id)
+        state = await self._deadlines.state(ticket_id, history=True)
         fired: list[Alert] = []
         deferred = False
         for alert in state.due(now, self._policy):
@@ -146,12 +136,13 @@ class Sweeper:
                     continue
                 await self._claims.complete(alert.alert_id, fired_at=now)
                 fired.append(alert)
-            # Done now or earlier (a crash before the fact was recorded): record the fact.
-            await self._ledger.append(ticket_id, fired_fact(alert, now))
-        await self._deadlines.refresh(ticket_id,
-                                      not_before=now + self._retry if deferred else None)
-        if fired and self._recorded is not None:
-            await self._recorded(ticket_id)
+            # Done now or earlier (a crash before the fact was recorded): record the fact,
+            # whose document carries the ticket's next deadline.
+            entry = await self._ledger.record(ticket_id, fired_fact(alert, now))
+            if self._recorded is not None:
+                await self._recorded(entry)
+        if deferred:
+            self._later[ticket_id] = now + self._retry
         return fired
 
     async def run(self) -> None:

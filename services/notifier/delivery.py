@@ -5,10 +5,11 @@ publishing the customer's ticket updates. A worker per adapter drains its share 
 outbox, so a chat platform that is down, slow or rate-limiting us delays only its own posts —
 never a ticket update, never another adapter.
 
-Idempotent on the post id (derived from the causing event id): enqueueing is an insert keyed
-``<post_id>|<channel>`` and is skipped once that post was sent, and sending is done under a
-fire-once claim of the same key (:mod:`services.notifier.claims`), so a redelivered event, a
-second notifier replica or a restarted worker never double-posts. Retries back off
+Idempotent on the post id (derived from the causing event id): enqueueing is one insert of
+an entry per channel keyed ``<post_id>|<channel>``, and sending is done under a fire-once
+claim of the same key (:mod:`services.notifier.claims`), so a redelivered event (its post
+queued again and dropped by the worker), a second notifier replica or a restarted worker
+never double-posts. Retries back off
 exponentially and honour the platform's ``retry_after``; after ``attempts`` tries the post
 goes back to the outbox for a later round, after ``rounds`` rounds it is given up (logged).
 """
@@ -35,7 +36,7 @@ from services.notifier.bots.base import (
     RateLimited,
     Sent,
 )
-from services.notifier.claims import Claims
+from services.notifier.claims import Claims, insert_new
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +99,17 @@ class Outbox:
     async def enqueue(self, post: ChatPost, *, channels: Sequence[ChatChannel] | None = None
                       ) -> None:
         now = self._clock()
-        for channel in channels or self.channels:
-            if channel not in self._wake:
-                continue
-            key = _key(post.post_id, channel)
-            if await self.sent_claims.get(key) is not None:
-                continue  # already sent (or being sent): a redelivery must not post again
-            with contextlib.suppress(DuplicateKeyError):
-                await self._outbox.insert_one({"_id": key, "channel": channel,
-                                               "post": post.to_document(), "rounds": 0,
-                                               "enqueued_at": now, "next_attempt_at": now})
+        targets = [c for c in channels or self.channels if c in self._wake]
+        if not targets:
+            return
+        # One insert for every channel, and no look at what was sent (a collection that
+        # grows with history): a redelivered event's post, already sent, is queued again
+        # and dropped by the worker, whose send claim says "done" (DeliveryWorker.deliver).
+        document = post.to_document()
+        await insert_new(self._outbox, [
+            {"_id": _key(post.post_id, channel), "channel": channel, "post": document,
+             "rounds": 0, "enqueued_at": now, "next_attempt_at": now} for channel in targets])
+        for channel in targets:
             self._wake[channel].set()
 
     async def due(self, channel: ChatChannel, now: datetime, *, limit: int = 50

@@ -6,13 +6,14 @@ For every consumed event, in this order:
    redelivery re-publishes the same ids. A new ticket's acknowledgement goes first of all:
    it is the initial response the customer waits for;
 2. the event's fact in the ticket's ledger (:mod:`.ledger`), from which clocks and pages are
-   computed;
+   computed; its one insert also carries the ticket's next deadline and board entry
+   (:mod:`.views`), and returns the history just before and after it, so nothing here
+   reads the history back;
 3. pages for engineers (a new ticket, a manual step, a hardware escalation) into the chat
    outbox, and pages the automation no longer needs resolved (compare-and-set against an
    engineer's ack, :mod:`.acks`);
-4. the ticket's deadline hint refreshed (:mod:`.deadlines`);
-5. the open-ticket board and the domain metrics (:mod:`.metrics`), last: a failure there is
-   logged, never allowed to fail the event.
+4. the domain metrics (:mod:`.metrics`), last: a failure there is logged, never allowed to
+   fail the event.
 
 Chat is only ever *enqueued* here (:mod:`.delivery`): a chat platform that is down never
 delays a ticket update. For every due alert (the sweeper calls :meth:`Notifier.fire`):
@@ -54,17 +55,17 @@ from services.notifier.bots.base import ChatAction, ChatPost, Mention
 from services.notifier.deadlines import Deadlines, FireResult
 from services.notifier.delivery import Outbox
 from services.notifier.ids import derived_id
-from services.notifier.ledger import TicketLedger
+from services.notifier.ledger import Recorded, TicketLedger
 from services.notifier.metrics import TicketProjection
 from services.notifier.sla import (
     Alert,
-    Fact,
     FactKind,
     Page,
     PageKind,
     SlaPolicy,
     TicketState,
     fact_of,
+    fold,
     timeline_extension,
 )
 from services.notifier.templates import chat
@@ -132,19 +133,17 @@ class Notifier:
             event, initial_response_minutes=minutes))
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        """Record an event's fact, page engineers, refresh its deadline, and tell the
-        customer what this step means for them (idempotent: every effect is keyed by the
+        """Record an event's fact (with the deadline it leads to), page engineers, and tell
+        the customer what this step means for them (idempotent: every effect is keyed by the
         event). A new ticket's and a refused request's updates are :meth:`acknowledge`'s."""
         p = self.parts
         fact = fact_of(event)
         if fact is None:
             return
-        # A new revision cannot extend a timeline: skip the read on the hot path.
-        before = None if isinstance(event, TicketSubmitted) else \
-            await p.deadlines.state(event.ticket_id)
-        recorded = await p.ledger.append(event.ticket_id, fact)
-        after = await p.deadlines.state(event.ticket_id)
-        if before is not None:
+        recorded = await p.ledger.record(event.ticket_id, fact)
+        before = fold(event.ticket_id, recorded.before, p.policy)
+        after = fold(event.ticket_id, recorded.after, p.policy)
+        if not isinstance(event, TicketSubmitted):  # a new revision cannot extend a timeline
             language = after.language or await self._language(event.ticket_id)
             await self._publish_updates(event, delivery, customer_updates(
                 event, language=language, extended_to=timeline_extension(before, after)))
@@ -157,8 +156,7 @@ class Notifier:
                 await self._open_page(event, "hardware", chat.hardware(event))
             case ManualStepCompleted():
                 await self._step_reported(event)
-        await self._resolve_closed(after, fact, event)
-        await p.deadlines.refresh(event.ticket_id)
+        await self._resolve_closed(recorded, before, after, event)
         await self._project(event, recorded)
 
     async def _publish_updates(self, cause: Event, delivery: Delivery,
@@ -212,15 +210,23 @@ class Notifier:
             post_id=f"{page.post_id}:reported", ticket_id=page.ticket_id, page_id=page.page_id,
             text=self.parts.redact(text), edit_of=page.post_id))
 
-    async def _resolve_closed(self, after: TicketState, fact: Fact, event: Event) -> None:
+    async def _resolve_closed(self, recorded: Recorded, before: TicketState,
+                              after: TicketState, event: Event) -> None:
         """Pages the automation no longer needs: close them unless an engineer acknowledged
         first. Events race across topics, so the fact that resolves a page may be recorded
         before the page's own; whichever of the two is handled second does the closing."""
+        fact = recorded.fact
         for page in after.pages:
             if page.closed_by != "resolved" or page.closed_cause is None:
                 continue
             closed_here = page.closed_cause == fact.kind and page.closed_at == fact.at
             if not closed_here and page.page_id != fact.fact_id:
+                continue
+            earlier = before.page(page.page_id)
+            if recorded.recorded and earlier is not None and not earlier.open:
+                # Already closed before this append (an earlier fact arriving late only
+                # moved the cause): its closing was done then. A redelivery (nothing
+                # recorded) still tries, for a handler that died before closing it.
                 continue
             record = await self.parts.pages.get(page.page_id)
             if record is not None:
@@ -278,24 +284,24 @@ class Notifier:
             occurred_at=now))
         return "fired"
 
-    async def recorded(self, ticket_id: str) -> None:
+    async def recorded(self, entry: Recorded) -> None:
         """After the sweeper recorded what it fired: a "queued" update answered a clock, so
-        the board (at-risk gauge) and the initial-response milestone move now, not at the
-        ticket's next event."""
+        the initial-response milestone counts now, not at the ticket's next event (the
+        board moved with the fact's own document)."""
         if self.parts.projection is None:
             return
         try:
-            await self.parts.projection.refresh_ticket(ticket_id)
-        except Exception:  # the next event or sweep of the ticket refreshes it
-            log.exception("metrics projection failed for ticket %s", ticket_id)
+            await self.parts.projection.count_milestones(entry)
+        except Exception:  # a lost count, never a lost update
+            log.exception("metrics projection failed for ticket %s", entry.ticket_id)
 
     # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
 
-    async def _project(self, event: Event, recorded: bool) -> None:
+    async def _project(self, event: Event, recorded: Recorded) -> None:
         if self.parts.projection is None:
             return
         try:
-            await self.parts.projection.observe(event, recorded=recorded)
+            await self.parts.projection.observe(event, recorded)
         except Exception:  # the next event of the ticket refreshes it
             log.exception("metrics projection failed for ticket %s", event.ticket_id)
 

@@ -11,10 +11,14 @@ notifier replicas run:
   id is the once-only guarantee;
 - **milestones** read off the folded SLA state (a clock stopped, a clock stopped late, a
   page acknowledged): events race across topics, so the fact that completes a milestone may
-  be recorded before the fact that starts it, and two handlers may both see it. Each
-  milestone has a ticket-scoped key, inserted into ``notifier_metric_marks`` before it is
-  counted: the unique ``_id`` lets exactly one counter win (the compare-and-set of
-  :mod:`.claims`). The sweeper's SLA alerts use their alert id the same way;
+  be recorded before the fact that starts it. A milestone is counted by the append that
+  made it appear: the ledger's append returns the ticket's facts just before and just after
+  it, exact across replicas (:mod:`.ledger`), so exactly one append sees a given milestone
+  appear, without a store round trip. A clock stopped *late* shares its key with the
+  sweeper's breach alert, which may have counted it already: that one, and the sweeper's
+  SLA alerts, are counted once by inserting their key into ``notifier_metric_marks`` (the
+  unique ``_id`` lets exactly one counter win: the compare-and-set of :mod:`.claims`), a
+  rare path;
 - **gauges** (open tickets by state and age, pages waiting, overdue clocks) read from the
   open-ticket board (:mod:`.board`) every ``NOTIFIER_METRICS_REFRESH_S``: durable state, so
   they survive restarts; every replica reports the same values (aggregate with ``max``).
@@ -46,6 +50,7 @@ from schemas.events import (
     InterventionStarted,
 )
 from services.notifier.board import PHASES, BoardEntry, TicketBoard
+from services.notifier.ledger import Recorded
 from services.notifier.sla import (
     Alert,
     Fact,
@@ -53,6 +58,7 @@ from services.notifier.sla import (
     SlaClock,
     SlaPolicy,
     TicketState,
+    fold,
     sla_alert_id,
 )
 
@@ -278,6 +284,10 @@ class NotifierMetrics:
             meter.create_observable_gauge(name, callbacks=[callback], unit=unit,
                                           description=description)
 
+    @property
+    def policy(self) -> SlaPolicy:
+        return self._policy
+
     # -- recorded ------------------------------------------------------------------------------
 
     def event(self, event: Event, *, category: str) -> None:
@@ -360,7 +370,7 @@ class NotifierMetrics:
 
 
 class TicketProjection:
-    """Keeps the board and the metrics up to date as the notifier handles events."""
+    """Counts what the notifier's appends make happen; reads the board for the gauges."""
 
     def __init__(self, *, db: AsyncDatabase[dict[str, Any]], board: TicketBoard,
                  metrics: NotifierMetrics, clock: Clock, collection: str = MARKS,
@@ -372,20 +382,26 @@ class TicketProjection:
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
 
-    async def observe(self, event: Event, *, recorded: bool) -> None:
-        """After the handler recorded ``event``'s fact (``recorded``: this call added it)."""
-        facts = await self.refresh_ticket(event.ticket_id)
-        if recorded:
-            self.metrics.event(event, category=category_of(facts, event.revision))
+    async def observe(self, event: Event, entry: Recorded) -> None:
+        """After the handler's append of ``event``'s fact (a redelivery's changes nothing)."""
+        if entry.recorded:
+            self.metrics.event(event, category=category_of(entry.after, event.revision))
+        await self.count_milestones(entry)
 
-    async def refresh_ticket(self, ticket_id: str) -> Sequence[Fact]:
-        """Rewrite the ticket's board entry and count the milestones it shows (after an
-        event, or after the sweeper recorded an alert that answers a clock)."""
-        facts, state = await self.board.refresh(ticket_id)
-        for milestone in milestones(ticket_id, facts, state):
-            if await self._once(milestone.key):
+    async def count_milestones(self, entry: Recorded) -> None:
+        """Count what an append made appear (nothing, when it recorded nothing): after an
+        event, or after the sweeper recorded an alert that answers a clock."""
+        if not entry.recorded:
+            return
+        ticket_id, policy = entry.ticket_id, self.metrics.policy
+        before = {m.key for m in milestones(ticket_id, entry.before,
+                                            fold(ticket_id, entry.before, policy))}
+        for milestone in milestones(ticket_id, entry.after,
+                                    fold(ticket_id, entry.after, policy)):
+            if milestone.key in before:
+                continue
+            if milestone.kind != "clock_late" or await self._once(milestone.key):
                 self.metrics.milestone(milestone)
-        return facts
 
     async def alert_fired(self, alert: Alert) -> None:
         if await self._once(alert.alert_id):

@@ -19,6 +19,11 @@ SLA and escalation:
   tier after this many minutes, and again after each further interval until acknowledged.
 - ``NOTIFIER_ESCALATION_TIERS`` = 3: the highest tier; later escalations repeat it.
 - ``NOTIFIER_SWEEP_INTERVAL_S`` = 1.0: how often due deadlines are swept.
+- ``NOTIFIER_ARCHIVE_AFTER_S`` = 60: a ticket with nothing open (no running clock, no
+  waiting page) leaves the in-flight facts for the archive this long after its last fact,
+  so the hot collection holds in-flight tickets only (:mod:`services.notifier.archive`);
+  stragglers of its events arriving within it find the ticket live.
+- ``NOTIFIER_ARCHIVE_INTERVAL_S`` = 10: how often finished tickets are moved.
 - ``NOTIFIER_CLAIM_LEASE_S`` = 60: a claim (a deadline firing, an ack being published, a chat
   post being sent) older than this whose owner never finished is taken over.
 
@@ -86,6 +91,8 @@ class NotifierSettings(RuntimeSettings):
     notifier_escalation_tiers: int = Field(default=3, ge=1, le=10)
     notifier_sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
     notifier_claim_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    notifier_archive_after_s: float = Field(default=60.0, ge=0, le=86_400)
+    notifier_archive_interval_s: float = Field(default=10.0, gt=0, le=3600)
 
     notifier_delivery_attempts: int = Field(default=5, ge=1, le=20)
     notifier_delivery_backoff_s: float = Field(default=0.5, ge=0, le=60)

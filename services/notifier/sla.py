@@ -75,6 +75,7 @@ FactKind = Literal[
     "alert_fired",
     "queued",
     "queued_notice",
+    "restored",  # the ledger's marker: an archived history was joined back (no clock moves)
 ]
 PageKind = Literal["new_ticket", "manual_step", "hardware"]
 AlertKind = Literal["sla_warning", "sla_breach", "escalation", "queued_notice"]

@@ -20,8 +20,8 @@ from services.cli.stuck import find_stalled_handoffs
 from services.intake.outbox import OUTBOX
 from services.intake.outbox import Entry as OutboxEntry
 from services.intake.store import Claim
-from services.notifier.board import COLLECTION as BOARD
 from services.notifier.board import BoardEntry, ClockEntry, to_document
+from services.notifier.ledger import COLLECTION as LEDGER
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,9 @@ async def put_board(db: AsyncDatabase[dict[str, Any]], ticket: str, since: datet
                        clocks=(ClockEntry(name="initial_response", revision=1,
                                           deadline=since + timedelta(minutes=10),
                                           running=True),), queued_at=queued_at)
-    await db[BOARD].insert_one({"_id": ticket, **to_document(entry, facts=1)})
+    # The board entry rides on the ticket's latest fact document (services/notifier/views.py).
+    await db[LEDGER].insert_one({"_id": f"{ticket}#000001", "ticket_id": ticket, "seq": 1,
+                                 "board": to_document(entry, facts=1)})
 
 
 async def test_tickets_waiting_at_each_handoff_are_stuck_after_the_grace_with_who_they_wait_for(
