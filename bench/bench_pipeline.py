@@ -113,22 +113,32 @@ def store_round_trips(services: Sequence[Any]) -> dict[str, dict[str, float]]:
     return counts
 
 
-def cpu_seconds(services: Sequence[Any]) -> dict[str, float]:
-    """User + system CPU seconds used so far by each service process, and by the local
-    stack's Kafka and FerretDB when this machine runs them (from /proc)."""
+def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = ()) -> dict[str, float]:
+    """CPU seconds used so far (user + system, from /proc) by each service process, by the
+    local stack's Kafka and FerretDB when this machine runs them, and, as ``sshd``, by the
+    sshd targets' connection processes (each daemon's reaped children: the logins)."""
     pids = {service.name: service.process.pid for service in services}
     for comp in localstack.infrastructure():
         record = comp.record()
         if record is not None:
             pids[comp.name] = record.pid
     ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int) -> list[str] | None:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+
     used: dict[str, float] = {}
     for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+        fields = stat(pid)
+        if fields is not None:
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    for host in hosts:
+        fields = stat(host.pid) if host.pid else None
+        if fields is not None:
+            used["sshd"] = used.get("sshd", 0.0) + (int(fields[13]) + int(fields[14])) / ticks
     return used
 
 
@@ -227,7 +237,8 @@ def real_parts() -> Iterator[tuple[str, str]]:
 # --- the pipeline ---------------------------------------------------------------------------
 
 
-def request(ticket: str, server: str, account: str, user: targets.ThrowawayUser
+def request(ticket: str, server: str, account: str, user: targets.ThrowawayUser,
+            private_key: str | None = None
             ) -> dict[str, Any]:
     signed = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
     return {
@@ -235,7 +246,8 @@ def request(ticket: str, server: str, account: str, user: targets.ThrowawayUser
         "department": "technical_issues", "channel": "api", "language": "en",
         "server": {"service_id": server}, "category": "diagnostics",
         "description": "Benchmark ticket: please run a health check on this server.",
-        "credentials": {"username": user.name, "password": user.password},
+        "credentials": ({"username": user.name, "private_key": private_key} if private_key
+                        else {"username": user.name, "password": user.password}),
         "authorization": {
             "statement": "I authorize the provider's support to perform OS-level "
                          "intervention on this server.",
@@ -464,6 +476,10 @@ def main() -> None:
                              "which measures throughput; a sustainable rate measures latency "
                              "without queueing)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--account", choices=("password", "key"), default="password",
+                        help="the customer's credential in each ticket: the throwaway "
+                             "account's password (sshd checks its yescrypt hash at every "
+                             "login) or an ed25519 private key")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record each service with py-spy during the burst into DIR and "
                              "print its hottest functions")
@@ -483,6 +499,13 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
     prefix, database = f"bench{run}.", f"bench_{run}"
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run}-"))
     user = targets.ThrowawayUser.create(sudo=True, prefix="ivb")
+    private_key: str | None = None
+    if args.account == "key":
+        import bench_executor
+
+        credential = bench_executor.key_account(user)
+        private_key = credential.private_key.get_secret_value() if hasattr(
+            credential.private_key, "get_secret_value") else str(credential.private_key)
     hosts: list[targets.Sshd] = []
     services: list[Any] = []
     try:
@@ -536,7 +559,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
 
         def sealed(count: int, label: str) -> list[dict[str, Any]]:
             return [seal_request(request(f"BENCH-{run}-{label}{n:05d}",
-                                         f"SRV-BENCH-{run}-{n % len(hosts)}", account, user),
+                                         f"SRV-BENCH-{run}-{n % len(hosts)}", account, user,
+                                         private_key),
                                  recipient=recipient) for n in range(count)]
 
         print(f"warming up ({len(hosts)} tickets) ...", flush=True)
@@ -546,12 +570,12 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         size = statistics.mean(len(json.dumps(t)) for t in tickets)
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
         before = await asyncio.to_thread(store_round_trips, services)
-        cpu_before = cpu_seconds(services)
+        cpu_before = cpu_seconds(services, hosts)
         with profiled(services, args.profile, args.timeout):
             pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout,
                                           args.rate, signer=signer)
         pipeline.cpu = {name: used - cpu_before.get(name, 0.0)
-                        for name, used in cpu_seconds(services).items()}
+                        for name, used in cpu_seconds(services, hosts).items()}
         pipeline.round_trips = round_trip_delta(
             before, await asyncio.to_thread(store_round_trips, services))
         aged: Result | None = None
@@ -616,7 +640,7 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
     arrival = f"{args.rate:g}/s" if args.rate else "all at once"
     print(f"{args.tickets} tickets (~{size / 1024:.1f} KiB each, published {arrival}) on one "
           f"local Kafka broker and FerretDB; executor: no-op runbook, SSH probe against "
-          f"{args.hosts} sshd targets")
+          f"{args.hosts} sshd targets, {args.account} login")
     print(f"{'':34}{'pipeline':>24}{'raw floor':>24}{'ratio':>9}")
     print(f"{'':34}{'p50     p95     p99 ms':>24}{'p50     p95     p99 ms':>24}")
     print(f"{'throughput (tickets/s)':34}{pipeline.throughput:>24.1f}"
