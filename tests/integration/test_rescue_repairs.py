@@ -187,9 +187,11 @@ async def ssh_login(rig: Rig, server: rt.LabServer, ticket_id: str, username: st
     holds that key's private half, so the pin is the server's own key."""
     key = await pinned_host_key(rig, server, ticket_id)
     known = asyncssh.import_known_hosts(f"{server.address} {key}\n")
+    # Generous: on a loaded CI runner the lab server's first login after its reboot (the
+    # first test of the file also built the disk image) took longer than 5 s once.
     async with asyncssh.connect(server.address, username=username, password=password,
                                 known_hosts=known, client_keys=None,
-                                connect_timeout=5) as conn:
+                                connect_timeout=30) as conn:
         return (await conn.run("id -un", check=True)).stdout.strip()  # type: ignore[union-attr]
 
 
