@@ -44,6 +44,7 @@ from services.intake.accounts import AccountMap
 from services.intake.integrations import Integration, IntegrationRegistry
 from services.intake.store import OWNERS
 from services.runtime.audit import AuditLog
+from services.runtime.store_ops import drop_partitions
 
 log = logging.getLogger("intervention.intake.edge")
 
@@ -54,6 +55,11 @@ WEBHOOK_BODIES: Final = "intake_webhook_bodies"
 EDGE_CHAIN_PREFIX: Final = "intake-edge-"
 """Refusals that name no ticket are audited on one chain per day: ``intake-edge-YYYYMMDD``."""
 WEBHOOK_BODY_RETENTION: Final = timedelta(days=8)
+
+
+def _period(suffix: str) -> int | None:
+    """The replay period a collection's suffix names, None for any other collection."""
+    return int(suffix) if suffix.isdigit() else None
 
 
 class EdgeRefusal(Exception):
@@ -156,12 +162,8 @@ class EdgeGuard:
         # more period is kept for the clocks of other intake replicas, which may run behind.
         fresh_from = (int(now.timestamp()) - signing.WINDOW_S) // REPLAY_PERIOD_S - 1
         try:
-            for name in await self._db.list_collection_names():
-                if name == REPLAYS or (
-                        name.startswith(f"{REPLAYS}_")
-                        and name.removeprefix(f"{REPLAYS}_").isdigit()
-                        and int(name.removeprefix(f"{REPLAYS}_")) < fresh_from):
-                    await self._db.drop_collection(name)
+            await drop_partitions(self._db, REPLAYS, _period, fresh_from)
+            await self._db.drop_collection(REPLAYS)  # the legacy single collection
         except Exception:  # noqa: BLE001 - housekeeping; the next period tries again
             log.warning("could not drop intake's expired replay records")
 

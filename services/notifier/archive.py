@@ -33,9 +33,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.notifier.claims import insert_new
 from services.notifier.ledger import TicketLedger, facts_of
 from services.notifier.sla import Fact
+from services.runtime.store_ops import insert_new
 
 log = logging.getLogger(__name__)
 

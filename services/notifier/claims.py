@@ -25,34 +25,19 @@ take-over itself must have one winner).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]
 
 TAKEOVERS = "notifier_claim_takeovers"
-DUPLICATE_KEY = 11000
-
-
-async def insert_new(coll: AsyncCollection[dict[str, Any]],
-                     docs: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``docs`` in one round trip, skipping those whose ``_id`` is already there
-    (a repeat after a redelivery or a crash); any other failure propagates."""
-    try:
-        await coll.insert_many([dict(d) for d in docs], ordered=False)
-    except BulkWriteError as exc:
-        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
-            raise
-
-
 @dataclass(frozen=True, kw_only=True)
 class Claim:
     key: str

@@ -36,7 +36,8 @@ from services.notifier.bots.base import (
     RateLimited,
     Sent,
 )
-from services.notifier.claims import Claims, insert_new
+from services.notifier.claims import Claims
+from services.runtime.store_ops import insert_new
 
 log = logging.getLogger(__name__)
 

@@ -288,30 +288,31 @@ class Notifier:
         """After the sweeper recorded what it fired: a "queued" update answered a clock, so
         the initial-response milestone counts now, not at the ticket's next event (the
         board moved with the fact's own document)."""
-        if self.parts.projection is None:
-            return
-        try:
-            await self.parts.projection.count_milestones(entry)
-        except Exception:  # a lost count, never a lost update
-            log.exception("metrics projection failed for ticket %s", entry.ticket_id)
+        # A lost count, never a lost update.
+        await self._count(lambda p: p.count_milestones(entry),
+                          "metrics projection failed for ticket %s", entry.ticket_id)
 
     # -- metrics: never allowed to fail or delay what the customer and the engineers see ------
 
-    async def _project(self, event: Event, recorded: Recorded) -> None:
+    async def _count(self, call: Callable[[TicketProjection], Awaitable[None]],
+                     failure: str, *args: object) -> None:
+        """Run one metrics call on the projection, if any; a failure is logged, never
+        raised (a lost count, never a lost update, alert or event)."""
         if self.parts.projection is None:
             return
         try:
-            await self.parts.projection.observe(event, recorded)
-        except Exception:  # the next event of the ticket refreshes it
-            log.exception("metrics projection failed for ticket %s", event.ticket_id)
+            await call(self.parts.projection)
+        except Exception:
+            log.exception(failure, *args)
+
+    async def _project(self, event: Event, recorded: Recorded) -> None:
+        # The next event of the ticket refreshes it.
+        await self._count(lambda p: p.observe(event, recorded),
+                          "metrics projection failed for ticket %s", event.ticket_id)
 
     async def _project_alert(self, alert: Alert) -> None:
-        if self.parts.projection is None:
-            return
-        try:
-            await self.parts.projection.alert_fired(alert)
-        except Exception:  # a lost count, never a lost alert
-            log.exception("counting alert %s failed", alert.alert_id)
+        await self._count(lambda p: p.alert_fired(alert), "counting alert %s failed",
+                          alert.alert_id)
 
     async def _escalate(self, alert: Alert, now: datetime) -> FireResult:
         page = alert.page

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,9 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
+
+from services.runtime.store_ops import drop_partitions, insert_new, partitions
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ COLLECTION = "processed_events"
 RETENTION_ENV = "PROCESSED_EVENTS_RETENTION_DAYS"
 DEFAULT_RETENTION = timedelta(days=8)
 DEFAULT_PRUNE_EVERY = timedelta(hours=1)
-_DUPLICATE_KEY = 11000
 
 Document = dict[str, Any]
 Committed = Callable[[str, int], Awaitable[int | None]]
@@ -75,6 +75,16 @@ def _doc_id(consumer: str, key: str) -> str:
 
 def _done_id(doc_id: str) -> str:
     return doc_id + _DONE
+
+
+def _day(suffix: str) -> date | None:
+    """The day a partition's suffix (``YYYYMMDD``) names, None for any other collection."""
+    if len(suffix) != 8 or not suffix.isdigit():
+        return None
+    try:
+        return datetime.strptime(suffix, "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def retention_from_env(default: timedelta = DEFAULT_RETENTION) -> timedelta:
@@ -115,7 +125,6 @@ class ProcessedEvents:
     ) -> None:
         self._db = db
         self._base = collection
-        self._pattern = re.compile(rf"^{re.escape(collection)}_(\d{{8}})$")
         # Must outlive the topics' retention, or a redelivered message would run again.
         self.retention = retention if retention is not None else retention_from_env()
         self.prune_every = prune_every
@@ -158,7 +167,7 @@ class ProcessedEvents:
                  "ticket_id": item.ticket_id, "at": now, "source": _source(item)}
                 for item in first.values()]
         refused = set().union(*await asyncio.gather(
-            *(self._insert_new(self._partition(day), docs) for day in recent)))
+            *(insert_new(self._partition(day), docs) for day in recent)))
         # A message older than the partitions just written may have been begun before them.
         oldest = datetime.combine(recent[-1], datetime.min.time(), UTC)
         older = [item.key for item in first.values()
@@ -202,21 +211,6 @@ class ProcessedEvents:
         # committed: either way the handler runs again, idempotently, rather than lose it.
         return position is not None and offset < position
 
-    @staticmethod
-    async def _insert_new(partition: AsyncCollection[Document], docs: list[Document]
-                          ) -> set[str]:
-        """Insert ``docs`` (unordered, one round trip); the ``_id`` of each refused as a
-        duplicate."""
-        try:
-            await partition.insert_many([dict(d) for d in docs], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
-            if others:
-                raise
-            return {str(docs[int(e["index"])]["_id"]) for e in errors}
-        return set()
-
     async def _find(self, days: Iterable[date], ids: list[str]) -> list[Document]:
         found: list[Document] = []
         for day in days:
@@ -229,7 +223,7 @@ class ProcessedEvents:
         docs = [{"_id": _done_id(_doc_id(consumer, key)), "consumer": consumer, "key": key,
                  "at": now} for key in dict.fromkeys(keys)]
         if docs:
-            await self._insert_new(self._partition(self._days_back(now)[0]), docs)
+            await insert_new(self._partition(self._days_back(now)[0]), docs)
 
     async def forget(self, consumer: str, key: str) -> None:
         """Remove ``key``'s begun mark (a dead-lettered message: the same event sent again
@@ -258,24 +252,12 @@ class ProcessedEvents:
     # -- retention -------------------------------------------------------------------------------
 
     async def partitions(self) -> list[tuple[date, str]]:
-        names = await self._db.list_collection_names()
-        days = []
-        for name in names:
-            match = self._pattern.match(name)
-            if match:
-                days.append((datetime.strptime(match.group(1), "%Y%m%d").date(), name))
-        return sorted(days)
+        return await partitions(self._db, self._base, _day)
 
     async def prune(self, *, now: datetime | None = None) -> int:
         """Drop the partitions wholly older than ``retention`` before ``now``; how many."""
-        keep = set(self._days_back(now or self._clock()))
-        oldest = min(keep)
-        dropped = 0
-        for day, name in await self.partitions():
-            if day < oldest:
-                await self._db.drop_collection(name)
-                dropped += 1
-        return dropped
+        oldest = min(self._days_back(now or self._clock()))
+        return await drop_partitions(self._db, self._base, _day, oldest)
 
     async def prune_if_due(self) -> int | None:
         """Prune when this process has not tried for ``prune_every``. Returns how many

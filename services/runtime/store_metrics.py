@@ -22,9 +22,12 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from pymongo import monitoring
 
-__all__ = ["ROUND_TRIPS_METRIC", "StoreRoundTrips"]
+__all__ = ["ROUND_TRIPS_METRIC", "RUNTIME_COLLECTIONS", "StoreRoundTrips", "own_round_trips"]
 
 ROUND_TRIPS_METRIC = "intervention.store.round_trips"
+# What the shared runtime writes for every service (idempotency marks, audit chains), by
+# collection-name prefix; "-" is database-wide housekeeping (the hourly partition drop).
+RUNTIME_COLLECTIONS = ("processed_events", "audit")
 
 # Sent by the driver itself (connection set-up, monitoring), never by our code.
 _DRIVER_COMMANDS = frozenset({"hello", "ismaster", "isMaster", "saslStart", "saslContinue",
@@ -74,3 +77,9 @@ class StoreRoundTrips(monitoring.CommandListener):
 
     def total(self) -> int:
         return sum(self.totals.values())
+
+
+def own_round_trips(totals: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """``totals`` without the shared runtime's: what a service's own code cost."""
+    return Counter({key: n for key, n in totals.items()
+                    if key[1] != "-" and not key[1].startswith(RUNTIME_COLLECTIONS)})

@@ -57,6 +57,7 @@ from services.runtime.keys import (
     load_sealing_public,
     load_signing_key,
 )
+from services.runtime.store_metrics import own_round_trips
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, setup_telemetry
 
 pytestmark = pytest.mark.integration
@@ -563,9 +564,6 @@ async def test_an_interrupted_step_that_cannot_be_repeated_goes_to_an_engineer(
 
 # Written by others' code on every ticket (the audit log's chain, the consumer's dedupe
 # marks) and counted in their own budgets (issue 17).
-# The shared runtime's: audit, idempotency marks, and database-wide housekeeping (the hourly
-# listCollections that drops old mark partitions, "-" in the counter).
-NOT_THE_EXECUTORS = frozenset({"audit", "audit_heads", "processed_events_{day}", "-"})
 # Accept, access decision, announce, journal and complete, archive: see the test below.
 EXECUTOR_ROUND_TRIPS_PER_TICKET = 10
 
@@ -601,7 +599,7 @@ async def one_ticket_counted(rig: Rig, mongo_client: Any,
 async def test_one_ticket_costs_a_handful_of_executor_store_round_trips(
         rig: Rig, mongo_client: Any) -> None:
     _, spent = await one_ticket_counted(rig, mongo_client)
-    mine = {key: n for key, n in spent.items() if key[1] not in NOT_THE_EXECUTORS}
+    mine = own_round_trips(spent)
     print("executor round trips for one diagnostics ticket:", sorted(mine.items()))
     # The 15 read-only diagnostics steps cost nothing of their own: a step journalled done
     # goes with the next write. What is left: claim (ticket record + claim), the access

@@ -9,7 +9,6 @@ and cut elsewhere; what is bounded here is the notifier's own bookkeeping.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from schemas import TicketSubmitted, TicketUpdated, topic_for
 from services.notifier.app import CONSUMED
 from services.notifier.ledger import ARCHIVE, COLLECTION
 from services.runtime.idempotency import ProcessedEvents
+from services.runtime.store_metrics import own_round_trips
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,6 @@ TICKETS = 8
 # Each lifecycle (new ticket, automated start, completion): one fact insert per event, the
 # new-ticket page, and the claim that resolves it when the automation takes the ticket.
 BOUND_PER_TICKET = 6
-SHARED = ("processed_events", "audit")  # the runtime's, not the notifier's
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +49,6 @@ async def settings(kafka_bootstrap: str, topic_prefix: str, real_parts: Any,
                            # The gauges read the board on a timer, not per ticket: once, at
                            # start, here.
                            notifier_metrics_refresh_s=3600)
-
-
-def own(totals: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
-    return Counter({key: n for key, n in totals.items()
-                    if not key[1].startswith(SHARED)})
 
 
 async def handled(stack: Stack, events: list[Any]) -> None:
@@ -108,7 +102,7 @@ async def test_a_ticket_lifecycle_costs_the_notifier_a_handful_of_store_round_tr
         before = totals.copy()
         await lifecycles(stack, TICKETS, clock.now)
         whole = totals - before
-        spent = own(whole)
+        spent = own_round_trips(whole)
     per_ticket = sum(spent.values()) / TICKETS
     print(f"notifier round trips per ticket: {per_ticket:.2f} of its own, "
           f"{sum(whole.values()) / TICKETS:.2f} with the runtime's: "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.executor.ssh import _ShellGone, _until
+from services.executor.command_shell import ShellGone, _until
 
 MARK = b"\n" + b"f" * 32
 
@@ -48,5 +48,5 @@ async def test_output_that_only_resembles_the_marker_is_kept() -> None:
 @pytest.mark.parametrize("stream", [b"cut off", b"x" + MARK + b" 1", b"x" + MARK + b" no\n"])
 async def test_a_stream_that_ends_early_or_breaks_the_protocol_is_a_gone_shell(
         stream: bytes) -> None:
-    with pytest.raises(_ShellGone):
+    with pytest.raises(ShellGone):
         await _until(Chunks(stream), MARK + b" ")  # type: ignore[arg-type]
