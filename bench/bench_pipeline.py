@@ -90,9 +90,12 @@ class Percentiles:
                 f"{self.at(0.99) * 1000:7.0f}")
 
 
-def store_round_trips(services: Sequence[Any]) -> dict[str, dict[str, float]]:
-    """Each service's ``intervention.store.round_trips`` counter, from its /metrics, by
-    ``operation collection`` (services.runtime.store_metrics)."""
+def store_round_trips(services: Sequence[Any],
+                      series: str = "intervention_store_round_trips_total"
+                      ) -> dict[str, dict[str, float]]:
+    """Each service's ``intervention.store.round_trips`` counter (or, with ``series``
+    ``db_client_operation_duration_seconds_sum``, the seconds those commands took), from
+    its /metrics, by ``operation collection`` (services.runtime.store_metrics)."""
     import urllib.request
 
     counts: dict[str, dict[str, float]] = {}
@@ -102,7 +105,7 @@ def store_round_trips(services: Sequence[Any]) -> dict[str, dict[str, float]]:
             text = resp.read().decode()
         mine = counts.setdefault(service.name, {})
         for line in text.splitlines():
-            if not line.startswith("intervention_store_round_trips_total{"):
+            if not line.startswith(series + "{"):
                 continue
             labels, value = line.rsplit(" ", 1)
             attrs = dict(part.split("=", 1) for part in
@@ -205,10 +208,13 @@ class Result:
     stages: dict[str, Percentiles] = field(default_factory=dict)
     # Store round trips the burst cost, per service and "operation collection".
     round_trips: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Seconds those commands took (client side: the wire and the store), the same way.
+    store_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     # CPU seconds the burst cost, per process (services, Kafka, FerretDB).
     cpu: dict[str, float] = field(default_factory=dict)
 
 
+STORE_SECONDS = "db_client_operation_duration_seconds_sum"
 STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
           "InterventionCompleted:", "TicketUpdated:completion")
 
@@ -570,6 +576,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         size = statistics.mean(len(json.dumps(t)) for t in tickets)
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
         before = await asyncio.to_thread(store_round_trips, services)
+        seconds_before = await asyncio.to_thread(store_round_trips, services, STORE_SECONDS)
         cpu_before = cpu_seconds(services, hosts)
         with profiled(services, args.profile, args.timeout):
             pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout,
@@ -578,6 +585,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
                         for name, used in cpu_seconds(services, hosts).items()}
         pipeline.round_trips = round_trip_delta(
             before, await asyncio.to_thread(store_round_trips, services))
+        pipeline.store_seconds = round_trip_delta(
+            seconds_before, await asyncio.to_thread(store_round_trips, services, STORE_SECONDS))
         aged: Result | None = None
         if args.history:
             print(f"history: {args.history} finished tickets into the same store ...",
@@ -662,6 +671,13 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
         for name, ops in sorted(pipeline.round_trips.items()):
             top = sorted(ops.items(), key=lambda item: -item[1])[:8]
             print(f"  {name}: " + ", ".join(f"{what} {n / args.tickets:.2f}" for what, n in top))
+    if pipeline.store_seconds:
+        spent = sorted(((f"{name}: {what}", n) for name, ops in pipeline.store_seconds.items()
+                        for what, n in ops.items()), key=lambda item: -item[1])
+        total = sum(n for _, n in spent)
+        print(f"store time per ticket (ms, as the services waited for it): "
+              f"{total / args.tickets * 1000:.1f} in all; most: " + ", ".join(
+                  f"{what} {n / args.tickets * 1000:.1f}" for what, n in spent[:10]))
     if pipeline.cpu:
         print("CPU per ticket (ms): " + ", ".join(
             f"{name} {used / args.tickets * 1000:.1f}"

@@ -22,9 +22,14 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from pymongo import monitoring
 
-__all__ = ["ROUND_TRIPS_METRIC", "RUNTIME_COLLECTIONS", "StoreRoundTrips", "own_round_trips"]
+__all__ = ["DURATION_METRIC", "ROUND_TRIPS_METRIC", "RUNTIME_COLLECTIONS", "StoreRoundTrips",
+           "own_round_trips"]
 
 ROUND_TRIPS_METRIC = "intervention.store.round_trips"
+# OpenTelemetry's database client convention: how long each command took, on the wire and
+# in the store. Where a round trip's cost is, not only how many there are: on FerretDB an
+# update scans its whole collection, a find by ``_id`` alone does not.
+DURATION_METRIC = "db.client.operation.duration"
 # What the shared runtime writes for every service (idempotency marks, audit chains), by
 # collection-name prefix; "-" is database-wide housekeeping (the hourly partition drop).
 RUNTIME_COLLECTIONS = ("processed_events", "audit")
@@ -52,13 +57,19 @@ class StoreRoundTrips(monitoring.CommandListener):
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self.totals: Counter[tuple[str, str]] = Counter()
+        self.seconds: Counter[tuple[str, str]] = Counter()
+        self._started: dict[tuple[int, Any], tuple[str, str]] = {}
         self._counter = None
+        self._duration = None
         if meter_provider is not None:
             meter = meter_provider.get_meter("intervention.store")
             self._counter = meter.create_counter(
                 ROUND_TRIPS_METRIC, unit="{round_trip}",
                 description="Commands sent to the store (one round trip each), by "
                             "operation and collection.")
+            self._duration = meter.create_histogram(
+                DURATION_METRIC, unit="s",
+                description="How long each store command took, by operation and collection.")
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
@@ -66,14 +77,26 @@ class StoreRoundTrips(monitoring.CommandListener):
             return
         collection = _collection(name, event.command)
         self.totals[(name, collection)] += 1
+        self._started[(event.request_id, event.connection_id)] = (name, collection)
         if self._counter is not None:
             self._counter.add(1, {"db.operation.name": name, "db.collection.name": collection})
 
+    def _finished(self, event: monitoring.CommandSucceededEvent | monitoring.CommandFailedEvent
+                  ) -> None:
+        key = self._started.pop((event.request_id, event.connection_id), None)
+        if key is None:
+            return
+        seconds = event.duration_micros / 1e6
+        self.seconds[key] += seconds
+        if self._duration is not None:
+            self._duration.record(seconds, {"db.operation.name": key[0],
+                                            "db.collection.name": key[1]})
+
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        return None
+        self._finished(event)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        return None
+        self._finished(event)
 
     def total(self) -> int:
         return sum(self.totals.values())
