@@ -116,6 +116,11 @@ async def _claims(db: Db, *, include_finished: bool) -> list[str]:
     docs = {str(doc["_id"]): doc for name in collections async for doc in db[name].find({})}
     rows = []
     store = ClaimStore(db)
+    # Claims waiting for a worker are in the claim queue, not in flight yet.
+    for claim_id, partition in sorted((await store.queued_claim_ids()).items()):
+        queued = await db[partition].find_one({"_id": claim_id}) or {}
+        rows.append(f"{claim_id}  queued  since {queued.get('created_at')}  "
+                    f"owner {(queued.get('owner') or {}).get('id', '-')}  (in {partition})")
     for _, doc in sorted(docs.items()):
         # The live attempt, owner and lease are in the newest lease document, not the claim.
         claim = await store.get(str(doc["_id"]))

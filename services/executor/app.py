@@ -28,7 +28,7 @@ from faststream import FastStream
 from schemas.events import AuthorizationVerified, ManualStepCompleted
 from schemas.registry import topic_for, topics_produced_by
 from services.executor.claim_integrity import ClaimSealer
-from services.executor.claims import ClaimStore, Owner
+from services.executor.claims import QUEUE_RETENTION_MARGIN, ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
 from services.executor.manual import ManualReports, ManualSteps, ManualSweep
@@ -106,7 +106,10 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
                              produces=topics_produced_by(SERVICE_NAME))
     owner = Owner.this_process()
     sealer = claim_sealer(settings)
-    claims = ClaimStore(runtime.db, sealer)
+    # A queued claim outlives its verdict's age limit (then a run refuses it, on the
+    # record) by a day before its partition may go.
+    claims = ClaimStore(runtime.db, sealer, queue_retention=timedelta(
+        seconds=settings.executor_verdict_max_age_s) + QUEUE_RETENTION_MARGIN)
     vault = MongoCredentialVault(runtime.db,
                                  load_verify_keys(*settings.operator_verify_key_paths))
     manual = ManualSteps(runtime.db, sealer)
@@ -139,7 +142,7 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
                             offer=worker.offer)
     acceptance = Acceptance(
         claims=claims, audit=runtime.audit, verify_keys=verify_keys, owner=owner,
-        offer=worker.offer, lease_s=settings.executor_lease_s,
+        offer=worker.offer, slot=worker.slot, lease_s=settings.executor_lease_s,
         max_age=timedelta(seconds=settings.executor_verdict_max_age_s),
         clock_skew=timedelta(seconds=settings.executor_clock_skew_s), clock=clock,
         announce=QueueNotices(worker=worker, publish=runtime.publish, clock=clock,

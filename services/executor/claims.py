@@ -72,7 +72,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -88,10 +88,27 @@ from services.executor.claim_record import (
     claim_id_for,
 )
 from services.executor.runbooks.results import JournalEntry, LeaseLost
+from services.runtime.store_ops import drop_partitions, insert_new, partitions
 
 T = TypeVar("T")
 __all__ = ["Claim", "ClaimJournal", "ClaimStatus", "ClaimStore", "Owner", "StaleRevision",
            "claim_id_for", "lease_id", "reopen_id"]
+
+
+DAY = "%Y%m%d"
+QUEUE_RETENTION_MARGIN = timedelta(days=1)
+# EXECUTOR_VERDICT_MAX_AGE_S (a day by default) plus the margin
+QUEUE_RETENTION = timedelta(days=1) + QUEUE_RETENTION_MARGIN
+
+
+def _day(suffix: str) -> date | None:
+    """The day a partition's suffix (``YYYYMMDD``) names, None for any other collection."""
+    if len(suffix) != 8 or not suffix.isdigit():
+        return None
+    try:
+        return datetime.strptime(suffix, DAY).replace(tzinfo=UTC).date()
+    except ValueError:
+        return None
 
 
 def lease_id(claim_id: str, attempt: int) -> str:
@@ -157,31 +174,45 @@ class ClaimStore:
     HANDOVERS = "executor_handovers"
 
     LEASES = "executor_claim_leases"
+    QUEUED = "executor_claims_queued"  # + "_YYYYMMDD": claims waiting for a worker
+    DONE = "executor_claims_done"  # + "_YYYYMMDD": queued claims closed for good
 
     FINISHED: tuple[ClaimStatus, ...] = ("finished", "refused")
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]],
-                 sealer: ClaimSealer | None = None) -> None:
+                 sealer: ClaimSealer | None = None, *,
+                 queue_retention: timedelta = QUEUE_RETENTION) -> None:
         # The executor signs what it decides about a claim (claim_integrity); a store
         # without a sealer (the CLI, lease tests) writes unsigned records, which a run refuses.
         self._sealer = sealer
+        self._db = db
         self._claims = db[self.CLAIMS]
         self._archive = db[self.ARCHIVE]
         self._tickets = db[self.TICKETS]
         self._handovers = db[self.HANDOVERS]
         self._leases = db[self.LEASES]
         self._held: dict[tuple[str, str], _Held] = {}
+        self._queue_retention = queue_retention
+        # Queued claims offered to this process's worker -> their queue partition, so
+        # taking one needs no search (made here, or found by the scan or get()).
+        self._queued: dict[str, str] = {}
+
+    @staticmethod
+    def day_of(moment: datetime) -> str:
+        return moment.astimezone(UTC).strftime(DAY)
 
     # --- claiming ----------------------------------------------------------------------
 
     async def create(self, event: AuthorizationVerified, *, verdict_json: str,
                      trace_carrier: Mapping[str, str], owner: Owner, lease_s: float,
-                     ) -> tuple[Claim, bool]:
+                     queued: bool = False) -> tuple[Claim, bool]:
         """Claim the verdict's revision. Returns the claim and whether this call made it;
         :class:`StaleRevision` when a newer revision of the ticket was claimed already.
 
         A ticket's first verdict costs two inserts and no read. Whoever made the claim
         holds its attempt 1 and may run it without reading it back (:meth:`acquire`).
+        ``queued`` (no worker is free for it): the claim goes to today's queue partition
+        instead of ``executor_claims``, and :meth:`acquire` moves it there (module doc).
         """
         claim_id = claim_id_for(event.ticket_id, event.revision)
         now = datetime.now(UTC)
@@ -201,12 +232,15 @@ class ClaimStore:
             "lease_until": lease_until, "attempt": 1, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
+        partition = f"{self.QUEUED}_{self.day_of(now)}"
+        if queued:
+            doc["queued_in"] = partition
         accepted = accepted_record(verdict_json, now)
         seal = self._seal(claim_id, "accepted", accepted)
         if seal:
             doc["seals"] = {"accepted": {**seal, "value": accepted}}
         try:
-            await self._claims.insert_one(doc)
+            await (self._db[partition] if queued else self._claims).insert_one(doc)
         except DuplicateKeyError:
             existing = await self.get(claim_id)
             if existing is None:  # pragma: no cover - archived before it is deleted
@@ -216,6 +250,8 @@ class ClaimStore:
         self._held[(claim_id, owner.id)] = _Held(
             owner_id=owner.id, attempt=1, lease_until=lease_until, lease_s=lease_s,
             doc=doc, lease_docs=False, fresh=True)
+        if queued:
+            self._queued[claim_id] = partition
         return Claim.from_doc(doc), True
 
     def _seal(self, claim_id: str, field: str, value: Any) -> dict[str, str]:
@@ -259,12 +295,123 @@ class ClaimStore:
                 del self._held[key]
 
     async def get(self, claim_id: str) -> Claim | None:
-        """The claim, in flight (with its current lease) or archived."""
+        """The claim, in flight (with its current lease), queued, or archived."""
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is not None:
             return await self._resolve(doc)
+        for partition in await self._queue_partitions():
+            queued = await self._db[partition].find_one({"_id": claim_id})
+            if queued is None:
+                continue
+            if not await self._finished(claim_id, partition):
+                # Taken meanwhile? Then executor_claims has the live copy.
+                doc = await self._claims.find_one({"_id": claim_id})
+                if doc is not None:
+                    return await self._resolve(doc)
+                self._queued[claim_id] = partition
+                return Claim.from_doc(queued)
+            break  # closed for good: the archive has it (written before the delete)
         archived = await self._archive.find_one({"_id": claim_id})
         return Claim.from_doc(archived) if archived is not None else None
+
+    # --- the queue -----------------------------------------------------------------------
+
+    async def _queue_partitions(self) -> list[str]:
+        """The queue partitions, newest first."""
+        return [name for _, name in reversed(await partitions(self._db, self.QUEUED, _day))]
+
+    async def _finished(self, claim_id: str, queued_in: str) -> bool:
+        """Whether the queued claim was closed for good: its done marker, written on or
+        after the day it was queued, exists."""
+        since = _day(queued_in.removeprefix(f"{self.QUEUED}_"))
+        for day, name in reversed(await partitions(self._db, self.DONE, _day)):
+            if since is not None and day < since:
+                break
+            if await self._db[name].find_one({"_id": claim_id}, {"_id": 1}) is not None:
+                return True
+        return False
+
+    async def _mark_done(self, doc: Mapping[str, Any]) -> None:
+        """Before a queued claim leaves ``executor_claims`` for good: its queued copy must
+        never be offered again (the scan and :meth:`acquire` look for this marker)."""
+        if doc.get("queued_in"):
+            done = self._db[f"{self.DONE}_{self.day_of(datetime.now(UTC))}"]
+            await insert_new(done, [{"_id": doc["_id"]}])
+
+    async def _already_closed(self, claim_id: str, queued_in: str) -> bool:
+        """Whether the in-flight copy of a claim that came from the queue is one closed for
+        good: its done marker is there and so is the archived claim. That copy then goes
+        (a copy taken from the queue after the close, or a crash between archiving and
+        deleting). A done marker without the archived claim is a crash between the two:
+        the claim is resumed and closed again."""
+        if not await self._finished(claim_id, queued_in):
+            return False
+        if await self._archive.find_one({"_id": claim_id}, {"_id": 1}) is None:
+            return False
+        await self._claims.delete_one({"_id": claim_id})
+        return True
+
+    async def _take_queued(self, claim_id: str, partition: str, owner: Owner,
+                           held: _Held | None, lease_s: float) -> bool | None:
+        """Move a queued claim into ``executor_claims`` (an insert: a duplicate means it is
+        there already). True: this call put it there; False: it was there; None: it is
+        gone (closed for good, or its partition dropped).
+
+        Its creator puts it there with attempt 1's lease starting now: an insert that
+        succeeds means nobody else has taken it, unless they took it and closed it for
+        good (then the done marker says so, and the copy just made is removed again)."""
+        mine = held is not None and held.fresh and held.doc is not None
+        source = held.doc if mine and held is not None else await self._db[partition].find_one(
+            {"_id": claim_id})
+        if source is None:
+            return None
+        doc = dict(source)
+        now = datetime.now(UTC)
+        if mine:
+            doc["lease_until"] = now + timedelta(seconds=lease_s)
+        try:
+            await self._claims.insert_one(doc)
+        except DuplicateKeyError:
+            if mine:
+                self._held.pop((claim_id, owner.id), None)
+            return False
+        if await self._already_closed(claim_id, partition):
+            self._held.pop((claim_id, owner.id), None)
+            return None
+        if mine and held is not None:
+            held.doc, held.lease_until, held.lease_s = doc, doc["lease_until"], lease_s
+        return True
+
+    async def queued_claim_ids(self) -> dict[str, str]:
+        """The queued claims nobody has taken: claim id -> its queue partition, oldest
+        first. Each is neither in ``executor_claims`` nor closed for good. Read in that
+        order (queue, in flight, done) so a claim taken and closed between the reads is
+        seen in flight or as done, never as waiting."""
+        waiting: dict[str, str] = {}
+        for _, name in await partitions(self._db, self.QUEUED, _day):
+            async for doc in self._db[name].find({}, {"_id": 1}):
+                waiting.setdefault(str(doc["_id"]), name)
+        if not waiting:
+            return waiting
+        taken = {str(doc["_id"]) async for doc in self._claims.find({}, {"_id": 1})}
+        for _, name in await partitions(self._db, self.DONE, _day):
+            taken.update([str(doc["_id"]) async for doc in self._db[name].find({}, {"_id": 1})])
+        return {claim_id: name for claim_id, name in waiting.items() if claim_id not in taken}
+
+    async def drop_old_partitions(self, waiting: Mapping[str, str]) -> int:
+        """Drop queue partitions older than the retention in which nothing waits any more,
+        then the done partitions older than both the retention and every queue partition
+        left (a done marker must outlive the queued copy it stands for)."""
+        cutoff = (datetime.now(UTC) - self._queue_retention).date()
+        still = set(waiting.values())
+        dropped = 0
+        for day, name in await partitions(self._db, self.QUEUED, _day):
+            if day < cutoff and name not in still:
+                await self._db.drop_collection(name)
+                dropped += 1
+        left = [day for day, _ in await partitions(self._db, self.QUEUED, _day)]
+        return dropped + await drop_partitions(self._db, self.DONE, _day,
+                                               min([cutoff, *left]))
 
     async def _resolve(self, doc: Mapping[str, Any]) -> Claim:
         """The claim with its current lease: the newest ``a<n>`` lease document (the claim
@@ -289,8 +436,22 @@ class ClaimStore:
         Insert-wins (module doc): of any number of executors racing for an abandoned claim,
         exactly one inserts the next attempt's lease document. Every successful acquire
         counts an attempt; a claim's creator runs attempt 1 with no round trip at all.
+
+        A queued claim is first moved into ``executor_claims`` (:meth:`_take_queued`); one
+        that came from the queue and is taken over is checked against its done marker,
+        so a copy put back after it was closed for good is never run.
         """
         held = self._held.get((claim_id, owner.id))
+        checked = False  # whether the done marker was looked at after the claim was in flight
+        partition = self._queued.pop(claim_id, None)
+        if partition is not None:
+            taken = await self._take_queued(claim_id, partition, owner, held, lease_s)
+            if taken is None:
+                return None
+            checked = taken
+            held = self._held.get((claim_id, owner.id))
+        elif held is not None and held.doc is not None and held.doc.get("queued_in"):
+            held = None  # made here but not taken from the queue: not runnable as is
         if held is not None and held.fresh and held.doc is not None:
             held.fresh = False
             now = datetime.now(UTC)
@@ -331,10 +492,15 @@ class ClaimStore:
             "$set": {"owner": owner.to_doc(), "lease_until": lease_until},
             "$max": {"attempt": attempt}})
         doc = await self._claims.find_one({"_id": claim_id})
-        if doc is None or doc.get("status", "open") != "open":
-            # Closed by its previous owner between our read and our insert.
+        if doc is None or doc.get("status", "open") != "open" or (
+                not checked and doc.get("queued_in")
+                and await self._already_closed(claim_id, str(doc["queued_in"]))):
+            # Closed by its previous owner between our read and our insert, or a queued
+            # copy put back after it was closed for good (now removed).
             held.closed = True
             self._held.pop((claim_id, owner.id), None)
+            if doc is not None and doc.get("status", "open") == "open":
+                await self._leases.delete_one({"_id": lease_id(claim_id, attempt)})
             return None
         held.doc = dict(doc)
         claim = Claim.from_doc(doc)
@@ -543,13 +709,17 @@ class ClaimStore:
         held.pending.clear()
         held.closed = True
         self._held.pop((claim_id, owner.id), None)
+        await self._mark_done(final)
         await self._put_in_archive(final)
         await self._claims.delete_one({"_id": claim_id})
         if held.lease_docs or held.attempt > 1 or final.get("resumptions"):
-            ids = [lease_id(claim_id, n) for n in range(held.attempt + 1)]
+            ids = [lease_id(claim_id, n) for n in range(1, held.attempt + 1)]
             ids += [reopen_id(claim_id, k) for k in range(1, int(final.get("resumptions")
                                                                   or 0) + 1)]
-            await self._leases.delete_many({"_id": {"$in": ids}})
+            # One id (the common case: attempt 1's renewals) is an _id filter, which
+            # FerretDB scans inside SQLite; ``$in`` is decoded and matched in Go.
+            await self._leases.delete_many(
+                {"_id": ids[0]} if len(ids) == 1 else {"_id": {"$in": ids}})
 
     async def _put_in_archive(self, doc: Mapping[str, Any]) -> None:
         try:
@@ -582,9 +752,11 @@ class ClaimStore:
         return bool(result.matched_count)
 
     async def open_claim_ids(self) -> list[str]:
-        """The claims to run or resume: the open ones of the in-flight collection. Finished
-        claims found there (stored before the archive existed, or left by a crash between
-        archiving and deleting) are moved to the archive on the way."""
+        """The claims to run or resume: the open ones of the in-flight collection, then the
+        queued ones nobody has taken (oldest first). Finished claims found in flight
+        (stored before the archive existed, or left by a crash between archiving and
+        deleting) are moved to the archive on the way, and queue partitions past their
+        retention with nothing waiting are dropped."""
         ids: list[str] = []
         async for doc in self._claims.find({}, {"_id": 1, "status": 1}):
             status = doc.get("status", "open")
@@ -592,12 +764,16 @@ class ClaimStore:
                 ids.append(str(doc["_id"]))
             elif status in self.FINISHED:
                 await self._archive_leftover(str(doc["_id"]))
-        return ids
+        waiting = await self.queued_claim_ids()
+        self._queued.update(waiting)
+        await self.drop_old_partitions(waiting)
+        return ids + list(waiting)
 
     async def _archive_leftover(self, claim_id: str) -> None:
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is None or doc.get("status") not in self.FINISHED:
             return
+        await self._mark_done(doc)
         await self._put_in_archive(doc)
         await self._claims.delete_one({"_id": claim_id})
 

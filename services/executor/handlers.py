@@ -1,8 +1,9 @@
 """The executor's one use case on the bus: accept an AuthorizationVerified, or refuse it.
 
 Accepting is verifying, claiming and queueing — milliseconds, so the consumer commits its
-offset long before any SSH work starts. A claim that must wait for a free worker is
-announced (InterventionQueued, :mod:`.queue_notice`), so the customer hears it is queued.
+offset long before any SSH work starts. A claim no worker is free for is made in the claim
+queue rather than among the runs in flight (:mod:`.claims`), and announced
+(InterventionQueued, :mod:`.queue_notice`), so the customer hears it is queued.
 Everything refused is audited on the ticket it names, with the reason: a forged or altered
 signature, an unknown key, a stale or future-dated verdict, an older revision than one
 already claimed, a second verdict for a revision already claimed, and a replay of a verdict
@@ -11,8 +12,10 @@ already handled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +40,11 @@ Announce = Callable[[AuthorizationVerified, Delivery, str], Awaitable[bool]]
 """Publishes InterventionQueued for an offered claim that waits for a worker."""
 
 
+@contextlib.contextmanager
+def always_free() -> Iterator[bool]:
+    yield True
+
+
 @dataclass(frozen=True, kw_only=True)
 class Acceptance:
     claims: ClaimStore
@@ -49,6 +57,9 @@ class Acceptance:
     clock_skew: timedelta
     clock: Callable[[], datetime] = utc_now
     announce: Announce | None = None
+    # Whether a worker is free for a claim made now (Worker.slot): if not, the claim waits
+    # in the claim queue instead of the collection the runs update.
+    slot: Callable[[], AbstractContextManager[bool]] = always_free
 
     async def accept(self, event: AuthorizationVerified, delivery: Delivery) -> None:
         refusal = check_verdict(event, self.verify_keys, now=self.clock(), max_age=self.max_age,
@@ -56,12 +67,17 @@ class Acceptance:
         if refusal is not None:
             await self.refuse(event, delivery, refusal)
             return
+        with self.slot() as free:
+            await self._claim(event, delivery, queued=not free)
+
+    async def _claim(self, event: AuthorizationVerified, delivery: Delivery, *,
+                     queued: bool) -> None:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # the worker continues this trace, also after a restart
         try:
             claim, created = await self.claims.create(
                 event, verdict_json=encode(event).decode("utf-8"), trace_carrier=carrier,
-                owner=self.owner, lease_s=self.lease_s)
+                owner=self.owner, lease_s=self.lease_s, queued=queued)
         except StaleRevision as stale:
             await self.refuse(event, delivery, Refusal(
                 code="revision_stale",

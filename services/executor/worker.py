@@ -9,6 +9,11 @@ offer, a crash drops the whole queue, and the periodic scan of open claims finds
 At most ``concurrency`` interventions run at once; one ticket's revisions run one after
 another in this process (a customer's follow-up must not race the run it follows up).
 
+The worker also tells the handler whether a claim offered now would start at once
+(:meth:`Worker.slot`): only such a claim goes straight to ``executor_claims``; the others
+wait in the claim queue (:mod:`.claims`), so the collection every run updates holds the
+runs in progress, not the backlog.
+
 The worker also knows its line: which claims wait and since when, how long each run in
 progress has been going and how long the recent runs took. :meth:`Worker.place` gives a
 claim's place for the start estimate (:mod:`.queue_estimate`), and the oldest wait is a
@@ -22,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from services.executor.queue_estimate import QueuePlace
 
@@ -51,6 +56,7 @@ class Worker:
         self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
         self.running = 0
         self.peak = 0  # most interventions seen running at once (tests, metrics)
+        self._promised = 0  # slots handed out by slot() and not yet given back
 
     def offer(self, claim_id: str) -> bool:
         """Queue a claim unless it is already queued or running; never waits."""
@@ -64,6 +70,20 @@ class Worker:
         self._pending.add(claim_id)
         self._waiting[claim_id] = self._monotonic()
         return True
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Whether a claim offered within this block starts at once: a worker is free and
+        not promised to another block. The slot stays promised until the block ends, so
+        handlers accepting concurrently never count the same free worker twice."""
+        free = self.running + self._queue.qsize() + self._promised < self._concurrency
+        if free:
+            self._promised += 1
+        try:
+            yield free
+        finally:
+            if free:
+                self._promised -= 1
 
     @property
     def concurrency(self) -> int:

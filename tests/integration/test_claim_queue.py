@@ -1,0 +1,273 @@
+"""The claim queue on the real FerretDB: queued claims stay out of ``executor_claims``.
+
+Every claim update and delete is a scan of ``executor_claims`` holding FerretDB's single
+write lock, so a claim no worker is free for waits in an insert-only queue partition
+(``executor_claims_queued_YYYYMMDD``) and is moved into ``executor_claims`` by the worker
+that takes it. These tests walk the crash points of that move: a queued claim is never lost
+(redelivery, scan), never run twice (insert-wins materialisation) and never resurrected
+after it was closed for good (the done marker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.executor.claims import ClaimStore, Owner
+from services.executor.runbooks.engine import JournalEntry
+from services.runtime.crypto import PrivateSealingKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "executor"))
+from executor_verdicts import verdict
+
+pytestmark = pytest.mark.integration
+
+Db = AsyncDatabase[dict[str, Any]]
+
+
+@pytest.fixture
+async def db(real_parts: Any, database_name: str, unique: str) -> AsyncIterator[Db]:
+    """A database of its own: the scans here read every queue partition there is."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(real_parts.mongodb_uri,
+                                                                tz_aware=True)
+    name = f"{database_name}_q{unique}"
+    yield client[name]
+    await client.drop_database(name)
+    await client.close()
+
+
+def owner(name: str) -> Owner:
+    # Another machine's process: only an expired lease lets anyone take its claims.
+    return Owner(id=name, host="elsewhere", boot_id="", pid_ns="", pid=1, started="")
+
+
+def event_for(ticket_id: str, revision: int = 1) -> Any:
+    return verdict(signing_key=None, sealing_key=PrivateSealingKey.generate().public,
+                   username="root", password="pw", ticket_id=ticket_id, revision=revision)
+
+
+async def queue(store: ClaimStore, event: Any, who: Owner, lease_s: float = 30) -> Any:
+    claim, created = await store.create(event, verdict_json=event.model_dump_json(),
+                                        trace_carrier={}, owner=who, lease_s=lease_s,
+                                        queued=True)
+    assert created
+    return claim
+
+
+def today_queue() -> str:
+    return f"{ClaimStore.QUEUED}_{ClaimStore.day_of(datetime.now(UTC))}"
+
+
+async def finish(store: ClaimStore, claim_id: str, who: Owner) -> None:
+    await store.record_step(claim_id, who, 0, JournalEntry(name="a", state="changing"))
+    await store.close(claim_id, who, "finished", outcome="resolved")
+
+
+async def test_a_queued_claim_waits_outside_executor_claims_and_its_taker_moves_it_there(
+        db: Db, unique: str) -> None:
+    store, me = ClaimStore(db), owner("creator")
+    claim = await queue(store, event_for(f"T-{unique}"), me, lease_s=1.0)
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
+    queued = await db[today_queue()].find_one({"_id": claim.id})
+    assert queued is not None
+    # Operators and the redelivery path still see it, open, and the scan offers it.
+    seen = await ClaimStore(db).get(claim.id)
+    assert seen is not None
+    assert seen.status == "open"
+    assert claim.id in await ClaimStore(db).open_claim_ids()
+    # Waited longer than its lease: its creator still takes it as attempt 1, the lease
+    # starting when it is moved (nobody else could have taken it before the move).
+    await asyncio.sleep(1.2)
+    taken = await store.acquire(claim.id, me, lease_s=30)
+    assert taken is not None
+    assert taken.attempt == 1
+    live = await db[ClaimStore.CLAIMS].find_one({"_id": claim.id})
+    assert live is not None
+    assert live["lease_until"].replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(seconds=20)
+    # The same signed document, only the lease moved on; the queued copy stays (no delete).
+    assert {k: v for k, v in live.items() if k != "lease_until"} == {
+        k: v for k, v in queued.items() if k != "lease_until"}
+    assert await db[today_queue()].find_one({"_id": claim.id}) is not None
+    # Taken: no longer offered as queued, but as an open claim in flight (once).
+    assert (await ClaimStore(db).open_claim_ids()).count(claim.id) == 1
+    assert claim.id not in await ClaimStore(db).queued_claim_ids()
+
+
+async def test_a_finished_queued_claim_is_never_offered_or_taken_again(
+        db: Db, unique: str) -> None:
+    store, me = ClaimStore(db), owner("creator")
+    claim = await queue(store, event_for(f"T-{unique}"), me)
+    late = ClaimStore(db)  # another executor, whose scan saw the claim still queued
+    assert claim.id in await late.open_claim_ids()
+    assert await store.acquire(claim.id, me, lease_s=30) is not None
+    await finish(store, claim.id, me)
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
+    # Its queued copy is still there, but it is done: the scan does not offer it,
+    assert claim.id not in await ClaimStore(db).open_claim_ids()
+    # the late taker's move finds the done marker and takes the copy back out,
+    assert await late.acquire(claim.id, owner("late"), lease_s=30) is None
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
+    # and the claim reads as finished.
+    final = await ClaimStore(db).get(claim.id)
+    assert final is not None
+    assert final.status == "finished"
+
+
+async def test_a_copy_taken_back_in_after_the_close_is_not_taken_over(
+        db: Db, unique: str) -> None:
+    # The moment between a late move's insert and its done check: a third executor finds
+    # the copy in flight with an old lease.
+    store, me = ClaimStore(db), owner("creator")
+    claim = await queue(store, event_for(f"T-{unique}"), me, lease_s=0.5)
+    assert await store.acquire(claim.id, me, lease_s=30) is not None
+    await finish(store, claim.id, me)
+    copy = await db[today_queue()].find_one({"_id": claim.id})
+    assert copy is not None
+    await asyncio.sleep(0.6)  # the copy's lease (as queued) has run out
+    await db[ClaimStore.CLAIMS].insert_one(copy)
+    third = ClaimStore(db)
+    assert await third.acquire(claim.id, owner("third"), lease_s=30) is None
+    assert await db[ClaimStore.CLAIMS].find_one({"_id": claim.id}) is None
+    assert await db[ClaimStore.LEASES].count_documents({}) == 0
+
+
+async def test_a_queued_claim_is_taken_by_exactly_one_of_many_executors(
+        db: Db, real_parts: Any, unique: str) -> None:
+    creator = ClaimStore(db)
+    claim = await queue(creator, event_for(f"T-{unique}"), owner("crashed"), lease_s=0.5)
+    await asyncio.sleep(0.6)  # the creator died with it queued; its lease ran out
+    clients: list[AsyncMongoClient[dict[str, Any]]] = [
+        AsyncMongoClient(real_parts.mongodb_uri, tz_aware=True) for _ in range(10)]
+    try:
+        stores = [ClaimStore(client[db.name]) for client in clients]
+        for store in stores:
+            assert claim.id in await store.open_claim_ids()
+        taken = await asyncio.gather(*(store.acquire(claim.id, owner(f"taker-{i}"),
+                                                     lease_s=30)
+                                       for i, store in enumerate(stores)))
+    finally:
+        for client in clients:
+            await client.close()
+    winners = [c for c in taken if c is not None]
+    assert len(winners) == 1
+    assert winners[0].attempt == 2
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 1
+
+
+async def test_a_verdict_redelivered_before_its_offset_commit_finds_its_queued_claim(
+        db: Db, unique: str) -> None:
+    # A crash after the queue insert, before the offset commit: the verdict comes again.
+    event = event_for(f"T-{unique}")
+    await queue(ClaimStore(db), event, owner("crashed"), lease_s=0.5)
+    restarted = ClaimStore(db)
+    again, created = await restarted.create(event, verdict_json=event.model_dump_json(),
+                                            trace_carrier={}, owner=owner("restarted"),
+                                            lease_s=30, queued=True)
+    assert (created, again.status) == (False, "open")
+    await asyncio.sleep(0.6)
+    taken = await restarted.acquire(again.id, owner("restarted"), lease_s=30)
+    assert taken is not None
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 1
+
+
+async def test_a_claim_moved_by_an_executor_that_then_crashed_is_taken_over_once(
+        db: Db, unique: str) -> None:
+    # A crash between the move into executor_claims and the first lease document.
+    crashed, me = ClaimStore(db), owner("crashed")
+    claim = await queue(crashed, event_for(f"T-{unique}"), me, lease_s=0.5)
+    assert await crashed.acquire(claim.id, me, lease_s=0.5) is not None
+    await asyncio.sleep(0.6)
+    other = ClaimStore(db)
+    assert (await other.open_claim_ids()).count(claim.id) == 1
+    taken = await other.acquire(claim.id, owner("other"), lease_s=30)
+    assert taken is not None
+    assert taken.attempt == 2
+    await finish(other, claim.id, owner("other"))
+    assert claim.id not in await ClaimStore(db).open_claim_ids()
+
+
+async def test_a_crash_between_the_done_marker_and_the_archive_resumes_the_claim(
+        db: Db, unique: str) -> None:
+    store, me = ClaimStore(db), owner("crashed")
+    claim = await queue(store, event_for(f"T-{unique}"), me, lease_s=0.5)
+    assert await store.acquire(claim.id, me, lease_s=0.5) is not None
+    live = await db[ClaimStore.CLAIMS].find_one({"_id": claim.id})
+    assert live is not None
+    await store._mark_done(live)  # the close's first write, then the crash
+    await asyncio.sleep(0.6)
+    other, who = ClaimStore(db), owner("other")
+    assert claim.id in await other.open_claim_ids()
+    resumed = await other.acquire(claim.id, who, lease_s=30)
+    assert resumed is not None
+    await other.close(claim.id, who, "finished", outcome="resolved")
+    final = await other.get(claim.id)
+    assert final is not None
+    assert final.status == "finished"
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
+
+
+async def test_old_queue_partitions_go_only_when_nothing_in_them_waits(
+        db: Db, unique: str) -> None:
+    store = ClaimStore(db, queue_retention=timedelta(days=2))
+    old_day = (datetime.now(UTC) - timedelta(days=5)).strftime("%Y%m%d")
+    old_queue, old_done = f"{ClaimStore.QUEUED}_{old_day}", f"{ClaimStore.DONE}_{old_day}"
+    await db[old_queue].insert_many([
+        {"_id": f"T-{unique}-a:1", "status": "open"},
+        {"_id": f"T-{unique}-b:1", "status": "open"}])
+    await db[old_done].insert_one({"_id": f"T-{unique}-a:1"})
+    # b still waits: its partition (and the done markers as old) stay.
+    assert await store.open_claim_ids() == [f"T-{unique}-b:1"]
+    names = await db.list_collection_names()
+    assert {old_queue, old_done} <= set(names)
+    await db[old_done].insert_one({"_id": f"T-{unique}-b:1"})
+    assert await store.open_claim_ids() == []
+    names = await db.list_collection_names()
+    assert old_queue not in names
+    assert old_done not in names
+
+
+async def test_a_claim_update_with_500_claims_queued_costs_what_it_costs_alone(
+        db: Db, unique: str) -> None:
+    """The measurement behind the queue: one journal write (an update of the claim by
+    ``_id``, which FerretDB runs as a scan of the collection) with 500 other claims in
+    ``executor_claims`` (before) and with the same 500 in the queue (after)."""
+    store, me = ClaimStore(db), owner("creator")
+    before_ids = [(await store.create(
+        event_for(f"T-{unique}-b{n}"), verdict_json=event_for(f"T-{unique}-b{n}")
+        .model_dump_json(), trace_carrier={}, owner=me, lease_s=600))[0].id
+        for n in range(501)]
+    before = await timed_updates(db, before_ids[0])
+    await db.drop_collection(ClaimStore.CLAIMS)
+    after_ids = [(await queue(store, event_for(f"T-{unique}-a{n}"), me, lease_s=600)).id
+                 for n in range(501)]
+    assert await store.acquire(after_ids[0], me, lease_s=600) is not None
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 1
+    after = await timed_updates(db, after_ids[0])
+    print(f"\none claim update (median of {UPDATES}): {before * 1000:.2f} ms with 500 claims "
+          f"in executor_claims, {after * 1000:.2f} ms with them queued")
+    assert after < before / 2
+
+
+UPDATES = 40
+
+
+async def timed_updates(db: Db, claim_id: str) -> float:
+    """Median time of one journal entry's update of the claim document (what
+    :meth:`ClaimStore.record_step` sends), in seconds."""
+    loop = asyncio.get_running_loop()
+    times = []
+    entry = JournalEntry(name="a", state="changing").to_json()
+    for n in range(UPDATES):
+        started = loop.time()
+        await db[ClaimStore.CLAIMS].update_one({"_id": claim_id},
+                                               {"$set": {f"steps.{n:03d}": entry}})
+        times.append(loop.time() - started)
+    return sorted(times)[len(times) // 2]
