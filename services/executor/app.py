@@ -133,9 +133,9 @@ def build(settings: ExecutorSettings | None = None, *, telemetry: Telemetry | No
 
     worker = Worker(interventions.run, concurrency=settings.executor_concurrency,
                     queue_size=settings.executor_queue_size, scan=scan,
-                    rescan_s=settings.executor_rescan_s)
+                    rescan_s=settings.executor_rescan_s, is_queued=claims.is_queued)
     runtime.metrics.watch_work(
-        queued=lambda: worker._queue.qsize(), running=lambda: worker.running,
+        queued=lambda: worker.waiting, running=lambda: worker.running,
         oldest_wait=worker.oldest_wait_s,
         concurrency=settings.executor_concurrency, queue_size=settings.executor_queue_size)
     reports = ManualReports(steps=manual, claims=claims, audit=runtime.audit, owner=owner,

@@ -382,6 +382,11 @@ class ClaimStore:
             held.doc, held.lease_until, held.lease_s = doc, doc["lease_until"], lease_s
         return True
 
+    def is_queued(self, claim_id: str) -> bool:
+        """Whether the claim, offered to this process, waits in the claim queue (taking it
+        adds a claim to ``executor_claims``)."""
+        return claim_id in self._queued
+
     async def queued_claim_ids(self) -> dict[str, str]:
         """The queued claims nobody has taken: claim id -> its queue partition, oldest
         first. Each is neither in ``executor_claims`` nor closed for good. Read in that

@@ -41,12 +41,22 @@ RECENT_RUNS = 50  # run durations kept for the typical duration
 class Worker:
     def __init__(self, run: RunClaim, *, concurrency: int, queue_size: int,
                  scan: ScanClaims | None = None, rescan_s: float = 30.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 is_queued: Callable[[str], bool] = lambda _claim_id: False) -> None:
         self._run = run
         self._scan = scan
         self._rescan_s = rescan_s
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        # Two lines: claims already in executor_claims (made for a free worker, resumed,
+        # re-opened) go first; claims waiting in the claim queue start only on a worker
+        # no slot() holder was promised, so executor_claims never holds more new claims
+        # than there are workers (is_queued says which line a claim joins).
+        self._is_queued = is_queued
+        self._in_flight: deque[str] = deque()
+        self._line: deque[str] = deque()
+        self._changed = asyncio.Event()
+        self._busy = 0  # workers that took a claim and have not finished it
         self._pending: set[str] = set()  # queued or running: offered once at a time
         self._ticket_locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -62,11 +72,11 @@ class Worker:
         """Queue a claim unless it is already queued or running; never waits."""
         if claim_id in self._pending:
             return True
-        try:
-            self._queue.put_nowait(claim_id)
-        except asyncio.QueueFull:
+        if self.waiting >= self._queue_size:
             log.warning("work queue full; claim %s waits for the next scan", claim_id)
             return False
+        (self._line if self._is_queued(claim_id) else self._in_flight).append(claim_id)
+        self._wake()
         self._pending.add(claim_id)
         self._waiting[claim_id] = self._monotonic()
         return True
@@ -76,7 +86,7 @@ class Worker:
         """Whether a claim offered within this block starts at once: a worker is free and
         not promised to another block. The slot stays promised until the block ends, so
         handlers accepting concurrently never count the same free worker twice."""
-        free = self.running + self._queue.qsize() + self._promised < self._concurrency
+        free = self._busy + len(self._in_flight) + self._promised < self._concurrency
         if free:
             self._promised += 1
         try:
@@ -84,6 +94,31 @@ class Worker:
         finally:
             if free:
                 self._promised -= 1
+                self._wake()  # a worker kept for this block may take a queued claim now
+
+    @property
+    def waiting(self) -> int:
+        """How many offered claims wait for a worker."""
+        return len(self._in_flight) + len(self._line)
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def _take(self) -> str:
+        """The next claim for this worker: one in flight first, else a queued one if a
+        worker is left beyond those promised by slot()."""
+        while True:
+            if self._in_flight:
+                claim_id = self._in_flight.popleft()
+                break
+            if self._line and self._busy + self._promised < self._concurrency:
+                claim_id = self._line.popleft()
+                break
+            # Cleared only when nothing can be taken: a change after this sets it again.
+            self._changed.clear()
+            await self._changed.wait()
+        self._busy += 1
+        return claim_id
 
     @property
     def concurrency(self) -> int:
@@ -154,7 +189,7 @@ class Worker:
 
     async def _serve(self) -> None:
         while True:
-            claim_id = await self._queue.get()
+            claim_id = await self._take()
             self._waiting.pop(claim_id, None)
             ticket = claim_id.rsplit(":", 1)[0]
             lock = self._ticket_locks.setdefault(ticket, asyncio.Lock())
@@ -177,4 +212,5 @@ class Worker:
                 self._pending.discard(claim_id)
                 if not lock.locked():
                     self._ticket_locks.pop(ticket, None)
-                self._queue.task_done()
+                self._busy -= 1
+                self._wake()

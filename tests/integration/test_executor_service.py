@@ -642,3 +642,48 @@ async def test_finished_claims_leave_the_collections_the_ticket_path_reads(
     assert claim.status == "finished"
     await rig.publish(rig.verdict(ticket_id=event.ticket_id, category="diagnostics"))
     assert await rig.refusals(event.ticket_id) == ["revision_already_claimed"]
+
+
+BURST = 16
+
+
+async def test_a_burst_waits_in_the_claim_queue_and_every_ticket_runs_once(
+        rig: Rig, mongo_client: Any) -> None:
+    """More verdicts than workers: the ones no worker is free for wait in the claim queue,
+    so ``executor_claims`` (which every run's writes scan) holds only the runs in
+    progress, and each ticket still runs exactly once."""
+    concurrency = rig.service.settings.executor_concurrency
+    events = [rig.verdict(category="diagnostics") for _ in range(BURST)]
+    ids = [f"{e.ticket_id}:1" for e in events]
+    db = mongo_client[rig.db.name]
+    in_flight: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            in_flight.append(await db[ClaimStore.CLAIMS].count_documents(
+                {"_id": {"$in": ids}, "status": "open"}))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.gather(*(rig.publish(e) for e in events))
+        for event in events:
+            await rig.bus.wait(event.ticket_id, "InterventionCompleted", timeout=240)
+    finally:
+        watcher.cancel()
+    await asyncio.sleep(1.5)  # a scan or two more: nothing runs again
+    print(f"\nexecutor_claims held at most {max(in_flight)} of the burst's {BURST} claims "
+          f"(concurrency {concurrency})")
+    assert 0 < max(in_flight) <= concurrency
+    queued = {doc["_id"] for name in await db.list_collection_names()
+              if name.startswith(f"{ClaimStore.QUEUED}_")
+              async for doc in db[name].find({"_id": {"$in": ids}}, {"_id": 1})}
+    assert len(queued) >= BURST - concurrency  # the ones no worker was free for
+    for event in events:
+        assert len(rig.bus.of(event.ticket_id, "InterventionCompleted")) == 1
+        assert len(rig.bus.of(event.ticket_id, "InterventionStarted")) == 1
+    archived = [doc async for doc in db[ClaimStore.ARCHIVE].find({"_id": {"$in": ids}})]
+    assert sorted(doc["_id"] for doc in archived) == sorted(ids)
+    assert {doc["status"] for doc in archived} == {"finished"}
+    assert await db[ClaimStore.CLAIMS].count_documents({"_id": {"$in": ids}}) == 0
+    assert not set(ids) & set(await rig.service.claims.open_claim_ids())

@@ -86,3 +86,52 @@ async def test_a_failing_claim_does_not_stop_the_worker_and_the_scan_offers_open
     await worker.idle(5)
     await worker.stop()
     assert done == ["good:1"]
+
+
+async def test_a_free_worker_is_promised_to_one_accepting_handler_at_a_time() -> None:
+    gate = asyncio.Event()
+
+    async def run(_claim_id: str) -> None:
+        await gate.wait()
+
+    worker = Worker(run, concurrency=2, queue_size=10)
+    await worker.start()
+    with worker.slot() as first, worker.slot() as second, worker.slot() as third:
+        assert (first, second, third) == (True, True, False)
+    with worker.slot() as again:
+        assert again
+        worker.offer("A:1")
+    await asyncio.sleep(0.05)
+    with worker.slot() as one_left:
+        assert one_left  # one worker runs A, the other is free
+        worker.offer("B:1")
+    await asyncio.sleep(0.05)
+    with worker.slot() as none_left:
+        assert not none_left
+    gate.set()
+    await worker.idle(5)
+    await worker.stop()
+
+
+async def test_a_queued_claim_never_takes_a_worker_promised_to_a_claim_in_flight() -> None:
+    # The claim made for a promised worker is in executor_claims already; a queued claim
+    # offered meanwhile waits, so executor_claims never holds a claim nobody runs.
+    order: list[str] = []
+
+    async def run(claim_id: str) -> None:
+        order.append(claim_id)
+        await asyncio.sleep(0.02)
+
+    worker = Worker(run, concurrency=1, queue_size=10,
+                    is_queued=lambda claim_id: claim_id.startswith("Q"))
+    await worker.start()
+    with worker.slot() as free:
+        assert free
+        worker.offer("Q1:1")  # another handler's claim, made in the claim queue
+        await asyncio.sleep(0.05)
+        assert order == []
+        worker.offer("D1:1")  # the promised one, made in executor_claims
+        await asyncio.sleep(0.01)
+    await worker.idle(5)
+    await worker.stop()
+    assert order == ["D1:1", "Q1:1"]
