@@ -175,3 +175,72 @@ async def test_killed_during_a_change_the_precheck_decides_and_nothing_is_applie
     resumed = [(r["data"]["phase"]) for r in records if r["kind"] == "command"
                and r["data"]["attempt"] == 2 and r["data"]["step"] == f"install:{package}"]
     assert resumed[0] == "precheck"  # the pre-check decided what to do after the crash
+
+
+QUEUED = 3
+
+
+async def test_killed_with_claims_queued_each_runs_once_after_the_restart_and_never_again(
+        stack: Stack, executors: list[Executor], ssh_targets: Any) -> None:
+    """One worker: a service restart holds it (killed inside its settle period) while three
+    diagnostics tickets wait in the claim queue, outside ``executor_claims``. The restarted
+    executor resumes the one and takes the three from the queue; a third process, started
+    after all four finished, runs none of them again (their queued copies stay)."""
+    stack.env["EXECUTOR_CONCURRENCY"] = "1"
+    service = ssh_targets.service
+
+    def event(category: str, **kw: Any) -> Any:
+        return verdict(
+            signing_key=load_signing_key(stack.keys.signing_private),
+            sealing_key=load_sealing_public(stack.keys.sealing_public),
+            username=ssh_targets.admin.name, password=ssh_targets.admin.password,
+            category=category, server=resolved_server(
+                ip="127.0.0.1", ssh_port=ssh_targets.port, service_id="SRV-QUEUE",
+                rescue=False), **kw)
+
+    running = event("service_restart", parameters={"unit": service.name})
+    waiting = [event("diagnostics") for _ in range(QUEUED)]
+    everything = [running, *waiting]
+    ids = [f"{e.ticket_id}:1" for e in everything]
+    claims = stack.db["executor_claims"]
+    first = start_executor(stack, executors)
+    await stack.publish(running)
+
+    async def restart_journalled() -> bool:
+        doc = await claims.find_one({"_id": ids[0]})
+        step = (doc or {}).get("steps", {}).get("002", {})
+        return step.get("state") == "changed"
+
+    await eventually(restart_journalled, 90, interval=0.1, what="the restart to be journalled")
+    for e in waiting:
+        await stack.publish(e)
+
+    async def queued() -> int:
+        return sum([await stack.db[name].count_documents({"_id": {"$in": ids[1:]}})
+                    for name in await stack.db.list_collection_names()
+                    if name.startswith("executor_claims_queued_")])
+
+    async def all_queued() -> bool:
+        return await queued() == QUEUED
+
+    await eventually(all_queued, 30, interval=0.1,
+                     what="the three claims to wait in the claim queue")
+    assert [d["_id"] async for d in claims.find({}, {"_id": 1})] == [ids[0]]
+    first.kill()  # inside the settle period: restarted, not yet verified
+
+    second = start_executor(stack, executors)
+    for e in everything:
+        await stack.bus.wait(e.ticket_id, "InterventionCompleted", timeout=120)
+    await asyncio.sleep(2)
+    second.stop()
+    start_executor(stack, executors)  # its start-up scan sees the queued copies
+    await asyncio.sleep(6)
+    for e in everything:
+        assert len(stack.bus.values(e.ticket_id, "InterventionCompleted")) == 1
+        assert len(stack.bus.values(e.ticket_id, "InterventionStarted")) == 1
+    assert await claims.count_documents({}) == 0
+    archived = {d["_id"]: d async for d in stack.db["executor_claims_archive"].find({})}
+    assert sorted(archived) == sorted(ids)
+    assert {d["status"] for d in archived.values()} == {"finished"}
+    assert archived[ids[0]]["attempt"] == 2  # resumed by the second process
+    assert await queued() == QUEUED  # never deleted: the done markers keep them down
