@@ -367,6 +367,9 @@ class ClaimStore:
             return None
         doc = dict(source)
         now = datetime.now(UTC)
+        # While the creator's lease as queued still holds, nobody else can have taken the
+        # claim (a taker needs it expired), let alone closed it: no marker to look for.
+        untouched = mine and held is not None and held.writable(now)
         if mine:
             doc["lease_until"] = now + timedelta(seconds=lease_s)
         try:
@@ -375,7 +378,7 @@ class ClaimStore:
             if mine:
                 self._held.pop((claim_id, owner.id), None)
             return False
-        if await self._already_closed(claim_id, partition):
+        if not untouched and await self._already_closed(claim_id, partition):
             self._held.pop((claim_id, owner.id), None)
             return None
         if mine and held is not None:

@@ -665,16 +665,29 @@ async def test_a_burst_waits_in_the_claim_queue_and_every_ticket_runs_once(
             await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch())
+    worker = rig.service.worker
+    scan, worker._scan = worker._scan, None  # per interval, not per ticket (counted below)
+    counter = rig.service.runtime.store_round_trips
+    before = Counter(counter.totals)
     try:
         await asyncio.gather(*(rig.publish(e) for e in events))
         for event in events:
             await rig.bus.wait(event.ticket_id, "InterventionCompleted", timeout=240)
+        await asyncio.sleep(0.3)  # the last archive's deletes
     finally:
         watcher.cancel()
-    await asyncio.sleep(1.5)  # a scan or two more: nothing runs again
+        worker._scan = scan
+    spent = own_round_trips(Counter(counter.totals) - before)
     print(f"\nexecutor_claims held at most {max(in_flight)} of the burst's {BURST} claims "
-          f"(concurrency {concurrency})")
+          f"(concurrency {concurrency}); executor round trips per ticket: "
+          + ", ".join(f"{op} {coll} {n / BURST:.2f}" for (op, coll), n in sorted(spent.items())))
     assert 0 < max(in_flight) <= concurrency
+    # A queued claim costs its move into executor_claims and its done marker, and the
+    # creator's lease starts at the move, so no claim is taken anew (no a2 lease, no
+    # re-read) however long it waited.
+    assert spent[("update", ClaimStore.CLAIMS)] <= 3 * BURST, spent
+    assert spent[("insert", ClaimStore.LEASES)] == 0, spent
+    await asyncio.sleep(1.5)  # a scan or two more: nothing runs again
     queued = {doc["_id"] for name in await db.list_collection_names()
               if name.startswith(f"{ClaimStore.QUEUED}_")
               async for doc in db[name].find({"_id": {"$in": ids}}, {"_id": 1})}
@@ -686,4 +699,5 @@ async def test_a_burst_waits_in_the_claim_queue_and_every_ticket_runs_once(
     assert sorted(doc["_id"] for doc in archived) == sorted(ids)
     assert {doc["status"] for doc in archived} == {"finished"}
     assert await db[ClaimStore.CLAIMS].count_documents({"_id": {"$in": ids}}) == 0
+    assert await db[ClaimStore.LEASES].count_documents({"claim_id": {"$in": ids}}) == 0
     assert not set(ids) & set(await rig.service.claims.open_claim_ids())
