@@ -140,6 +140,14 @@ def _apply_set(doc: dict[str, Any], sets: Mapping[str, Any]) -> None:
         node[last] = value
 
 
+def _takeable(current: Claim, taker: Owner, now: datetime) -> bool:
+    """Whether ``taker`` may start a new attempt of the open claim: it is the taker's
+    already, its lease expired or was released, or its owner certainly no longer runs."""
+    previous = current.owner
+    return ((previous is not None and (previous.id == taker.id or previous.is_gone_locally()))
+            or current.expired(now) or current.lease_released)
+
+
 @dataclass(kw_only=True)
 class _Held:
     """A lease this process holds: which attempt, until when it may still write, and the
@@ -367,6 +375,8 @@ class ClaimStore:
             return None
         doc = dict(source)
         now = datetime.now(UTC)
+        if not mine and not _takeable(Claim.from_doc(doc), owner, now):
+            return None  # its creator's lease as queued holds: the creator runs it
         # While the creator's lease as queued still holds, nobody else can have taken the
         # claim (a taker needs it expired), let alone closed it: no marker to look for.
         untouched = mine and held is not None and held.writable(now)
@@ -478,10 +488,7 @@ class ClaimStore:
             return None  # finished (archived) or parked
         current = await self._resolve(doc)
         now = datetime.now(UTC)
-        previous = current.owner
-        mine = previous is not None and previous.id == owner.id
-        if not (mine or current.expired(now) or current.lease_released
-                or (previous is not None and previous.is_gone_locally())):
+        if not _takeable(current, owner, now):
             return None
         attempt = current.attempt + 1
         lease_until = now + timedelta(seconds=lease_s)

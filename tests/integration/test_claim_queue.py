@@ -162,6 +162,21 @@ async def test_a_queued_claim_is_taken_by_exactly_one_of_many_executors(
     assert await db[ClaimStore.CLAIMS].count_documents({}) == 1
 
 
+async def test_another_executor_leaves_a_queued_claim_to_its_live_creator(
+        db: Db, unique: str) -> None:
+    # Its scan lists the claim, but moving it in would only park it in executor_claims
+    # until the creator's worker gets to it.
+    creator, me = ClaimStore(db), owner("creator")
+    claim = await queue(creator, event_for(f"T-{unique}"), me, lease_s=30)
+    other = ClaimStore(db)
+    assert claim.id in await other.open_claim_ids()
+    assert await other.acquire(claim.id, owner("other"), lease_s=30) is None
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
+    taken = await creator.acquire(claim.id, me, lease_s=30)
+    assert taken is not None
+    assert taken.attempt == 1
+
+
 async def test_a_verdict_redelivered_before_its_offset_commit_finds_its_queued_claim(
         db: Db, unique: str) -> None:
     # A crash after the queue insert, before the offset commit: the verdict comes again.
