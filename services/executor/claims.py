@@ -20,15 +20,55 @@ change together lives in this one document:
 Only in-flight state on the ticket path. FerretDB 1.24 reads a whole collection for nearly
 every query, so a collection the hot path reads must not grow with history:
 
-- ``executor_claims`` holds the claims still open or parked, nothing else; it is also the
-  set the start-up and periodic scans resume from. A finished or refused claim is moved,
+- ``executor_claims`` holds the claims being run or parked (and those whose executor
+  died), nothing else; with the claim queue (below) it is the set the start-up and
+  periodic scans resume from. A finished or refused claim is moved,
   final state and all, to ``executor_claims_archive`` (insert first, then delete, so a
   claim is in at least one of them at every moment), and its lease documents are deleted;
 - ``executor_tickets`` (``_id`` = ticket, ``latest_revision`` and the verdict that claimed
   it) decides the once-per-revision and stale-revision rules by an *insert*, which costs
   the same at any size: a ticket's first verdict inserts it and reads nothing. Only a
   follow-up revision or a duplicate verdict (the insert is refused) reads it, and then
-  the claim (live, else archived): rare paths.
+  the claim (live, queued, else archived): rare paths.
+
+The claim queue. Every update or delete of a claim scans ``executor_claims`` while holding
+FerretDB's single write lock, so claims that only wait for a worker are kept out of it:
+
+- the handler asks the worker whether a worker is free for the claim it is about to make
+  (:meth:`~services.executor.worker.Worker.slot`). If so, the claim is inserted into
+  ``executor_claims`` as above. If not, the same signed document (plus ``queued_in``, the
+  partition's name) is inserted into ``executor_claims_queued_<YYYYMMDD>`` (today, UTC),
+  an insert-only collection; either way it is durable before the offset is committed;
+- the worker that takes a queued claim inserts it into ``executor_claims``
+  (:meth:`ClaimStore._take_queued`). Its creator puts it there with attempt 1's lease
+  starting at that moment, so a claim that waited longer than its lease still runs as
+  attempt 1 with no lease document. Another executor moves it only once the lease it was
+  queued with has run out (or its creator is gone), then takes it the usual way (``a2``).
+  A duplicate ``_id`` means someone else moved it: it is then an ordinary open claim. The
+  queued copy is never deleted (a delete scans);
+- so the queued copy of a finished claim must never be moved in again: before a claim
+  that came from the queue leaves ``executor_claims`` for good, a marker ``_id`` = claim
+  id is inserted into ``executor_claims_done_<YYYYMMDD>`` (the day of the close, never
+  before the day it was queued). Then the archive insert, then the delete. The scan
+  offers a queued claim only if it is neither in ``executor_claims`` nor marked (read in
+  that order: queue, in flight, done, so a claim closed between the reads is seen in
+  flight or as done). A move that raced a close (it read the claim as waiting, and the
+  claim was then taken, run and closed elsewhere) is caught after its insert: the marker
+  is there, and so is the archived claim, so the copy is deleted again and not run; a
+  taker of a copy in flight that came from the queue checks the same (a creator whose
+  lease as queued still holds skips the read: nobody else can have taken the claim). A
+  marker without the archived claim is a crash between marker and archive: the claim is
+  resumed and closed again;
+- crash points: after the queue insert, before the offset commit, the redelivered verdict
+  finds the queued claim (:meth:`get` reads in flight, then the queue partitions, then the
+  archive) and offers it again, and the scan offers it anyway; after the move, before any
+  lease document, the claim is an open claim in flight with its creator's lease; between
+  marker, archive and delete, see above;
+- the partitions are dropped whole (:meth:`drop_old_partitions`, run by the scan): a queue
+  partition older than the retention (``EXECUTOR_VERDICT_MAX_AGE_S`` plus a day: a claim
+  still waiting by then would be refused as stale anyway) once nothing in it waits, and
+  a done partition once it is older than the retention and than every queue partition
+  left.
 
 Leases. On FerretDB 1.24 a conditional update is a read, then a whole-document write, with
 nothing in between: several executors racing with ``find_one_and_update({_id, owner: dead})``

@@ -21,6 +21,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.cli.commands_executor import _claims as claim_rows
 from services.executor.claims import ClaimStore, Owner
 from services.executor.runbooks.engine import JournalEntry
 from services.runtime.crypto import PrivateSealingKey
@@ -99,6 +100,15 @@ async def test_a_queued_claim_waits_outside_executor_claims_and_its_taker_moves_
     # Taken: no longer offered as queued, but as an open claim in flight (once).
     assert (await ClaimStore(db).open_claim_ids()).count(claim.id) == 1
     assert claim.id not in await ClaimStore(db).queued_claim_ids()
+
+
+async def test_operators_see_queued_claims_in_the_claim_listing(db: Db, unique: str) -> None:
+    store, me = ClaimStore(db), owner("creator")
+    waiting = await queue(store, event_for(f"T-{unique}-w"), me)
+    running = await queue(store, event_for(f"T-{unique}-r"), me)
+    assert await store.acquire(running.id, me, lease_s=30) is not None
+    rows = await claim_rows(db, include_finished=False)
+    assert [row.split()[:2] for row in rows] == [[waiting.id, "queued"], [running.id, "open"]]
 
 
 async def test_a_finished_queued_claim_is_never_offered_or_taken_again(
