@@ -550,12 +550,13 @@ class ClaimStore:
         if doc is None or doc.get("status", "open") != "open" or (
                 not checked and doc.get("queued_in")
                 and await self._already_closed(claim_id, str(doc["queued_in"]))):
-            # Closed by its previous owner between our read and our insert, or a queued
-            # copy put back after it was closed for good (now removed).
+            # Closed or parked by its previous owner between our read and our insert, or a
+            # queued copy put back after it was closed for good (now removed). Our lease
+            # document goes too: nothing would delete it, and on a parked claim it would
+            # make the next taker wait for its expiry.
             held.closed = True
             self._held.pop((claim_id, owner.id), None)
-            if doc is not None and doc.get("status", "open") == "open":
-                await self._leases.delete_one({"_id": lease_id(claim_id, attempt)})
+            await self._leases.delete_one({"_id": lease_id(claim_id, attempt)})
             return None
         held.doc = dict(doc)
         claim = Claim.from_doc(doc)
