@@ -37,6 +37,7 @@ from schemas.envelope import EventEnvelope
 from schemas.events import ChatChannel, EngineerAcknowledged, ManualStepCompleted
 from services.notifier.claims import Claim, Claims
 from services.notifier.ids import derived_id
+from services.notifier.inserts import GroupInsert
 from services.notifier.sla import PageKind, TicketState
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
@@ -152,12 +153,13 @@ class PageIndex:
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, remember: int = 10_000) -> None:
         self._coll = db[PAGES]
+        self._inserts = GroupInsert(self._coll)  # a burst's new pages: one round trip
         self._known: OrderedDict[str, PageRecord] = OrderedDict()
         self._remember = remember
 
     async def add(self, record: PageRecord) -> None:
         with contextlib.suppress(DuplicateKeyError):
-            await self._coll.insert_one({"_id": record.page_id, "ticket_id": record.ticket_id,
+            await self._inserts.insert({"_id": record.page_id, "ticket_id": record.ticket_id,
                                          "revision": record.revision, "kind": record.kind,
                                          "step_id": record.step_id, "post_id": record.post_id,
                                          "text": record.text,

@@ -34,6 +34,8 @@ from uuid import uuid4
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.notifier.inserts import GroupInsert
+
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]
 
@@ -59,6 +61,9 @@ class Claims:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], collection: str, *,
                  lease: timedelta = timedelta(seconds=60)) -> None:
         self._coll = db[collection]
+        # Claims made at once (a burst's page closures, a sweep's alerts) share a round
+        # trip; each is still its own insert-wins test-and-set.
+        self._inserts = GroupInsert(self._coll)
         self._takeovers = db[TAKEOVERS]
         self._name = collection
         self.lease = lease
@@ -72,7 +77,7 @@ class Claims:
         doc = {"_id": key, "state": "done" if done else "claimed", "claimed_at": now,
                "owner": owner, "nonce": uuid4().hex, **(data or {})}
         try:
-            await self._coll.insert_one(doc)
+            await self._inserts.insert(doc)
         except DuplicateKeyError:
             pass
         else:

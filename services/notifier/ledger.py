@@ -46,6 +46,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.notifier.inserts import GroupInsert
 from services.notifier.sla import Fact
 
 COLLECTION = "notifier_ticket_facts"
@@ -120,6 +121,8 @@ class TicketLedger:
                  clock: Clock = utc_now, collection: str = COLLECTION, archive: str = ARCHIVE,
                  cache_tickets: int = 10_000) -> None:
         self.coll = db[collection]
+        # The facts of the tickets a consumer batch handles at once go in one round trip.
+        self._inserts = GroupInsert(self.coll)
         self.archive = db[archive]
         self._view = view
         self._clock = clock
@@ -146,7 +149,7 @@ class TicketLedger:
             after = (*known.facts, fact)
             seq = known.next_seq
             try:
-                await self.coll.insert_one({
+                await self._inserts.insert({
                     "_id": _key(ticket_id, seq), "ticket_id": ticket_id, "seq": seq,
                     "fact": to_document(fact), "view_at": self._clock(),
                     **self._view(ticket_id, after)})

@@ -1,0 +1,100 @@
+"""The notifier's group commit for inserts (:mod:`services.notifier.inserts`), against the real
+FerretDB: inserts made at once share one round trip, and each caller still gets exactly the
+outcome its own ``insert_one`` would have had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from services.notifier.inserts import GroupInsert
+from services.runtime.store_metrics import StoreRoundTrips
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def counted(real_parts: Any, database_name: str, unique: str
+                  ) -> AsyncIterator[tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips]]:
+    trips = StoreRoundTrips()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        real_parts.mongodb_uri, event_listeners=[trips])
+    try:
+        yield client[f"{database_name}_group_insert"][f"c{unique}"], trips
+    finally:
+        await client[f"{database_name}_group_insert"].drop_collection(f"c{unique}")
+        await client.close()
+
+
+async def test_inserts_made_at_once_share_one_round_trip_and_keep_their_own_outcomes(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips],
+) -> None:
+    coll, trips = counted
+    await coll.insert_one({"_id": "taken", "by": "earlier"})
+    group = GroupInsert(coll)
+    docs = [{"_id": f"doc-{i}", "by": "group"} for i in range(20)]
+    docs += [{"_id": "taken", "by": "group"}, {"_id": "twice", "by": "first"},
+             {"_id": "twice", "by": "second"}]
+    before = trips.totals.copy()
+    outcomes = await asyncio.gather(*(group.insert(d) for d in docs), return_exceptions=True)
+    assert (trips.totals - before)[("insert", coll.name)] == 1
+    refused = [d for d, o in zip(docs, outcomes, strict=True) if o is not None]
+    assert all(isinstance(o, DuplicateKeyError) for o in outcomes if o is not None)
+    # The taken _id is refused to its caller only; of two callers of one _id, one wins.
+    assert [d["_id"] for d in refused] == ["taken", "twice"]
+    stored = {d["_id"]: d["by"] async for d in coll.find({})}
+    assert stored["taken"] == "earlier"
+    [loser] = [d for d in refused if d["_id"] == "twice"]
+    assert stored["twice"] != loser["by"]
+    assert len(stored) == 22
+
+
+async def test_inserts_arriving_while_one_is_sent_go_together_in_the_next(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips],
+) -> None:
+    coll, trips = counted
+    group = GroupInsert(coll)
+
+    async def later(i: int) -> None:
+        await asyncio.sleep(0.001 * (i % 5))  # spread over the first round trip
+        await group.insert({"_id": f"late-{i}"})
+
+    before = trips.totals.copy()
+    await asyncio.gather(group.insert({"_id": "first"}), *(later(i) for i in range(30)))
+    sent = (trips.totals - before)[("insert", coll.name)]
+    assert 1 <= sent < 10, sent
+    assert await coll.count_documents({}) == 31
+
+
+async def test_a_failed_round_trip_fails_every_insert_of_its_group(real_parts: Any) -> None:
+    # A store that does not answer (nothing listens on port 1): each caller gets the error
+    # insert_one would have raised, none waits forever, none is told it succeeded.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:1", serverSelectionTimeoutMS=300)
+    try:
+        group = GroupInsert(client["nowhere"]["c"])
+        outcomes = await asyncio.wait_for(asyncio.gather(
+            *(group.insert({"_id": i}) for i in range(5)), return_exceptions=True), timeout=10)
+    finally:
+        await client.close()
+    assert all(isinstance(o, PyMongoError) for o in outcomes), outcomes
+
+
+async def test_insert_new_reports_the_ids_already_there(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips],
+) -> None:
+    coll, trips = counted
+    await coll.insert_one({"_id": "a|matrix"})
+    group = GroupInsert(coll)
+    before = trips.totals.copy()
+    skipped = await group.insert_new([{"_id": "a|matrix"}, {"_id": "a|slack"}])
+    assert skipped == {"a|matrix"}
+    assert (trips.totals - before)[("insert", coll.name)] == 1
+    assert await coll.count_documents({}) == 2
