@@ -27,6 +27,7 @@ from polling import eventually
 
 from schemas import TicketSubmitted, TicketUpdated, topic_for
 from services.notifier.app import CONSUMED
+from services.notifier.deadlines import ALERT_CLAIMS
 from services.notifier.ledger import ARCHIVE, COLLECTION
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.store_metrics import own_round_trips
@@ -162,3 +163,25 @@ async def test_finished_tickets_leave_the_hot_collection_and_are_never_read_agai
         await lifecycles(stack, 3, clock.now)
         spent = stack.service.runtime.store_round_trips.totals - before
     assert not [key for key in spent if key[1] == ARCHIVE and key[0] != "insert"], spent
+
+
+async def test_a_fired_alert_is_claimed_by_one_insert_and_its_claim_never_rewritten(
+    settings: Any,
+) -> None:
+    """The alert's fact in the ledger is its "done": the claim collection, which grows with
+    every alert, is never updated (on FerretDB an update scans it holding the write lock)."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with notifier_stack(settings, clock=clock) as stack:
+        tickets = [submitted(at=clock.now) for _ in range(4)]
+        for ticket in tickets:
+            await stack.bus.publish(ticket)
+        await handled(stack, tickets)
+        before = stack.service.runtime.store_round_trips.totals.copy()
+        fired = await stack.service.sweeper.sweep_once(clock.now + timedelta(minutes=8))
+        assert await stack.service.sweeper.sweep_once(clock.now + timedelta(minutes=9)) == []
+        spent = stack.service.runtime.store_round_trips.totals - before
+    assert sorted(a.alert_id for a in fired) == sorted(
+        f"{t.ticket_id}:r1:initial_response:warning" for t in tickets)
+    assert [key for key in spent if key[1] == ALERT_CLAIMS] == [("insert", ALERT_CLAIMS)], spent
+    # Swept at once, the tickets' claims share round trips.
+    assert spent[("insert", ALERT_CLAIMS)] < len(tickets), spent
