@@ -63,6 +63,20 @@ async def _publish(runtime: ServiceRuntime, topic: str, events: list[TicketUpdat
     await asyncio.gather(*futures)
 
 
+async def _queue_behind_gate(runtime: ServiceRuntime, topic: str, unique: str,
+                             first_seen: asyncio.Event) -> list[str]:
+    """Publish a "gate" message the handler holds, then, while that first batch is held,
+    ten tickets x three updates that queue up behind it (the next batch)."""
+    gate_event = TicketUpdated.new(ticket_id=f"HD-{unique}-gate", revision=1,
+                                   kind="acknowledgement", message="gate", language="en")
+    await _publish(runtime, topic, [gate_event])
+    await asyncio.wait_for(first_seen.wait(), 30)
+    tickets = [f"HD-{unique}-{t}" for t in range(10)]
+    await _publish(runtime, topic, [_update(t, n) for n in range(3) for t in tickets])
+    await asyncio.sleep(0.5)
+    return tickets
+
+
 async def test_a_batch_runs_tickets_concurrently_each_in_order_with_bulk_bookkeeping(
         settings: RuntimeSettings, topic: str, unique: str) -> None:
     runtime = ServiceRuntime(f"batches-{unique}", settings)
@@ -83,14 +97,7 @@ async def test_a_batch_runs_tickets_concurrently_each_in_order_with_bulk_bookkee
     subscribe(runtime, topic, handle, decoder=event_decoder(TicketUpdated))
     await runtime.start()
     try:
-        gate_event = TicketUpdated.new(ticket_id=f"HD-{unique}-gate", revision=1,
-                                       kind="acknowledgement", message="gate", language="en")
-        await _publish(runtime, topic, [gate_event])
-        await asyncio.wait_for(first_seen.wait(), 30)
-        # While the first batch is held, ten tickets x three updates queue up behind it.
-        tickets = [f"HD-{unique}-{t}" for t in range(10)]
-        await _publish(runtime, topic, [_update(t, n) for n in range(3) for t in tickets])
-        await asyncio.sleep(0.5)
+        tickets = await _queue_behind_gate(runtime, topic, unique, first_seen)
         before = dict(runtime.store_round_trips.totals)
         began = time.monotonic()
         gate.set()
@@ -137,13 +144,7 @@ async def test_a_batch_writes_its_handlers_deferred_audit_records_in_one_insert(
     subscribe(runtime, topic, handle, decoder=event_decoder(TicketUpdated))
     await runtime.start()
     try:
-        gate_event = TicketUpdated.new(ticket_id=f"HD-{unique}-gate", revision=1,
-                                       kind="acknowledgement", message="gate", language="en")
-        await _publish(runtime, topic, [gate_event])
-        await asyncio.wait_for(first_seen.wait(), 30)
-        tickets = [f"HD-{unique}-{t}" for t in range(10)]
-        await _publish(runtime, topic, [_update(t, n) for n in range(3) for t in tickets])
-        await asyncio.sleep(0.5)
+        tickets = await _queue_behind_gate(runtime, topic, unique, first_seen)
         before = dict(runtime.store_round_trips.totals)
         gate.set()
 
