@@ -1,12 +1,14 @@
-"""The notifier's group commit for inserts (:mod:`services.notifier.inserts`), against the real
-FerretDB: inserts made at once share one round trip, and each caller still gets exactly the
-outcome its own ``insert_one`` would have had.
+"""How the notifier writes to the real FerretDB (issue 17): inserts made at once share one round
+trip (:mod:`services.notifier.inserts`), each caller still getting exactly the outcome its
+own ``insert_one`` would have had; and a fire-once claim is finished by an insert, never by
+an update of the claim collection, which grows with history (:mod:`services.notifier.claims`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from services.notifier.claims import Claims
 from services.notifier.inserts import GroupInsert
 from services.runtime.store_metrics import StoreRoundTrips
 
@@ -98,3 +101,35 @@ async def test_insert_new_reports_the_ids_already_there(
     assert skipped == {"a|matrix"}
     assert (trips.totals - before)[("insert", coll.name)] == 1
     assert await coll.count_documents({}) == 2
+
+
+async def test_a_claim_is_finished_by_an_insert_and_then_reads_as_done(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips],
+) -> None:
+    coll, trips = counted
+    db = coll.database
+    claims = Claims(db, coll.name, lease=timedelta(seconds=60))
+    other = Claims(db, coll.name, lease=timedelta(seconds=60))
+    now = datetime.now(UTC)
+    try:
+        assert (await claims.claim("post-1|slack", now=now, owner="a")).outcome == "won"
+        before = trips.totals.copy()
+        await claims.complete("post-1|slack", ref="m1")
+        await claims.complete("post-1|slack", ref="m2")  # a slow second finisher
+        spent = trips.totals - before
+        assert [op for op, name in spent if name == coll.name] == [], spent
+        assert [op for op, name in spent if name == f"{coll.name}_done"] == ["insert"], spent
+        # Finished: nobody takes it, even long after the lease; the first result stands.
+        later = await other.claim("post-1|slack", now=now + timedelta(hours=1), owner="b")
+        assert later.outcome == "done"
+        assert later.data["ref"] == "m1"
+        doc = await other.get("post-1|slack")
+        assert doc is not None
+        assert (doc["state"], doc["ref"], doc["owner"]) == ("done", "m1", "a")
+        # An unfinished claim reads as claimed.
+        await claims.claim("post-2|slack", now=now, owner="a")
+        pending = await other.get("post-2|slack")
+        assert pending is not None
+        assert pending["state"] == "claimed"
+    finally:
+        await db.drop_collection(f"{coll.name}_done")
