@@ -8,6 +8,7 @@ and cut elsewhere; what is bounded here is the notifier's own bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -192,3 +193,28 @@ async def test_a_fired_alert_is_claimed_by_one_insert_and_its_claim_never_rewrit
     assert [key for key in spent if key[1] == ALERT_CLAIMS] == [("insert", ALERT_CLAIMS)], spent
     # Swept at once, the tickets' claims share round trips.
     assert spent[("insert", ALERT_CLAIMS)] < len(tickets), spent
+
+
+async def test_an_event_ahead_of_its_ticket_is_recorded_and_answered_without_reading_the_ledger(
+    settings: Any,
+) -> None:
+    """A start overtakes its TicketSubmitted (their topics' groups lag differently, as in a
+    burst): its fact goes in without a read, and its update waits for the ticket's language
+    in what the process knows, not by reading the ledger every tick."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with notifier_stack(settings, clock=clock) as stack:
+        await lifecycles(stack, 1, clock.now)  # warm-up: the engineers' roster, indexes
+        before = stack.service.runtime.store_round_trips.totals.copy()
+        tickets = [submitted(at=clock.now, language="it") for _ in range(3)]
+        starts = [started(t, at=clock.now + timedelta(seconds=5)) for t in tickets]
+        for event in starts:
+            await stack.bus.publish(event)
+        await asyncio.sleep(0.5)  # the starts are recorded and wait for the language
+        for ticket in tickets:
+            await stack.bus.publish(ticket)
+        await handled(stack, [*starts, *tickets])
+        updates = [await stack.bus.wait(t.ticket_id, TicketUpdated, 2) for t in tickets]
+        spent = stack.service.runtime.store_round_trips.totals - before
+    assert all(u.language == "it" for batch in updates for u in batch), updates
+    assert not [key for key in spent if key[0] == "find" and key[1].startswith(COLLECTION)], \
+        spent
