@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from services.notifier.acks import ENGINEERS, Engineer, EngineerDirectory
 from services.notifier.claims import Claims
 from services.notifier.inserts import GroupInsert
 from services.runtime.store_metrics import StoreRoundTrips
@@ -29,10 +30,11 @@ async def counted(real_parts: Any, database_name: str, unique: str
     trips = StoreRoundTrips()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         real_parts.mongodb_uri, event_listeners=[trips])
+    name = f"{database_name}_store_writes_{unique}"
     try:
-        yield client[f"{database_name}_group_insert"][f"c{unique}"], trips
+        yield client[name][f"c{unique}"], trips
     finally:
-        await client[f"{database_name}_group_insert"].drop_collection(f"c{unique}")
+        await client.drop_database(name)
         await client.close()
 
 
@@ -111,25 +113,37 @@ async def test_a_claim_is_finished_by_an_insert_and_then_reads_as_done(
     claims = Claims(db, coll.name, lease=timedelta(seconds=60))
     other = Claims(db, coll.name, lease=timedelta(seconds=60))
     now = datetime.now(UTC)
-    try:
-        assert (await claims.claim("post-1|slack", now=now, owner="a")).outcome == "won"
-        before = trips.totals.copy()
-        await claims.complete("post-1|slack", ref="m1")
-        await claims.complete("post-1|slack", ref="m2")  # a slow second finisher
-        spent = trips.totals - before
-        assert [op for op, name in spent if name == coll.name] == [], spent
-        assert [op for op, name in spent if name == f"{coll.name}_done"] == ["insert"], spent
-        # Finished: nobody takes it, even long after the lease; the first result stands.
-        later = await other.claim("post-1|slack", now=now + timedelta(hours=1), owner="b")
-        assert later.outcome == "done"
-        assert later.data["ref"] == "m1"
-        doc = await other.get("post-1|slack")
-        assert doc is not None
-        assert (doc["state"], doc["ref"], doc["owner"]) == ("done", "m1", "a")
-        # An unfinished claim reads as claimed.
-        await claims.claim("post-2|slack", now=now, owner="a")
-        pending = await other.get("post-2|slack")
-        assert pending is not None
-        assert pending["state"] == "claimed"
-    finally:
-        await db.drop_collection(f"{coll.name}_done")
+    assert (await claims.claim("post-1|slack", now=now, owner="a")).outcome == "won"
+    before = trips.totals.copy()
+    await claims.complete("post-1|slack", ref="m1")
+    await claims.complete("post-1|slack", ref="m2")  # a slow second finisher
+    spent = trips.totals - before
+    assert [op for op, name in spent if name == coll.name] == [], spent
+    assert [op for op, name in spent if name == f"{coll.name}_done"] == ["insert"], spent
+    # Finished: nobody takes it, even long after the lease; the first result stands.
+    later = await other.claim("post-1|slack", now=now + timedelta(hours=1), owner="b")
+    assert later.outcome == "done"
+    assert later.data["ref"] == "m1"
+    doc = await other.get("post-1|slack")
+    assert doc is not None
+    assert (doc["state"], doc["ref"], doc["owner"]) == ("done", "m1", "a")
+    # An unfinished claim reads as claimed.
+    await claims.claim("post-2|slack", now=now, owner="a")
+    pending = await other.get("post-2|slack")
+    assert pending is not None
+    assert pending["state"] == "claimed"
+
+
+async def test_pages_made_at_once_read_the_engineers_roster_once(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips], unique: str,
+) -> None:
+    coll, trips = counted
+    db = coll.database
+    await EngineerDirectory(db).register(Engineer(engineer_id=f"e-{unique}", display_name="A",
+                                                  tier=1, identities={"webhook": unique}))
+    directory = EngineerDirectory(db)
+    before = trips.totals.copy()
+    rosters = await asyncio.gather(*(directory.up_to_tier(1) for _ in range(20)))
+    spent = trips.totals - before
+    assert spent[("find", ENGINEERS)] == 1, spent
+    assert all([e.engineer_id for e in r] == [f"e-{unique}"] for r in rosters)
