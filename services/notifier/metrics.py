@@ -50,6 +50,7 @@ from schemas.events import (
     InterventionStarted,
 )
 from services.notifier.board import PHASES, BoardEntry, TicketBoard
+from services.notifier.inserts import GroupInsert
 from services.notifier.ledger import Recorded
 from services.notifier.sla import (
     Alert,
@@ -377,7 +378,7 @@ class TicketProjection:
                  remember: int = 50_000) -> None:
         self.board = board
         self.metrics = metrics
-        self._marks = db[collection]
+        self._marks = GroupInsert(db[collection])  # a sweep's alerts: one round trip
         self._clock = clock
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
@@ -426,7 +427,7 @@ class TicketProjection:
         if key in self._counted:
             return False
         try:
-            await self._marks.insert_one({"_id": key, "at": self._clock()})
+            await self._marks.insert({"_id": key, "at": self._clock()})
         except DuplicateKeyError:
             won = False
         else:
