@@ -126,8 +126,11 @@ class Claims:
         Conditional, so not atomic on FerretDB; acceptable: only the claim's holder releases
         it, and a released key is simply claimed afresh. (A holder so slow that its lease
         ran out and was taken over may delete the taker's claim: the same slow-owner case
-        the lease already accepts, where the slow owner itself repeats the effect.)"""
-        await self._coll.delete_one({"_id": key, "state": "claimed"})
+        the lease already accepts, where the slow owner itself repeats the effect.) A
+        finished claim is kept: its document still says ``claimed`` (finishing inserts the
+        ``_done`` record), so that record is looked at first."""
+        if await self._done.coll.find_one({"_id": key}) is None:
+            await self._coll.delete_one({"_id": key, "state": "claimed"})
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """The claim as it stands: its document, with what :meth:`complete` recorded and
