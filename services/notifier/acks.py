@@ -38,8 +38,8 @@ from schemas.envelope import EventEnvelope
 from schemas.events import ChatChannel, EngineerAcknowledged, ManualStepCompleted
 from services.notifier.claims import Claim, Claims
 from services.notifier.ids import derived_id
-from services.notifier.inserts import GroupInsert
 from services.notifier.sla import PageKind, TicketState
+from services.runtime.group_insert import GroupInsert
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 log = logging.getLogger(__name__)

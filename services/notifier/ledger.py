@@ -47,8 +47,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.notifier.inserts import GroupInsert
 from services.notifier.sla import Fact
+from services.runtime.group_insert import GroupInsert
 
 COLLECTION = "notifier_ticket_facts"
 ARCHIVE = "notifier_ticket_facts_archive"

@@ -50,7 +50,6 @@ from schemas.events import (
     InterventionStarted,
 )
 from services.notifier.board import PHASES, BoardEntry, TicketBoard
-from services.notifier.inserts import GroupInsert
 from services.notifier.ledger import Recorded
 from services.notifier.sla import (
     Alert,
@@ -62,6 +61,7 @@ from services.notifier.sla import (
     fold,
     sla_alert_id,
 )
+from services.runtime.group_insert import GroupInsert
 
 log = logging.getLogger(__name__)
 

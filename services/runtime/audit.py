@@ -22,6 +22,10 @@ append is then ONE insert and reads nothing:
   a redelivery (a unique index on ``(ticket_id, producer, record_id)``): only then is the
   chain read from the records collection - its tail, or the record already written under
   that ``record_id`` - and the append retried;
+- appends to different chains made at the same moment (a consumer's batch of tickets, the
+  executor's concurrent runs) share one round trip
+  (:class:`~services.runtime.group_insert.GroupInsert`), each still refused or written on
+  its own;
 - :meth:`AuditLog.append_many` (and :class:`AuditBatch`, a unit of work) writes the records
   of one or many chains in one ordered ``insert_many``; :meth:`AuditLog.append_later` joins
   the :meth:`AuditLog.unit_of_work` open in the current task, if any, so a consumer can
@@ -90,6 +94,7 @@ from services.runtime.audit_verify import (
     heads_collection,
     verify_chain,
 )
+from services.runtime.group_insert import GroupInsert
 from services.runtime.redaction import default_redactor
 
 __all__ = [
@@ -201,6 +206,9 @@ class AuditLog:
         if redactor is None:
             redactor = default_redactor()
         self._records: AsyncCollection[Document] = db[collection]
+        # Appends to different chains at the same moment (a consumer's batch of tickets,
+        # the executor's concurrent runs) share one insert round trip.
+        self._inserts = GroupInsert(self._records)
         self._redactor = redactor
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
@@ -380,7 +388,7 @@ class AuditLog:
         for attempt in range(self._max_attempts):
             record = self._record(entry, position)
             try:
-                await self._records.insert_one(record.to_stored())
+                await self._inserts.insert(record.to_stored())
             except DuplicateKeyError:
                 self.seq_conflicts += 1
                 found, tail = await self._settle(record)

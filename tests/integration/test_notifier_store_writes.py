@@ -1,5 +1,5 @@
 """How the notifier writes to the real FerretDB (issue 17): inserts made at once share one round
-trip (:mod:`services.notifier.inserts`), each caller still getting exactly the outcome its
+trip (:mod:`services.runtime.group_insert`), each caller still getting exactly the outcome its
 own ``insert_one`` would have had; and a fire-once claim is finished by an insert, never by
 an update of the claim collection, which grows with history (:mod:`services.notifier.claims`).
 """
@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.notifier.acks import ENGINEERS, Engineer, EngineerDirectory
 from services.notifier.claims import Claims
-from services.notifier.inserts import GroupInsert
+from services.runtime.group_insert import GroupInsert
 from services.runtime.store_metrics import StoreRoundTrips
 
 pytestmark = pytest.mark.integration

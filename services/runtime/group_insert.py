@@ -1,11 +1,12 @@
-"""Group commit for the notifier's hot-path inserts: the inserts that arrive while one is on
-its way to the store go together in the next, one ``insert_many``.
+"""Group commit for hot-path inserts: the inserts into one collection that arrive while
+one is on its way to the store go together in the next, one ``insert_many``.
 
 Why (issue 17): FerretDB serialises writes, so in a 1,000-ticket burst every insert waited
-about 180 ms for the store, and the notifier sent six of them per ticket (a fact per
-event, the page, the page's closure), one round trip each. The consumer runtime hands a
-batch of tickets to the handlers at once, so many handlers reach the same insert within
-the same few milliseconds: here they share one round trip and one store transaction.
+about 180 ms for the store. The consumer runtime hands a batch of tickets to the handlers
+at once, and the executor runs many interventions at once, so many tasks reach the same
+insert within the same few milliseconds: here they share one round trip and one store
+transaction. Used by the notifier (facts, pages, claims, chat posts, metric marks) and by
+the audit log (every service's records: :mod:`services.runtime.audit`).
 
 Nothing about a single insert changes for its caller. Each document is still its own
 test-and-set: an unordered ``insert_many`` refuses a duplicate ``_id`` per document and
@@ -14,7 +15,8 @@ MongoDB does), so :meth:`GroupInsert.insert` returns when its document is durabl
 :class:`~pymongo.errors.DuplicateKeyError` when its ``_id`` was taken (by an earlier writer
 or by another document of the same group: the first one wins), and raises the round trip's
 own error (a lost connection) when the whole group failed, exactly what ``insert_one``
-would have done.
+would have done. A unique index other than ``_id`` (the audit log's ``record_id`` per
+chain) refuses its document the same way.
 
 The first insert after a quiet spell waits only for the tasks already runnable (one turn
 of the event loop): under light load an insert costs what it did; under load the group
