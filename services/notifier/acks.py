@@ -19,6 +19,7 @@ real engineer, never a free-form chat name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -38,6 +39,7 @@ from schemas.events import ChatChannel, EngineerAcknowledged, ManualStepComplete
 from services.notifier.claims import Claim, Claims
 from services.notifier.ids import derived_id
 from services.notifier.sla import PageKind, TicketState
+from services.runtime.group_insert import GroupInsert
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ class EngineerDirectory:
         # seconds, not once per page (a registration shows up within ``roster_ttl``).
         self._roster_ttl = roster_ttl.total_seconds()
         self._roster: tuple[float, list[Engineer]] | None = None
+        # The read under way, shared: a batch of tickets paged at once when the roster
+        # expired would otherwise read it once each (a burst measured 0.24 per ticket).
+        self._reading: asyncio.Future[list[Engineer]] | None = None
 
     async def register(self, engineer: Engineer) -> None:
         """Add or update an engineer and claim their chat identities.
@@ -117,7 +122,15 @@ class EngineerDirectory:
     async def up_to_tier(self, tier: int) -> list[Engineer]:
         now = time.monotonic()
         if self._roster is None or now - self._roster[0] > self._roster_ttl:
-            self._roster = (now, await self.all())
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self.all())
+            reading = self._reading
+            try:
+                engineers = await asyncio.shield(reading)
+            finally:
+                if self._reading is reading and reading.done():
+                    self._reading = None
+            self._roster = (now, engineers)
         return [e for e in self._roster[1] if e.tier <= tier]
 
 
@@ -152,12 +165,13 @@ class PageIndex:
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, remember: int = 10_000) -> None:
         self._coll = db[PAGES]
+        self._inserts = GroupInsert(self._coll)  # a burst's new pages: one round trip
         self._known: OrderedDict[str, PageRecord] = OrderedDict()
         self._remember = remember
 
     async def add(self, record: PageRecord) -> None:
         with contextlib.suppress(DuplicateKeyError):
-            await self._coll.insert_one({"_id": record.page_id, "ticket_id": record.ticket_id,
+            await self._inserts.insert({"_id": record.page_id, "ticket_id": record.ticket_id,
                                          "revision": record.revision, "kind": record.kind,
                                          "step_id": record.step_id, "post_id": record.post_id,
                                          "text": record.text,

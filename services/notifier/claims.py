@@ -21,10 +21,20 @@ uses ids derived from the claim's key (event ids, Matrix transaction ids): a tak
 an owner that was slow rather than dead repeats the *same* effect, which downstream
 consumers drop as a duplicate (Slack and Telegram posts have no such id, which is why the
 take-over itself must have one winner).
+
+Finishing is an insert too (issue 17): :meth:`Claims.complete` inserts
+``<collection>_done`` ``_id = key`` with what the work produced, instead of updating the
+claim. The claim collections grow with every alert, acknowledgement and chat post, and on
+FerretDB an update scans its whole collection while holding the store's single write lock;
+an insert costs the same at any size (and rides with the others of its moment,
+:mod:`services.runtime.group_insert`). The first completion wins; a claim whose own document
+says ``done`` (inserted finished, or completed by a notifier before this) still counts.
+Only the rare paths read the ``_done`` document: a claim found taken, :meth:`Claims.get`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +43,8 @@ from uuid import uuid4
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from services.runtime.group_insert import GroupInsert
 
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]
@@ -59,6 +71,10 @@ class Claims:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], collection: str, *,
                  lease: timedelta = timedelta(seconds=60)) -> None:
         self._coll = db[collection]
+        # Claims made at once (a burst's page closures, a sweep's alerts) share a round
+        # trip; each is still its own insert-wins test-and-set.
+        self._inserts = GroupInsert(self._coll)
+        self._done = GroupInsert(db[f"{collection}_done"])
         self._takeovers = db[TAKEOVERS]
         self._name = collection
         self.lease = lease
@@ -72,12 +88,12 @@ class Claims:
         doc = {"_id": key, "state": "done" if done else "claimed", "claimed_at": now,
                "owner": owner, "nonce": uuid4().hex, **(data or {})}
         try:
-            await self._coll.insert_one(doc)
+            await self._inserts.insert(doc)
         except DuplicateKeyError:
             pass
         else:
             return Claim(key=key, outcome="won", data=doc)
-        existing = await self._coll.find_one({"_id": key})
+        existing = await self.get(key)
         if existing is None:  # released between our insert and read: try once more
             return await self.claim(key, now=now, data=data, owner=owner, done=done)
         if existing.get("state") == "done":
@@ -100,7 +116,9 @@ class Claims:
         return Claim(key=key, outcome="held", data=existing)
 
     async def complete(self, key: str, **data: Any) -> None:
-        await self._coll.update_one({"_id": key}, {"$set": {"state": "done", **data}})
+        """Mark the work done, with what it produced (``data``): an insert (module doc)."""
+        with contextlib.suppress(DuplicateKeyError):  # finished already: the first stays
+            await self._done.insert({"_id": key, **data})
 
     async def release(self, key: str) -> None:
         """Give the work up so a later attempt can claim it afresh.
@@ -108,8 +126,19 @@ class Claims:
         Conditional, so not atomic on FerretDB; acceptable: only the claim's holder releases
         it, and a released key is simply claimed afresh. (A holder so slow that its lease
         ran out and was taken over may delete the taker's claim: the same slow-owner case
-        the lease already accepts, where the slow owner itself repeats the effect.)"""
-        await self._coll.delete_one({"_id": key, "state": "claimed"})
+        the lease already accepts, where the slow owner itself repeats the effect.) A
+        finished claim is kept: its document still says ``claimed`` (finishing inserts the
+        ``_done`` record), so that record is looked at first."""
+        if await self._done.coll.find_one({"_id": key}) is None:
+            await self._coll.delete_one({"_id": key, "state": "claimed"})
 
     async def get(self, key: str) -> dict[str, Any] | None:
-        return await self._coll.find_one({"_id": key})
+        """The claim as it stands: its document, with what :meth:`complete` recorded and
+        ``state: done`` once it is finished."""
+        doc = await self._coll.find_one({"_id": key})
+        if doc is None or doc.get("state") == "done":
+            return doc
+        finished = await self._done.coll.find_one({"_id": key})
+        if finished is None:
+            return doc
+        return {**doc, **finished, "state": "done"}

@@ -12,11 +12,16 @@ lives in MongoDB and a periodic sweep fires what is due.
   stays small; a superseded document whose ``due_at`` has passed is skipped without a read
   when this process knows a later fact, and read past once otherwise.
 - :class:`Sweeper` fires each due alert once: it claims the alert id
-  (:class:`~services.notifier.claims.Claims`), performs it, marks the claim done and records
-  an ``alert_fired`` fact. A crash after the claim leaves it ``claimed``; after the lease a
-  sweeper takes it over and performs it again with the same derived ids (the published
-  events are the same events). A crash after the claim is done but before the fact is
-  recorded is repaired by recording the fact, without firing again.
+  (:class:`~services.notifier.claims.Claims`), performs it and records an ``alert_fired``
+  fact. The fact is what says "done": once it is in the ledger the alert is no longer due,
+  so no sweeper claims it again, and the claim is never updated (an update scans the
+  claims collection, which grows with every alert, holding the store's write lock; issue
+  17). A sweeper that finds the claim held by another defers the ticket and looks again
+  after ``retry``, by when the fact is recorded. A crash after the claim, before the fact
+  is recorded, leaves it ``claimed``; after the lease a sweeper takes it over and performs
+  it again with the same derived ids (the published events are the same events, the chat
+  post the same outbox entry). A claim marked ``done`` (by a notifier before this change)
+  is repaired by recording the fact, without firing again.
 """
 
 from __future__ import annotations
@@ -89,8 +94,10 @@ class Sweeper:
         retry: timedelta = timedelta(seconds=5),
         owner: str = "",
         recorded: AfterRecord | None = None,
+        concurrency: int = 32,
     ) -> None:
         self._recorded = recorded
+        self._concurrency = concurrency
         self._ledger = ledger
         self._deadlines = deadlines
         self._claims = claims
@@ -111,12 +118,21 @@ class Sweeper:
         self._later = {t: at for t, at in self._later.items() if at > now}
         # Deferred tickets are left out before the batch is cut, so they cannot crowd out
         # the others.
-        for ticket_id in await self._deadlines.due(now, skip=self._later):
-            try:
-                fired += await self.sweep_ticket(ticket_id, now)
-            except Exception:  # one ticket's failure must not stop the others' timers
-                log.exception("sweeping ticket %s failed; retrying later", ticket_id)
-                self._later[ticket_id] = now + self._retry
+        # The due tickets are swept at once (a bounded number at a time): their claims
+        # and facts then share round trips (services.runtime.group_insert), so
+        # a burst's due "queued" notices go out in a few round trips' time, not in one
+        # ticket's time each. A ticket's own alerts stay in order.
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(ticket_id: str) -> None:
+            async with gate:
+                try:
+                    fired.extend(await self.sweep_ticket(ticket_id, now))
+                except Exception:  # one ticket's failure must not stop the others' timers
+                    log.exception("sweeping ticket %s failed; retrying later", ticket_id)
+                    self._later[ticket_id] = now + self._retry
+
+        await asyncio.gather(*(one(t) for t in await self._deadlines.due(now, skip=self._later)))
         return fired
 
     async def sweep_ticket(self, ticket_id: str, now: datetime) -> list[Alert]:
@@ -134,10 +150,9 @@ class Sweeper:
                     await self._claims.release(alert.alert_id)
                     deferred = True
                     continue
-                await self._claims.complete(alert.alert_id, fired_at=now)
                 fired.append(alert)
-            # Done now or earlier (a crash before the fact was recorded): record the fact,
-            # whose document carries the ticket's next deadline.
+            # Fired now, or marked done earlier: the fact (whose document carries the
+            # ticket's next deadline) is the alert's "done" (module doc).
             entry = await self._ledger.record(ticket_id, fired_fact(alert, now))
             if self._recorded is not None:
                 await self._recorded(entry)

@@ -37,7 +37,7 @@ from services.notifier.bots.base import (
     Sent,
 )
 from services.notifier.claims import Claims
-from services.runtime.store_ops import insert_new
+from services.runtime.group_insert import GroupInsert
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Outbox:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], channels: Sequence[ChatChannel],
                  *, clock: Clock = utc_now, lease: timedelta = timedelta(seconds=60)) -> None:
         self._outbox = db[OUTBOX]
+        self._enqueued = GroupInsert(self._outbox)  # posts queued at once: one round trip
         self._messages = db[MESSAGES]
         self.sent_claims = Claims(db, SENT, lease=lease)
         self.channels = tuple(channels)
@@ -107,7 +108,7 @@ class Outbox:
         # grows with history): a redelivered event's post, already sent, is queued again
         # and dropped by the worker, whose send claim says "done" (DeliveryWorker.deliver).
         document = post.to_document()
-        await insert_new(self._outbox, [
+        await self._enqueued.insert_new([
             {"_id": _key(post.post_id, channel), "channel": channel, "post": document,
              "rounds": 0, "enqueued_at": now, "next_attempt_at": now} for channel in targets])
         for channel in targets:

@@ -61,6 +61,7 @@ from services.notifier.sla import (
     fold,
     sla_alert_id,
 )
+from services.runtime.group_insert import GroupInsert
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ class TicketProjection:
                  remember: int = 50_000) -> None:
         self.board = board
         self.metrics = metrics
-        self._marks = db[collection]
+        self._marks = GroupInsert(db[collection])  # a sweep's alerts: one round trip
         self._clock = clock
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
@@ -426,7 +427,7 @@ class TicketProjection:
         if key in self._counted:
             return False
         try:
-            await self._marks.insert_one({"_id": key, "at": self._clock()})
+            await self._marks.insert({"_id": key, "at": self._clock()})
         except DuplicateKeyError:
             won = False
         else:

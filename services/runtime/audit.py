@@ -22,6 +22,10 @@ append is then ONE insert and reads nothing:
   a redelivery (a unique index on ``(ticket_id, producer, record_id)``): only then is the
   chain read from the records collection - its tail, or the record already written under
   that ``record_id`` - and the append retried;
+- appends to different chains made at the same moment (a consumer's batch of tickets, the
+  executor's concurrent runs) share one round trip
+  (:class:`~services.runtime.group_insert.GroupInsert`), each still refused or written on
+  its own;
 - :meth:`AuditLog.append_many` (and :class:`AuditBatch`, a unit of work) writes the records
   of one or many chains in one ordered ``insert_many``; :meth:`AuditLog.append_later` joins
   the :meth:`AuditLog.unit_of_work` open in the current task, if any, so a consumer can
@@ -46,7 +50,7 @@ import contextlib
 import random
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +94,7 @@ from services.runtime.audit_verify import (
     heads_collection,
     verify_chain,
 )
+from services.runtime.group_insert import GroupInsert
 from services.runtime.redaction import default_redactor
 
 __all__ = [
@@ -201,6 +206,9 @@ class AuditLog:
         if redactor is None:
             redactor = default_redactor()
         self._records: AsyncCollection[Document] = db[collection]
+        # Appends to different chains at the same moment (a consumer's batch of tickets,
+        # the executor's concurrent runs) share one insert round trip.
+        self._inserts = GroupInsert(self._records)
         self._redactor = redactor
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
@@ -289,6 +297,18 @@ class AuditLog:
             _UNIT.reset(token)
         await batch.flush()
 
+    @contextlib.contextmanager
+    def gathering(self, unit: AuditBatch) -> Iterator[AuditBatch]:
+        """Make :meth:`append_later` in this task, and in the tasks it starts, join
+        ``unit``, which the caller flushes (and may flush again after a failure) and
+        closes: the consumer runtime's batch, whose records must be durable before its
+        offsets are committed, whatever outage it rides out meanwhile."""
+        token = _UNIT.set(unit)
+        try:
+            yield unit
+        finally:
+            _UNIT.reset(token)
+
     async def append_later(self, ticket_id: str, *, record_id: str, kind: str, actor: str,
                            data: Mapping[str, Any], at: datetime | None = None) -> None:
         """:meth:`append`, deferred to the open :meth:`unit_of_work` if there is one (then
@@ -297,7 +317,7 @@ class AuditLog:
         ``at`` of this call but takes its ``seq`` when the unit is written, after records
         of its chain appended at once meanwhile (chain order is write order)."""
         unit = _UNIT.get()
-        if unit is None or unit.log is not self:
+        if unit is None or unit.log is not self or unit.closed:
             await self.append(ticket_id, record_id=record_id, kind=kind, actor=actor,
                               data=data, at=at)
             return
@@ -368,7 +388,7 @@ class AuditLog:
         for attempt in range(self._max_attempts):
             record = self._record(entry, position)
             try:
-                await self._records.insert_one(record.to_stored())
+                await self._inserts.insert(record.to_stored())
             except DuplicateKeyError:
                 self.seq_conflicts += 1
                 found, tail = await self._settle(record)
@@ -475,6 +495,10 @@ class AuditBatch:
     def __init__(self, log: AuditLog) -> None:
         self.log = log
         self._entries: list[_Prepared] = []
+        # Set once its owner wrote it for the last time: a task that outlived the unit
+        # (started inside it, still running) then appends at once instead of into a batch
+        # nobody will write again.
+        self.closed = False
 
     def add(self, ticket_id: str, *, record_id: str, kind: str, actor: str,
             data: Mapping[str, Any], at: datetime | None = None) -> None:
@@ -487,8 +511,17 @@ class AuditBatch:
         return len(self._entries)
 
     async def flush(self) -> list[AuditRecord]:
-        entries, self._entries = self._entries, []
-        return await self.log._append_prepared(entries)
+        """Write the gathered records. On failure (the store is away) they stay gathered,
+        so the caller can flush again: records already written are recognised by their
+        ``record_id`` and not written twice."""
+        entries = list(self._entries)
+        records = await self.log._append_prepared(entries)
+        del self._entries[:len(entries)]  # records added meanwhile wait for the next flush
+        return records
+
+    def close(self) -> None:
+        """No more records join this unit (:meth:`AuditLog.append_later` appends at once)."""
+        self.closed = True
 
     async def __aenter__(self) -> AuditBatch:
         return self

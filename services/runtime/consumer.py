@@ -9,8 +9,12 @@ the first message), and works through the batch as Confluent's Parallel Consumer
 
 - messages of different tickets are handled concurrently (up to ``CONSUMER_LANES`` lanes),
   messages of one ticket in their order;
-- the batch's idempotency marks go to the store in one insert per partition
+- the batch's idempotency marks go to the store in one insert
   (:meth:`services.runtime.idempotency.ProcessedEvents.begin`), not a read per message;
+- the audit records the handlers append with :meth:`AuditLog.append_later
+  <services.runtime.audit.AuditLog.append_later>` (records nothing waits on, such as the
+  record of each event a handler publishes) are gathered for the whole batch and written
+  in one insert before the commit; an outage keeps them until they are written;
 - the offsets are committed once, after every message of the batch is settled (handled,
   dropped as a duplicate or dead-lettered), so the committed position never passes a
   message whose effects are not durable.
@@ -54,6 +58,7 @@ from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from schemas.topics import DLQ_SUFFIX, physical
+from services.runtime.audit import AuditBatch
 from services.runtime.decoding import Decoded, DecodeError, Decoder
 from services.runtime.dependencies import outage_of
 from services.runtime.idempotency import Begin
@@ -157,7 +162,9 @@ class _Batch(Generic[T]):
     items: list[_Item[T]] | None = None
     duplicates: set[str] | None = None
     handled: set[str] = field(default_factory=set)  # keys handled in this batch
-    finished: set[str] = field(default_factory=set)  # keys whose done mark is written
+    # The handlers' audit records nothing waits on (AuditLog.append_later): written in one
+    # insert before the commit, and kept through an outage until they are.
+    audit: AuditBatch | None = None
 
     def settle(self, record: ConsumerRecord[Any, Any]) -> None:
         self.settled.add(id(record))
@@ -387,20 +394,24 @@ def subscribe(
             runtime.metrics.consuming(topic=topic, group=group_name,
                                       physical_topic=record.topic, partition=record.partition,
                                       offset=record.offset, consumer=consumer)
-        batch: _Batch[T] = _Batch(records)
+        batch: _Batch[T] = _Batch(records, audit=runtime.audit.batch())
+        assert batch.audit is not None
         delay = OUTAGE_BACKOFF_S
         while True:
             try:
-                await work(batch, consumer)
-                if batch.handled - batch.finished:
-                    # Before the commit: a crash between the two drops the copies anyway.
-                    await runtime.processed.finish(group_id, batch.handled - batch.finished)
-                    batch.finished |= batch.handled
+                with runtime.audit.gathering(batch.audit):
+                    await work(batch, consumer)
+                while len(batch.audit):  # durable before the commit
+                    await batch.audit.flush()
+                # From here a task a handler started appends at once, never into a batch
+                # already written (no await between the last flush and this).
+                batch.audit.close()
                 await commit(batch, consumer)
             except CommitFailedError:
                 # The group rebalanced while we worked: the partitions' new owner (maybe
-                # this process again) gets the messages from the last commit, and the
-                # marks make the settled ones duplicates.
+                # this process again) gets the messages from the last commit; its handlers
+                # run again, idempotently (their begun marks are not below that commit).
+                batch.audit.close()
                 log.warning("offset commit refused after a rebalance; the batch is "
                             "redelivered to the partitions' owner")
                 return

@@ -8,22 +8,21 @@ webhook or a duplicate publish is the same request). The pair is the mark's ``_i
 a find by ``_id`` 1.8 ms at 1,000 documents, 15 ms at 10,000, 44 ms at 30,000), while an
 insert costs ~0.5 ms whatever the size, and a duplicate ``_id`` is refused atomically. So
 the consumer runtime does not ask "seen?" before each message. For a whole batch it makes
-two inserts:
+ONE insert: before the handlers run, the batch's marks, one ``insert_many``
+(:meth:`ProcessedEvents.begin`), each naming the record (topic, partition, offset) that
+began it. Keys the store accepts are new, and the common path costs no read at all.
 
-- before the handlers run, the batch's *begun* marks, one ``insert_many``
-  (:meth:`ProcessedEvents.begin`): keys the store accepts are new, and the common path
-  costs no read at all;
-- after they ran and before the offsets are committed, the *done* marks of the messages
-  handled (:meth:`ProcessedEvents.finish`).
-
-Only a key whose begun mark is refused (a redelivery after a crash, or a producer's
-re-sent copy) is read back: with a done mark, or begun by a record below the group's
-committed offset, its effects are durable and the copy is dropped; otherwise (the process
-died mid-batch, or another copy is still in flight) the handler runs again, idempotently
-(derived event ids, insert-wins claims), rather than lose the effect. A message
-dead-lettered after its retries has its begun mark removed (:meth:`forget`), so the same
-event sent again later is handled, not dropped. A mark written by :meth:`mark` counts as
-done.
+Only a key whose mark is refused (a redelivery after a crash, or a producer's re-sent
+copy) is read back. Begun by a record below the group's committed offset, its effects
+were durable before that commit and the copy is dropped; otherwise (the process died
+mid-batch, or before its commit; another copy is still in flight; a rebalance refused the
+commit) the handler runs again, idempotently (derived event ids, insert-wins claims),
+rather than lose the effect. The committed offset is what says "done": a second "done"
+mark per batch, written just before the commit, would only cover the moment between the
+two, and cost a store round trip per batch (per message at a steady rate) to spare a rare
+idempotent re-run. A message dead-lettered after its retries has its mark removed
+(:meth:`forget`), so the same event sent again later is handled, not dropped. A mark
+written by :meth:`mark` (no source record) counts as processed.
 
 **Bounded by time, dropped whole.** Marks live in one collection per UTC day
 (``processed_events_YYYYMMDD``), written to today's. A message whose Kafka timestamp is
@@ -66,15 +65,10 @@ Committed = Callable[[str, int], Awaitable[int | None]]
 read after a restart, or None when nothing is committed."""
 
 
-_DONE = "|done"
 
 
 def _doc_id(consumer: str, key: str) -> str:
     return f"{consumer}|{key}"
-
-
-def _done_id(doc_id: str) -> str:
-    return doc_id + _DONE
 
 
 def _day(suffix: str) -> date | None:
@@ -175,16 +169,13 @@ class ProcessedEvents:
                  and item.timestamp_ms / 1000 < oldest.timestamp()
                  and _doc_id(consumer, item.key) not in refused]
         marks: dict[str, Document] = {}
-        lookups = [(recent, [i for r in sorted(refused) for i in (r, _done_id(r))])]
+        lookups = [(recent, sorted(refused))]
         if older:
-            lookups.append((self._days_back(now)[1:], [
-                i for k in older for i in (_doc_id(consumer, k), _done_id(_doc_id(consumer, k)))]))
+            lookups.append((self._days_back(now)[1:], [_doc_id(consumer, k) for k in older]))
         for days, ids in lookups:
             if ids:
                 for mark in await self._find(days, ids):
                     marks.setdefault(str(mark["_id"]), mark)
-        for mark_id in [m for m in marks if m.endswith(_DONE)]:
-            marks[mark_id.removesuffix(_DONE)] = marks[mark_id]  # done outranks begun
         done: set[str] = set()
         cache: dict[tuple[str, int], int | None] = {}
         for item in first.values():
@@ -200,7 +191,7 @@ class ProcessedEvents:
                        cache: dict[tuple[str, int], int | None]) -> bool:
         source = mark.get("source")
         if not isinstance(source, dict):
-            return True  # a done mark, or one written by mark(): processed
+            return True  # written by mark(): processed
         tp = (str(source.get("t")), int(source.get("p", -1)))
         offset = int(source.get("o", -1))
         if tp not in cache:
@@ -217,16 +208,8 @@ class ProcessedEvents:
             found.extend(await self._partition(day).find({"_id": {"$in": ids}}).to_list())
         return found
 
-    async def finish(self, consumer: str, keys: Iterable[str]) -> None:
-        """Mark ``keys`` done (their effects are durable), one insert, before the commit."""
-        now = self._clock()
-        docs = [{"_id": _done_id(_doc_id(consumer, key)), "consumer": consumer, "key": key,
-                 "at": now} for key in dict.fromkeys(keys)]
-        if docs:
-            await insert_new(self._partition(self._days_back(now)[0]), docs)
-
     async def forget(self, consumer: str, key: str) -> None:
-        """Remove ``key``'s begun mark (a dead-lettered message: the same event sent again
+        """Remove ``key``'s mark (a dead-lettered message: the same event sent again
         later must be handled). A rare path; it scans today's partition."""
         await self._partition(self._days_back(self._clock())[0]).delete_one(
             {"_id": _doc_id(consumer, key)})

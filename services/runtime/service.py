@@ -217,10 +217,17 @@ class ServiceRuntime:
             key=key.encode())
 
     async def publish(self, event: BaseModel) -> None:
-        """Audit, then publish: both are idempotent on the event id, so a retry is safe."""
+        """Audit, then publish: both are idempotent on the event id, so a retry is safe.
+
+        Inside a consumer's batch the record joins the batch's one audit insert, durable
+        before the batch's offsets are committed (a crash re-runs the handler, which
+        publishes and audits the same event id again). A final event is appended at once:
+        its chain head is anchored right after the publish."""
         topic = topic_for(event)  # type: ignore[arg-type]
         if isinstance(event, EventEnvelope):
-            await self.audit.append(
+            final = event.EVENT_TYPE in FINAL_EVENT_TYPES
+            append = self.audit.append if final else self.audit.append_later
+            await append(
                 event.ticket_id, record_id=f"event:{event.event_id}", kind="event",
                 actor=self.service_name,
                 data={"event_type": event.EVENT_TYPE, "topic": topic,
@@ -234,7 +241,7 @@ class ServiceRuntime:
             encode(event), topic=physical(topic, self.settings.kafka_topic_prefix), key=key,  # type: ignore[arg-type]
         )
         self.metrics.published(topic)
-        if isinstance(event, EventEnvelope) and event.EVENT_TYPE in FINAL_EVENT_TYPES:
+        if isinstance(event, EventEnvelope) and final:
             # The ticket's last word: its head goes outside the store now, not in a minute.
             await self.anchors.flush(event.ticket_id)
 

@@ -16,7 +16,7 @@ handler sent and are left out.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -57,7 +57,7 @@ class StoreRoundTrips(monitoring.CommandListener):
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         self.totals: Counter[tuple[str, str]] = Counter()
-        self.seconds: Counter[tuple[str, str]] = Counter()
+        self.seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._started: dict[tuple[int, Any], tuple[str, str]] = {}
         self._counter = None
         self._duration = None

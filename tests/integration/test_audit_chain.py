@@ -294,14 +294,39 @@ async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_ro
 
     async with log.unit_of_work():
         await asyncio.gather(handler("HD-1"), handler("HD-2"))
-        assert dict(trips.totals) == {("insert", coll): 2}  # only the two durable appends
-    assert dict(trips.totals) == {("insert", coll): 3}
+        # Only the two durable appends, made at the same moment on two chains: they share
+        # one round trip (services.runtime.group_insert).
+        assert dict(trips.totals) == {("insert", coll): 1}
+    assert dict(trips.totals) == {("insert", coll): 2}
     assert [r.record_id for r in await log.records("HD-1")] == ["now", "evt-0", "evt-1"]
     report = await verify_chain(mongo_db, collection=coll)
     assert (report.ok, report.records_checked) == (True, 6), report.first_broken
     # Outside a unit, append_later is an append.
     await log.append_later("HD-3", record_id="alone", kind="event", actor="auth", data={})
     assert [r.record_id for r in await log.records("HD-3")] == ["alone"]
+
+
+async def test_appends_to_many_chains_at_once_share_a_round_trip_each_settled_on_its_own(
+    mongo_db: Db, counted: tuple[Db, StoreRoundTrips], coll: str
+) -> None:
+    db, trips = counted
+    first = AuditLog(db, collection=coll, redactor=Identity())
+    await first.append("HD-1", record_id="a", kind="event", actor="auth", data={})
+    # Another process (no cached heads) appends the same record again (a redelivery) and
+    # records of eight other chains, all at the same moment.
+    other = AuditLog(db, collection=coll, redactor=Identity())
+    await other.ensure_indexes()
+    trips.totals.clear()
+    again, *fresh = await asyncio.gather(
+        other.append("HD-1", record_id="a", kind="event", actor="auth", data={}),
+        *(other.append(f"HD-{n}", record_id="x", kind="event", actor="auth", data={"n": n})
+          for n in range(2, 10)))
+    assert again.seq == 1 and [r.seq for r in fresh] == [1] * 8
+    assert [r.record_id for r in await other.records("HD-1")] == ["a"]  # not written twice
+    inserts = trips.totals[("insert", coll)]
+    assert inserts <= 2, dict(trips.totals)  # nine appends: one group (+ a straggler at most)
+    report = await verify_chain(mongo_db, collection=coll)
+    assert (report.ok, report.records_checked) == (True, 9), report.first_broken
 
 
 async def test_the_per_ticket_chains_unique_indexes_are_dropped(

@@ -8,6 +8,7 @@ and cut elsewhere; what is bounded here is the notifier's own bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,9 @@ from notifier_harness import FakeClock, Stack, module_topics, notifier_stack, se
 from polling import eventually
 
 from schemas import TicketSubmitted, TicketUpdated, topic_for
+from services.notifier.acks import CLOSURES
 from services.notifier.app import CONSUMED
+from services.notifier.deadlines import ALERT_CLAIMS
 from services.notifier.ledger import ARCHIVE, COLLECTION
 from services.runtime.idempotency import ProcessedEvents
 from services.runtime.store_metrics import own_round_trips
@@ -108,6 +111,8 @@ async def test_a_ticket_lifecycle_costs_the_notifier_a_handful_of_store_round_tr
           f"{sum(whole.values()) / TICKETS:.2f} with the runtime's: "
           + ", ".join(f"{op} {coll} {n / TICKETS:.2f}" for (op, coll), n in whole.items()))
     assert per_ticket <= BOUND_PER_TICKET, spent
+    # The tickets' facts go in together (group commit): fewer inserts than events.
+    assert whole[("insert", COLLECTION)] < 2 * TICKETS, whole
     # None of them reads the ticket's history: every fact is written by insert.
     assert not [key for key in spent if key[0] == "find" and key[1].startswith(COLLECTION)], \
         spent
@@ -128,12 +133,18 @@ async def test_events_out_of_order_close_the_page_once_without_reading(settings:
         for event in ends:
             await stack.bus.publish(event)
         await handled(stack, ends)
+        closing = stack.service.runtime.store_round_trips.totals - before
         starts = [started(t, at=at + timedelta(seconds=5)) for t in tickets]
         for event in starts:
             await stack.bus.publish(event)
         await handled(stack, starts)
         spent = stack.service.runtime.store_round_trips.totals - before
-    assert spent[("insert", "notifier_page_closures")] == len(tickets), spent
+        closed = {d["_id"] async for d in stack.service.runtime.db[CLOSURES].find({})}
+    # Each page closed by its completion (closures claimed at once share round trips) ...
+    assert closed == {f"close:{t.event_id}" for t in tickets}
+    assert 1 <= closing[("insert", CLOSURES)] <= len(tickets), closing
+    # ... and the late start tries nothing again.
+    assert spent[("insert", CLOSURES)] == closing[("insert", CLOSURES)], spent
     assert not [key for key in spent if key[0] == "find" and key[1].startswith("notifier")], \
         spent
 
@@ -162,3 +173,50 @@ async def test_finished_tickets_leave_the_hot_collection_and_are_never_read_agai
         await lifecycles(stack, 3, clock.now)
         spent = stack.service.runtime.store_round_trips.totals - before
     assert not [key for key in spent if key[1] == ARCHIVE and key[0] != "insert"], spent
+
+
+async def test_a_fired_alert_is_claimed_by_one_insert_and_its_claim_never_rewritten(
+    settings: Any,
+) -> None:
+    """The alert's fact in the ledger is its "done": the claim collection, which grows with
+    every alert, is never updated (on FerretDB an update scans it holding the write lock)."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with notifier_stack(settings, clock=clock) as stack:
+        tickets = [submitted(at=clock.now) for _ in range(4)]
+        for ticket in tickets:
+            await stack.bus.publish(ticket)
+        await handled(stack, tickets)
+        before = stack.service.runtime.store_round_trips.totals.copy()
+        fired = await stack.service.sweeper.sweep_once(clock.now + timedelta(minutes=8))
+        assert await stack.service.sweeper.sweep_once(clock.now + timedelta(minutes=9)) == []
+        spent = stack.service.runtime.store_round_trips.totals - before
+    assert sorted(a.alert_id for a in fired) == sorted(
+        f"{t.ticket_id}:r1:initial_response:warning" for t in tickets)
+    assert [key for key in spent if key[1] == ALERT_CLAIMS] == [("insert", ALERT_CLAIMS)], spent
+    # Swept at once, the tickets' claims share round trips.
+    assert spent[("insert", ALERT_CLAIMS)] < len(tickets), spent
+
+
+async def test_an_event_ahead_of_its_ticket_is_recorded_and_answered_without_reading_the_ledger(
+    settings: Any,
+) -> None:
+    """A start overtakes its TicketSubmitted (their topics' groups lag differently, as in a
+    burst): its fact goes in without a read, and its update waits for the ticket's language
+    in what the process knows, not by reading the ledger every tick."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with notifier_stack(settings, clock=clock) as stack:
+        await lifecycles(stack, 1, clock.now)  # warm-up: the engineers' roster, indexes
+        before = stack.service.runtime.store_round_trips.totals.copy()
+        tickets = [submitted(at=clock.now, language="it") for _ in range(3)]
+        starts = [started(t, at=clock.now + timedelta(seconds=5)) for t in tickets]
+        for event in starts:
+            await stack.bus.publish(event)
+        await asyncio.sleep(0.5)  # the starts are recorded and wait for the language
+        for ticket in tickets:
+            await stack.bus.publish(ticket)
+        await handled(stack, [*starts, *tickets])
+        updates = [await stack.bus.wait(t.ticket_id, TicketUpdated, 2) for t in tickets]
+        spent = stack.service.runtime.store_round_trips.totals - before
+    assert all(u.language == "it" for batch in updates for u in batch), updates
+    assert not [key for key in spent if key[0] == "find" and key[1].startswith(COLLECTION)], \
+        spent
