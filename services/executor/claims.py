@@ -37,7 +37,7 @@ FerretDB's single write lock, so claims that only wait for a worker are kept out
 - the handler asks the worker whether a worker is free for the claim it is about to make
   (:meth:`~services.executor.worker.Worker.slot`). If so, the claim is inserted into
   ``executor_claims`` as above. If not, the same signed document (plus ``queued_in``, the
-  partition's name) is inserted into ``executor_claims_queued_<YYYYMMDD>`` (today, UTC),
+  partition's name) is inserted into ``executor_claims_queued_<YYYYMMDDHH>`` (this hour, UTC),
   an insert-only collection; either way it is durable before the offset is committed;
 - the worker that takes a queued claim inserts it into ``executor_claims``
   (:meth:`ClaimStore._take_queued`). Its creator puts it there with attempt 1's lease
@@ -64,6 +64,10 @@ FerretDB's single write lock, so claims that only wait for a worker are kept out
   archive) and offers it again, and the scan offers it anyway; after the move, before any
   lease document, the claim is an open claim in flight with its creator's lease; between
   marker, archive and delete, see above;
+- the scan does not read the queue's history over and over: a queue partition past its
+  hour (plus :data:`SETTLE_AFTER` for other executors' clocks) in which nothing waited is
+  *settled* in this process (a claim never waits again once it is in flight), and neither
+  the scan nor :meth:`get` reads it again; a process's start-up scan reads them all once;
 - the partitions are dropped whole (:meth:`drop_old_partitions`, run by the scan): a queue
   partition older than the retention (``EXECUTOR_VERDICT_MAX_AGE_S`` plus a day: a claim
   still waiting by then would be refused as stale anyway) once nothing in it waits, and
@@ -136,9 +140,13 @@ __all__ = ["Claim", "ClaimJournal", "ClaimStatus", "ClaimStore", "Owner", "Stale
 
 
 DAY = "%Y%m%d"
+HOUR = "%Y%m%d%H"
 QUEUE_RETENTION_MARGIN = timedelta(days=1)
 # EXECUTOR_VERDICT_MAX_AGE_S (a day by default) plus the margin
 QUEUE_RETENTION = timedelta(days=1) + QUEUE_RETENTION_MARGIN
+# A queue partition is only inserted into during its hour (by the clock of the executor
+# that queues); after this much more, one in which nothing waited stays that way.
+SETTLE_AFTER = timedelta(minutes=15)
 
 
 def _day(suffix: str) -> date | None:
@@ -147,6 +155,16 @@ def _day(suffix: str) -> date | None:
         return None
     try:
         return datetime.strptime(suffix, DAY).replace(tzinfo=UTC).date()
+    except ValueError:
+        return None
+
+
+def _hour(suffix: str) -> datetime | None:
+    """The hour a queue partition's suffix (``YYYYMMDDHH``, UTC) names, else None."""
+    if len(suffix) != 10 or not suffix.isdigit():
+        return None
+    try:
+        return datetime.strptime(suffix, HOUR).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -222,7 +240,7 @@ class ClaimStore:
     HANDOVERS = "executor_handovers"
 
     LEASES = "executor_claim_leases"
-    QUEUED = "executor_claims_queued"  # + "_YYYYMMDD": claims waiting for a worker
+    QUEUED = "executor_claims_queued"  # + "_YYYYMMDDHH": claims waiting for a worker
     DONE = "executor_claims_done"  # + "_YYYYMMDD": queued claims closed for good
 
     FINISHED: tuple[ClaimStatus, ...] = ("finished", "refused")
@@ -244,10 +262,18 @@ class ClaimStore:
         # Queued claims offered to this process's worker -> their queue partition, so
         # taking one needs no search (made here, or found by the scan or get()).
         self._queued: dict[str, str] = {}
+        # Queue partitions past their hour in which the scan found nothing waiting: a
+        # claim there is in flight or done for good, so neither the scan nor get() reads
+        # them again (the queue's history is not read over and over).
+        self._settled: set[str] = set()
 
     @staticmethod
     def day_of(moment: datetime) -> str:
         return moment.astimezone(UTC).strftime(DAY)
+
+    @staticmethod
+    def hour_of(moment: datetime) -> str:
+        return moment.astimezone(UTC).strftime(HOUR)
 
     # --- claiming ----------------------------------------------------------------------
 
@@ -280,7 +306,7 @@ class ClaimStore:
             "lease_until": lease_until, "attempt": 1, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
-        partition = f"{self.QUEUED}_{self.day_of(now)}"
+        partition = f"{self.QUEUED}_{self.hour_of(now)}"
         if queued:
             doc["queued_in"] = partition
         accepted = accepted_record(verdict_json, now)
@@ -365,13 +391,15 @@ class ClaimStore:
     # --- the queue -----------------------------------------------------------------------
 
     async def _queue_partitions(self) -> list[str]:
-        """The queue partitions, newest first."""
-        return [name for _, name in reversed(await partitions(self._db, self.QUEUED, _day))]
+        """The queue partitions not settled, newest first."""
+        return [name for _, name in reversed(await partitions(self._db, self.QUEUED, _hour))
+                if name not in self._settled]
 
     async def _finished(self, claim_id: str, queued_in: str) -> bool:
         """Whether the queued claim was closed for good: its done marker, written on or
         after the day it was queued, exists."""
-        since = _day(queued_in.removeprefix(f"{self.QUEUED}_"))
+        hour = _hour(queued_in.removeprefix(f"{self.QUEUED}_"))
+        since = hour.date() if hour is not None else None
         for day, name in reversed(await partitions(self._db, self.DONE, _day)):
             if since is not None and day < since:
                 break
@@ -445,31 +473,46 @@ class ClaimStore:
         first. Each is neither in ``executor_claims`` nor closed for good. Read in that
         order (queue, in flight, done) so a claim taken and closed between the reads is
         seen in flight or as done, never as waiting."""
+        now = datetime.now(UTC)
         waiting: dict[str, str] = {}
-        for _, name in await partitions(self._db, self.QUEUED, _day):
+        read: list[tuple[datetime, str]] = []
+        for hour, name in await partitions(self._db, self.QUEUED, _hour):
+            if name in self._settled:
+                continue
+            read.append((hour, name))
             async for doc in self._db[name].find({}, {"_id": 1}):
                 waiting.setdefault(str(doc["_id"]), name)
-        if not waiting:
-            return waiting
-        taken = {str(doc["_id"]) async for doc in self._claims.find({}, {"_id": 1})}
-        for _, name in await partitions(self._db, self.DONE, _day):
-            taken.update([str(doc["_id"]) async for doc in self._db[name].find({}, {"_id": 1})])
-        return {claim_id: name for claim_id, name in waiting.items() if claim_id not in taken}
+        if waiting:
+            taken = {str(doc["_id"]) async for doc in self._claims.find({}, {"_id": 1})}
+            since = read[0][0].date()  # markers are written on or after the queue's day
+            for day, name in await partitions(self._db, self.DONE, _day):
+                if day >= since:
+                    taken.update([str(doc["_id"])
+                                  async for doc in self._db[name].find({}, {"_id": 1})])
+            waiting = {claim_id: name for claim_id, name in waiting.items()
+                       if claim_id not in taken}
+        # Nothing waits in a partition past its hour: nothing ever will again (a claim
+        # leaves the waiting set for good when it is moved in flight).
+        still = set(waiting.values())
+        self._settled.update(name for hour, name in read if name not in still
+                             and hour + timedelta(hours=1) + SETTLE_AFTER < now)
+        return waiting
 
     async def drop_old_partitions(self, waiting: Mapping[str, str]) -> int:
         """Drop queue partitions older than the retention in which nothing waits any more,
         then the done partitions older than both the retention and every queue partition
         left (a done marker must outlive the queued copy it stands for)."""
-        cutoff = (datetime.now(UTC) - self._queue_retention).date()
+        cutoff = datetime.now(UTC) - self._queue_retention
         still = set(waiting.values())
         dropped = 0
-        for day, name in await partitions(self._db, self.QUEUED, _day):
-            if day < cutoff and name not in still:
+        for hour, name in await partitions(self._db, self.QUEUED, _hour):
+            if hour < cutoff and name not in still:
                 await self._db.drop_collection(name)
+                self._settled.discard(name)
                 dropped += 1
-        left = [day for day, _ in await partitions(self._db, self.QUEUED, _day)]
+        left = [hour.date() for hour, _ in await partitions(self._db, self.QUEUED, _hour)]
         return dropped + await drop_partitions(self._db, self.DONE, _day,
-                                               min([cutoff, *left]))
+                                               min([cutoff.date(), *left]))
 
     async def _resolve(self, doc: Mapping[str, Any]) -> Claim:
         """The claim with its current lease: the newest ``a<n>`` lease document (the claim

@@ -63,8 +63,15 @@ async def queue(store: ClaimStore, event: Any, who: Owner, lease_s: float = 30) 
     return claim
 
 
-def today_queue() -> str:
-    return f"{ClaimStore.QUEUED}_{ClaimStore.day_of(datetime.now(UTC))}"
+async def queued_copy(db: Db, claim_id: str) -> dict[str, Any] | None:
+    """The claim's document in the queue partition it was queued in."""
+    for name in await db.list_collection_names():
+        if name.startswith(f"{ClaimStore.QUEUED}_"):
+            doc = await db[name].find_one({"_id": claim_id})
+            if doc is not None:
+                assert doc["queued_in"] == name
+                return doc
+    return None
 
 
 async def finish(store: ClaimStore, claim_id: str, who: Owner) -> None:
@@ -77,7 +84,7 @@ async def test_a_queued_claim_waits_outside_executor_claims_and_its_taker_moves_
     store, me = ClaimStore(db), owner("creator")
     claim = await queue(store, event_for(f"T-{unique}"), me, lease_s=1.0)
     assert await db[ClaimStore.CLAIMS].count_documents({}) == 0
-    queued = await db[today_queue()].find_one({"_id": claim.id})
+    queued = await queued_copy(db, claim.id)
     assert queued is not None
     # Operators and the redelivery path still see it, open, and the scan offers it.
     seen = await ClaimStore(db).get(claim.id)
@@ -96,7 +103,7 @@ async def test_a_queued_claim_waits_outside_executor_claims_and_its_taker_moves_
     # The same signed document, only the lease moved on; the queued copy stays (no delete).
     assert {k: v for k, v in live.items() if k != "lease_until"} == {
         k: v for k, v in queued.items() if k != "lease_until"}
-    assert await db[today_queue()].find_one({"_id": claim.id}) is not None
+    assert await queued_copy(db, claim.id) is not None
     # Taken: no longer offered as queued, but as an open claim in flight (once).
     assert (await ClaimStore(db).open_claim_ids()).count(claim.id) == 1
     assert claim.id not in await ClaimStore(db).queued_claim_ids()
@@ -139,7 +146,7 @@ async def test_a_copy_taken_back_in_after_the_close_is_not_taken_over(
     claim = await queue(store, event_for(f"T-{unique}"), me, lease_s=0.5)
     assert await store.acquire(claim.id, me, lease_s=30) is not None
     await finish(store, claim.id, me)
-    copy = await db[today_queue()].find_one({"_id": claim.id})
+    copy = await queued_copy(db, claim.id)
     assert copy is not None
     await asyncio.sleep(0.6)  # the copy's lease (as queued) has run out
     await db[ClaimStore.CLAIMS].insert_one(copy)
@@ -242,8 +249,9 @@ async def test_a_crash_between_the_done_marker_and_the_archive_resumes_the_claim
 async def test_old_queue_partitions_go_only_when_nothing_in_them_waits(
         db: Db, unique: str) -> None:
     store = ClaimStore(db, queue_retention=timedelta(days=2))
-    old_day = (datetime.now(UTC) - timedelta(days=5)).strftime("%Y%m%d")
-    old_queue, old_done = f"{ClaimStore.QUEUED}_{old_day}", f"{ClaimStore.DONE}_{old_day}"
+    old = datetime.now(UTC) - timedelta(days=5)
+    old_queue = f"{ClaimStore.QUEUED}_{ClaimStore.hour_of(old)}"
+    old_done = f"{ClaimStore.DONE}_{ClaimStore.day_of(old)}"
     await db[old_queue].insert_many([
         {"_id": f"T-{unique}-a:1", "status": "open"},
         {"_id": f"T-{unique}-b:1", "status": "open"}])
@@ -257,6 +265,28 @@ async def test_old_queue_partitions_go_only_when_nothing_in_them_waits(
     names = await db.list_collection_names()
     assert old_queue not in names
     assert old_done not in names
+
+
+async def test_the_scan_stops_reading_a_past_queue_partition_once_nothing_in_it_waits(
+        db: Db, unique: str) -> None:
+    # The queue's history is not read over and over: a partition past its hour with
+    # nothing waiting is settled (a claim never waits again once moved in flight).
+    store = ClaimStore(db)
+    past = datetime.now(UTC) - timedelta(hours=3)
+    name = f"{ClaimStore.QUEUED}_{ClaimStore.hour_of(past)}"
+    done = f"{ClaimStore.DONE}_{ClaimStore.day_of(past)}"
+    await db[name].insert_many([{"_id": f"T-{unique}-a:1", "queued_in": name},
+                                {"_id": f"T-{unique}-b:1", "queued_in": name}])
+    assert sorted(await store.queued_claim_ids()) == [f"T-{unique}-a:1", f"T-{unique}-b:1"]
+    await db[done].insert_one({"_id": f"T-{unique}-a:1"})
+    assert list(await store.queued_claim_ids()) == [f"T-{unique}-b:1"]  # still read
+    await db[ClaimStore.CLAIMS].insert_one({"_id": f"T-{unique}-b:1", "status": "open"})
+    assert await store.queued_claim_ids() == {}
+    # Settled: a document slipped in afterwards is not read by this process any more,
+    # while a process starting now (its start-up scan) still reads the partition.
+    await db[name].insert_one({"_id": f"T-{unique}-c:1", "queued_in": name})
+    assert await store.queued_claim_ids() == {}
+    assert list(await ClaimStore(db).queued_claim_ids()) == [f"T-{unique}-c:1"]
 
 
 async def test_a_claim_update_with_500_claims_queued_costs_what_it_costs_alone(
