@@ -39,9 +39,10 @@ _DRIVER_COMMANDS = frozenset({"hello", "ismaster", "isMaster", "saslStart", "sas
                               "endSessions", "killCursors", "buildInfo", "getnonce"})
 
 
-# Time-partitioned collections (processed_events_20261206) count under one name: a label
-# value per day would grow the series without bound.
-_PARTITION = re.compile(r"_\d{8}$")
+# Time-partitioned collections (processed_events_20261206, and the executor's hourly
+# executor_claims_queued_2026120618) count under one name: a label value per day (or hour)
+# would grow the series without bound.
+_PARTITION = re.compile(r"_\d{8}(?:\d{2})?$")
 
 
 def _collection(command_name: str, command: Any) -> str:
