@@ -361,11 +361,14 @@ class ClaimStore:
 
     def _forget_stale_fresh(self, now: datetime) -> None:
         """Drop the leases of claims made here but run elsewhere (their offer was dropped
-        and another executor's scan took them): they ran out long ago."""
+        and another executor's scan took them): they ran out long ago. A claim still
+        waiting in the claim queue keeps its own: its creator takes it as attempt 1
+        whenever a worker gets to it (the scan forgets those taken elsewhere)."""
         if len(self._held) < 1024:
             return
         for key, held in list(self._held.items()):
-            if held.fresh and (held.lease_until is None or held.lease_until < now):
+            if (held.fresh and key[0] not in self._queued
+                    and (held.lease_until is None or held.lease_until < now)):
                 del self._held[key]
 
     async def get(self, claim_id: str) -> Claim | None:
@@ -863,7 +866,12 @@ class ClaimStore:
                 ids.append(str(doc["_id"]))
             elif status in self.FINISHED:
                 await self._archive_leftover(str(doc["_id"]))
+        known = set(self._queued)  # before the reads: one queued meanwhile is kept
         waiting = await self.queued_claim_ids()
+        for claim_id in known - set(waiting):
+            # Taken (here or elsewhere) or closed since: not waiting any more, so no longer
+            # taken from the queue (a worker still holding the offer finds it in flight).
+            self._queued.pop(claim_id, None)
         self._queued.update(waiting)
         await self.drop_old_partitions(waiting)
         return ids + list(waiting)

@@ -194,6 +194,22 @@ async def test_another_executor_leaves_a_queued_claim_to_its_live_creator(
     assert taken.attempt == 1
 
 
+async def test_a_creator_forgets_a_queued_claim_another_executor_took(
+        db: Db, unique: str) -> None:
+    # The creator's worker had not got to it before its lease as queued ran out.
+    creator, me = ClaimStore(db), owner("creator")
+    claim = await queue(creator, event_for(f"T-{unique}"), me, lease_s=0.5)
+    assert creator.is_queued(claim.id)
+    await asyncio.sleep(0.6)
+    other = ClaimStore(db)
+    await other.open_claim_ids()
+    assert await other.acquire(claim.id, owner("other"), lease_s=30) is not None
+    await creator.open_claim_ids()
+    assert not creator.is_queued(claim.id)  # no longer a claim to move in
+    assert await creator.acquire(claim.id, me, lease_s=30) is None
+    assert await db[ClaimStore.CLAIMS].count_documents({}) == 1
+
+
 async def test_a_verdict_redelivered_before_its_offset_commit_finds_its_queued_claim(
         db: Db, unique: str) -> None:
     # A crash after the queue insert, before the offset commit: the verdict comes again.
