@@ -295,7 +295,7 @@ async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_ro
     async with log.unit_of_work():
         await asyncio.gather(handler("HD-1"), handler("HD-2"))
         # Only the two durable appends, made at the same moment on two chains: they share
-        # one round trip (services.runtime.group_insert).
+        # one round trip (services.runtime.group_commit).
         assert dict(trips.totals) == {("insert", coll): 1}
     assert dict(trips.totals) == {("insert", coll): 2}
     assert [r.record_id for r in await log.records("HD-1")] == ["now", "evt-0", "evt-1"]

@@ -1,5 +1,6 @@
-"""Group commit for hot-path inserts: the inserts into one collection that arrive while
-one is on its way to the store go together in the next, one ``insert_many``.
+"""Group commit for hot-path inserts and deletes: those into (or from) one collection that
+arrive while one is on its way to the store go together in the next round trip, one
+``insert_many`` (:class:`GroupInsert`) or one ``delete_many`` by ``_id`` (:class:`GroupDelete`).
 
 Why (issue 17): FerretDB serialises writes, so in a 1,000-ticket burst every insert waited
 about 180 ms for the store. The consumer runtime hands a batch of tickets to the handlers
@@ -116,3 +117,50 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+class GroupDelete:
+    """Deletes by ``_id`` from one collection, written in groups: the keys that arrive while
+    one ``delete_many`` is on its way go together in the next (intake's outbox entries once
+    published). :meth:`delete` returns once its document is gone (or was not there), or
+    raises the round trip's error. Meant for small collections of in-flight state: a
+    filter other than one ``_id`` is evaluated by reading the collection."""
+
+    def __init__(self, coll: AsyncCollection[Any], *, limit: int = 1000) -> None:
+        self.coll = coll
+        self._limit = limit
+        self._queue: list[tuple[str, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def delete(self, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.append((key, future))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write(), name=f"delete-{self.coll.name}")
+        await future
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.sleep(0)
+            while self._queue:
+                group, self._queue = self._queue[:self._limit], self._queue[self._limit:]
+                keys = list(dict.fromkeys(key for key, _ in group))
+                try:
+                    if len(keys) == 1:  # by _id alone: the store's cheapest delete
+                        await self.coll.delete_one({"_id": keys[0]})
+                    else:
+                        await self.coll.delete_many({"_id": {"$in": keys}})
+                except Exception as exc:  # noqa: BLE001 - handed to every caller
+                    for _, future in group:
+                        _settle(future, exc)
+                else:
+                    for _, future in group:
+                        _settle(future, None)
+        except BaseException:
+            for _, future in self._queue:
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._writer = None
