@@ -293,14 +293,17 @@ class Interventions:
         if claim.decision:  # a resumed run keeps the first decision
             if not claim.outbox.keys() & _ANNOUNCING:
                 # Its record went with the first outbox write after it: with none staged,
-                # the run that decided may have stopped before writing it (kept if not).
-                self._records.audit_later(claim, f"access:{claim.id}", "access_decision",
-                                          claim.decision)
+                # the attempt that decided may have stopped before writing it.
+                self._records.audit_later(claim, f"access:{claim.id}:{claim.attempt}",
+                                          "access_decision", {**claim.decision, "kept": True})
             return proc.DecisionRecorded(AccessDecision(**claim.decision))
         stored = await self._deps.claims.set_decision(claim.id, self._deps.owner,
                                                       asdict(command.decision))
         claim.decision = stored
-        self._records.audit_later(claim, f"access:{claim.id}", "access_decision", stored)
+        # Per attempt: the decision made again after an engineer approved the automation
+        # is recorded, not swallowed as a repeat of the review decision's record.
+        self._records.audit_later(claim, f"access:{claim.id}:{claim.attempt}",
+                                  "access_decision", stored)
         return proc.DecisionRecorded(AccessDecision(**stored))
 
     async def _announce(self, run: Run, command: cmd.Announce) -> proc.Announced:
