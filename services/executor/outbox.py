@@ -12,9 +12,11 @@ this module makes (:meth:`ClaimRecords.stage`), every publish, and what the inte
 flushes before (a journal write that reaches the store, parking, closing, the end of a
 run). A record that must be durable before the caller acts goes through
 :meth:`ClaimRecords.audit`, which writes it together with those gathered before it, in
-order: a chain's order is still the order things happened. A crash loses at most records
-of things the resumed run does again (their ids are deterministic, so a re-append keeps
-the first) or of an attempt that left nothing durable behind them.
+order: a chain's order is still the order things happened. A crash loses only gathered
+records: of steps whose journal entries die with them (the resumed attempt runs those
+steps again and audits them under its own attempt), of the crashed attempt's connection
+(the resumed attempt connects and audits its own), and of a stored access decision not yet
+announced (the resumed attempt records it again).
 """
 
 from __future__ import annotations

@@ -76,14 +76,13 @@ class ServerAccess:
                                                       ticket_id=claim.ticket_id)
             except HostKeyMismatch as exc:
                 audit(claim, f"hostkey-mismatch:{claim.id}:{claim.attempt}",
-                            "host_key_mismatch",
-                            {**where, "expected": exc.expected, "offered": exc.offered,
-                             "pinned_by": exc.source, "refused": True})
+                      "host_key_mismatch",
+                      {**where, "expected": exc.expected, "offered": exc.offered,
+                       "pinned_by": exc.source, "refused": True})
                 raise
             except SshError as exc:
-                audit(claim, f"ssh-failed:{claim.id}:{claim.attempt}",
-                            "ssh_connect_failed",
-                            {**where, "outcome": exc.outcome, "detail": str(exc)})
+                audit(claim, f"ssh-failed:{claim.id}:{claim.attempt}", "ssh_connect_failed",
+                      {**where, "outcome": exc.outcome, "detail": str(exc)})
                 raise
         key = session.host_key
         audit(claim, f"hostkey:{claim.id}:{claim.attempt}", "host_key", {
