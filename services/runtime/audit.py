@@ -32,7 +32,8 @@ append is then ONE insert and reads nothing:
   write all its handlers' records of a batch in one round trip.
 
 :meth:`AuditLog.append` returns once the record is durable, so a caller can audit before it
-acts (the executor audits a command before running it).
+acts (the executor flushes a run's gathered records before each journal write that
+precedes a change on the server).
 
 Nothing on the append path reads the records collection, which grows with all history
 (FerretDB scans a whole collection for nearly every query); the rare conflict path does.
