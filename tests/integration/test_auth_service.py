@@ -365,8 +365,8 @@ def _own_round_trips(auth: Auth) -> dict[tuple[str, str], int]:
 async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth) -> None:
     """Issue 17: the inventory is answered from the process's cache and the history is read
     and written in one round trip per document: one for the decision (an insert for a first
-    revision, shared by the tickets of a batch), one more when it is verified (it was five: two history reads, an inventory
-    read, a find-and-modify and an update)."""
+    revision, shared by the tickets of a batch), one more when it is verified (it was five:
+    two history reads, an inventory read, a find-and-modify and an update)."""
     warm = ticket(account_id="ACC-1", server={"ip": "192.0.2.11"})
     await auth.submit(warm)
     await auth.bus.verdicts(warm.ticket_id)  # the server's lookup is cached from now on

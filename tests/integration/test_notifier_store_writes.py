@@ -1,7 +1,8 @@
 """How the notifier writes to the real FerretDB (issue 17): inserts (and intake's outbox
-deletes) made at once share one round trip (:mod:`services.runtime.group_commit`), each caller still getting exactly the outcome its
-own ``insert_one`` would have had; and a fire-once claim is finished by an insert, never by
-an update of the claim collection, which grows with history (:mod:`services.notifier.claims`).
+deletes) made at once share one round trip (:mod:`services.runtime.group_commit`), each
+caller still getting exactly the outcome its own ``insert_one`` would have had; and a
+fire-once claim is finished by an insert, never by an update of the claim collection,
+which grows with history (:mod:`services.notifier.claims`).
 """
 
 from __future__ import annotations
