@@ -53,6 +53,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from schemas.events import TicketSubmitted
+from services.runtime.group_commit import GroupInsert
 
 log = logging.getLogger("intervention.auth.history")
 
@@ -78,6 +79,8 @@ class VerdictHistory:
         decision; ``window``: the review window (server documents idle for twice as long are
         dropped)."""
         self._tickets = db[collection]
+        # A consumer batch's first revisions share one insert (services.runtime.group_commit).
+        self._ticket_inserts = GroupInsert(self._tickets)
         self._servers = db[f"{collection}_servers"]
         self._retention = retention
         self._window = window
@@ -98,7 +101,7 @@ class VerdictHistory:
             # any collection size, where a read scans it). Refused, the ticket was decided
             # before - a redelivery, or a later revision first - and is read back.
             try:
-                await self._tickets.insert_one(
+                await self._ticket_inserts.insert(
                     {"_id": key, "latest_revision": 1, "at": self._clock()})
                 return None
             except DuplicateKeyError:

@@ -11,6 +11,12 @@ its key (:mod:`services.executor.commands`) — the claim's outbox for events
 (:mod:`services.executor.outbox`), the step journal for runbook steps, the audit record id,
 the wait id for engineers' steps — so a run resumed after a crash, by any executor, redoes
 nothing twice.
+
+Audit records of things already done (``cmd.Audit``, the host key, the access decision, the
+commands of a runbook over SSH) are gathered per run and written together in one insert at
+the run's fenced points (:mod:`services.executor.outbox`): before every claim write that
+reaches the store (a staged event, a journal write, parking, passing a review, closing),
+before every publish, and when the run ends however it ends.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ from services.runtime.telemetry import TICKET_ID_ATTRIBUTE, current_ticket
 from services.runtime.verdicts import SignatureError, verify_verdict
 
 log = logging.getLogger(__name__)
+
+# The outbox keys staged right after an access decision (procedure.transition): once one is
+# staged, the decision's audit record is durable (written before that claim write).
+_ANNOUNCING = frozenset({"a_started", "a_started_after_review", "b_clarification",
+                         "z_completed"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +232,12 @@ class Interventions:
                     return state
                 event = produced
         finally:
+            try:
+                # What this attempt did is audited even when it stopped (a lost lease, an
+                # error): the records are true whoever owns the claim now.
+                await self._records.flush(run.claim)
+            except Exception:  # the run's own error, if any, is the one to raise
+                log.exception("audit records of claim %s not written", run.claim.id)
             if run.session is not None:
                 await run.session.aclose()
 
@@ -246,9 +263,12 @@ class Interventions:
                                                             self._limits))
 
     async def _audit(self, run: Run, command: cmd.Audit) -> None:
-        await self._records.audit(run.claim, command.record_id, command.kind, command.data)
+        # Each is followed by a fenced point (closing, passing the review, publishing, or
+        # the next claim write of a resumed run), which writes it.
+        self._records.audit_later(run.claim, command.record_id, command.kind, command.data)
 
     async def _close(self, run: Run, command: cmd.CloseClaim) -> None:
+        await self._records.flush(run.claim)
         outcome = command.outcome
         if outcome is None and "z_completed" in run.claim.outbox:
             outcome = self._records.staged_outcome(run.claim)
@@ -271,11 +291,19 @@ class Interventions:
                                ) -> proc.DecisionRecorded:
         claim = run.claim
         if claim.decision:  # a resumed run keeps the first decision
+            if not claim.outbox.keys() & _ANNOUNCING:
+                # Its record went with the first outbox write after it: with none staged,
+                # the attempt that decided may have stopped before writing it.
+                self._records.audit_later(claim, f"access:{claim.id}:{claim.attempt}",
+                                          "access_decision", {**claim.decision, "kept": True})
             return proc.DecisionRecorded(AccessDecision(**claim.decision))
         stored = await self._deps.claims.set_decision(claim.id, self._deps.owner,
                                                       asdict(command.decision))
         claim.decision = stored
-        await self._records.audit(claim, f"access:{claim.id}", "access_decision", stored)
+        # Per attempt: the decision made again after an engineer approved the automation
+        # is recorded, not swallowed as a repeat of the review decision's record.
+        self._records.audit_later(claim, f"access:{claim.id}:{claim.attempt}",
+                                  "access_decision", stored)
         return proc.DecisionRecorded(AccessDecision(**stored))
 
     async def _announce(self, run: Run, command: cmd.Announce) -> proc.Announced:
@@ -332,6 +360,7 @@ class Interventions:
         return await self._engineers.ask(run.claim, run.checked(), command)
 
     async def _park(self, run: Run, command: cmd.Park) -> None:
+        await self._records.flush(run.claim)
         await self._engineers.park(run.claim, command.record)
 
     async def _check_wait(self, run: Run, command: cmd.CheckWait,
@@ -341,6 +370,7 @@ class Interventions:
 
     async def _pass_review(self, run: Run, command: cmd.PassReview) -> None:
         claim = run.claim
+        await self._records.flush(claim)
         await self._deps.claims.pass_review(claim.id, self._deps.owner)
         claim.review_passed, claim.decision, claim.handover = True, None, None
 

@@ -2,7 +2,9 @@
 
 The customer's credentials are opened only into the run's memory (and taught to the
 process redactor first); every connection attempt leaves an audit record of the host key
-offered and accepted, or why the connection failed or was refused.
+offered and accepted, or why the connection failed or was refused. The record goes with the
+run's next flush (:mod:`services.executor.outbox`): the access decision and its
+announcement come next, before anything runs on the server.
 """
 
 from __future__ import annotations
@@ -66,25 +68,24 @@ class ServerAccess:
                                ipkvm=server.ipkvm, rescue=server.rescue),
                                server.ssh_host_key))
         where = {"host": target.host, "port": target.port, "service_id": target.service_id}
-        audit = self._records.audit
+        audit = self._records.audit_later
         with client_span(self._tracer, "ssh connect", host=target.host, port=target.port):
             try:
                 session = await self._connector.open(target, credential,
                                                       platform=server.os_family,
                                                       ticket_id=claim.ticket_id)
             except HostKeyMismatch as exc:
-                await audit(claim, f"hostkey-mismatch:{claim.id}:{claim.attempt}",
-                            "host_key_mismatch",
-                            {**where, "expected": exc.expected, "offered": exc.offered,
-                             "pinned_by": exc.source, "refused": True})
+                audit(claim, f"hostkey-mismatch:{claim.id}:{claim.attempt}",
+                      "host_key_mismatch",
+                      {**where, "expected": exc.expected, "offered": exc.offered,
+                       "pinned_by": exc.source, "refused": True})
                 raise
             except SshError as exc:
-                await audit(claim, f"ssh-failed:{claim.id}:{claim.attempt}",
-                            "ssh_connect_failed",
-                            {**where, "outcome": exc.outcome, "detail": str(exc)})
+                audit(claim, f"ssh-failed:{claim.id}:{claim.attempt}", "ssh_connect_failed",
+                      {**where, "outcome": exc.outcome, "detail": str(exc)})
                 raise
         key = session.host_key
-        await audit(claim, f"hostkey:{claim.id}:{claim.attempt}", "host_key", {
+        audit(claim, f"hostkey:{claim.id}:{claim.attempt}", "host_key", {
             **where, "fingerprint": key.fingerprint, "source": key.source,
             "trusted_on_first_use": key.newly_pinned, "user": credential.username,
             "privilege": session.privilege})

@@ -17,6 +17,7 @@ customer at another account: an entry whose MAC does not check is treated as abs
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -134,6 +135,7 @@ class AccountMap:
         self._collection = db[COLLECTION]
         self._key_source = key
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._reading: dict[str, asyncio.Future[str | None]] = {}
 
     def _mac(self, integration: str, customer: str, account: str, version: int) -> str:
         return self._key_source().mac("account-map", integration, customer, account, str(version))
@@ -157,6 +159,16 @@ class AccountMap:
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < CACHE_TTL_S:
             return cached[1]
+        # One read per key however many requests of a batch ask at the same moment (a
+        # consumer hands a batch's tickets, often of one customer, to handlers at once).
+        pending = self._reading.get(key)
+        if pending is None:
+            pending = self._reading[key] = asyncio.ensure_future(self._read(key, integration,
+                                                                             customer))
+            pending.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _read(self, key: str, integration: str, customer: str) -> str | None:
         doc = await self._collection.find_one({"_id": key})
         account = None
         if doc is not None and (doc.get("integration"), doc.get("customer")) == (

@@ -44,6 +44,7 @@ from services.intake.accounts import AccountMap
 from services.intake.integrations import Integration, IntegrationRegistry
 from services.intake.store import OWNERS
 from services.runtime.audit import AuditLog
+from services.runtime.group_commit import GroupInsert
 from services.runtime.store_ops import drop_partitions
 
 log = logging.getLogger("intervention.intake.edge")
@@ -97,6 +98,7 @@ class EdgeGuard:
         self._audit = audit
         self._db = db
         self._owners = db[OWNERS]
+        self._owner_inserts = GroupInsert(self._owners)  # a batch's tickets share round trips
         self._bodies = db[WEBHOOK_BODIES]
         self._swept_period: int | None = None
         self._bodies_pruned_at: datetime | None = None
@@ -256,7 +258,7 @@ class EdgeGuard:
         when this request bound it: its ``revision`` is then recorded as the ticket's latest
         in the same insert (:mod:`services.intake.store`), and there is nothing before it."""
         try:
-            await self._owners.insert_one({"_id": ticket_id, "integration": caller.name,
+            await self._owner_inserts.insert({"_id": ticket_id, "integration": caller.name,
                                            "account_id": account_id, "at": now,
                                            "latest": revision})
             return True

@@ -52,6 +52,7 @@ from schemas.events import TicketSubmitted
 from schemas.registry import parse_event
 from services.intake.store import Claim, TicketStore, claim_key
 from services.runtime.dependencies import Status
+from services.runtime.group_commit import GroupDelete, GroupInsert
 
 log = logging.getLogger("intervention.intake.outbox")
 
@@ -149,10 +150,14 @@ class MongoOutbox:
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], *, collection: str = OUTBOX) -> None:
         self._coll = db[collection]
+        # A consumer batch's requests reach the outbox at the same moment: their inserts,
+        # and their deletes once published, share round trips (services.runtime.group_commit).
+        self._inserts = GroupInsert(self._coll)
+        self._deletes = GroupDelete(self._coll)
 
     async def put(self, entry: Entry) -> Entry | None:
         try:
-            await self._coll.insert_one(entry.to_document())
+            await self._inserts.insert(entry.to_document())
         except DuplicateKeyError:
             existing = await self.get(entry.key)
             if existing is None:  # published and removed between our insert and read
@@ -168,7 +173,7 @@ class MongoOutbox:
         return [Entry.from_document(doc) async for doc in self._coll.find({})]
 
     async def remove(self, key: str) -> None:
-        await self._coll.delete_one({"_id": key})
+        await self._deletes.delete(key)
 
 
 Publish = Callable[[TicketSubmitted], Awaitable[None]]

@@ -38,6 +38,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.runtime.group_commit import GroupInsert
+
 TICKETS = "intake_tickets"
 OWNERS = "intake_ticket_owners"
 LEGACY_HEADS = "intake_ticket_heads"
@@ -138,6 +140,9 @@ class MongoTicketStore:
         # for the highest revision among the claims would read the whole collection).
         self._owners = db[owners]
         self._legacy_heads = db[LEGACY_HEADS]
+        # A consumer batch's requests are accepted at the same moment: their records share
+        # insert round trips (services.runtime.group_commit).
+        self._inserts = GroupInsert(self._coll)
 
     async def ensure_indexes(self) -> None:
         await self._coll.create_index(
@@ -177,7 +182,7 @@ class MongoTicketStore:
 
     async def claim(self, claim: Claim) -> Claim | None:
         try:
-            await self._coll.insert_one(claim.to_document())
+            await self._inserts.insert(claim.to_document())
         except DuplicateKeyError:
             existing = await self.get(claim.ticket_id, claim.revision)
             if existing is None:  # cannot happen (never deleted); insist once

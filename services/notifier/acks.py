@@ -39,7 +39,7 @@ from schemas.events import ChatChannel, EngineerAcknowledged, ManualStepComplete
 from services.notifier.claims import Claim, Claims
 from services.notifier.ids import derived_id
 from services.notifier.sla import PageKind, TicketState
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 from services.runtime.telemetry import TICKET_ID_ATTRIBUTE
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ Finishing is an insert too (issue 17): :meth:`Claims.complete` inserts
 claim. The claim collections grow with every alert, acknowledgement and chat post, and on
 FerretDB an update scans its whole collection while holding the store's single write lock;
 an insert costs the same at any size (and rides with the others of its moment,
-:mod:`services.runtime.group_insert`). The first completion wins; a claim whose own document
+:mod:`services.runtime.group_commit`). The first completion wins; a claim whose own document
 says ``done`` (inserted finished, or completed by a notifier before this) still counts.
 Only the rare paths read the ``_done`` document: a claim found taken, :meth:`Claims.get`.
 """
@@ -44,7 +44,7 @@ from uuid import uuid4
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 
 ClaimState = Literal["claimed", "done"]
 Outcome = Literal["won", "taken_over", "done", "held"]

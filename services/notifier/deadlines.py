@@ -119,7 +119,7 @@ class Sweeper:
         # Deferred tickets are left out before the batch is cut, so they cannot crowd out
         # the others.
         # The due tickets are swept at once (a bounded number at a time): their claims
-        # and facts then share round trips (services.runtime.group_insert), so
+        # and facts then share round trips (services.runtime.group_commit), so
         # a burst's due "queued" notices go out in a few round trips' time, not in one
         # ticket's time each. A ticket's own alerts stay in order.
         gate = asyncio.Semaphore(self._concurrency)

@@ -37,7 +37,7 @@ from services.notifier.bots.base import (
     Sent,
 )
 from services.notifier.claims import Claims
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.notifier.sla import Fact
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 
 COLLECTION = "notifier_ticket_facts"
 ARCHIVE = "notifier_ticket_facts_archive"

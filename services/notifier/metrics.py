@@ -61,7 +61,7 @@ from services.notifier.sla import (
     fold,
     sla_alert_id,
 )
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ append is then ONE insert and reads nothing:
   that ``record_id`` - and the append retried;
 - appends to different chains made at the same moment (a consumer's batch of tickets, the
   executor's concurrent runs) share one round trip
-  (:class:`~services.runtime.group_insert.GroupInsert`), each still refused or written on
+  (:class:`~services.runtime.group_commit.GroupInsert`), each still refused or written on
   its own;
 - :meth:`AuditLog.append_many` (and :class:`AuditBatch`, a unit of work) writes the records
   of one or many chains in one ordered ``insert_many``; :meth:`AuditLog.append_later` joins
@@ -32,7 +32,8 @@ append is then ONE insert and reads nothing:
   write all its handlers' records of a batch in one round trip.
 
 :meth:`AuditLog.append` returns once the record is durable, so a caller can audit before it
-acts (the executor audits a command before running it).
+acts (the executor flushes a run's gathered records before each journal write that
+precedes a change on the server).
 
 Nothing on the append path reads the records collection, which grows with all history
 (FerretDB scans a whole collection for nearly every query); the rare conflict path does.
@@ -94,7 +95,7 @@ from services.runtime.audit_verify import (
     heads_collection,
     verify_chain,
 )
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupInsert
 from services.runtime.redaction import default_redactor
 
 __all__ = [

@@ -125,8 +125,9 @@ class RuntimeSettings(BaseSettings):
     # Group commit (services.runtime.consumer): each subscription takes up to this many
     # messages the broker already has, handles different tickets concurrently (up to the
     # lanes) and commits once per batch. The linger is the longest a poll waits for the
-    # first message when there is none; what arrives while a batch is handled (the fetcher
-    # runs in the background) forms the next batch, so a burst batches by itself.
+    # first message when there is none (it returns as soon as one arrives, and an empty
+    # poll is followed at once by the next); what arrives while a batch is handled (the
+    # fetcher runs in the background) forms the next batch, so a burst batches by itself.
     consumer_batch_max_records: int = Field(default=200, ge=1, le=10_000)
     consumer_batch_linger_ms: int = Field(default=100, ge=1, le=10_000)
     consumer_lanes: int = Field(default=64, ge=1, le=10_000)

@@ -295,7 +295,7 @@ async def test_a_unit_of_work_writes_the_deferred_records_of_its_tasks_in_one_ro
     async with log.unit_of_work():
         await asyncio.gather(handler("HD-1"), handler("HD-2"))
         # Only the two durable appends, made at the same moment on two chains: they share
-        # one round trip (services.runtime.group_insert).
+        # one round trip (services.runtime.group_commit).
         assert dict(trips.totals) == {("insert", coll): 1}
     assert dict(trips.totals) == {("insert", coll): 2}
     assert [r.record_id for r in await log.records("HD-1")] == ["now", "evt-0", "evt-1"]
@@ -321,7 +321,8 @@ async def test_appends_to_many_chains_at_once_share_a_round_trip_each_settled_on
         other.append("HD-1", record_id="a", kind="event", actor="auth", data={}),
         *(other.append(f"HD-{n}", record_id="x", kind="event", actor="auth", data={"n": n})
           for n in range(2, 10)))
-    assert again.seq == 1 and [r.seq for r in fresh] == [1] * 8
+    assert again.seq == 1
+    assert [r.seq for r in fresh] == [1] * 8
     assert [r.record_id for r in await other.records("HD-1")] == ["a"]  # not written twice
     inserts = trips.totals[("insert", coll)]
     assert inserts <= 2, dict(trips.totals)  # nine appends: one group (+ a straggler at most)

@@ -365,8 +365,8 @@ def _own_round_trips(auth: Auth) -> dict[tuple[str, str], int]:
 async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth) -> None:
     """Issue 17: the inventory is answered from the process's cache and the history is read
     and written in one round trip per document: one for the decision (an insert for a first
-    revision), one more when it is verified (it was five: two history reads, an inventory
-    read, a find-and-modify and an update)."""
+    revision, shared by the tickets of a batch), one more when it is verified (it was five:
+    two history reads, an inventory read, a find-and-modify and an update)."""
     warm = ticket(account_id="ACC-1", server={"ip": "192.0.2.11"})
     await auth.submit(warm)
     await auth.bus.verdicts(warm.ticket_id)  # the server's lookup is cached from now on
@@ -384,9 +384,10 @@ async def test_a_ticket_costs_auth_at_most_two_round_trips_of_its_own(auth: Auth
     # The inventory's version is read every 2 s whatever the traffic: not a ticket's cost.
     version_reads = spent.pop(("find", "auth_servers_version"), 0)
     assert version_reads <= 1 + (loop.time() - started) // 2, spent
-    assert sum(spent.values()) == 2 * len(tickets), spent
-    # A first revision's decision is an insert: the same cost at any history size.
-    assert spent.get(("insert", "auth_history"), 0) == len(tickets), spent
+    assert sum(spent.values()) <= 2 * len(tickets), spent
+    # A first revision's decision is an insert: the same cost at any history size (a
+    # batch's tickets share it: services.runtime.group_commit).
+    assert 1 <= spent.get(("insert", "auth_history"), 0) <= len(tickets), spent
     assert spent.get(("findAndModify", "auth_history_servers"), 0) == len(tickets), spent
     assert not any(c in ("auth_servers", "auth_servers_keys") for _, c in spent), spent
 

@@ -164,6 +164,12 @@ async def test_forged_reports_on_the_bus_do_not_lift_a_review_and_a_signed_one_d
                if isinstance(s, InterventionStarted)]
     assert [(s.mode, s.runbook) for s in started] == [
         ("engineer", "review.diagnostics"), ("automated", "diagnostics")]
+    # Both access decisions are audited: the one made after the approval is not taken
+    # for a repeat of the review decision's record.
+    decisions = [r["data"] async for r in audit.find({"ticket_id": review.ticket_id,
+                                                        "kind": "access_decision"})]
+    assert sorted((d["mode"], d["runbook"]) for d in decisions) == [
+        ("automated", "diagnostics"), ("engineer", "review.diagnostics")]
     assert (await verify_chain(stack.db, review.ticket_id)).ok
 
 

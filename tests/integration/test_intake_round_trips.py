@@ -82,11 +82,13 @@ async def _spent_on(intake: Intake, submit: Any, ticket_ids: list[str]
                     and k[0] != "drop"})
 
 
-async def test_a_new_ticket_over_http_costs_intake_five_inserts_and_deletes(
+async def test_a_new_ticket_over_http_costs_intake_at_most_five_inserts_and_deletes(
         intake: Intake, unique: str) -> None:
     """Nonce, owner (with the ticket's latest revision), outbox entry, accepted record,
     outbox delete: no read, no update (it was seven, two of them scans of intake_tickets,
-    plus the nonce)."""
+    plus the nonce). Requests at the same moment share the owner, outbox and accepted
+    inserts and the outbox deletes (services.runtime.group_commit); each nonce is its own
+    test-and-set."""
     ids = [f"HD-{unique}-h{n}" for n in range(TICKETS)]
     await intake.http.post("/v1/tickets", json=example_request(ticket_id=f"HD-{unique}-warm"))
 
@@ -97,15 +99,14 @@ async def test_a_new_ticket_over_http_costs_intake_five_inserts_and_deletes(
     spent = await _spent_on(intake, post, ids)
     replays = sum(n for (op, c), n in spent.items() if c.startswith(f"{REPLAYS}_"))
     assert replays == TICKETS, spent
-    assert spent[("insert", "intake_ticket_owners")] == TICKETS, spent
-    assert spent[("insert", "intake_outbox")] == TICKETS, spent
-    assert spent[("insert", "intake_tickets")] == TICKETS, spent
-    assert spent[("delete", "intake_outbox")] == TICKETS, spent
-    assert sum(spent.values()) == 5 * TICKETS, spent
+    for shared in (("insert", "intake_ticket_owners"), ("insert", "intake_outbox"),
+                   ("insert", "intake_tickets"), ("delete", "intake_outbox")):
+        assert 1 <= spent[shared] <= TICKETS, spent
+    assert sum(spent.values()) <= 5 * TICKETS, spent
     assert not [k for k in spent if k[1] in GROWING and k[0] != "insert"], spent
 
 
-async def test_a_new_ticket_on_the_topic_costs_intake_four_round_trips(
+async def test_a_new_ticket_on_the_topic_costs_intake_at_most_four_round_trips_shared_in_a_batch(
         intake: Intake, unique: str) -> None:
     ids = [f"HD-{unique}-t{n}" for n in range(TICKETS)]
     bodies = {tid: json.dumps(intake.sealed(ticket_id=tid)).encode() for tid in ids}
@@ -117,8 +118,10 @@ async def test_a_new_ticket_on_the_topic_costs_intake_four_round_trips(
                                             key=tid.encode(), headers=headers[tid])
 
     spent = await _spent_on(intake, publish, ids)
-    assert spent[("insert", "intake_tickets")] == TICKETS, spent
-    assert sum(spent.values()) == 4 * TICKETS, spent
+    assert 1 <= spent[("insert", "intake_tickets")] <= TICKETS, spent
+    # Owner, outbox entry, accepted record, outbox delete (the marks and the audit records
+    # are the runtime's, one insert per batch): a batch's tickets share each of them.
+    assert sum(spent.values()) <= 4 * TICKETS, spent
     assert not [k for k in spent if k[1] in GROWING and k[0] != "insert"], spent
 
 

@@ -1,7 +1,8 @@
-"""How the notifier writes to the real FerretDB (issue 17): inserts made at once share one round
-trip (:mod:`services.runtime.group_insert`), each caller still getting exactly the outcome its
-own ``insert_one`` would have had; and a fire-once claim is finished by an insert, never by
-an update of the claim collection, which grows with history (:mod:`services.notifier.claims`).
+"""How the notifier writes to the real FerretDB (issue 17): inserts (and intake's outbox
+deletes) made at once share one round trip (:mod:`services.runtime.group_commit`), each
+caller still getting exactly the outcome its own ``insert_one`` would have had; and a
+fire-once claim is finished by an insert, never by an update of the claim collection,
+which grows with history (:mod:`services.notifier.claims`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.notifier.acks import ENGINEERS, Engineer, EngineerDirectory
 from services.notifier.claims import Claims
-from services.runtime.group_insert import GroupInsert
+from services.runtime.group_commit import GroupDelete, GroupInsert
 from services.runtime.store_metrics import StoreRoundTrips
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,25 @@ async def counted(real_parts: Any, database_name: str, unique: str
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+async def test_deletes_made_at_once_share_one_round_trip_and_touch_only_their_documents(
+    counted: tuple[AsyncCollection[dict[str, Any]], StoreRoundTrips],
+) -> None:
+    coll, trips = counted
+    await coll.insert_many([{"_id": f"doc-{i}"} for i in range(30)])
+    group = GroupDelete(coll)
+    before = trips.totals.copy()
+    # Twenty published entries at once, one of them twice, and one that is already gone.
+    keys = [f"doc-{i}" for i in range(20)] + ["doc-3", "never-there"]
+    await asyncio.gather(*(group.delete(k) for k in keys))
+    assert (trips.totals - before)[("delete", coll.name)] == 1
+    assert sorted([d["_id"] async for d in coll.find({})]) == sorted(
+        f"doc-{i}" for i in range(20, 30))
+    # Alone, a delete is the plain delete by _id.
+    await group.delete("doc-25")
+    assert (trips.totals - before)[("delete", coll.name)] == 2
+    assert await coll.find_one({"_id": "doc-25"}) is None
 
 
 async def test_inserts_made_at_once_share_one_round_trip_and_keep_their_own_outcomes(

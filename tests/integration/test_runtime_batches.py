@@ -168,6 +168,38 @@ async def test_a_batch_writes_its_handlers_deferred_audit_records_in_one_insert(
     assert 1 <= sum(inserts.values()) <= 2, inserts
 
 
+async def test_a_message_reaching_an_idle_consumer_is_handled_without_waiting_out_the_linger(
+        settings: RuntimeSettings, topic: str, unique: str) -> None:
+    """FastStream's batch subscriber slept the linger after every empty poll; a message
+    arriving meanwhile waited for it (up to 2 s here). The poll itself returns as soon as a
+    record arrives, so each message is handled well within the linger."""
+    runtime = ServiceRuntime(f"batches-{unique}", settings.model_copy(
+        update={"consumer_batch_linger_ms": 2000}))
+    handled: dict[str, float] = {}
+
+    async def handle(event: TicketUpdated, delivery: Delivery) -> None:
+        handled[event.message] = time.monotonic()
+
+    subscribe(runtime, topic, handle, decoder=event_decoder(TicketUpdated))
+    await runtime.start()
+    try:
+        await asyncio.sleep(3)  # idle: at least one empty poll has come back
+        sent: dict[str, float] = {}
+        for n in range(10):  # spread over the poll's wait and what was its sleep
+            sent[f"update {n}"] = time.monotonic()
+            await _publish(runtime, topic, [_update(f"HD-{unique}-idle", n)])
+
+            async def seen(message: str = f"update {n}") -> bool:
+                return message in handled
+
+            await eventually(seen, 10, interval=0.01)
+            await asyncio.sleep(0.45)
+    finally:
+        await runtime.stop()
+    waits = {m: handled[m] - sent[m] for m in sent}
+    assert max(waits.values()) < 0.7, waits
+
+
 def _start(settings: RuntimeSettings, topic: str, group: str, effects: str,
            seconds: float) -> subprocess.Popen[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
