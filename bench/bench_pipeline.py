@@ -486,6 +486,8 @@ def main() -> None:
                         help="the customer's credential in each ticket: the throwaway "
                              "account's password (sshd checks its yescrypt hash at every "
                              "login) or an ed25519 private key")
+    parser.add_argument("--executor-concurrency", type=int, default=16, metavar="N",
+                        help="EXECUTOR_CONCURRENCY: interventions one executor runs at once")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record each service with py-spy during the burst into DIR and "
                              "print its hottest functions")
@@ -535,7 +537,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
             # The benchmark sends from one account to a few servers: no rate limit, and no
             # "repeated interventions" review (both are measured elsewhere).
             "INTAKE_RATE_LIMIT_PER_MINUTE": "1000000", "INTAKE_RATE_LIMIT_BURST": "1000000",
-            "AUTH_REVIEW_THRESHOLD": "1000", "EXECUTOR_CONCURRENCY": "16",
+            "AUTH_REVIEW_THRESHOLD": "1000",
+            "EXECUTOR_CONCURRENCY": str(args.executor_concurrency),
             # Finished tickets leave the notifier's live facts within seconds (60 s in
             # production), so the history copied in below is archived history, as in a
             # store that has run for months, not a backlog the archiver would still move.
@@ -649,7 +652,8 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
     arrival = f"{args.rate:g}/s" if args.rate else "all at once"
     print(f"{args.tickets} tickets (~{size / 1024:.1f} KiB each, published {arrival}) on one "
           f"local Kafka broker and FerretDB; executor: no-op runbook, SSH probe against "
-          f"{args.hosts} sshd targets, {args.account} login")
+          f"{args.hosts} sshd targets, {args.account} login, executor concurrency "
+          f"{args.executor_concurrency}")
     print(f"{'':34}{'pipeline':>24}{'raw floor':>24}{'ratio':>9}")
     print(f"{'':34}{'p50     p95     p99 ms':>24}{'p50     p95     p99 ms':>24}")
     print(f"{'throughput (tickets/s)':34}{pipeline.throughput:>24.1f}"

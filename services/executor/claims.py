@@ -100,8 +100,9 @@ the insert of a duplicate ``_id`` is refused atomically. So:
   the writer gets :class:`LeaseLost` and stops before touching the server again. Nothing
   trusts the claim document's ``owner``, which a stale whole-document write could put back;
 - writes with no effect of their own until a later fenced write are not confirmed one by
-  one, or deferred into that write (see :class:`_Held`): the access decision (confirmed
-  by the outbox write that announces it), a step journalled ``done`` (a crash before the
+  one, or deferred into that write (see :class:`_Held`): the access decision (written
+  with the outbox entry that announces it; a crash before that write loses both, and the
+  resumed run decides again), a step journalled ``done`` (a crash before the
   next write only repeats that step's read-only checks) and an outbox entry's
   ``published`` flag (a resumed run republishes the same bytes, which consumers drop by
   ``event_id``);
@@ -718,8 +719,19 @@ class ClaimStore:
                            decision: dict[str, Any]) -> dict[str, Any]:
         """Store the access decision once; a resumed run keeps the first one.
 
-        Not confirmed on its own: the decision acts through the outbox entry announcing
-        it, whose write is confirmed before anything is published."""
+        Deferred (module doc): the decision acts only through the outbox entry announcing
+        it, whose write carries it and is confirmed before anything is published. A crash
+        before that write loses the decision with its announcement; the resumed run
+        decides again."""
+        held = await self._writer(claim_id, owner)
+        if held.doc is not None:
+            kept = held.pending.get("decision") or held.doc.get("decision")
+            if kept:
+                return dict(kept)
+            held.pending.update({"decision": decision,
+                                 **self._sealed(claim_id, "decision", decision)})
+            return decision
+
         async def write(held: _Held) -> bool:
             # Conditional, but only the fenced owner writes: nothing races it.
             return await self._update(
