@@ -210,11 +210,30 @@ class Result:
     round_trips: dict[str, dict[str, float]] = field(default_factory=dict)
     # Seconds those commands took (client side: the wire and the store), the same way.
     store_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Each service's mean event-loop lag during the burst, in seconds.
+    loop_lag: dict[str, float] = field(default_factory=dict)
     # CPU seconds the burst cost, per process (services, Kafka, FerretDB).
     cpu: dict[str, float] = field(default_factory=dict)
 
 
 STORE_SECONDS = "db_client_operation_duration_seconds_sum"
+LAG = ("intervention_event_loop_lag_seconds_sum", "intervention_event_loop_lag_seconds_count")
+
+
+def loop_lag(services: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Each service's event-loop lag histogram sum and count (services.runtime.loop_lag)."""
+    import urllib.request
+
+    found: dict[str, dict[str, float]] = {}
+    for service in services:
+        url = f"http://127.0.0.1:{service.health_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name.split("{")[0] in LAG:
+                    mine = found.setdefault(service.name, {})
+                    mine[name.split("{")[0]] = mine.get(name.split("{")[0], 0.0) + float(value)
+    return found
 STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
           "InterventionCompleted:", "TicketUpdated:completion")
 
@@ -582,6 +601,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         print(f"pipeline: {args.tickets} tickets ...", flush=True)
         before = await asyncio.to_thread(store_round_trips, services)
         seconds_before = await asyncio.to_thread(store_round_trips, services, STORE_SECONDS)
+        lag_before = await asyncio.to_thread(loop_lag, services)
         cpu_before = cpu_seconds(services, hosts)
         with profiled(services, args.profile, args.timeout):
             pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout,
@@ -592,6 +612,11 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
             before, await asyncio.to_thread(store_round_trips, services))
         pipeline.store_seconds = round_trip_delta(
             seconds_before, await asyncio.to_thread(store_round_trips, services, STORE_SECONDS))
+        lag_after = await asyncio.to_thread(loop_lag, services)
+        pipeline.loop_lag = {
+            name: (after.get(LAG[0], 0.0) - lag_before.get(name, {}).get(LAG[0], 0.0))
+            / max(1.0, after.get(LAG[1], 0.0) - lag_before.get(name, {}).get(LAG[1], 0.0))
+            for name, after in lag_after.items()}
         aged: Result | None = None
         if args.history:
             print(f"history: {args.history} finished tickets into the same store ...",
@@ -684,6 +709,9 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
         print(f"store time per ticket (ms, as the services waited for it): "
               f"{total / args.tickets * 1000:.1f} in all; most: " + ", ".join(
                   f"{what} {n / args.tickets * 1000:.1f}" for what, n in spent[:10]))
+    if pipeline.loop_lag:
+        print("event-loop lag during the burst, mean (ms): " + ", ".join(
+            f"{name} {lag * 1000:.1f}" for name, lag in sorted(pipeline.loop_lag.items())))
     if pipeline.cpu:
         print("CPU per ticket (ms): " + ", ".join(
             f"{name} {used / args.tickets * 1000:.1f}"

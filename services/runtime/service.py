@@ -40,6 +40,7 @@ from services.runtime.keys import (
     default_keys_dir,
     load_audit_signing_key,
 )
+from services.runtime.loop_lag import LoopLag
 from services.runtime.metrics import RuntimeMetrics
 from services.runtime.ops import OpsServer
 from services.runtime.redaction import Redactor, default_redactor
@@ -120,6 +121,8 @@ class ServiceRuntime:
         self.metrics.watch_dependencies(self.dependencies)
         self._on_start: list[Callable[[], object]] = []
         self._anchoring: asyncio.Task[None] | None = None
+        self.loop_lag = LoopLag(self.telemetry.meter_provider)
+        self._lag_watch: asyncio.Task[None] | None = None
         # The health probe's store ping still in flight (services.runtime.ops.health).
         self.store_ping: asyncio.Future[object] | None = None
 
@@ -196,18 +199,23 @@ class ServiceRuntime:
         self.anchors.signer = signer
 
     def start_anchoring(self) -> None:
-        """Publish audit heads every ``AUDIT_ANCHOR_INTERVAL_S`` (idempotent)."""
+        """Publish audit heads every ``AUDIT_ANCHOR_INTERVAL_S`` (idempotent); and measure
+        the event loop's lag (:mod:`services.runtime.loop_lag`) for as long."""
         if self._anchoring is None or self._anchoring.done():
             self._anchoring = asyncio.create_task(
                 self.anchors.run(self.settings.audit_anchor_interval_s),
                 name=f"{self.service_name}-audit-anchors")
+        if self._lag_watch is None or self._lag_watch.done():
+            self._lag_watch = asyncio.create_task(self.loop_lag.run(),
+                                                  name=f"{self.service_name}-loop-lag")
 
     async def stop_anchoring(self) -> None:
-        task, self._anchoring = self._anchoring, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._anchoring, self._lag_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._anchoring = self._lag_watch = None
         await self.anchors.flush()
 
     async def _publish_anchor(self, key: str, value: bytes) -> None:
