@@ -509,6 +509,8 @@ def main() -> None:
                              "login) or an ed25519 private key")
     parser.add_argument("--executor-concurrency", type=int, default=16, metavar="N",
                         help="EXECUTOR_CONCURRENCY: interventions one executor runs at once")
+    parser.add_argument("--executor-lanes", type=int, default=None, metavar="N",
+                        help="CONSUMER_LANES for the executor alone (default: the runtime's)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record each service with py-spy during the burst into DIR and "
                              "print its hottest functions")
@@ -583,7 +585,10 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
                         customer=f"portal:{account}")
         services = start_services(
             env, log_dir=workdir / "logs", ports=service_ports(),
-            commands={"executor": [sys.executable, str(ROOT / "bench" / "noop_executor.py")]})
+            commands={"executor": [
+                *(["env", f"CONSUMER_LANES={args.executor_lanes}"]
+                  if args.executor_lanes else []),
+                sys.executable, str(ROOT / "bench" / "noop_executor.py")]})
         await asyncio.to_thread(wait_healthy, services)
         recipient = load_sealing_public(keys.directory / "executor-sealing.pub")
 
