@@ -90,21 +90,25 @@ class Percentiles:
                 f"{self.at(0.99) * 1000:7.0f}")
 
 
+def metrics_text(service: Any) -> str:
+    """The service's /metrics page (Prometheus text)."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{service.health_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def store_round_trips(services: Sequence[Any],
                       series: str = "intervention_store_round_trips_total"
                       ) -> dict[str, dict[str, float]]:
     """Each service's ``intervention.store.round_trips`` counter (or, with ``series``
     ``db_client_operation_duration_seconds_sum``, the seconds those commands took), from
     its /metrics, by ``operation collection`` (services.runtime.store_metrics)."""
-    import urllib.request
-
     counts: dict[str, dict[str, float]] = {}
     for service in services:
-        url = f"http://127.0.0.1:{service.health_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
         mine = counts.setdefault(service.name, {})
-        for line in text.splitlines():
+        for line in metrics_text(service).splitlines():
             if not line.startswith(series + "{"):
                 continue
             labels, value = line.rsplit(" ", 1)
@@ -222,18 +226,17 @@ LAG = ("intervention_event_loop_lag_seconds_sum", "intervention_event_loop_lag_s
 
 def loop_lag(services: Sequence[Any]) -> dict[str, dict[str, float]]:
     """Each service's event-loop lag histogram sum and count (services.runtime.loop_lag)."""
-    import urllib.request
-
     found: dict[str, dict[str, float]] = {}
     for service in services:
-        url = f"http://127.0.0.1:{service.health_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                name, _, value = line.partition(" ")
-                if name.split("{")[0] in LAG:
-                    mine = found.setdefault(service.name, {})
-                    mine[name.split("{")[0]] = mine.get(name.split("{")[0], 0.0) + float(value)
+        for line in metrics_text(service).splitlines():
+            name, _, value = line.partition(" ")
+            series = name.split("{")[0]
+            if series in LAG:
+                mine = found.setdefault(service.name, {})
+                mine[series] = mine.get(series, 0.0) + float(value)
     return found
+
+
 STAGES = ("TicketSubmitted:", "AuthorizationVerified:", "InterventionStarted:",
           "InterventionCompleted:", "TicketUpdated:completion")
 

@@ -28,7 +28,8 @@ from faststream import FastStream
 from schemas.events import AuthorizationVerified, ManualStepCompleted
 from schemas.registry import topic_for, topics_produced_by
 from services.executor.claim_integrity import ClaimSealer
-from services.executor.claims import QUEUE_RETENTION_MARGIN, ClaimStore, Owner
+from services.executor.claim_queue import QUEUE_RETENTION_MARGIN
+from services.executor.claims import ClaimStore, Owner
 from services.executor.handlers import Acceptance, utc_now
 from services.executor.intervention import Dependencies, Interventions
 from services.executor.manual import ManualReports, ManualSteps, ManualSweep

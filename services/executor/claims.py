@@ -64,10 +64,11 @@ FerretDB's single write lock, so claims that only wait for a worker are kept out
   archive) and offers it again, and the scan offers it anyway; after the move, before any
   lease document, the claim is an open claim in flight with its creator's lease; between
   marker, archive and delete, see above;
-- the scan does not read the queue's history over and over: a queue partition past its
-  hour (plus :data:`SETTLE_AFTER` for other executors' clocks) in which nothing waited is
-  *settled* in this process (a claim never waits again once it is in flight), and neither
-  the scan nor :meth:`get` reads it again; a process's start-up scan reads them all once;
+- the scan does not read the queue's history over and over (:mod:`.claim_queue`): a queue
+  partition past its hour (plus ``SETTLE_AFTER`` for other executors' clocks) in which
+  nothing waited is *settled* in this process (a claim never waits again once it is in
+  flight), and neither the scan nor :meth:`get` reads it again; a process's start-up
+  scan reads them all once;
 - the partitions are dropped whole (:meth:`drop_old_partitions`, run by the scan): a queue
   partition older than the retention (``EXECUTOR_VERDICT_MAX_AGE_S`` plus a day: a claim
   still waiting by then would be refused as stale anyway) once nothing in it waits, and
@@ -117,7 +118,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -125,6 +126,7 @@ from pymongo.errors import DuplicateKeyError
 
 from schemas.events import AuthorizationVerified
 from services.executor.claim_integrity import ClaimSealer, accepted_record
+from services.executor.claim_queue import QUEUE_RETENTION, ClaimQueue
 from services.executor.claim_record import (
     Claim,
     ClaimStatus,
@@ -133,41 +135,10 @@ from services.executor.claim_record import (
     claim_id_for,
 )
 from services.executor.runbooks.results import JournalEntry, LeaseLost
-from services.runtime.store_ops import drop_partitions, insert_new, partitions
 
 T = TypeVar("T")
 __all__ = ["Claim", "ClaimJournal", "ClaimStatus", "ClaimStore", "Owner", "StaleRevision",
            "claim_id_for", "lease_id", "reopen_id"]
-
-
-DAY = "%Y%m%d"
-HOUR = "%Y%m%d%H"
-QUEUE_RETENTION_MARGIN = timedelta(days=1)
-# EXECUTOR_VERDICT_MAX_AGE_S (a day by default) plus the margin
-QUEUE_RETENTION = timedelta(days=1) + QUEUE_RETENTION_MARGIN
-# A queue partition is only inserted into during its hour (by the clock of the executor
-# that queues); after this much more, one in which nothing waited stays that way.
-SETTLE_AFTER = timedelta(minutes=15)
-
-
-def _day(suffix: str) -> date | None:
-    """The day a partition's suffix (``YYYYMMDD``) names, None for any other collection."""
-    if len(suffix) != 8 or not suffix.isdigit():
-        return None
-    try:
-        return datetime.strptime(suffix, DAY).replace(tzinfo=UTC).date()
-    except ValueError:
-        return None
-
-
-def _hour(suffix: str) -> datetime | None:
-    """The hour a queue partition's suffix (``YYYYMMDDHH``, UTC) names, else None."""
-    if len(suffix) != 10 or not suffix.isdigit():
-        return None
-    try:
-        return datetime.strptime(suffix, HOUR).replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def lease_id(claim_id: str, attempt: int) -> str:
@@ -241,8 +212,8 @@ class ClaimStore:
     HANDOVERS = "executor_handovers"
 
     LEASES = "executor_claim_leases"
-    QUEUED = "executor_claims_queued"  # + "_YYYYMMDDHH": claims waiting for a worker
-    DONE = "executor_claims_done"  # + "_YYYYMMDD": queued claims closed for good
+    QUEUED = ClaimQueue.QUEUED
+    DONE = ClaimQueue.DONE
 
     FINISHED: tuple[ClaimStatus, ...] = ("finished", "refused")
 
@@ -252,29 +223,19 @@ class ClaimStore:
         # The executor signs what it decides about a claim (claim_integrity); a store
         # without a sealer (the CLI, lease tests) writes unsigned records, which a run refuses.
         self._sealer = sealer
-        self._db = db
         self._claims = db[self.CLAIMS]
         self._archive = db[self.ARCHIVE]
         self._tickets = db[self.TICKETS]
         self._handovers = db[self.HANDOVERS]
         self._leases = db[self.LEASES]
         self._held: dict[tuple[str, str], _Held] = {}
-        self._queue_retention = queue_retention
+        self.queue = ClaimQueue(db, retention=queue_retention)
         # Queued claims offered to this process's worker -> their queue partition, so
         # taking one needs no search (made here, or found by the scan or get()).
         self._queued: dict[str, str] = {}
-        # Queue partitions past their hour in which the scan found nothing waiting: a
-        # claim there is in flight or done for good, so neither the scan nor get() reads
-        # them again (the queue's history is not read over and over).
-        self._settled: set[str] = set()
 
-    @staticmethod
-    def day_of(moment: datetime) -> str:
-        return moment.astimezone(UTC).strftime(DAY)
-
-    @staticmethod
-    def hour_of(moment: datetime) -> str:
-        return moment.astimezone(UTC).strftime(HOUR)
+    day_of = staticmethod(ClaimQueue.day_of)
+    hour_of = staticmethod(ClaimQueue.hour_of)
 
     # --- claiming ----------------------------------------------------------------------
 
@@ -307,7 +268,7 @@ class ClaimStore:
             "lease_until": lease_until, "attempt": 1, "decision": None,
             "steps": {}, "outbox": {}, "created_at": now,
         }
-        partition = f"{self.QUEUED}_{self.hour_of(now)}"
+        partition = self.queue.partition_for(now)
         if queued:
             doc["queued_in"] = partition
         accepted = accepted_record(verdict_json, now)
@@ -315,7 +276,7 @@ class ClaimStore:
         if seal:
             doc["seals"] = {"accepted": {**seal, "value": accepted}}
         try:
-            await (self._db[partition] if queued else self._claims).insert_one(doc)
+            await (self.queue.partition(partition) if queued else self._claims).insert_one(doc)
         except DuplicateKeyError:
             existing = await self.get(claim_id)
             if existing is None:  # pragma: no cover - archived before it is deleted
@@ -377,11 +338,11 @@ class ClaimStore:
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is not None:
             return await self._resolve(doc)
-        for partition in await self._queue_partitions():
-            queued = await self._db[partition].find_one({"_id": claim_id})
+        for partition in await self.queue.unsettled():
+            queued = await self.queue.partition(partition).find_one({"_id": claim_id})
             if queued is None:
                 continue
-            if not await self._finished(claim_id, partition):
+            if not await self.queue.finished(claim_id, partition):
                 # Taken meanwhile? Then executor_claims has the live copy.
                 doc = await self._claims.find_one({"_id": claim_id})
                 if doc is not None:
@@ -394,37 +355,13 @@ class ClaimStore:
 
     # --- the queue -----------------------------------------------------------------------
 
-    async def _queue_partitions(self) -> list[str]:
-        """The queue partitions not settled, newest first."""
-        return [name for _, name in reversed(await partitions(self._db, self.QUEUED, _hour))
-                if name not in self._settled]
-
-    async def _finished(self, claim_id: str, queued_in: str) -> bool:
-        """Whether the queued claim was closed for good: its done marker, written on or
-        after the day it was queued, exists."""
-        hour = _hour(queued_in.removeprefix(f"{self.QUEUED}_"))
-        since = hour.date() if hour is not None else None
-        for day, name in reversed(await partitions(self._db, self.DONE, _day)):
-            if since is not None and day < since:
-                break
-            if await self._db[name].find_one({"_id": claim_id}, {"_id": 1}) is not None:
-                return True
-        return False
-
-    async def _mark_done(self, doc: Mapping[str, Any]) -> None:
-        """Before a queued claim leaves ``executor_claims`` for good: its queued copy must
-        never be offered again (the scan and :meth:`acquire` look for this marker)."""
-        if doc.get("queued_in"):
-            done = self._db[f"{self.DONE}_{self.day_of(datetime.now(UTC))}"]
-            await insert_new(done, [{"_id": doc["_id"]}])
-
     async def _already_closed(self, claim_id: str, queued_in: str) -> bool:
         """Whether the in-flight copy of a claim that came from the queue is one closed for
         good: its done marker is there and so is the archived claim. That copy then goes
         (a copy taken from the queue after the close, or a crash between archiving and
         deleting). A done marker without the archived claim is a crash between the two:
         the claim is resumed and closed again."""
-        if not await self._finished(claim_id, queued_in):
+        if not await self.queue.finished(claim_id, queued_in):
             return False
         if await self._archive.find_one({"_id": claim_id}, {"_id": 1}) is None:
             return False
@@ -441,8 +378,8 @@ class ClaimStore:
         succeeds means nobody else has taken it, unless they took it and closed it for
         good (then the done marker says so, and the copy just made is removed again)."""
         mine = held is not None and held.fresh and held.doc is not None
-        source = held.doc if mine and held is not None else await self._db[partition].find_one(
-            {"_id": claim_id})
+        source = held.doc if mine and held is not None else await self.queue.partition(
+            partition).find_one({"_id": claim_id})
         if source is None:
             return None
         doc = dict(source)
@@ -474,49 +411,12 @@ class ClaimStore:
 
     async def queued_claim_ids(self) -> dict[str, str]:
         """The queued claims nobody has taken: claim id -> its queue partition, oldest
-        first. Each is neither in ``executor_claims`` nor closed for good. Read in that
-        order (queue, in flight, done) so a claim taken and closed between the reads is
-        seen in flight or as done, never as waiting."""
-        now = datetime.now(UTC)
-        waiting: dict[str, str] = {}
-        read: list[tuple[datetime, str]] = []
-        for hour, name in await partitions(self._db, self.QUEUED, _hour):
-            if name in self._settled:
-                continue
-            read.append((hour, name))
-            async for doc in self._db[name].find({}, {"_id": 1}):
-                waiting.setdefault(str(doc["_id"]), name)
-        if waiting:
-            taken = {str(doc["_id"]) async for doc in self._claims.find({}, {"_id": 1})}
-            since = read[0][0].date()  # markers are written on or after the queue's day
-            for day, name in await partitions(self._db, self.DONE, _day):
-                if day >= since:
-                    taken.update([str(doc["_id"])
-                                  async for doc in self._db[name].find({}, {"_id": 1})])
-            waiting = {claim_id: name for claim_id, name in waiting.items()
-                       if claim_id not in taken}
-        # Nothing waits in a partition past its hour: nothing ever will again (a claim
-        # leaves the waiting set for good when it is moved in flight).
-        still = set(waiting.values())
-        self._settled.update(name for hour, name in read if name not in still
-                             and hour + timedelta(hours=1) + SETTLE_AFTER < now)
-        return waiting
+        first (:meth:`ClaimQueue.waiting <services.executor.claim_queue.ClaimQueue.waiting>`)."""
+        return await self.queue.waiting(self._claims)
 
     async def drop_old_partitions(self, waiting: Mapping[str, str]) -> int:
-        """Drop queue partitions older than the retention in which nothing waits any more,
-        then the done partitions older than both the retention and every queue partition
-        left (a done marker must outlive the queued copy it stands for)."""
-        cutoff = datetime.now(UTC) - self._queue_retention
-        still = set(waiting.values())
-        dropped = 0
-        for hour, name in await partitions(self._db, self.QUEUED, _hour):
-            if hour < cutoff and name not in still:
-                await self._db.drop_collection(name)
-                self._settled.discard(name)
-                dropped += 1
-        left = [hour.date() for hour, _ in await partitions(self._db, self.QUEUED, _hour)]
-        return dropped + await drop_partitions(self._db, self.DONE, _day,
-                                               min([cutoff.date(), *left]))
+        """The queue's partitions past the retention, dropped whole (:mod:`.claim_queue`)."""
+        return await self.queue.drop_old(waiting)
 
     async def _resolve(self, doc: Mapping[str, Any]) -> Claim:
         """The claim with its current lease: the newest ``a<n>`` lease document (the claim
@@ -823,7 +723,7 @@ class ClaimStore:
         held.pending.clear()
         held.closed = True
         self._held.pop((claim_id, owner.id), None)
-        await self._mark_done(final)
+        await self.queue.mark_done(final)
         await self._put_in_archive(final)
         await self._claims.delete_one({"_id": claim_id})
         if held.lease_docs or held.attempt > 1 or final.get("resumptions"):
@@ -892,7 +792,7 @@ class ClaimStore:
         doc = await self._claims.find_one({"_id": claim_id})
         if doc is None or doc.get("status") not in self.FINISHED:
             return
-        await self._mark_done(doc)
+        await self.queue.mark_done(doc)
         await self._put_in_archive(doc)
         await self._claims.delete_one({"_id": claim_id})
 

@@ -50,7 +50,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.runtime.store_ops import drop_partitions, insert_new, partitions
+from services.runtime.store_ops import day_suffix, drop_partitions, insert_new, partitions
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,6 @@ read after a restart, or None when nothing is committed."""
 
 def _doc_id(consumer: str, key: str) -> str:
     return f"{consumer}|{key}"
-
-
-def _day(suffix: str) -> date | None:
-    """The day a partition's suffix (``YYYYMMDD``) names, None for any other collection."""
-    if len(suffix) != 8 or not suffix.isdigit():
-        return None
-    try:
-        return datetime.strptime(suffix, "%Y%m%d").date()
-    except ValueError:
-        return None
 
 
 def retention_from_env(default: timedelta = DEFAULT_RETENTION) -> timedelta:
@@ -235,12 +225,12 @@ class ProcessedEvents:
     # -- retention -------------------------------------------------------------------------------
 
     async def partitions(self) -> list[tuple[date, str]]:
-        return await partitions(self._db, self._base, _day)
+        return await partitions(self._db, self._base, day_suffix)
 
     async def prune(self, *, now: datetime | None = None) -> int:
         """Drop the partitions wholly older than ``retention`` before ``now``; how many."""
         oldest = min(self._days_back(now or self._clock()))
-        return await drop_partitions(self._db, self._base, _day, oldest)
+        return await drop_partitions(self._db, self._base, day_suffix, oldest)
 
     async def prune_if_due(self) -> int | None:
         """Prune when this process has not tried for ``prune_every``. Returns how many

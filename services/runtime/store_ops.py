@@ -11,13 +11,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-__all__ = ["DUPLICATE_KEY", "drop_partitions", "insert_new", "partitions"]
+__all__ = ["DUPLICATE_KEY", "day_suffix", "drop_partitions", "hour_suffix", "insert_new",
+           "partitions"]
 
 DUPLICATE_KEY = 11000
 
@@ -36,6 +38,27 @@ async def insert_new(coll: AsyncCollection[Any], docs: Sequence[Mapping[str, Any
             raise
         return {str(docs[int(e["index"])]["_id"]) for e in errors}
     return set()
+
+
+def _suffix(suffix: str, digits: int, fmt: str) -> datetime | None:
+    if len(suffix) != digits or not suffix.isdigit():
+        return None
+    try:
+        return datetime.strptime(suffix, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def day_suffix(suffix: str) -> date | None:
+    """The day a partition's suffix (``YYYYMMDD``, UTC) names, None for any other
+    collection (the ``period_of`` of :func:`partitions` for day partitions)."""
+    moment = _suffix(suffix, 8, "%Y%m%d")
+    return moment.date() if moment is not None else None
+
+
+def hour_suffix(suffix: str) -> datetime | None:
+    """The hour a partition's suffix (``YYYYMMDDHH``, UTC) names, None for any other."""
+    return _suffix(suffix, 10, "%Y%m%d%H")
 
 
 async def partitions(db: AsyncDatabase[Any], base: str,

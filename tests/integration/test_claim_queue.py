@@ -249,7 +249,7 @@ async def test_a_crash_between_the_done_marker_and_the_archive_resumes_the_claim
     assert await store.acquire(claim.id, me, lease_s=0.5) is not None
     live = await db[ClaimStore.CLAIMS].find_one({"_id": claim.id})
     assert live is not None
-    await store._mark_done(live)  # the close's first write, then the crash
+    await store.queue.mark_done(live)  # the close's first write, then the crash
     await asyncio.sleep(0.6)
     other, who = ClaimStore(db), owner("other")
     assert claim.id in await other.open_claim_ids()
