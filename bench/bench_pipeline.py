@@ -120,6 +120,9 @@ def store_round_trips(services: Sequence[Any],
     return counts
 
 
+BENCH_CPU, MACHINE_CPU = "this benchmark", "machine"
+
+
 def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = ()) -> dict[str, float]:
     """CPU seconds used so far (user + system, from /proc) by each service process, by the
     local stack's Kafka and FerretDB when this machine runs them, and, as ``sshd``, by the
@@ -146,7 +149,28 @@ def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = ()) -> dict[str,
         fields = stat(host.pid) if host.pid else None
         if fields is not None:
             used["sshd"] = used.get("sshd", 0.0) + (int(fields[13]) + int(fields[14])) / ticks
+    own = os.times()  # the benchmark itself: the publisher and the bus recorder
+    used[BENCH_CPU] = own.user + own.system
+    # The whole machine's busy time (all but idle and I/O wait), whoever spent it: what the
+    # processes above do not account for is the kernel's own work (loopback networking,
+    # softirqs, writeback) and anything else running.
+    times = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    used[MACHINE_CPU] = (sum(times) - times[3] - times[4]) / ticks
     return used
+
+
+def cpu_line(pipeline: Result, tickets: int, cores: int) -> str:
+    """CPU per ticket by process, and the machine's: how busy its cores were over the burst,
+    and how much of that no listed process accounts for."""
+    per = {name: used / tickets * 1000 for name, used in pipeline.cpu.items()}
+    machine = per.pop(MACHINE_CPU, None)
+    line = "CPU per ticket (ms): " + ", ".join(
+        f"{name} {ms:.1f}" for name, ms in sorted(per.items(), key=lambda item: -item[1]))
+    if machine is not None and pipeline.throughput > 0:
+        busy = pipeline.cpu[MACHINE_CPU] / (tickets / pipeline.throughput * cores)
+        line += (f"; the machine {machine:.1f} ({busy:.0%} of its {cores} cores busy over the "
+                 f"burst; kernel and unlisted {machine - sum(per.values()):.1f})")
+    return line
 
 
 @contextlib.contextmanager
@@ -721,9 +745,7 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
         print("event-loop lag during the burst, mean (ms): " + ", ".join(
             f"{name} {lag * 1000:.1f}" for name, lag in sorted(pipeline.loop_lag.items())))
     if pipeline.cpu:
-        print("CPU per ticket (ms): " + ", ".join(
-            f"{name} {used / args.tickets * 1000:.1f}"
-            for name, used in sorted(pipeline.cpu.items(), key=lambda item: -item[1])))
+        print(cpu_line(pipeline, args.tickets, cores or 1))
     if args.profile is not None:
         for path in sorted(args.profile.glob("*.txt")):
             print(f"  hottest in {path.stem} (share of samples): " + "; ".join(

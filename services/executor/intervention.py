@@ -222,7 +222,12 @@ class Interventions:
                 try:
                     state, commands = proc.transition(state, event)
                     for command in commands:
-                        produced = await self._handlers[type(command)](run, command) or produced
+                        # A span per step of the procedure: a trace shows where a run's
+                        # time went (the store, the server, the bus).
+                        with self._tracer.start_as_current_span(
+                                f"procedure {type(command).__name__}"):
+                            produced = (await self._handlers[type(command)](run, command)
+                                        or produced)
                 except LeaseLost:
                     log.warning("claim %s was taken over by another executor; stopped",
                                 run.claim.id)

@@ -226,6 +226,16 @@ async def test_a_verdict_runs_diagnostics_once_and_reports_in_one_trace(rig: Rig
     assert {s["kind"] for s in ticket_spans} >= {"CONSUMER", "PRODUCER", "CLIENT"}
     assert conformance.problems(ticket_spans, event.ticket_id) == []
     assert [s["name"] for s in ticket_spans].count("ssh connect") == 1
+    # Each step of the procedure is a span of its own under the run's: a trace shows where
+    # the run's time went, from the verdict check to the closed claim.
+    intervention_id = intervention[0].context.span_id
+    steps = [s.name for s in rig.spans.get_finished_spans()
+             if s.context.trace_id == trace_id and s.name.startswith("procedure ")
+             and s.parent is not None and s.parent.span_id == intervention_id]
+    assert steps[0] == "procedure CheckVerdict"
+    assert {"procedure ProbeSsh", "procedure RecordDecision", "procedure Announce",
+            "procedure RunRunbook", "procedure StageCompletion"} <= set(steps)
+    assert steps[-1] == "procedure CloseClaim"
 
 
 async def test_forged_altered_unsigned_and_stale_verdicts_are_refused_and_audited(
