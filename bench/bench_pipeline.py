@@ -64,6 +64,7 @@ from devstack.demo.launch import (  # noqa: E402
 )
 from devstack.demo.operator import intervene  # noqa: E402
 from devstack.demo.progress import BusRecorder  # noqa: E402
+from devstack.demo.targets import run as run_tool  # noqa: E402
 from schemas.registry import parse_event  # noqa: E402
 from schemas.topics import HELPDESK_REQUESTS, TopicSpec  # noqa: E402
 from services.intake.sealing import seal_request  # noqa: E402
@@ -120,13 +121,17 @@ def store_round_trips(services: Sequence[Any],
     return counts
 
 
-BENCH_CPU, MACHINE_CPU = "this benchmark", "machine"
+BENCH_CPU, MACHINE_CPU, TARGETS_CPU = "this benchmark", "machine", "targets"
 
 
-def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = ()) -> dict[str, float]:
+def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = (),
+                targets_cpu: Any = None) -> dict[str, float]:
     """CPU seconds used so far (user + system, from /proc) by each service process, by the
-    local stack's Kafka and FerretDB when this machine runs them, and, as ``sshd``, by the
-    sshd targets' connection processes (each daemon's reaped children: the logins)."""
+    local stack's Kafka and FerretDB when this machine runs them, and, as ``targets``, by
+    the sshd targets and all they start (``bench_executor.SshdCpu``'s cgroup: logins,
+    sessions, the sudo that checks the password again, shells). Without that cgroup, the
+    daemons' reaped children only: a sudo orphaned when its session closes is reaped by
+    init and missed."""
     pids = {service.name: service.process.pid for service in services}
     for comp in localstack.infrastructure():
         record = comp.record()
@@ -145,10 +150,14 @@ def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = ()) -> dict[str,
         fields = stat(pid)
         if fields is not None:
             used[name] = (int(fields[11]) + int(fields[12])) / ticks
-    for host in hosts:
+    exact = targets_cpu.seconds() if targets_cpu is not None else None
+    if exact is not None:
+        used[TARGETS_CPU] = exact
+    for host in hosts if exact is None else ():
         fields = stat(host.pid) if host.pid else None
         if fields is not None:
-            used["sshd"] = used.get("sshd", 0.0) + (int(fields[13]) + int(fields[14])) / ticks
+            used[TARGETS_CPU] = used.get(TARGETS_CPU, 0.0) + (
+                int(fields[13]) + int(fields[14])) / ticks
     own = os.times()  # the benchmark itself: the publisher and the bus recorder
     used[BENCH_CPU] = own.user + own.system
     # The whole machine's busy time (all but idle and I/O wait), whoever spent it: what the
@@ -534,6 +543,11 @@ def main() -> None:
                         help="the customer's credential in each ticket: the throwaway "
                              "account's password (sshd checks its yescrypt hash at every "
                              "login) or an ed25519 private key")
+    parser.add_argument("--password-hash", dest="hash_method", choices=("default", "sha512"),
+                        default="default",
+                        help="the throwaway account's password hash on the targets: this "
+                             "machine's default (yescrypt on Debian 12) or SHA-512-crypt (the "
+                             "default of RHEL 8 and Ubuntu 20.04 servers)")
     parser.add_argument("--executor-concurrency", type=int, default=16, metavar="N",
                         help="EXECUTOR_CONCURRENCY: interventions one executor runs at once")
     parser.add_argument("--executor-lanes", type=int, default=None, metavar="N",
@@ -556,11 +570,14 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
     run = uuid.uuid4().hex[:6]
     prefix, database = f"bench{run}.", f"bench_{run}"
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run}-"))
+    import bench_executor
+
     user = targets.ThrowawayUser.create(sudo=True, prefix="ivb")
+    if args.hash_method == "sha512":
+        run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
+    targets_cpu = bench_executor.SshdCpu()
     private_key: str | None = None
     if args.account == "key":
-        import bench_executor
-
         credential = bench_executor.key_account(user)
         private_key = credential.private_key.get_secret_value() if hasattr(
             credential.private_key, "get_secret_value") else str(credential.private_key)
@@ -570,6 +587,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         for _ in range(args.hosts):
             hosts.append(targets.Sshd.start([user.name], listen=targets.loopback_address(),
                                             prefix="ivb"))
+            if hosts[-1].pid is not None:
+                targets_cpu.adopt(hosts[-1].pid)
         await ensure_topics(bootstrap, prefix=prefix)
         keys = init_keys(workdir / "keys")
         account = f"ACC-BENCH-{run}"
@@ -634,12 +653,12 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         before = await asyncio.to_thread(store_round_trips, services)
         seconds_before = await asyncio.to_thread(store_round_trips, services, STORE_SECONDS)
         lag_before = await asyncio.to_thread(loop_lag, services)
-        cpu_before = cpu_seconds(services, hosts)
+        cpu_before = cpu_seconds(services, hosts, targets_cpu)
         with profiled(services, args.profile, args.timeout):
             pipeline = await run_pipeline(bootstrap, prefix, tickets, args.timeout,
                                           args.rate, signer=signer)
         pipeline.cpu = {name: used - cpu_before.get(name, 0.0)
-                        for name, used in cpu_seconds(services, hosts).items()}
+                        for name, used in cpu_seconds(services, hosts, targets_cpu).items()}
         pipeline.round_trips = round_trip_delta(
             before, await asyncio.to_thread(store_round_trips, services))
         pipeline.store_seconds = round_trip_delta(
@@ -672,6 +691,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
         stop_services(services)
         for sshd in hosts:
             sshd.stop()
+        targets_cpu.remove()
         user.remove()
         await delete_topics_with_prefix(bootstrap, prefix)
         from pymongo import AsyncMongoClient
@@ -711,7 +731,8 @@ def table(args: argparse.Namespace, pipeline: Result, floor: Result, size: float
     arrival = f"{args.rate:g}/s" if args.rate else "all at once"
     print(f"{args.tickets} tickets (~{size / 1024:.1f} KiB each, published {arrival}) on one "
           f"local Kafka broker and FerretDB; executor: no-op runbook, SSH probe against "
-          f"{args.hosts} sshd targets, {args.account} login, executor concurrency "
+          f"{args.hosts} sshd targets, {args.account} login (password hash: "
+          f"{args.hash_method}), executor concurrency "
           f"{args.executor_concurrency}")
     print(f"{'':34}{'pipeline':>24}{'raw floor':>24}{'ratio':>9}")
     print(f"{'':34}{'p50     p95     p99 ms':>24}{'p50     p95     p99 ms':>24}")
