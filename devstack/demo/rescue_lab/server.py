@@ -245,12 +245,15 @@ class LabServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"rescue system failed: {log_path.read_text()[-2000:]}")
-            text = log_path.read_text(errors="replace")
-            marker = text.rfind("rescue: ready")
-            if marker >= 0 and self.listening():
-                key = text[marker:].splitlines()[1]
-                self.rescue_host_key = " ".join(key.split()[:2])
-                return self.rescue_host_key
+            if "rescue: ready" in log_path.read_text(errors="replace") and self.listening():
+                # Read again now that sshd listens: the script prints the host key after
+                # "ready" and only then starts sshd, so the key line is complete now (the
+                # text read before the check may have ended at "ready").
+                text = log_path.read_text(errors="replace")
+                lines = text[text.rfind("rescue: ready"):].splitlines()
+                if len(lines) > 1 and lines[1].strip():
+                    self.rescue_host_key = " ".join(lines[1].split()[:2])
+                    return self.rescue_host_key
             time.sleep(0.05)
         raise RuntimeError(f"rescue system did not come up: {log_path.read_text()[-2000:]}")
 

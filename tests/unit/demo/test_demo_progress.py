@@ -3,9 +3,12 @@ customer has not been told yet (the demo's table and the end-to-end tests rely o
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from uuid import uuid4
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notifier"))
 from notifier_factories import (
@@ -20,7 +23,7 @@ from notifier_factories import (
     submitted,
 )
 
-from devstack.demo.progress import TicketProgress
+from devstack.demo.progress import BusRecorder, TicketProgress
 from schemas.envelope import EventEnvelope
 from schemas.events import AuthorizationVerified, Event, TicketUpdated
 
@@ -103,3 +106,37 @@ def test_a_redelivered_event_counts_once() -> None:
     ticket = submitted()
     progress = progress_of(ticket, ticket, told(ticket))
     assert len(progress.events) == 2
+
+
+async def test_wait_for_looks_again_only_at_tickets_with_new_events(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst's waiter must not re-judge a thousand unchanged tickets at every arrival."""
+    recorder = BusRecorder("unused:9092", "p.")
+    quiet, done = submitted(), submitted()
+    go, finished = started(done), completed(done, outcome="resolved")
+    for event in (quiet, told(quiet), done, told(done), go, told(go), finished):
+        recorder.ticket(event.ticket_id).add(event, 100.0)
+    judged: list[str] = []
+    settled = TicketProgress.settled
+
+    def counting(self: TicketProgress) -> bool:
+        judged.append(self.ticket_id)
+        return settled(self)
+
+    monkeypatch.setattr(TicketProgress, "settled", counting)
+
+    async def tell_later() -> None:
+        for _ in range(3):  # arrivals that change nothing for the quiet ticket
+            await asyncio.sleep(0.05)
+            recorder.arrived.set()
+        recorder.ticket(done.ticket_id).add(told(finished), 101.0)
+        recorder.arrived.set()
+
+    teller = asyncio.create_task(tell_later())
+    pending = await recorder.wait_for([quiet.ticket_id, done.ticket_id], timeout=0.6)
+    await teller
+    # The quiet ticket (acknowledged, never started) is still pending at the timeout, and
+    # was judged once; the other was judged again only after its new event, and settled.
+    assert pending == [quiet.ticket_id]
+    assert judged.count(quiet.ticket_id) == 1
+    assert judged.count(done.ticket_id) == 2
