@@ -175,3 +175,48 @@ async def test_tickets_the_sweeper_put_off_do_not_crowd_out_the_others(
     ids = [t.ticket_id for t in tickets]
     assert await deadlines.due(datetime.now(UTC), limit=2) == ids[:2]
     assert await deadlines.due(datetime.now(UTC), limit=2, skip={ids[0]}) == ids[1:]
+
+
+async def test_between_reads_of_the_store_the_sweeper_fires_from_what_it_wrote_and_read(
+    mongo_db: AsyncDatabase[dict[str, Any]], unique: str,
+) -> None:
+    """The due sweep reads every deadline from the store only every ``store_every``; in
+    between it answers from the deadlines its own process wrote, and from those the last read
+    saw falling due before the next one. Another replica's deadline written after a read is
+    found at the next read."""
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    warning = POLICY.initial_response * POLICY.warning_fraction  # a submission's first deadline
+
+    def due_at(at: datetime, ticket_id: str) -> Fact:  # a submission whose warning is at ``at``
+        return fact(submitted(ticket_id=ticket_id, at=at - warning))
+
+    mine, other = ledger(mongo_db, unique), ledger(mongo_db, unique)
+    deadlines = Deadlines(mine, POLICY, store_every=timedelta(seconds=10))
+    reads: list[datetime] = []
+    read = mine.latest
+
+    async def counted(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        reads.append(args[0]["due_at"]["$lte"])
+        return await read(*args, **kwargs)
+
+    mine.latest = counted  # type: ignore[method-assign]
+
+    assert await deadlines.due(t0) == []  # the first sweep reads the store
+    assert reads == [t0 + timedelta(seconds=10)]  # and what falls due until the next read
+    await mine.record("HD-own", due_at(t0 + timedelta(seconds=2), "HD-own"))
+    await other.record("HD-late", due_at(t0 + timedelta(seconds=5), "HD-late"))
+    assert await deadlines.due(t0 + timedelta(seconds=6)) == ["HD-own"]  # no read
+    assert len(reads) == 1
+    # Written by another replica after the read and before the next: due in 13 s, read
+    # now with the rest of the next 10 s, then fired from memory on time.
+    await other.record("HD-next", due_at(t0 + timedelta(seconds=13), "HD-next"))
+    assert await deadlines.due(t0 + timedelta(seconds=10)) == ["HD-own", "HD-late"]
+    assert len(reads) == 2
+    assert await deadlines.due(t0 + timedelta(seconds=13)) == ["HD-own", "HD-late", "HD-next"]
+    assert len(reads) == 2
+    # A restart (a new process) knows nothing until it reads the store: its first sweep does.
+    restarted = Deadlines(ledger(mongo_db, unique), POLICY, store_every=timedelta(seconds=10))
+    assert await restarted.due(t0 + timedelta(seconds=13)) == ["HD-own", "HD-late", "HD-next"]
+    # A ticket archived (its facts left the live collection) is not due from memory.
+    mine.forget(["HD-own"])
+    assert "HD-own" not in await deadlines.due(t0 + timedelta(seconds=14))
