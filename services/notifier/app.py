@@ -189,8 +189,7 @@ def build(
     # Every acknowledgement and step report leaves signed (services.runtime.facts).
     publish = signing_publisher(runtime.publish, signing_key, "notifier")
     ledger = TicketLedger(db, partial(ticket_view, policy=policy), clock=clock)
-    deadlines = Deadlines(ledger, policy, store_every=timedelta(
-        seconds=settings.notifier_sweep_store_every_s))
+    deadlines = Deadlines(ledger, policy)
     archiver = Archiver(ledger, clock=clock,
                         after=timedelta(seconds=settings.notifier_archive_after_s),
                         interval=timedelta(seconds=settings.notifier_archive_interval_s))

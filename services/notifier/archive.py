@@ -116,7 +116,6 @@ class Archiver:
         await insert_new(self._ledger.archive, archive)  # a run an earlier round archived
         await self._ledger.coll.delete_many(
             {"_id": {"$in": [d["_id"] for docs in moved.values() for d in docs]}})
-        self._ledger.forget(list(moved))
         return sorted(moved)
 
     async def run(self) -> None:

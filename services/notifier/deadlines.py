@@ -54,15 +54,9 @@ def utc_now() -> datetime:
 
 
 class Deadlines:
-    """``store_every``: how often :meth:`due` reads the store; in between it answers from
-    the deadlines this process wrote or read (the ledger's due index). Zero: every time."""
-
-    def __init__(self, ledger: TicketLedger, policy: SlaPolicy, *,
-                 store_every: timedelta = timedelta(0)) -> None:
+    def __init__(self, ledger: TicketLedger, policy: SlaPolicy) -> None:
         self._ledger = ledger
         self._policy = policy
-        self._store_every = store_every
-        self._next_store: datetime | None = None
 
     async def state(self, ticket_id: str, *, history: bool = False) -> TicketState:
         """The ticket's state from its live facts (``history``: with an archived history
@@ -72,35 +66,14 @@ class Deadlines:
 
     async def due(self, now: datetime, *, limit: int = 200,
                   skip: Container[str] = ()) -> list[str]:
-        """Tickets whose latest view has come due, soonest first (but those in ``skip``).
-
-        The store is read every ``store_every`` (and at the first call): it holds every
-        writer's deadlines - other replicas', and this process's before a restart. In
-        between, the deadlines this process wrote or read answer without a read: the read
-        decodes every live fact document, each second, and a burst's in-flight tickets made
-        it the store's largest cost (issue 17). A deadline another replica wrote is then
-        found at the next read, at most ``store_every`` late, unless it was written before
-        the last read (each read also takes what falls due before the next one)."""
-        if self._next_store is not None and now < self._next_store:
-            known = self._ledger.known_due(now)
-            due_at = {t: at for t, at in known.items() if t not in skip}
-        else:
-            # Not limited in the store: a ticket's latest document must be among those
-            # read, else one of its older, superseded documents would pass for its state.
-            # What falls due before the next read is read now too, so that it fires on
-            # time from memory (after a restart, or written by another replica).
-            self._next_store = now + self._store_every
-            docs = await self._ledger.latest({"due_at": {"$lte": self._next_store}},
-                                             {"ticket_id": 1, "seq": 1, "due_at": 1})
-            due_at = {}
-            for ticket_id, doc in docs.items():
-                at: datetime = doc["due_at"]
-                at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-                self._ledger.note_due(ticket_id, int(doc["seq"]), at)
-                if (at <= now and ticket_id not in skip
-                        and not self._ledger.knows_past(ticket_id, int(doc["seq"]))):
-                    due_at[ticket_id] = at
-        return sorted(due_at, key=lambda t: due_at[t])[:limit]
+        """Tickets whose latest view has come due, soonest first (but those in ``skip``)."""
+        # Not limited in the store: a ticket's latest document must be among those read,
+        # else one of its older, superseded documents would pass for its state.
+        docs = await self._ledger.latest({"due_at": {"$lte": now}},
+                                         {"ticket_id": 1, "seq": 1, "due_at": 1})
+        due = [doc for ticket_id, doc in docs.items() if ticket_id not in skip
+               and not self._ledger.knows_past(ticket_id, int(doc["seq"]))]
+        return [str(doc["ticket_id"]) for doc in sorted(due, key=lambda d: d["due_at"])][:limit]
 
     async def hint(self, ticket_id: str) -> datetime | None:
         """When the ticket's next alert falls due (None: nothing pending)."""

@@ -130,10 +130,6 @@ class TicketLedger:
         self._cache: OrderedDict[str, _Known] = OrderedDict()
         self._cache_tickets = cache_tickets
         self._locks: dict[str, _Lock] = {}
-        # The latest fact document this process wrote or read for each ticket: its
-        # position and the next deadline its view carries (the sweeper's due index between
-        # two reads of the store, :class:`~services.notifier.deadlines.Deadlines`).
-        self._due: OrderedDict[str, tuple[int, datetime | None]] = OrderedDict()
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -153,16 +149,15 @@ class TicketLedger:
                                 after=known.facts, recorded=False)
             after = (*known.facts, fact)
             seq = known.next_seq
-            view = self._view(ticket_id, after)
             try:
                 await self._inserts.insert({
                     "_id": _key(ticket_id, seq), "ticket_id": ticket_id, "seq": seq,
-                    "fact": to_document(fact), "view_at": self._clock(), **view})
+                    "fact": to_document(fact), "view_at": self._clock(),
+                    **self._view(ticket_id, after)})
             except DuplicateKeyError:
                 known = await self._forward(ticket_id, known)  # another writer was first
                 continue
             self._remember(ticket_id, _Known(after, seq + 1))
-            self.note_due(ticket_id, seq, view.get("due_at"))
             return Recorded(ticket_id=ticket_id, fact=fact, before=known.facts, after=after,
                             recorded=True)
 
@@ -186,29 +181,6 @@ class TicketLedger:
             if history and not any(f.kind == "submitted" for f in known.facts):
                 known = await self._restore(ticket_id, known)
             return list(known.facts)
-
-    def note_due(self, ticket_id: str, seq: int, due_at: datetime | None) -> None:
-        """Remember the deadline the ticket's fact document at ``seq`` carries, unless a
-        later document of the ticket is known."""
-        known = self._due.get(ticket_id)
-        if known is not None and known[0] > seq:
-            return
-        self._due[ticket_id] = (seq, None if due_at is None else _aware(due_at))
-        self._due.move_to_end(ticket_id)
-        while len(self._due) > self._cache_tickets:
-            self._due.popitem(last=False)
-
-    def known_due(self, now: datetime) -> dict[str, datetime]:
-        """The tickets whose latest fact document this process knows is due at ``now``,
-        with their deadline (no read: what this process wrote or read)."""
-        return {ticket_id: due_at for ticket_id, (_, due_at) in self._due.items()
-                if due_at is not None and due_at <= now}
-
-    def forget(self, ticket_ids: Sequence[str]) -> None:
-        """The tickets' facts left the live collection (archived): nothing of theirs is
-        due any more (a straggler's fact brings its own deadline)."""
-        for ticket_id in ticket_ids:
-            self._due.pop(ticket_id, None)
 
     def knows_past(self, ticket_id: str, seq: int) -> bool:
         """Whether this process knows a fact after position ``seq`` (no read)."""
@@ -260,7 +232,6 @@ class TicketLedger:
         facts, seq = list(known.facts), known.next_seq
         while (doc := await self.coll.find_one({"_id": _key(ticket_id, seq)})) is not None:
             facts.append(from_document(doc["fact"]))
-            self.note_due(ticket_id, seq, doc.get("due_at"))
             seq += 1
         return _Known(tuple(facts), seq)
 

@@ -19,10 +19,6 @@ SLA and escalation:
   tier after this many minutes, and again after each further interval until acknowledged.
 - ``NOTIFIER_ESCALATION_TIERS`` = 3: the highest tier; later escalations repeat it.
 - ``NOTIFIER_SWEEP_INTERVAL_S`` = 1.0: how often due deadlines are swept.
-- ``NOTIFIER_SWEEP_STORE_EVERY_S`` = 10: how often a sweep reads every deadline from the
-  store; the sweeps in between fire the deadlines this process wrote or read itself, so
-  another replica's deadline (or one from before a restart) fires at most this much late.
-  0: read the store at every sweep.
 - ``NOTIFIER_ARCHIVE_AFTER_S`` = 60: a ticket with nothing open (no running clock, no
   waiting page) leaves the in-flight facts for the archive this long after its last fact,
   so the hot collection holds in-flight tickets only (:mod:`services.notifier.archive`);
@@ -94,7 +90,6 @@ class NotifierSettings(RuntimeSettings):
     notifier_escalate_after_min: float = Field(default=10.0, gt=0, le=1440)
     notifier_escalation_tiers: int = Field(default=3, ge=1, le=10)
     notifier_sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
-    notifier_sweep_store_every_s: float = Field(default=10.0, ge=0, le=600)
     notifier_claim_lease_s: float = Field(default=60.0, gt=0, le=3600)
     notifier_archive_after_s: float = Field(default=60.0, ge=0, le=86_400)
     notifier_archive_interval_s: float = Field(default=10.0, gt=0, le=3600)
