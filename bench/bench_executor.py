@@ -247,7 +247,7 @@ async def main() -> None:
     hosts: list[targets.Sshd] = []
     try:
         if args.hash_method == "sha512":
-            run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
+            user.set_password(user.password, crypt_method="SHA512")
         if args.account == "key":
             CREDENTIAL = key_account(user)
         for _ in range(args.hosts):

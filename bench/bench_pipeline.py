@@ -64,7 +64,6 @@ from devstack.demo.launch import (  # noqa: E402
 )
 from devstack.demo.operator import intervene  # noqa: E402
 from devstack.demo.progress import BusRecorder  # noqa: E402
-from devstack.demo.targets import run as run_tool  # noqa: E402
 from schemas.registry import parse_event  # noqa: E402
 from schemas.topics import HELPDESK_REQUESTS, TopicSpec  # noqa: E402
 from services.intake.sealing import seal_request  # noqa: E402
@@ -153,11 +152,12 @@ def cpu_seconds(services: Sequence[Any], hosts: Sequence[Any] = (),
     exact = targets_cpu.seconds() if targets_cpu is not None else None
     if exact is not None:
         used[TARGETS_CPU] = exact
-    for host in hosts if exact is None else ():
-        fields = stat(host.pid) if host.pid else None
-        if fields is not None:
-            used[TARGETS_CPU] = used.get(TARGETS_CPU, 0.0) + (
-                int(fields[13]) + int(fields[14])) / ticks
+    else:
+        for host in hosts:
+            fields = stat(host.pid) if host.pid else None
+            if fields is not None:
+                used[TARGETS_CPU] = used.get(TARGETS_CPU, 0.0) + (
+                    int(fields[13]) + int(fields[14])) / ticks
     own = os.times()  # the benchmark itself: the publisher and the bus recorder
     used[BENCH_CPU] = own.user + own.system
     # The whole machine's busy time (all but idle and I/O wait), whoever spent it: what the
@@ -574,7 +574,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, mongodb_uri: str) -> N
 
     user = targets.ThrowawayUser.create(sudo=True, prefix="ivb")
     if args.hash_method == "sha512":
-        run_tool("chpasswd", "-c", "SHA512", stdin=f"{user.name}:{user.password}\n")
+        user.set_password(user.password, crypt_method="SHA512")
     targets_cpu = bench_executor.SshdCpu()
     private_key: str | None = None
     if args.account == "key":

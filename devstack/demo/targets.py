@@ -183,8 +183,11 @@ class ThrowawayUser:
     def sudoers_path(self) -> Path:
         return Path("/etc/sudoers.d") / self.name
 
-    def set_password(self, password: str) -> None:
-        run("chpasswd", stdin=f"{self.name}:{password}\n")
+    def set_password(self, password: str, *, crypt_method: str | None = None) -> None:
+        """``crypt_method``: chpasswd's ``-c`` (e.g. ``SHA512``, the hash of RHEL 8 and
+        Ubuntu 20.04 servers); None for this machine's default (yescrypt on Debian 12)."""
+        run("chpasswd", *(("-c", crypt_method) if crypt_method else ()),
+            stdin=f"{self.name}:{password}\n")
         self.password = password
 
     def remove(self) -> None:
